@@ -1,0 +1,1 @@
+//! Benchmark harness shared by the criterion benches and `pontoon bench`.

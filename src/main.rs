@@ -1,0 +1,2 @@
+//! The `pontoon` command line.
+fn main() {}

@@ -1,0 +1,1 @@
+//! QUIC transport, wire format and in-memory network (filled in by the transport issue).
