@@ -1,0 +1,107 @@
+//! The one error type of the routing crate: every way a routing table can be refused, built,
+//! changed or decoded wrongly, each variant saying what to fix.
+
+use crate::{GroupId, NodeId, VShardId};
+
+/// Why a routing table could not be built, changed or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RoutingError {
+    /// A table needs at least one vShard.
+    #[error("a routing table needs at least one vShard: pass a vshard_count of 1 or more")]
+    ZeroVShards,
+    /// The vShard count is above what a table (and a decoder) accepts.
+    #[error("{count} vShards is more than the maximum of {max}: choose a smaller vshard_count")]
+    TooManyVShards {
+        /// The count asked for.
+        count: u64,
+        /// The largest count accepted.
+        max: u32,
+    },
+    /// `uniform` needs at least one group.
+    #[error("a routing table needs at least one group: pass a group_count of 1 or more")]
+    ZeroGroups,
+    /// The replication factor is 0 or larger than the number of nodes.
+    #[error(
+        "replication factor {replication} is impossible with {nodes} nodes: \
+         use a factor between 1 and the number of nodes"
+    )]
+    InvalidReplication {
+        /// The replication factor asked for.
+        replication: usize,
+        /// The number of nodes given.
+        nodes: usize,
+    },
+    /// `NodeId(0)` is raft-rs' "no node" and can never be a replica.
+    #[error("node id 0 is reserved (raft-rs uses it for \"no node\"): number nodes from 1")]
+    ReservedNodeId,
+    /// `GroupId(0)` is reserved.
+    #[error("group id 0 is reserved: number groups from 1")]
+    ReservedGroupId,
+    /// A node appears twice in a node list or replica set.
+    #[error("node {node} appears more than once: list each node once")]
+    DuplicateNode {
+        /// The repeated node.
+        node: NodeId,
+    },
+    /// A group was given no replicas.
+    #[error("group {group} has no replicas: give it at least one node")]
+    EmptyReplicas {
+        /// The group.
+        group: GroupId,
+    },
+    /// The group is not in the table.
+    #[error("group {group} is not in the routing table: add it first or use a known group")]
+    UnknownGroup {
+        /// The group.
+        group: GroupId,
+    },
+    /// The group is already in the table.
+    #[error("group {group} is already in the routing table: pick an unused group id")]
+    GroupExists {
+        /// The group.
+        group: GroupId,
+    },
+    /// The vShard is not below the table's vShard count.
+    #[error("{vshard} is out of range: this table has vShards 0..{count}")]
+    VShardOutOfRange {
+        /// The vShard asked for.
+        vshard: VShardId,
+        /// The table's vShard count.
+        count: u32,
+    },
+    /// A group cannot be removed while vShards still map to it.
+    #[error(
+        "group {group} still owns {vshards} vShards: assign them to other groups before removing it"
+    )]
+    GroupStillOwnsVShards {
+        /// The group.
+        group: GroupId,
+        /// How many vShards still map to it.
+        vshards: usize,
+    },
+    /// A leader hint must name one of the group's replicas.
+    #[error("{node} is not a replica of group {group}: a leader hint must be one of its replicas")]
+    LeaderNotReplica {
+        /// The group.
+        group: GroupId,
+        /// The node given as leader.
+        node: NodeId,
+    },
+    /// Decoded bytes are not a valid protobuf routing table message.
+    #[error("routing table bytes are not valid protobuf ({0}): the sender or the file is corrupt")]
+    Malformed(#[from] prost::DecodeError),
+    /// A decoded table claims a vShard count that differs from the entries it carries.
+    #[error(
+        "routing table claims {claimed} vShards but maps {entries}: the encoding is corrupt or truncated"
+    )]
+    VShardCountMismatch {
+        /// The count the message claims.
+        claimed: u32,
+        /// The number of vShard entries it carries.
+        entries: usize,
+    },
+    /// A decoded table carries version 0; versions start at 1.
+    #[error("routing table version 0 is invalid (versions start at 1): the encoding is corrupt")]
+    ZeroVersion,
+}
