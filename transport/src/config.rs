@@ -1,0 +1,259 @@
+//! [`TransportConfig`]: every limit of the transport, with documented, safe defaults, checked
+//! once at start-up by [`TransportConfig::validate`].
+
+use std::time::Duration;
+
+/// A configuration value that cannot work.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[error("invalid transport config: {field}: {reason}")]
+pub struct ConfigError {
+    /// The field at fault.
+    pub field: &'static str,
+    /// Why, and what would be accepted.
+    pub reason: String,
+}
+
+/// Limits and timings of the transport. Build with `TransportConfig::default()` and the
+/// chainable setters; [`TransportConfig::validate`] runs when a transport is bound.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransportConfig {
+    /// Largest frame body accepted or sent (default 16 MiB). Longer frames reset their stream.
+    pub max_frame_bytes: usize,
+    /// Frames queued toward one peer across all its streams (default 65 536). When full,
+    /// `send` fails with `QueueFull` instead of blocking or growing memory.
+    pub peer_queue_len: usize,
+    /// Frames queued on one stream (one group's raft stream, the heartbeat stream) (default
+    /// 1 024), so one stalled group cannot fill the whole peer queue.
+    pub stream_queue_len: usize,
+    /// Capacity of the channel of [`crate::Inbound`] events to the coordinator (default 65 536).
+    /// When full, stream readers wait: backpressure reaches the sender through flow control.
+    pub inbound_queue_len: usize,
+    /// Concurrent unidirectional streams a peer may open (default 16 384): one per group.
+    pub max_concurrent_uni_streams: u32,
+    /// Concurrent bidirectional streams a peer may open (default 256): one per snapshot
+    /// transfer in flight.
+    pub max_concurrent_bidi_streams: u32,
+    /// Bytes a peer may send on one stream before it is read (default 1 MiB).
+    pub stream_receive_window: u32,
+    /// Bytes a peer may send on one connection before it is read (default 32 MiB). Bounded:
+    /// quinn's default is unbounded.
+    pub connection_receive_window: u32,
+    /// Bytes in flight unacknowledged per connection (default 32 MiB).
+    pub send_window: u64,
+    /// A connection silent this long is closed (default 30 s).
+    pub idle_timeout: Duration,
+    /// Keep-alive interval, shorter than `idle_timeout` (default 5 s).
+    pub keep_alive: Duration,
+    /// Handshakes and connections accepted at once (default 1 024).
+    pub max_incoming_connections: usize,
+    /// First delay before redialling a peer that could not be reached (default 50 ms).
+    pub reconnect_backoff_min: Duration,
+    /// Longest delay between redials; the delay doubles up to it (default 5 s).
+    pub reconnect_backoff_max: Duration,
+    /// Bytes of snapshot data per frame (default 1 MiB).
+    pub snapshot_chunk_bytes: usize,
+    /// Largest snapshot a receiver reassembles (default 1 GiB).
+    pub max_snapshot_bytes: u64,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 16 << 20,
+            peer_queue_len: 65_536,
+            stream_queue_len: 1_024,
+            inbound_queue_len: 65_536,
+            max_concurrent_uni_streams: 16_384,
+            max_concurrent_bidi_streams: 256,
+            stream_receive_window: 1 << 20,
+            connection_receive_window: 32 << 20,
+            send_window: 32 << 20,
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(5),
+            max_incoming_connections: 1_024,
+            reconnect_backoff_min: Duration::from_millis(50),
+            reconnect_backoff_max: Duration::from_secs(5),
+            snapshot_chunk_bytes: 1 << 20,
+            max_snapshot_bytes: 1 << 30,
+        }
+    }
+}
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty),* $(,)?) => {
+        impl TransportConfig {
+            $(
+                $(#[$doc])*
+                #[must_use]
+                pub fn $name(mut self, value: $ty) -> Self {
+                    self.$name = value;
+                    self
+                }
+            )*
+        }
+    };
+}
+
+setters!(
+    /// Sets [`TransportConfig::max_frame_bytes`].
+    max_frame_bytes: usize,
+    /// Sets [`TransportConfig::peer_queue_len`].
+    peer_queue_len: usize,
+    /// Sets [`TransportConfig::stream_queue_len`].
+    stream_queue_len: usize,
+    /// Sets [`TransportConfig::inbound_queue_len`].
+    inbound_queue_len: usize,
+    /// Sets [`TransportConfig::max_concurrent_uni_streams`].
+    max_concurrent_uni_streams: u32,
+    /// Sets [`TransportConfig::max_concurrent_bidi_streams`].
+    max_concurrent_bidi_streams: u32,
+    /// Sets [`TransportConfig::stream_receive_window`].
+    stream_receive_window: u32,
+    /// Sets [`TransportConfig::connection_receive_window`].
+    connection_receive_window: u32,
+    /// Sets [`TransportConfig::send_window`].
+    send_window: u64,
+    /// Sets [`TransportConfig::idle_timeout`].
+    idle_timeout: Duration,
+    /// Sets [`TransportConfig::keep_alive`].
+    keep_alive: Duration,
+    /// Sets [`TransportConfig::max_incoming_connections`].
+    max_incoming_connections: usize,
+    /// Sets [`TransportConfig::reconnect_backoff_min`].
+    reconnect_backoff_min: Duration,
+    /// Sets [`TransportConfig::reconnect_backoff_max`].
+    reconnect_backoff_max: Duration,
+    /// Sets [`TransportConfig::snapshot_chunk_bytes`].
+    snapshot_chunk_bytes: usize,
+    /// Sets [`TransportConfig::max_snapshot_bytes`].
+    max_snapshot_bytes: u64,
+);
+
+/// Room for the length prefix and the prost tag of a snapshot chunk.
+const CHUNK_OVERHEAD: usize = 16;
+
+impl TransportConfig {
+    /// Checks that the values can work together.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first field at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |field, reason: String| Err(ConfigError { field, reason });
+        if self.max_frame_bytes < 1024 || self.max_frame_bytes > u32::MAX as usize {
+            return err(
+                "max_frame_bytes",
+                format!("{} is not within 1 KiB ..= 4 GiB", self.max_frame_bytes),
+            );
+        }
+        for (field, v) in [
+            ("peer_queue_len", self.peer_queue_len),
+            ("stream_queue_len", self.stream_queue_len),
+            ("inbound_queue_len", self.inbound_queue_len),
+            ("max_incoming_connections", self.max_incoming_connections),
+            ("snapshot_chunk_bytes", self.snapshot_chunk_bytes),
+        ] {
+            if v == 0 {
+                return err(field, "must be at least 1".into());
+            }
+        }
+        if self.max_concurrent_uni_streams == 0 {
+            return err(
+                "max_concurrent_uni_streams",
+                "must be at least 1 (one per group)".into(),
+            );
+        }
+        if self.stream_receive_window == 0
+            || self.stream_receive_window > self.connection_receive_window
+        {
+            return err(
+                "stream_receive_window",
+                format!(
+                    "{} must be within 1 ..= connection_receive_window ({})",
+                    self.stream_receive_window, self.connection_receive_window
+                ),
+            );
+        }
+        if self.snapshot_chunk_bytes + CHUNK_OVERHEAD > self.max_frame_bytes {
+            return err(
+                "snapshot_chunk_bytes",
+                format!(
+                    "{} does not fit in max_frame_bytes ({})",
+                    self.snapshot_chunk_bytes, self.max_frame_bytes
+                ),
+            );
+        }
+        if self.keep_alive.is_zero() || self.keep_alive >= self.idle_timeout {
+            return err(
+                "keep_alive",
+                format!(
+                    "{:?} must be non-zero and shorter than idle_timeout ({:?})",
+                    self.keep_alive, self.idle_timeout
+                ),
+            );
+        }
+        if self.idle_timeout > Duration::from_secs(600) {
+            return err(
+                "idle_timeout",
+                format!("{:?} is longer than 10 minutes", self.idle_timeout),
+            );
+        }
+        if self.reconnect_backoff_min.is_zero()
+            || self.reconnect_backoff_min > self.reconnect_backoff_max
+        {
+            return err(
+                "reconnect_backoff_min",
+                format!(
+                    "{:?} must be non-zero and at most reconnect_backoff_max ({:?})",
+                    self.reconnect_backoff_min, self.reconnect_backoff_max
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bounded() {
+        let c = TransportConfig::default();
+        assert_eq!(c.validate(), Ok(()));
+        assert!(c.connection_receive_window < u32::MAX);
+        assert!(c.max_concurrent_uni_streams >= 1024);
+    }
+
+    #[test]
+    fn validate_names_the_field_at_fault() {
+        let bad = [
+            (
+                TransportConfig::default().max_frame_bytes(10),
+                "max_frame_bytes",
+            ),
+            (
+                TransportConfig::default().peer_queue_len(0),
+                "peer_queue_len",
+            ),
+            (
+                TransportConfig::default().stream_receive_window(64 << 20),
+                "stream_receive_window",
+            ),
+            (
+                TransportConfig::default().snapshot_chunk_bytes(16 << 20),
+                "snapshot_chunk_bytes",
+            ),
+            (
+                TransportConfig::default().keep_alive(Duration::from_secs(60)),
+                "keep_alive",
+            ),
+            (
+                TransportConfig::default().reconnect_backoff_min(Duration::from_secs(60)),
+                "reconnect_backoff_min",
+            ),
+        ];
+        for (config, field) in bad {
+            assert_eq!(config.validate().map_err(|e| e.field), Err(field));
+        }
+    }
+}

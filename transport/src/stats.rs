@@ -1,0 +1,85 @@
+//! Counters a caller can read without scraping logs: one set of atomics per transport,
+//! read as a plain [`TransportStats`] snapshot.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! stats {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// A snapshot of a transport's counters. All counts since the transport started.
+        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        pub struct TransportStats {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        /// The live counters behind [`TransportStats`].
+        #[derive(Debug, Default)]
+        pub(crate) struct Counters {
+            $(pub(crate) $name: AtomicU64,)*
+        }
+
+        impl Counters {
+            pub(crate) fn snapshot(&self) -> TransportStats {
+                TransportStats { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+    };
+}
+
+stats!(
+    /// Frames written (stream headers excluded).
+    frames_sent,
+    /// Frames read and accepted (stream headers excluded).
+    frames_received,
+    /// Bytes written: headers, length prefixes and bodies.
+    bytes_sent,
+    /// Bytes read: headers, length prefixes and bodies.
+    bytes_received,
+    /// Raft messages (and coalesced heartbeats, one per group) written.
+    messages_sent,
+    /// Raft messages (and coalesced heartbeats, one per group) handed to the coordinator.
+    messages_received,
+    /// Envelopes refused by `send` because a peer or stream queue was full.
+    dropped_queue_full,
+    /// Envelopes refused by `send` because the peer is not in the address book.
+    dropped_unknown_peer,
+    /// Frames lost because the peer could not be reached or the stream failed.
+    dropped_unreachable,
+    /// Frames whose claimed sender differed from the peer's certificate.
+    dropped_sender_mismatch,
+    /// Frames dropped by the simulated network's faults or partitions.
+    dropped_faults,
+    /// Frames duplicated by the simulated network.
+    duplicated,
+    /// Streams opened toward peers.
+    streams_opened,
+    /// Incoming streams reset (stopped) by this node, all reasons.
+    streams_reset,
+    /// Resets because the group is unknown here.
+    resets_unknown_group,
+    /// Resets because a frame or header did not decode.
+    resets_malformed,
+    /// Resets because the header named an unknown stream kind or version.
+    resets_unknown_kind,
+    /// Resets because a frame exceeded `max_frame_bytes` or a snapshot `max_snapshot_bytes`.
+    resets_too_large,
+    /// Resets because a frame claimed another sender.
+    resets_sender_mismatch,
+    /// Connections established (dialled or accepted) and adopted.
+    connections_opened,
+    /// Connections lost or closed.
+    connections_closed,
+    /// Connections refused: failed handshake, no usable identity, or duplicate.
+    connections_refused,
+    /// Snapshots the receiver acknowledged.
+    snapshots_sent,
+    /// Snapshots that failed on the way.
+    snapshots_failed,
+    /// Snapshots reassembled and handed to the coordinator.
+    snapshots_received,
+);
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
