@@ -1,0 +1,361 @@
+//! One group's view of the store: [`GroupStorage`] implements `raft::Storage`, reading the
+//! staged state (so entries handed to a batch are readable before they are durable), the
+//! recent-entries cache, and the disk below the cache.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState};
+use routing::GroupId;
+
+use crate::StorageError;
+use crate::keys::Bounds;
+use crate::store::Inner;
+
+/// The small, cheaply cloned part of a group's state: what `stage` simulates and validates.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct GroupMeta {
+    pub hard_state: HardState,
+    pub conf_state: ConfState,
+    pub applied: u64,
+    pub bounds: Bounds,
+    pub last_index: u64,
+    pub snapshot_meta: Option<SnapshotMetadata>,
+}
+
+impl GroupMeta {
+    pub(crate) fn new(conf_state: ConfState) -> Self {
+        Self {
+            conf_state,
+            bounds: Bounds {
+                first_index: 1,
+                trunc_index: 0,
+                trunc_term: 0,
+            },
+            ..Default::default()
+        }
+    }
+}
+
+/// Changes to the entry cache, replayed by `stage` once the batch is validated.
+#[derive(Debug)]
+pub(crate) enum CacheOp {
+    Append(Vec<Entry>),
+    DropBelow(u64),
+    Clear,
+}
+
+/// The in-memory state of a group, as staged.
+#[derive(Debug, Default)]
+pub(crate) struct GroupState {
+    pub meta: GroupMeta,
+    /// A contiguous suffix of the log ending at `meta.last_index` (or empty), each entry
+    /// tagged with the sequence number of the batch that wrote it (0: recovered from disk).
+    /// Sequence numbers never decrease front to back, so entries not yet durable are always a
+    /// suffix of the cache and trimming the front never drops one.
+    pub cache: VecDeque<(u64, Entry)>,
+    /// A snapshot staged and not yet durable (kept whole until its batch commits).
+    pub pending_snapshot: Option<(u64, Snapshot)>,
+    pub deleted: bool,
+}
+
+impl GroupState {
+    pub(crate) fn apply_cache_op(&mut self, seq: u64, op: CacheOp) {
+        match op {
+            CacheOp::Append(entries) => {
+                let Some(start) = entries.first().map(|e| e.index) else {
+                    return;
+                };
+                while self.cache.back().is_some_and(|(_, e)| e.index >= start) {
+                    self.cache.pop_back();
+                }
+                self.cache.extend(entries.into_iter().map(|e| (seq, e)));
+            }
+            CacheOp::DropBelow(index) => {
+                while self.cache.front().is_some_and(|(_, e)| e.index < index) {
+                    self.cache.pop_front();
+                }
+            }
+            CacheOp::Clear => self.cache.clear(),
+        }
+    }
+
+    /// Drops durable entries from the front while the cache is over its capacity.
+    pub(crate) fn trim_cache(&mut self, capacity: usize, durable_seq: u64) {
+        while self.cache.len() > capacity
+            && self
+                .cache
+                .front()
+                .is_some_and(|(seq, _)| *seq <= durable_seq)
+        {
+            self.cache.pop_front();
+        }
+    }
+
+    /// The first index served from the cache; everything in `[first_index, cache_front)` is
+    /// durable on disk.
+    fn cache_front(&self) -> u64 {
+        self.cache
+            .front()
+            .map_or(self.meta.last_index + 1, |(_, e)| e.index)
+    }
+
+    fn cached(&self, index: u64) -> Option<&Entry> {
+        let front = self.cache.front()?.1.index;
+        let off = usize::try_from(index.checked_sub(front)?).ok()?;
+        self.cache.get(off).map(|(_, e)| e)
+    }
+}
+
+pub(crate) type Cell = Arc<RwLock<GroupState>>;
+
+pub(crate) fn read(cell: &RwLock<GroupState>) -> RwLockReadGuard<'_, GroupState> {
+    // A panic while holding the lock cannot leave GroupState half-updated in a way reads
+    // care about more than a crash would; keep serving.
+    cell.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pub(crate) fn write(cell: &RwLock<GroupState>) -> RwLockWriteGuard<'_, GroupState> {
+    cell.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The storage of one group: implements `raft::Storage`, so a `raft::RawNode` runs directly on
+/// it. Cheap to clone; `Send + Sync`. Reads see everything staged, durable or not.
+#[derive(Clone)]
+pub struct GroupStorage {
+    id: GroupId,
+    store: Arc<Inner>,
+    cell: Cell,
+}
+
+impl std::fmt::Debug for GroupStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupStorage")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GroupStorage {
+    pub(crate) fn new(id: GroupId, store: Arc<Inner>, cell: Cell) -> Self {
+        Self { id, store, cell }
+    }
+
+    /// The group.
+    #[must_use]
+    pub fn id(&self) -> GroupId {
+        self.id
+    }
+
+    /// The staged hard state.
+    #[must_use]
+    pub fn hard_state(&self) -> HardState {
+        read(&self.cell).meta.hard_state.clone()
+    }
+
+    /// The staged conf state.
+    #[must_use]
+    pub fn conf_state(&self) -> ConfState {
+        read(&self.cell).meta.conf_state.clone()
+    }
+
+    /// The staged applied index.
+    #[must_use]
+    pub fn applied(&self) -> u64 {
+        read(&self.cell).meta.applied
+    }
+
+    /// The first index readable from the log.
+    #[must_use]
+    pub fn first_index(&self) -> u64 {
+        read(&self.cell).meta.bounds.first_index
+    }
+
+    /// The last index of the log (`first_index - 1` when it is empty).
+    #[must_use]
+    pub fn last_index(&self) -> u64 {
+        read(&self.cell).meta.last_index
+    }
+
+    /// Metadata of the stored snapshot, if any.
+    #[must_use]
+    pub fn snapshot_metadata(&self) -> Option<SnapshotMetadata> {
+        read(&self.cell).meta.snapshot_meta.clone()
+    }
+
+    /// Whether the group was deleted since this handle was taken.
+    #[must_use]
+    pub fn is_deleted(&self) -> bool {
+        read(&self.cell).deleted
+    }
+
+    fn live(&self) -> Result<RwLockReadGuard<'_, GroupState>, StorageError> {
+        let st = read(&self.cell);
+        if st.deleted {
+            return Err(StorageError::UnknownGroup { group: self.id });
+        }
+        Ok(st)
+    }
+
+    /// The term of a log entry, cache first, then disk.
+    fn entry_term(&self, st: &GroupState, index: u64) -> Result<u64, StorageError> {
+        if let Some(e) = st.cached(index) {
+            self.store.stats.cache_hits.inc(1);
+            return Ok(e.term);
+        }
+        let mut term = None;
+        self.store.read_log(self.id, index, index + 1, |e| {
+            term = Some(e.term);
+            false
+        })?;
+        term.ok_or(StorageError::LogGap {
+            group: self.id,
+            expected: index,
+            found: index.saturating_sub(1),
+        })
+    }
+}
+
+/// Adds entries up to `max_size` bytes, always at least one (raft-rs `limit_size`).
+struct Limited {
+    out: Vec<Entry>,
+    size: u64,
+    max: u64,
+}
+
+impl Limited {
+    /// Returns false once the limit is reached (the entry is then not added).
+    fn push(&mut self, e: Entry) -> bool {
+        let s = u64::from(e.compute_size());
+        if !self.out.is_empty() && self.size.saturating_add(s) > self.max {
+            return false;
+        }
+        self.size = self.size.saturating_add(s);
+        self.out.push(e);
+        true
+    }
+}
+
+impl raft::Storage for GroupStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let st = self.live()?;
+        Ok(RaftState::new(
+            st.meta.hard_state.clone(),
+            st.meta.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let st = self.live()?;
+        let first = st.meta.bounds.first_index;
+        if low < first {
+            return Err(raft::Error::Store(raft::StorageError::Compacted));
+        }
+        if high > st.meta.last_index + 1 || low > high {
+            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        let mut acc = Limited {
+            out: Vec::with_capacity(usize::try_from(high - low).unwrap_or(0).min(1024)),
+            size: 0,
+            max: max_size.into().unwrap_or(u64::MAX),
+        };
+        let front = st.cache_front();
+        let mut full = false;
+        if low < front {
+            let disk_high = high.min(front);
+            let mut next = low;
+            self.store.read_log(self.id, low, disk_high, |e| {
+                next = e.index + 1;
+                full = !acc.push(e);
+                !full
+            })?;
+            if !full && next != disk_high {
+                return Err(StorageError::LogGap {
+                    group: self.id,
+                    expected: next,
+                    found: disk_high,
+                }
+                .into());
+            }
+        }
+        if !full {
+            let mut hits = 0;
+            for i in low.max(front)..high {
+                let Some(e) = st.cached(i) else { break };
+                hits += 1;
+                if !acc.push(e.clone()) {
+                    break;
+                }
+            }
+            self.store.stats.cache_hits.inc(hits);
+        }
+        Ok(acc.out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let st = self.live()?;
+        let m = &st.meta;
+        if idx >= m.bounds.first_index && idx <= m.last_index {
+            return Ok(self.entry_term(&st, idx)?);
+        }
+        if idx == m.bounds.trunc_index {
+            return Ok(m.bounds.trunc_term);
+        }
+        if let Some(sm) = m.snapshot_meta.as_ref().filter(|sm| sm.index == idx) {
+            return Ok(sm.term);
+        }
+        if idx < m.bounds.first_index {
+            Err(raft::Error::Store(raft::StorageError::Compacted))
+        } else {
+            Err(raft::Error::Store(raft::StorageError::Unavailable))
+        }
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.live()?.meta.bounds.first_index)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.live()?.meta.last_index)
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let st = self.live()?;
+        let unavailable = || raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable);
+        if let Some(meta) = &st.meta.snapshot_meta {
+            if meta.index < request_index {
+                return Err(unavailable());
+            }
+            if let Some((_, snap)) = &st.pending_snapshot {
+                return Ok(snap.clone());
+            }
+            let data = self.store.read_snapshot_data(self.id)?;
+            let mut snap = Snapshot::default();
+            snap.set_metadata(meta.clone());
+            snap.data = data.to_vec().into();
+            return Ok(snap);
+        }
+        // Nothing stored: only a group that never compacted can describe its state without a
+        // state-machine snapshot.
+        let index = st.meta.bounds.first_index - 1;
+        if st.meta.bounds.first_index != 1 || index < request_index {
+            return Err(unavailable());
+        }
+        let mut snap = Snapshot::default();
+        let meta = snap.mut_metadata();
+        meta.index = index;
+        meta.term = st.meta.bounds.trunc_term;
+        meta.set_conf_state(st.meta.conf_state.clone());
+        Ok(snap)
+    }
+}

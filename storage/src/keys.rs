@@ -1,0 +1,273 @@
+//! On-disk layout. Two keyspaces:
+//!
+//! - `log`: key = group id (u64 BE) ++ index (u64 BE), value = protobuf `Entry`. A group's log
+//!   is one contiguous key range, ordered by index.
+//! - `meta`: key = group id (u64 BE) ++ tag byte, one record per tag (see [`Tag`]).
+//!
+//! Records are encoded with raft-rs's own protobuf types: this is our own disk, not network
+//! input, and the messages involved are not recursive.
+
+use raft::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
+use routing::GroupId;
+
+use crate::StorageError;
+
+/// Name of the keyspace holding log entries.
+pub(crate) const LOG_KEYSPACE: &str = "log";
+/// Name of the keyspace holding per-group records.
+pub(crate) const META_KEYSPACE: &str = "meta";
+
+pub(crate) type LogKey = [u8; 16];
+pub(crate) type MetaKey = [u8; 9];
+
+pub(crate) fn log_key(group: GroupId, index: u64) -> LogKey {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&group.get().to_be_bytes());
+    k[8..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// Splits a `log` key; `None` if it has the wrong length.
+pub(crate) fn parse_log_key(key: &[u8]) -> Option<(GroupId, u64)> {
+    let k: &[u8; 16] = key.try_into().ok()?;
+    let (g, i) = k.split_at(8);
+    Some((
+        GroupId(u64::from_be_bytes(g.try_into().ok()?)),
+        u64::from_be_bytes(i.try_into().ok()?),
+    ))
+}
+
+/// The per-group records of the `meta` keyspace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Tag {
+    /// first index (u64 BE) ++ truncated index (u64 BE) ++ truncated term (u64 BE). Every
+    /// existing group has one: it is the group's existence marker. Reads never go below the
+    /// first index.
+    Bounds = 1,
+    /// protobuf `HardState`.
+    HardState = 2,
+    /// protobuf `ConfState`.
+    ConfState = 3,
+    /// applied index, u64 BE.
+    Applied = 4,
+    /// protobuf `SnapshotMetadata` of the stored snapshot.
+    SnapshotMeta = 5,
+    /// raw data of the stored snapshot.
+    SnapshotData = 6,
+}
+
+impl Tag {
+    pub(crate) const ALL: [Tag; 6] = [
+        Tag::Bounds,
+        Tag::HardState,
+        Tag::ConfState,
+        Tag::Applied,
+        Tag::SnapshotMeta,
+        Tag::SnapshotData,
+    ];
+
+    fn from_byte(b: u8) -> Option<Tag> {
+        Tag::ALL.into_iter().find(|t| *t as u8 == b)
+    }
+}
+
+pub(crate) fn meta_key(group: GroupId, tag: Tag) -> MetaKey {
+    let mut k = [0u8; 9];
+    k[..8].copy_from_slice(&group.get().to_be_bytes());
+    k[8] = tag as u8;
+    k
+}
+
+/// Splits a `meta` key; `Err(raw group)` if the tag is unknown, `None` if the length is wrong.
+pub(crate) fn parse_meta_key(key: &[u8]) -> Option<Result<(GroupId, Tag), GroupId>> {
+    let k: &[u8; 9] = key.try_into().ok()?;
+    let group = GroupId(u64::from_be_bytes(k[..8].try_into().ok()?));
+    Some(Tag::from_byte(k[8]).map(|t| (group, t)).ok_or(group))
+}
+
+/// Where a group's log starts, and the (index, term) of the last log reset (snapshot install).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Bounds {
+    pub first_index: u64,
+    pub trunc_index: u64,
+    pub trunc_term: u64,
+}
+
+impl Bounds {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(24);
+        v.extend_from_slice(&self.first_index.to_be_bytes());
+        v.extend_from_slice(&self.trunc_index.to_be_bytes());
+        v.extend_from_slice(&self.trunc_term.to_be_bytes());
+        v
+    }
+
+    pub(crate) fn decode(group: GroupId, v: &[u8]) -> Result<Bounds, StorageError> {
+        let corrupt = |reason: String| StorageError::CorruptRecord {
+            group,
+            index: None,
+            record: "bounds",
+            reason,
+        };
+        let b: &[u8; 24] = v
+            .try_into()
+            .map_err(|_| corrupt(format!("expected 24 bytes, got {}", v.len())))?;
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[i * 8..i * 8 + 8]);
+            u64::from_be_bytes(w)
+        };
+        let bounds = Bounds {
+            first_index: word(0),
+            trunc_index: word(1),
+            trunc_term: word(2),
+        };
+        if bounds.first_index == 0 || bounds.trunc_index >= bounds.first_index {
+            return Err(corrupt(format!("impossible bounds {bounds:?}")));
+        }
+        Ok(bounds)
+    }
+}
+
+pub(crate) fn encode_u64(v: u64) -> Vec<u8> {
+    v.to_be_bytes().to_vec()
+}
+
+pub(crate) fn decode_u64(
+    group: GroupId,
+    record: &'static str,
+    v: &[u8],
+) -> Result<u64, StorageError> {
+    let b: [u8; 8] = v.try_into().map_err(|_| StorageError::CorruptRecord {
+        group,
+        index: None,
+        record,
+        reason: format!("expected 8 bytes, got {}", v.len()),
+    })?;
+    Ok(u64::from_be_bytes(b))
+}
+
+/// Encodes a protobuf message. These messages have no required fields, so encoding into a
+/// `Vec` cannot fail; an error here is a bug in the codec, reported as such.
+pub(crate) fn encode_pb<M: protobuf::Message>(m: &M) -> Vec<u8> {
+    let mut v = Vec::with_capacity(m.compute_size() as usize);
+    // Writing to a Vec only fails on an uninitialized message, which proto3 messages never are.
+    if m.write_to_vec(&mut v).is_err() {
+        v.clear();
+    }
+    v
+}
+
+fn decode_pb<M: protobuf::Message>(
+    group: GroupId,
+    index: Option<u64>,
+    record: &'static str,
+    v: &[u8],
+) -> Result<M, StorageError> {
+    M::parse_from_bytes(v).map_err(|e| StorageError::CorruptRecord {
+        group,
+        index,
+        record,
+        reason: e.to_string(),
+    })
+}
+
+/// Decodes a log entry and checks that it carries the index its key says.
+pub(crate) fn decode_entry(group: GroupId, index: u64, v: &[u8]) -> Result<Entry, StorageError> {
+    let e: Entry = decode_pb(group, Some(index), "entry", v)?;
+    if e.index != index {
+        return Err(StorageError::CorruptRecord {
+            group,
+            index: Some(index),
+            record: "entry",
+            reason: format!("entry carries index {} under key index {index}", e.index),
+        });
+    }
+    Ok(e)
+}
+
+pub(crate) fn decode_hard_state(group: GroupId, v: &[u8]) -> Result<HardState, StorageError> {
+    decode_pb(group, None, "hard state", v)
+}
+
+pub(crate) fn decode_conf_state(group: GroupId, v: &[u8]) -> Result<ConfState, StorageError> {
+    decode_pb(group, None, "conf state", v)
+}
+
+pub(crate) fn decode_snapshot_meta(
+    group: GroupId,
+    v: &[u8],
+) -> Result<SnapshotMetadata, StorageError> {
+    decode_pb(group, None, "snapshot metadata", v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_keys_order_by_group_then_index() {
+        let a = log_key(GroupId(1), u64::MAX);
+        let b = log_key(GroupId(2), 0);
+        let c = log_key(GroupId(2), 256);
+        assert!(a < b && b < c);
+        assert_eq!(parse_log_key(&c), Some((GroupId(2), 256)));
+        assert_eq!(parse_log_key(&c[..15]), None);
+    }
+
+    #[test]
+    fn meta_keys_round_trip_and_reject_unknown_tags() {
+        for tag in Tag::ALL {
+            let k = meta_key(GroupId(7), tag);
+            assert_eq!(parse_meta_key(&k), Some(Ok((GroupId(7), tag))));
+        }
+        let mut k = meta_key(GroupId(7), Tag::Bounds);
+        k[8] = 99;
+        assert_eq!(parse_meta_key(&k), Some(Err(GroupId(7))));
+    }
+
+    #[test]
+    fn bounds_round_trip_and_reject_nonsense() {
+        let b = Bounds {
+            first_index: 10,
+            trunc_index: 9,
+            trunc_term: 3,
+        };
+        assert_eq!(Bounds::decode(GroupId(1), &b.encode()).unwrap(), b);
+        assert!(Bounds::decode(GroupId(1), &[0; 23]).is_err());
+        let bad = Bounds {
+            first_index: 5,
+            trunc_index: 5,
+            trunc_term: 1,
+        };
+        assert!(Bounds::decode(GroupId(1), &bad.encode()).is_err());
+    }
+
+    #[test]
+    fn entry_under_the_wrong_key_is_corrupt() {
+        let e = Entry {
+            index: 4,
+            term: 2,
+            ..Default::default()
+        };
+        let v = encode_pb(&e);
+        assert_eq!(decode_entry(GroupId(1), 4, &v).unwrap(), e);
+        let err = decode_entry(GroupId(1), 5, &v).unwrap_err();
+        assert!(
+            matches!(err, StorageError::CorruptRecord { index: Some(5), .. }),
+            "{err}"
+        );
+        let err = decode_entry(GroupId(1), 4, &[0xff, 0xff, 0xff]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StorageError::CorruptRecord {
+                    record: "entry",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+}

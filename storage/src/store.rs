@@ -1,0 +1,869 @@
+//! [`LogStore`]: the fjall database, the groups it holds, and the stage/commit pipeline that
+//! turns a [`WriteBatch`] into one atomic, durable fjall batch with one persist.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+use raft::eraftpb::{Entry, Snapshot};
+use routing::GroupId;
+use tracing::{debug, error, info, info_span};
+
+use crate::batch::{Op, WriteBatch};
+use crate::group::{self, CacheOp, Cell, GroupMeta, GroupState, GroupStorage};
+use crate::keys::{self, Bounds, LogKey, MetaKey, Tag};
+use crate::{StorageError, StoreOptions};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counter(AtomicU64);
+
+impl Counter {
+    pub(crate) fn inc(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    batches: Counter,
+    persists: Counter,
+    entries_written: Counter,
+    bytes_written: Counter,
+    pub(crate) cache_hits: Counter,
+    pub(crate) disk_reads: Counter,
+}
+
+/// Counters of a [`LogStore`], read with [`LogStore::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StorageStats {
+    /// Batches committed.
+    pub batches: u64,
+    /// Persist calls that reached the journal (one per non-empty committed batch); with a
+    /// syncing [`Persist`](crate::Persist) mode, each is one fsync/fdatasync.
+    pub persists: u64,
+    /// Log entries written.
+    pub entries_written: u64,
+    /// Key and value bytes written (tombstones count their key).
+    pub bytes_written: u64,
+    /// Groups held now.
+    pub groups: u64,
+    /// Entries (or terms) served from the in-memory cache.
+    pub cache_hits: u64,
+    /// Entries read back from disk.
+    pub disk_reads: u64,
+}
+
+/// What one commit wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitInfo {
+    /// The batch's sequence number; [`LogStore::durable_seq`] is at least this now.
+    pub seq: u64,
+    /// Distinct groups touched.
+    pub groups: usize,
+    /// Log entries appended.
+    pub entries: usize,
+    /// Key and value bytes written.
+    pub bytes: usize,
+}
+
+pub(crate) struct Inner {
+    db: Database,
+    log: Keyspace,
+    meta: Keyspace,
+    options: StoreOptions,
+    groups: RwLock<HashMap<GroupId, Cell>>,
+    /// Serializes `stage`; holds the next sequence number to hand out.
+    stage: Mutex<u64>,
+    /// Serializes `commit`.
+    commit: Mutex<()>,
+    durable_seq: AtomicU64,
+    poisoned: AtomicBool,
+    poison_reason: Mutex<String>,
+    pub(crate) stats: Counters,
+}
+
+impl Inner {
+    fn poison(&self, reason: String) {
+        error!(%reason, "log store poisoned");
+        let mut r = lock(&self.poison_reason);
+        if r.is_empty() {
+            *r = reason;
+        }
+        self.poisoned.store(true, Ordering::SeqCst);
+    }
+
+    fn check_poison(&self) -> Result<(), StorageError> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(StorageError::Poisoned {
+                reason: lock(&self.poison_reason).clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads log entries `[lo, hi)` of a group from disk, in order, checking that they are
+    /// consecutive; `f` returns false to stop early.
+    pub(crate) fn read_log(
+        &self,
+        group: GroupId,
+        lo: u64,
+        hi: u64,
+        mut f: impl FnMut(Entry) -> bool,
+    ) -> Result<(), StorageError> {
+        for (kv, expected) in self
+            .log
+            .range(keys::log_key(group, lo)..keys::log_key(group, hi))
+            .zip(lo..)
+        {
+            let (k, v) = kv.into_inner()?;
+            let Some((_, index)) = keys::parse_log_key(&k) else {
+                return Err(StorageError::CorruptRecord {
+                    group,
+                    index: None,
+                    record: "entry key",
+                    reason: format!("key of {} bytes", k.len()),
+                });
+            };
+            if index != expected {
+                return Err(StorageError::LogGap {
+                    group,
+                    expected,
+                    found: index,
+                });
+            }
+            let e = keys::decode_entry(group, index, &v)?;
+            self.stats.disk_reads.inc(1);
+            if !f(e) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn read_snapshot_data(&self, group: GroupId) -> Result<fjall::Slice, StorageError> {
+        Ok(self
+            .meta
+            .get(keys::meta_key(group, Tag::SnapshotData))?
+            .unwrap_or_default())
+    }
+}
+
+/// The raft log, hard state, conf state, applied index and snapshot of every group on a node,
+/// in one fjall database. Cheap to clone; `Send + Sync`.
+///
+/// ```
+/// use pontoon_storage::{LogStore, StoreOptions};
+/// use raft::{eraftpb::{ConfState, Entry, HardState}, Storage};
+/// use pontoon_storage::GroupId;
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = LogStore::open(dir.path(), StoreOptions::default())?;
+/// let mut batch = store.batch();
+/// for g in 1..=3 {
+///     batch.create_group(GroupId(g), ConfState { voters: vec![1], ..Default::default() });
+///     batch.append(GroupId(g), &[Entry { index: 1, term: 1, ..Default::default() }]);
+///     batch.set_hard_state(GroupId(g), HardState { term: 1, vote: 1, commit: 1, ..Default::default() });
+/// }
+/// let info = store.write(batch)?; // three groups, one fsync
+/// assert_eq!((info.groups, info.entries), (3, 3));
+/// drop(store);
+///
+/// let store = LogStore::open(dir.path(), StoreOptions::default())?;
+/// assert_eq!(store.groups(), vec![GroupId(1), GroupId(2), GroupId(3)]);
+/// let g2 = store.group(GroupId(2))?;
+/// assert_eq!(g2.initial_state()?.hard_state.commit, 1);
+/// assert_eq!(g2.term(1)?, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore")
+            .field("durable_seq", &self.durable_seq())
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A batch that [`LogStore::stage`] validated and made visible to reads, waiting for
+/// [`LogStore::commit`]. Dropping it uncommitted poisons the store: its effects are already
+/// visible in memory and could never reach the disk.
+#[must_use = "a staged batch must be committed, dropping it poisons the store"]
+pub struct StagedBatch {
+    seq: u64,
+    batch: Option<fjall::OwnedWriteBatch>,
+    info: CommitInfo,
+    touched: Vec<Cell>,
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for StagedBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StagedBatch")
+            .field("seq", &self.seq)
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StagedBatch {
+    /// The batch's sequence number: it is durable once [`LogStore::durable_seq`] reaches it.
+    #[must_use]
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// What the batch will write.
+    #[must_use]
+    pub fn info(&self) -> CommitInfo {
+        self.info
+    }
+}
+
+impl Drop for StagedBatch {
+    fn drop(&mut self) {
+        if self.batch.is_some() {
+            self.inner.poison(format!(
+                "staged batch {} was dropped without being committed",
+                self.seq
+            ));
+        }
+    }
+}
+
+/// Per-group bookkeeping while staging.
+struct Sim {
+    /// The group's cell when staging began, if it existed.
+    cell: Option<Cell>,
+    /// The simulated state; `None`: the group does not exist (now).
+    meta: Option<GroupMeta>,
+    /// The group was deleted (and maybe re-created) in this batch: its old cell goes.
+    replaced: bool,
+    dirty: u8,
+    cache_ops: Vec<CacheOp>,
+    pending_snapshot: Option<Snapshot>,
+}
+
+const D_BOUNDS: u8 = 1;
+const D_HS: u8 = 2;
+const D_CS: u8 = 4;
+const D_APPLIED: u8 = 8;
+const D_SNAP: u8 = 16;
+const D_ALL: u8 = 31;
+
+type Ops<K> = BTreeMap<K, Option<Vec<u8>>>;
+
+fn remove_log(log_ops: &mut Ops<LogKey>, group: GroupId, from: u64, to_inclusive: u64) {
+    for i in from..=to_inclusive {
+        log_ops.insert(keys::log_key(group, i), None);
+    }
+}
+
+impl LogStore {
+    /// Opens the database in `dir`, creating it if needed, and recovers every group it holds.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::InvalidOptions`]; [`StorageError::Db`] if fjall cannot open or
+    /// recover; [`StorageError::CorruptRecord`] or [`StorageError::LogGap`] naming the group
+    /// (and index) whose records do not decode or whose log has a hole.
+    pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<LogStore, StorageError> {
+        options.validate()?;
+        let dir = dir.as_ref();
+        let span = info_span!("storage_open", dir = %dir.display());
+        let _enter = span.enter();
+        let mut builder = Database::builder(dir)
+            .cache_size(options.block_cache_bytes)
+            .manual_journal_persist(true);
+        if let Some(n) = options.worker_threads {
+            builder = builder.worker_threads(n);
+        }
+        let db = builder.open()?;
+        let log = db.keyspace(keys::LOG_KEYSPACE, KeyspaceCreateOptions::default)?;
+        let meta = db.keyspace(keys::META_KEYSPACE, KeyspaceCreateOptions::default)?;
+        let groups = recover(&log, &meta, options.entry_cache_per_group)?;
+        info!(groups = groups.len(), "opened log store");
+        let groups = groups
+            .into_iter()
+            .map(|(g, st)| (g, Arc::new(RwLock::new(st))))
+            .collect();
+        Ok(LogStore {
+            inner: Arc::new(Inner {
+                db,
+                log,
+                meta,
+                options,
+                groups: RwLock::new(groups),
+                stage: Mutex::new(1),
+                commit: Mutex::new(()),
+                durable_seq: AtomicU64::new(0),
+                poisoned: AtomicBool::new(false),
+                poison_reason: Mutex::new(String::new()),
+                stats: Counters::default(),
+            }),
+        })
+    }
+
+    fn groups_map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<GroupId, Cell>> {
+        self.inner
+            .groups
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Every group held, in id order (on reopen: every group recovered).
+    #[must_use]
+    pub fn groups(&self) -> Vec<GroupId> {
+        let mut v: Vec<GroupId> = self.groups_map().keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The storage handle of a group.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::UnknownGroup`] if the store does not hold it.
+    pub fn group(&self, id: GroupId) -> Result<GroupStorage, StorageError> {
+        let cell = self
+            .groups_map()
+            .get(&id)
+            .cloned()
+            .ok_or(StorageError::UnknownGroup { group: id })?;
+        Ok(GroupStorage::new(id, self.inner.clone(), cell))
+    }
+
+    /// A new, empty batch.
+    pub fn batch(&self) -> WriteBatch {
+        WriteBatch::new()
+    }
+
+    /// The sequence number of the last batch that is durable (0: none since open).
+    #[must_use]
+    pub fn durable_seq(&self) -> u64 {
+        self.inner.durable_seq.load(Ordering::Acquire)
+    }
+
+    /// The options the store was opened with.
+    pub fn options(&self) -> &StoreOptions {
+        &self.inner.options
+    }
+
+    /// Counters since open.
+    #[must_use]
+    pub fn stats(&self) -> StorageStats {
+        let s = &self.inner.stats;
+        StorageStats {
+            batches: s.batches.get(),
+            persists: s.persists.get(),
+            entries_written: s.entries_written.get(),
+            bytes_written: s.bytes_written.get(),
+            groups: self.groups_map().len() as u64,
+            cache_hits: s.cache_hits.get(),
+            disk_reads: s.disk_reads.get(),
+        }
+    }
+
+    /// Stages and commits a batch: on success it is durable.
+    ///
+    /// # Errors
+    ///
+    /// As [`LogStore::stage`] and [`LogStore::commit`].
+    pub fn write(&self, batch: WriteBatch) -> Result<CommitInfo, StorageError> {
+        let staged = self.stage(batch)?;
+        self.commit(staged)
+    }
+
+    /// Validates a batch and makes its effects visible to every [`GroupStorage`] read at
+    /// once, without I/O. Entries stay in memory at least until the batch is durable. Stage
+    /// order is commit order.
+    ///
+    /// # Errors
+    ///
+    /// Nothing is staged on error: [`StorageError::Poisoned`], [`StorageError::UnknownGroup`],
+    /// [`StorageError::GroupExists`], [`StorageError::NonContiguousAppend`],
+    /// [`StorageError::Compacted`] (append below the first index),
+    /// [`StorageError::CompactBeyondLog`], [`StorageError::SnapshotOutOfRange`].
+    pub fn stage(&self, batch: WriteBatch) -> Result<StagedBatch, StorageError> {
+        self.inner.check_poison()?;
+        let mut next_seq = lock(&self.inner.stage);
+        let seq = *next_seq;
+        let mut order: Vec<GroupId> = Vec::with_capacity(batch.groups_touched());
+        let mut sims: HashMap<GroupId, Sim> = HashMap::with_capacity(batch.groups_touched());
+        let mut log_ops: Ops<LogKey> = BTreeMap::new();
+        let mut meta_ops: Ops<MetaKey> = BTreeMap::new();
+        let mut info = CommitInfo {
+            seq,
+            groups: batch.groups_touched(),
+            entries: batch.entry_count(),
+            bytes: 0,
+        };
+
+        // Pass 1: validate every op against a simulated state and collect the key writes.
+        // Nothing shared changes here, so an error leaves the store as it was.
+        {
+            let map = self.groups_map();
+            for (g, op) in batch.ops {
+                let sim = sims.entry(g).or_insert_with(|| {
+                    order.push(g);
+                    let cell = map.get(&g).cloned();
+                    let meta = cell.as_ref().map(|c| group::read(c).meta.clone());
+                    Sim {
+                        cell,
+                        meta,
+                        replaced: false,
+                        dirty: 0,
+                        cache_ops: Vec::new(),
+                        pending_snapshot: None,
+                    }
+                });
+                stage_op(g, op, sim, &mut log_ops)?;
+            }
+        }
+        for g in &order {
+            let Some(sim) = sims.get(g) else { continue };
+            match &sim.meta {
+                None => {
+                    if sim.cell.is_some() {
+                        for tag in Tag::ALL {
+                            meta_ops.insert(keys::meta_key(*g, tag), None);
+                        }
+                    }
+                }
+                Some(m) => {
+                    let mut put = |tag, v: Option<Vec<u8>>| {
+                        meta_ops.insert(keys::meta_key(*g, tag), v);
+                    };
+                    if sim.dirty & D_BOUNDS != 0 {
+                        put(Tag::Bounds, Some(m.bounds.encode()));
+                    }
+                    if sim.dirty & D_HS != 0 {
+                        put(Tag::HardState, Some(keys::encode_pb(&m.hard_state)));
+                    }
+                    if sim.dirty & D_CS != 0 {
+                        put(Tag::ConfState, Some(keys::encode_pb(&m.conf_state)));
+                    }
+                    if sim.dirty & D_APPLIED != 0 {
+                        put(Tag::Applied, Some(keys::encode_u64(m.applied)));
+                    }
+                    if sim.dirty & D_SNAP != 0 {
+                        match (&m.snapshot_meta, &sim.pending_snapshot) {
+                            (Some(sm), Some(snap)) => {
+                                put(Tag::SnapshotMeta, Some(keys::encode_pb(sm)));
+                                put(Tag::SnapshotData, Some(snap.data.to_vec()));
+                            }
+                            _ => {
+                                put(Tag::SnapshotMeta, None);
+                                put(Tag::SnapshotData, None);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        let persist = self.inner.options.persist.to_fjall();
+        let mut fb = fjall::OwnedWriteBatch::with_capacity(
+            self.inner.db.clone(),
+            log_ops.len() + meta_ops.len(),
+        )
+        .durability(Some(persist));
+        for (k, v) in log_ops {
+            info.bytes += k.len() + v.as_ref().map_or(0, Vec::len);
+            match v {
+                Some(v) => fb.insert(&self.inner.log, k, v),
+                None => fb.remove(&self.inner.log, k),
+            }
+        }
+        for (k, v) in meta_ops {
+            info.bytes += k.len() + v.as_ref().map_or(0, Vec::len);
+            match v {
+                Some(v) => fb.insert(&self.inner.meta, k, v),
+                None => fb.remove(&self.inner.meta, k),
+            }
+        }
+
+        // Pass 2: publish. Infallible from here on.
+        let cap = self.inner.options.entry_cache_per_group;
+        let durable = self.durable_seq();
+        let mut touched = Vec::with_capacity(order.len());
+        let mut map = self
+            .inner
+            .groups
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for g in order {
+            let Some(sim) = sims.remove(&g) else { continue };
+            let fresh = sim.replaced || sim.cell.is_none();
+            if fresh && let Some(old) = &sim.cell {
+                let mut st = group::write(old);
+                st.deleted = true;
+                st.cache.clear();
+                st.pending_snapshot = None;
+            }
+            let Some(meta) = sim.meta else {
+                map.remove(&g);
+                continue;
+            };
+            let cell = match (&sim.cell, fresh) {
+                (Some(c), false) => c.clone(),
+                _ => {
+                    let c: Cell = Arc::new(RwLock::new(GroupState::default()));
+                    map.insert(g, c.clone());
+                    c
+                }
+            };
+            {
+                let mut st = group::write(&cell);
+                st.meta = meta;
+                for op in sim.cache_ops {
+                    st.apply_cache_op(seq, op);
+                }
+                if let Some(snap) = sim.pending_snapshot {
+                    st.pending_snapshot = Some((seq, snap));
+                }
+                st.trim_cache(cap, durable);
+            }
+            touched.push(cell);
+        }
+        drop(map);
+        *next_seq += 1;
+        Ok(StagedBatch {
+            seq,
+            batch: Some(fb),
+            info,
+            touched,
+            inner: self.inner.clone(),
+        })
+    }
+
+    /// Writes a staged batch with one fjall write batch and one persist in the configured
+    /// mode. When it returns `Ok`, every part of the batch is durable. Callable from another
+    /// thread than `stage`; batches must be committed in stage order.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::Poisoned`]; [`StorageError::OutOfOrderCommit`] (the store is poisoned,
+    /// since the batch's staged effects can no longer be made durable in order);
+    /// [`StorageError::Persist`] if the write or sync failed (the store is poisoned and the
+    /// batch must be considered lost: never acknowledge it).
+    pub fn commit(&self, mut staged: StagedBatch) -> Result<CommitInfo, StorageError> {
+        let inner = &self.inner;
+        let _commit = lock(&inner.commit);
+        let seq = staged.seq;
+        let Some(fb) = staged.batch.take() else {
+            return Err(StorageError::Poisoned {
+                reason: format!("batch {seq} has no write batch"),
+            });
+        };
+        inner.check_poison()?;
+        let expected = inner.durable_seq.load(Ordering::Acquire) + 1;
+        if seq != expected {
+            inner.poison(format!(
+                "batch {seq} committed while batch {expected} was due"
+            ));
+            return Err(StorageError::OutOfOrderCommit { expected, got: seq });
+        }
+        let writes = !fb.is_empty();
+        if let Err(source) = fb.commit() {
+            inner.poison(format!("persisting batch {seq} failed: {source}"));
+            return Err(StorageError::Persist { seq, source });
+        }
+        inner.durable_seq.store(seq, Ordering::Release);
+        let info = staged.info;
+        inner.stats.batches.inc(1);
+        if writes {
+            inner.stats.persists.inc(1);
+        }
+        inner.stats.entries_written.inc(info.entries as u64);
+        inner.stats.bytes_written.inc(info.bytes as u64);
+        let cap = inner.options.entry_cache_per_group;
+        for cell in staged.touched.drain(..) {
+            let mut st = group::write(&cell);
+            st.trim_cache(cap, seq);
+            if st.pending_snapshot.as_ref().is_some_and(|(s, _)| *s <= seq) {
+                st.pending_snapshot = None;
+            }
+        }
+        debug!(
+            seq,
+            groups = info.groups,
+            entries = info.entries,
+            bytes = info.bytes,
+            "committed batch"
+        );
+        Ok(info)
+    }
+}
+
+/// Applies one op to the simulated state of its group, recording key writes.
+fn stage_op(
+    g: GroupId,
+    op: Op,
+    sim: &mut Sim,
+    log_ops: &mut Ops<LogKey>,
+) -> Result<(), StorageError> {
+    if let Op::Create(cs) = op {
+        if sim.meta.is_some() {
+            return Err(StorageError::GroupExists { group: g });
+        }
+        sim.meta = Some(GroupMeta::new(cs));
+        sim.replaced = sim.cell.is_some();
+        sim.dirty = D_ALL;
+        sim.cache_ops.clear();
+        sim.pending_snapshot = None;
+        return Ok(());
+    }
+    let Some(m) = sim.meta.as_mut() else {
+        return Err(StorageError::UnknownGroup { group: g });
+    };
+    let first = m.bounds.first_index;
+    match op {
+        Op::Create(_) => {}
+        Op::Append(entries) => {
+            let (Some(head), Some(tail)) = (entries.first(), entries.last()) else {
+                return Ok(());
+            };
+            if head.index < first {
+                return Err(StorageError::Compacted {
+                    group: g,
+                    index: head.index,
+                    first_index: first,
+                });
+            }
+            if head.index > m.last_index + 1 {
+                return Err(StorageError::NonContiguousAppend {
+                    group: g,
+                    last_index: m.last_index,
+                    first_appended: head.index,
+                });
+            }
+            if let Some(w) = entries.windows(2).find(|w| w[1].index != w[0].index + 1) {
+                return Err(StorageError::NonContiguousAppend {
+                    group: g,
+                    last_index: w[0].index,
+                    first_appended: w[1].index,
+                });
+            }
+            let new_last = tail.index;
+            if m.last_index > new_last {
+                remove_log(log_ops, g, new_last + 1, m.last_index);
+            }
+            for e in &entries {
+                log_ops.insert(keys::log_key(g, e.index), Some(keys::encode_pb(e)));
+            }
+            m.last_index = new_last;
+            sim.cache_ops.push(CacheOp::Append(entries));
+        }
+        Op::HardState(hs) => {
+            m.hard_state = hs;
+            sim.dirty |= D_HS;
+        }
+        Op::ConfState(cs) => {
+            m.conf_state = cs;
+            sim.dirty |= D_CS;
+        }
+        Op::Applied(index) => {
+            m.applied = index;
+            sim.dirty |= D_APPLIED;
+        }
+        Op::ApplySnapshot(snap) => {
+            let sm = snap.get_metadata();
+            if sm.index < first {
+                return Err(StorageError::SnapshotOutOfRange {
+                    group: g,
+                    index: sm.index,
+                    first_index: first,
+                    last_index: m.last_index,
+                });
+            }
+            if m.last_index >= first {
+                remove_log(log_ops, g, first, m.last_index);
+            }
+            m.bounds = Bounds {
+                first_index: sm.index + 1,
+                trunc_index: sm.index,
+                trunc_term: sm.term,
+            };
+            m.last_index = sm.index;
+            m.conf_state = sm.get_conf_state().clone();
+            m.hard_state.term = m.hard_state.term.max(sm.term);
+            m.hard_state.commit = sm.index;
+            m.snapshot_meta = Some(sm.clone());
+            sim.dirty |= D_BOUNDS | D_HS | D_CS | D_SNAP;
+            sim.cache_ops.push(CacheOp::Clear);
+            sim.pending_snapshot = Some(snap);
+        }
+        Op::SaveSnapshot(snap) => {
+            let sm = snap.get_metadata();
+            let older = m.snapshot_meta.as_ref().is_some_and(|s| sm.index < s.index);
+            if sm.index > m.last_index || older {
+                return Err(StorageError::SnapshotOutOfRange {
+                    group: g,
+                    index: sm.index,
+                    first_index: first,
+                    last_index: m.last_index,
+                });
+            }
+            m.snapshot_meta = Some(sm.clone());
+            sim.dirty |= D_SNAP;
+            sim.pending_snapshot = Some(snap);
+        }
+        Op::Compact(index) => {
+            if index <= first {
+                return Ok(());
+            }
+            if index > m.last_index + 1 {
+                return Err(StorageError::CompactBeyondLog {
+                    group: g,
+                    index,
+                    last_index: m.last_index,
+                });
+            }
+            remove_log(log_ops, g, first, index - 1);
+            m.bounds.first_index = index;
+            sim.dirty |= D_BOUNDS;
+            sim.cache_ops.push(CacheOp::DropBelow(index));
+        }
+        Op::Delete => {
+            if m.last_index >= first {
+                remove_log(log_ops, g, first, m.last_index);
+            }
+            sim.meta = None;
+            sim.replaced = sim.cell.is_some();
+            sim.dirty = D_ALL;
+            sim.cache_ops.clear();
+            sim.pending_snapshot = None;
+        }
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Recovered {
+    bounds: Option<Bounds>,
+    meta: GroupMeta,
+}
+
+/// Rebuilds every group's state from disk, checking each record.
+fn recover(
+    log: &Keyspace,
+    meta: &Keyspace,
+    cache_cap: usize,
+) -> Result<BTreeMap<GroupId, GroupState>, StorageError> {
+    let mut found: BTreeMap<GroupId, Recovered> = BTreeMap::new();
+    for kv in meta.iter() {
+        let (k, v) = kv.into_inner()?;
+        let (g, tag) = match keys::parse_meta_key(&k) {
+            Some(Ok(gt)) => gt,
+            Some(Err(g)) => {
+                return Err(StorageError::CorruptRecord {
+                    group: g,
+                    index: None,
+                    record: "meta",
+                    reason: format!("unknown record tag {}", k.last().copied().unwrap_or(0)),
+                });
+            }
+            None => {
+                return Err(StorageError::CorruptRecord {
+                    group: GroupId(0),
+                    index: None,
+                    record: "meta",
+                    reason: format!("key of {} bytes", k.len()),
+                });
+            }
+        };
+        let r = found.entry(g).or_default();
+        match tag {
+            Tag::Bounds => r.bounds = Some(Bounds::decode(g, &v)?),
+            Tag::HardState => r.meta.hard_state = keys::decode_hard_state(g, &v)?,
+            Tag::ConfState => r.meta.conf_state = keys::decode_conf_state(g, &v)?,
+            Tag::Applied => r.meta.applied = keys::decode_u64(g, "applied", &v)?,
+            Tag::SnapshotMeta => r.meta.snapshot_meta = Some(keys::decode_snapshot_meta(g, &v)?),
+            Tag::SnapshotData => {}
+        }
+    }
+    let mut groups = BTreeMap::new();
+    for (g, r) in found {
+        let Some(bounds) = r.bounds else {
+            return Err(StorageError::CorruptRecord {
+                group: g,
+                index: None,
+                record: "bounds",
+                reason: "missing, though the group has other records".into(),
+            });
+        };
+        let mut meta = r.meta;
+        meta.bounds = bounds;
+        meta.last_index = bounds.first_index - 1;
+        groups.insert(
+            g,
+            GroupState {
+                meta,
+                ..Default::default()
+            },
+        );
+    }
+    for kv in log.iter() {
+        let (k, v) = kv.into_inner()?;
+        let Some((g, index)) = keys::parse_log_key(&k) else {
+            return Err(StorageError::CorruptRecord {
+                group: GroupId(0),
+                index: None,
+                record: "entry key",
+                reason: format!("key of {} bytes", k.len()),
+            });
+        };
+        let Some(st) = groups.get_mut(&g) else {
+            return Err(StorageError::CorruptRecord {
+                group: g,
+                index: Some(index),
+                record: "entry",
+                reason: "log entry of a group that has no bounds record".into(),
+            });
+        };
+        if index < st.meta.bounds.first_index {
+            // Below the persisted first index: logically compacted, never read.
+            continue;
+        }
+        if index != st.meta.last_index + 1 {
+            return Err(StorageError::LogGap {
+                group: g,
+                expected: st.meta.last_index + 1,
+                found: index,
+            });
+        }
+        let e = keys::decode_entry(g, index, &v)?;
+        st.meta.last_index = index;
+        st.cache.push_back((0, e));
+        st.trim_cache(cache_cap, 0);
+    }
+    for (g, st) in &groups {
+        let m = &st.meta;
+        if m.hard_state.commit > m.last_index {
+            return Err(StorageError::CorruptRecord {
+                group: *g,
+                index: Some(m.hard_state.commit),
+                record: "hard state",
+                reason: format!(
+                    "commit index {} is past the last log index {}: committed entries are missing",
+                    m.hard_state.commit, m.last_index
+                ),
+            });
+        }
+    }
+    Ok(groups)
+}
