@@ -1,6 +1,9 @@
 //! Real TLS handshakes over 127.0.0.1 TCP between configs built by this crate: what is
 //! accepted, what is refused, and with which error on which side.
 
+// Test helpers (outside #[test] fns) unwrap freely: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
@@ -34,7 +37,7 @@ enum Side {
     /// rustls refused (or received an alert).
     Tls(TlsError),
     /// The socket failed without a TLS error (e.g. the peer hung up).
-    Io(io::ErrorKind),
+    Io(#[allow(dead_code, reason = "read through Debug in failure messages")] io::ErrorKind),
 }
 
 fn side_error(e: io::Error) -> Side {
