@@ -1,0 +1,107 @@
+//! Errors of the coordinator: one enum for what a caller's request can hit ([`ProposeError`]),
+//! one for what stops the coordinator itself ([`CoordinatorError`]).
+
+use routing::{GroupId, NodeId};
+
+use crate::conf_change::ConfChangeDecodeError;
+use crate::config::ConfigError;
+
+/// Why a proposal, read or leadership request did not complete.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// This node does not lead the group: retry on `leader` when it is known, else after an
+    /// election timeout.
+    #[error("this node is not the leader of {group}; leader: {}", leader.map_or("unknown".to_string(), |l| l.to_string()))]
+    NotLeader {
+        /// The group.
+        group: GroupId,
+        /// The leader this node knows of.
+        leader: Option<NodeId>,
+    },
+    /// This node holds no replica of the group: check the routing table.
+    #[error("{group} is not held by this node")]
+    GroupNotFound {
+        /// The group.
+        group: GroupId,
+    },
+    /// The proposal was not committed and never will be (leadership changed, a leader transfer
+    /// was in progress, or too many uncommitted bytes). Safe to retry: the command did not
+    /// take effect.
+    #[error("proposal to {group} was dropped; it did not take effect, retry it")]
+    ProposalDropped {
+        /// The group.
+        group: GroupId,
+    },
+    /// No answer within the deadline. The command may or may not have taken effect: retry only
+    /// if it is idempotent.
+    #[error("no answer from {group} within the deadline; the outcome is unknown")]
+    Timeout {
+        /// The group.
+        group: GroupId,
+    },
+    /// The node is shutting down (or stopped after a fatal error); send the request elsewhere.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+/// A failure of the coordinator itself. A node that hits one stops (fail-stop): continuing
+/// after a storage or state-machine failure could acknowledge a write that is not durable.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    /// The raft settings are invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Node id 0 is reserved by raft.
+    #[error("node id 0 is reserved by raft; number nodes from 1")]
+    InvalidNodeId,
+    /// A group was created with no voters, a zero id or the reserved group id 0.
+    #[error("{group} needs at least one voter, and ids must be non-zero")]
+    InvalidVoters {
+        /// The group.
+        group: GroupId,
+    },
+    /// The group is not held by this node.
+    #[error("{group} is not held by this node")]
+    GroupNotFound {
+        /// The group.
+        group: GroupId,
+    },
+    /// The log store failed; the node must stop (a failed persist poisons the store).
+    #[error("storage failed: {0}")]
+    Storage(#[from] storage::StorageError),
+    /// raft-rs refused an operation on a group.
+    #[error("raft error in {group}: {source}")]
+    Raft {
+        /// The group.
+        group: GroupId,
+        /// raft-rs's error.
+        source: raft::Error,
+    },
+    /// A committed conf-change entry could not be decoded: the log is corrupt.
+    #[error("committed conf change at {group} index {index} is malformed: {source}")]
+    BadConfChange {
+        /// The group.
+        group: GroupId,
+        /// The entry's index.
+        index: u64,
+        /// What is wrong with it.
+        source: ConfChangeDecodeError,
+    },
+    /// `on_persisted` was called for a cycle that is not the oldest in flight (a driver bug).
+    #[error("cycle {cycle} reported persisted out of order")]
+    CycleOutOfOrder {
+        /// The cycle reported.
+        cycle: u64,
+    },
+    /// The state machine failed; the node stops rather than diverge from its peers.
+    #[error("state machine failed on {group}: {message}")]
+    StateMachine {
+        /// The group.
+        group: GroupId,
+        /// What it said.
+        message: String,
+    },
+    /// The persister thread ended unexpectedly; nothing more can be made durable.
+    #[error("the persister thread stopped; the node cannot make writes durable")]
+    PersisterStopped,
+}

@@ -1,0 +1,960 @@
+//! [`MultiRaft`]: every raft group of one node behind one sans-IO state machine.
+//!
+//! Inputs: [`MultiRaft::tick`], [`MultiRaft::step`], [`MultiRaft::propose`], reads, conf changes.
+//! Output: [`MultiRaft::poll_cycle`] gathers the `Ready` of every group into one [`Cycle`]: one
+//! storage batch for all groups, the messages that may leave now, the entries to apply, and
+//! events. Once the driver has made the batch durable it calls [`MultiRaft::on_persisted`],
+//! which releases the messages that had to wait for the fsync (votes, follower acks).
+//!
+//! No sockets, clocks or threads: the same code runs under the tokio [`crate::Node`] and under a
+//! deterministic simulation.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot};
+use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+use routing::{GroupId, NodeId};
+use storage::{GroupStorage, LogStore, WriteBatch};
+use transport::Envelope;
+
+use crate::conf_change;
+use crate::config::RaftConfig;
+use crate::error::{CoordinatorError, ProposeError};
+use crate::logging::group_logger;
+use crate::outbox::{self, CoalesceCount, Outbox};
+
+/// An opaque number the caller attaches to a proposal or a read, handed back when it completes.
+pub type Token = u64;
+
+/// Identifies a [`Cycle`] until its batch is durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CycleId(pub u64);
+
+/// The role of this node in one group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Role {
+    /// Follows a leader.
+    Follower,
+    /// Campaigning.
+    Candidate,
+    /// Pre-vote campaign (does not raise the term).
+    PreCandidate,
+    /// Leads the group.
+    Leader,
+}
+
+impl From<StateRole> for Role {
+    fn from(role: StateRole) -> Self {
+        match role {
+            StateRole::Follower => Role::Follower,
+            StateRole::Candidate => Role::Candidate,
+            StateRole::PreCandidate => Role::PreCandidate,
+            StateRole::Leader => Role::Leader,
+        }
+    }
+}
+
+/// One group as seen from this node.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct GroupStatus {
+    /// The group.
+    pub group: GroupId,
+    /// This node's role in it.
+    pub role: Role,
+    /// The current term.
+    pub term: u64,
+    /// The leader this node knows of.
+    pub leader: Option<NodeId>,
+    /// The highest index known committed.
+    pub commit: u64,
+    /// The highest index handed to the state machine.
+    pub applied: u64,
+    /// The first index still in the log.
+    pub first_index: u64,
+    /// The last index in the log.
+    pub last_index: u64,
+    /// Voters of the current configuration (and of the outgoing one during a joint change).
+    pub voters: Vec<NodeId>,
+    /// Learners.
+    pub learners: Vec<NodeId>,
+}
+
+/// Work for the state machine, in the order it must be done.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Apply {
+    /// Replace the group's state with this snapshot (empty data: the empty state).
+    Restore {
+        /// The group.
+        group: GroupId,
+        /// Index the snapshot covers.
+        index: u64,
+        /// The state machine's snapshot bytes.
+        data: Vec<u8>,
+    },
+    /// Apply one committed command.
+    Command {
+        /// The group.
+        group: GroupId,
+        /// Its log index.
+        index: u64,
+        /// The term it was proposed in.
+        term: u64,
+        /// The command bytes.
+        data: Vec<u8>,
+        /// The proposal it completes, when it was proposed through this node.
+        proposal: Option<Token>,
+    },
+    /// A membership change took effect (nothing for the state machine to do; completes a proposal).
+    ConfChanged {
+        /// The group.
+        group: GroupId,
+        /// Its log index.
+        index: u64,
+        /// The configuration now in force.
+        conf_state: ConfState,
+        /// The proposal it completes, when it was proposed through this node.
+        proposal: Option<Token>,
+    },
+}
+
+/// Something the driver should know about, after the cycle's [`Apply`] work is done.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A group's leader changed (or became unknown).
+    LeaderChanged {
+        /// The group.
+        group: GroupId,
+        /// The new leader.
+        leader: Option<NodeId>,
+        /// Its term.
+        term: u64,
+    },
+    /// A linearizable read may now be served from the local state machine.
+    ReadReady {
+        /// The group.
+        group: GroupId,
+        /// The read's token.
+        token: Token,
+        /// The read index the state machine has reached.
+        index: u64,
+    },
+    /// A proposal will never commit: its entry was replaced by another leader's.
+    ProposalDropped {
+        /// The group.
+        group: GroupId,
+        /// The proposal's token.
+        token: Token,
+    },
+}
+
+/// One coordinator cycle: what every group with a `Ready` produced.
+#[must_use = "a cycle's batch must be persisted and `on_persisted` called"]
+pub struct Cycle {
+    /// Pass back to [`MultiRaft::on_persisted`] once `batch` is durable.
+    pub id: CycleId,
+    /// Everything to persist, for all groups: one commit, one fsync.
+    pub batch: WriteBatch,
+    /// Messages that may be sent before the batch is durable (the leader's appends).
+    pub messages: Vec<(NodeId, Envelope)>,
+    /// State-machine work, in order. Safe now: these entries were durable before this cycle.
+    pub applies: Vec<Apply>,
+    /// Events, to handle after `applies`.
+    pub events: Vec<Event>,
+}
+
+/// Counters a caller can read (see [`MultiRaft::stats`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CoordinatorStats {
+    /// Cycles produced.
+    pub cycles: u64,
+    /// Group `Ready`s gathered into those cycles.
+    pub readies: u64,
+    /// Raft messages produced by all groups.
+    pub raft_messages: u64,
+    /// Envelopes handed to the transport (after coalescing).
+    pub envelopes: u64,
+    /// Heartbeats and heartbeat responses that travelled inside coalesced batches.
+    pub heartbeats_coalesced: u64,
+    /// Coalesced heartbeat batches sent.
+    pub heartbeat_batches: u64,
+    /// Entries handed to the state machine.
+    pub entries_applied: u64,
+    /// Messages for groups this node does not hold.
+    pub unknown_group_messages: u64,
+    /// Log compactions.
+    pub compactions: u64,
+}
+
+struct Group {
+    raw: RawNode<GroupStorage>,
+    /// Highest index handed out for applying.
+    applied: u64,
+    leader: Option<NodeId>,
+    term: u64,
+    role: StateRole,
+    /// Reads whose index is not applied yet.
+    reads: Vec<(u64, Token)>,
+}
+
+struct Inflight {
+    id: CycleId,
+    readies: Vec<(GroupId, u64)>,
+    after_persist: Outbox,
+}
+
+/// Every raft group of one node. See the module docs.
+pub struct MultiRaft {
+    id: NodeId,
+    config: RaftConfig,
+    store: LogStore,
+    groups: BTreeMap<GroupId, Group>,
+    rng: StdRng,
+    /// Writes made outside a `Ready` (group creation, compaction), merged into the next cycle.
+    pending: WriteBatch,
+    pending_applies: Vec<Apply>,
+    inflight: VecDeque<Inflight>,
+    next_cycle: u64,
+    proposals: BTreeMap<(GroupId, u64), (u64, Token)>,
+    stats: CoordinatorStats,
+}
+
+const BOOTSTRAP_INDEX: u64 = 1;
+const BOOTSTRAP_TERM: u64 = 1;
+
+impl MultiRaft {
+    /// Builds the core for node `id` on `store`, recovering every group the store holds.
+    ///
+    /// # Errors
+    /// A bad config, or a group whose stored state raft rejects.
+    pub fn new(id: NodeId, config: RaftConfig, store: LogStore) -> Result<Self, CoordinatorError> {
+        config.validate()?;
+        if id.get() == 0 {
+            return Err(CoordinatorError::InvalidNodeId);
+        }
+        let mut this = Self {
+            id,
+            rng: StdRng::seed_from_u64(config.seed ^ id.get().rotate_left(32)),
+            config,
+            pending: store.batch(),
+            pending_applies: Vec::new(),
+            store,
+            groups: BTreeMap::new(),
+            inflight: VecDeque::new(),
+            next_cycle: 1,
+            proposals: BTreeMap::new(),
+            stats: CoordinatorStats::default(),
+        };
+        for group in this.store.groups() {
+            let storage = this.store.group(group)?;
+            this.load_group(group, storage)?;
+        }
+        Ok(this)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The groups this node holds.
+    pub fn groups(&self) -> impl Iterator<Item = GroupId> + '_ {
+        self.groups.keys().copied()
+    }
+
+    /// Whether this node holds `group`.
+    pub fn has_group(&self, group: GroupId) -> bool {
+        self.groups.contains_key(&group)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &CoordinatorStats {
+        &self.stats
+    }
+
+    fn load_group(
+        &mut self,
+        group: GroupId,
+        storage: GroupStorage,
+    ) -> Result<(), CoordinatorError> {
+        let applied = storage.snapshot_metadata().map_or(0, |m| m.index);
+        let logger = group_logger(self.id.get(), group.get());
+        let raw = RawNode::new(
+            &self.config.raft_config(self.id.get(), applied),
+            storage,
+            &logger,
+        )
+        .map_err(|source| CoordinatorError::Raft { group, source })?;
+        let mut g = Group {
+            raw,
+            applied,
+            leader: None,
+            term: 0,
+            role: StateRole::Follower,
+            reads: Vec::new(),
+        };
+        g.term = g.raw.raft.term;
+        Self::jitter_election(&mut self.rng, &self.config, &mut g);
+        // The state machine starts from the stored snapshot; raft replays the log after it.
+        if let Ok(snapshot) = g.raw.store().snapshot(0, 0) {
+            let index = snapshot.get_metadata().index;
+            if index != 0 {
+                self.pending_applies.push(Apply::Restore {
+                    group,
+                    index,
+                    data: snapshot.data.to_vec(),
+                });
+            }
+        }
+        self.groups.insert(group, g);
+        Ok(())
+    }
+
+    /// Creates `group` with `voters` as its first configuration. Every initial replica calls
+    /// this with the same voters; the group starts from a snapshot at index 1 holding that
+    /// configuration, so replicas added later learn it by snapshot.
+    ///
+    /// A group the store already holds is left as it is (a restart), so calling this for every
+    /// group of the routing table at start-up is safe.
+    ///
+    /// # Errors
+    /// Invalid voters, a storage failure, or raft rejecting the new group.
+    pub fn create_group(
+        &mut self,
+        group: GroupId,
+        voters: &[NodeId],
+    ) -> Result<(), CoordinatorError> {
+        self.create_groups([(group, voters.to_vec())])
+    }
+
+    /// [`MultiRaft::create_group`] for many groups at once: one batch, one fsync.
+    ///
+    /// # Errors
+    /// As [`MultiRaft::create_group`]; no group is created when any is invalid.
+    pub fn create_groups(
+        &mut self,
+        groups: impl IntoIterator<Item = (GroupId, Vec<NodeId>)>,
+    ) -> Result<(), CoordinatorError> {
+        let mut batch = self.store.batch();
+        let mut created = Vec::new();
+        for (group, voters) in groups {
+            if self.groups.contains_key(&group) {
+                continue;
+            }
+            if group.get() == 0 || voters.is_empty() || voters.iter().any(|v| v.get() == 0) {
+                return Err(CoordinatorError::InvalidVoters { group });
+            }
+            let conf_state =
+                ConfState::from((voters.iter().map(|v| v.get()).collect::<Vec<_>>(), vec![]));
+            let mut snapshot = Snapshot::default();
+            let meta = snapshot.mut_metadata();
+            meta.index = BOOTSTRAP_INDEX;
+            meta.term = BOOTSTRAP_TERM;
+            meta.set_conf_state(conf_state.clone());
+            batch.create_group(group, conf_state);
+            batch.apply_snapshot(group, snapshot);
+            let mut hs = raft::eraftpb::HardState::default();
+            hs.term = BOOTSTRAP_TERM;
+            hs.commit = BOOTSTRAP_INDEX;
+            batch.set_hard_state(group, hs);
+            created.push(group);
+        }
+        self.load_new_groups(batch, created)
+    }
+
+    /// Creates `group` on a node that is joining it: no configuration yet, it learns everything
+    /// from the leader's snapshot once a membership change adds it.
+    ///
+    /// # Errors
+    /// A storage failure, or raft rejecting the new group.
+    pub fn create_joining_group(&mut self, group: GroupId) -> Result<(), CoordinatorError> {
+        if self.groups.contains_key(&group) {
+            return Ok(());
+        }
+        let mut batch = self.store.batch();
+        batch.create_group(group, ConfState::default());
+        self.load_new_groups(batch, vec![group])
+    }
+
+    fn load_new_groups(
+        &mut self,
+        batch: WriteBatch,
+        created: Vec<GroupId>,
+    ) -> Result<(), CoordinatorError> {
+        if created.is_empty() {
+            return Ok(());
+        }
+        // Durable before raft runs on it: a group must never exist in memory only.
+        self.store.write(batch)?;
+        for group in created {
+            let storage = self.store.group(group)?;
+            self.load_group(group, storage)?;
+        }
+        Ok(())
+    }
+
+    /// Removes `group` from this node and deletes its storage (in the next cycle's batch).
+    ///
+    /// # Errors
+    /// [`CoordinatorError::GroupNotFound`].
+    pub fn remove_group(&mut self, group: GroupId) -> Result<Vec<Token>, CoordinatorError> {
+        if self.groups.remove(&group).is_none() {
+            return Err(CoordinatorError::GroupNotFound { group });
+        }
+        self.pending.delete_group(group);
+        let dropped: Vec<_> = self
+            .proposals
+            .range((group, 0)..=(group, u64::MAX))
+            .map(|(k, v)| (*k, v.1))
+            .collect();
+        for (key, _) in &dropped {
+            self.proposals.remove(key);
+        }
+        Ok(dropped.into_iter().map(|(_, token)| token).collect())
+    }
+
+    fn group_mut(&mut self, group: GroupId) -> Result<&mut Group, ProposeError> {
+        self.groups
+            .get_mut(&group)
+            .ok_or(ProposeError::GroupNotFound { group })
+    }
+
+    /// Advances every group's logical clock by one tick.
+    pub fn tick(&mut self) {
+        for g in self.groups.values_mut() {
+            g.raw.tick();
+            Self::jitter_election(&mut self.rng, &self.config, g);
+        }
+    }
+
+    /// raft-rs draws election timeouts from the thread RNG; we redraw them from our seeded RNG
+    /// whenever raft reset them (a new term or role), so a simulation replays exactly.
+    fn jitter_election(rng: &mut StdRng, config: &RaftConfig, g: &mut Group) {
+        let (term, role) = (g.raw.raft.term, g.raw.raft.state);
+        if term != g.term
+            || role != g.role
+            || g.raw.raft.randomized_election_timeout() < config.election_tick
+        {
+            g.term = term;
+            g.role = role;
+            let timeout = rng.random_range(config.election_tick..2 * config.election_tick);
+            g.raw.raft.set_randomized_election_timeout(timeout);
+        }
+    }
+
+    /// Hands what a peer sent to the groups it is for. Coalesced heartbeats are expanded back
+    /// into per-group messages here.
+    ///
+    /// Messages for a group this node does not hold are counted and dropped; raft errors of a
+    /// single message (stale term and the like) are logged and dropped, as raft expects.
+    pub fn step(&mut self, from: NodeId, envelope: Envelope) {
+        match envelope {
+            Envelope::Raft { group, messages } => {
+                for m in messages {
+                    self.step_one(from, group, m);
+                }
+            }
+            Envelope::Heartbeats(batch) => {
+                let expanded: Vec<_> = outbox::expand(from, self.id, &batch).collect();
+                for (group, m) in expanded {
+                    self.step_one(from, group, m);
+                }
+            }
+            Envelope::Snapshot { group, message } => self.step_one(from, group, message),
+        }
+    }
+
+    fn step_one(&mut self, from: NodeId, group: GroupId, mut m: Message) {
+        let Some(g) = self.groups.get_mut(&group) else {
+            self.stats.unknown_group_messages += 1;
+            tracing::debug!(%group, %from, "message for a group this node does not hold");
+            return;
+        };
+        // The transport proved who sent it; raft must not be told otherwise.
+        m.from = from.get();
+        m.to = self.id.get();
+        if let Err(error) = g.raw.step(m) {
+            tracing::debug!(%group, %from, %error, "raft rejected a message");
+        }
+        Self::jitter_election(&mut self.rng, &self.config, g);
+    }
+
+    /// Proposes `data` to `group`. `token` comes back in [`Apply::Command`] when the entry is
+    /// committed and handed out for applying, or in [`Event::ProposalDropped`].
+    ///
+    /// # Errors
+    /// [`ProposeError::NotLeader`] with the leader this node knows of, [`ProposeError::GroupNotFound`],
+    /// [`ProposeError::ProposalDropped`] when raft refuses it (leader transfer in progress, too
+    /// many uncommitted bytes).
+    pub fn propose(
+        &mut self,
+        group: GroupId,
+        data: Vec<u8>,
+        token: Token,
+    ) -> Result<(), ProposeError> {
+        let g = self.group_mut(group)?;
+        Self::ensure_leader(group, g)?;
+        g.raw
+            .propose(vec![], data)
+            .map_err(|_| ProposeError::ProposalDropped { group })?;
+        let (index, term) = (g.raw.raft.raft_log.last_index(), g.raw.raft.term);
+        self.proposals.insert((group, index), (term, token));
+        Ok(())
+    }
+
+    /// Proposes a membership change (joint consensus when it has several steps).
+    ///
+    /// # Errors
+    /// As [`MultiRaft::propose`]; raft also refuses while another change is pending.
+    pub fn propose_conf_change(
+        &mut self,
+        group: GroupId,
+        change: &ConfChangeV2,
+        token: Token,
+    ) -> Result<(), ProposeError> {
+        let g = self.group_mut(group)?;
+        Self::ensure_leader(group, g)?;
+        let last_before = g.raw.raft.raft_log.last_index();
+        g.raw
+            .propose_conf_change(vec![], change.clone())
+            .map_err(|_| ProposeError::ProposalDropped { group })?;
+        let (index, term) = (g.raw.raft.raft_log.last_index(), g.raw.raft.term);
+        if index == last_before {
+            return Err(ProposeError::ProposalDropped { group });
+        }
+        self.proposals.insert((group, index), (term, token));
+        Ok(())
+    }
+
+    /// Starts a linearizable read of `group`: [`Event::ReadReady`] with `token` follows once the
+    /// local state machine has applied everything committed when the read began.
+    ///
+    /// # Errors
+    /// [`ProposeError::GroupNotFound`]; [`ProposeError::NotLeader`] with no leader known.
+    pub fn read_index(&mut self, group: GroupId, token: Token) -> Result<(), ProposeError> {
+        let g = self.group_mut(group)?;
+        if g.raw.raft.leader_id == raft::INVALID_ID {
+            return Err(ProposeError::NotLeader {
+                group,
+                leader: None,
+            });
+        }
+        g.raw.read_index(token.to_be_bytes().to_vec());
+        Ok(())
+    }
+
+    /// Asks the leader of `group` to hand leadership to `to`.
+    ///
+    /// # Errors
+    /// [`ProposeError::GroupNotFound`], [`ProposeError::NotLeader`].
+    pub fn transfer_leader(&mut self, group: GroupId, to: NodeId) -> Result<(), ProposeError> {
+        let g = self.group_mut(group)?;
+        Self::ensure_leader(group, g)?;
+        g.raw.transfer_leader(to.get());
+        Ok(())
+    }
+
+    /// Starts an election in `group` now (tests and operator tools).
+    ///
+    /// # Errors
+    /// [`ProposeError::GroupNotFound`].
+    pub fn campaign(&mut self, group: GroupId) -> Result<(), ProposeError> {
+        let g = self.group_mut(group)?;
+        let _ = g.raw.campaign();
+        Ok(())
+    }
+
+    /// The transport could not reach `to`: raft probes it again instead of streaming appends.
+    pub fn report_unreachable(&mut self, to: NodeId, group: Option<GroupId>) {
+        match group {
+            Some(group) => {
+                if let Some(g) = self.groups.get_mut(&group) {
+                    g.raw.report_unreachable(to.get());
+                }
+            }
+            None => {
+                for g in self.groups.values_mut() {
+                    if g.raw.raft.state == StateRole::Leader {
+                        g.raw.report_unreachable(to.get());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The transport finished (or failed) sending a snapshot of `group` to `to`.
+    pub fn report_snapshot(&mut self, to: NodeId, group: GroupId, delivered: bool) {
+        if let Some(g) = self.groups.get_mut(&group) {
+            let status = if delivered {
+                SnapshotStatus::Finish
+            } else {
+                SnapshotStatus::Failure
+            };
+            g.raw.report_snapshot(to.get(), status);
+        }
+    }
+
+    fn ensure_leader(group: GroupId, g: &Group) -> Result<(), ProposeError> {
+        if g.raw.raft.state == StateRole::Leader {
+            Ok(())
+        } else {
+            let leader = g.raw.raft.leader_id;
+            Err(ProposeError::NotLeader {
+                group,
+                leader: (leader != raft::INVALID_ID).then_some(NodeId(leader)),
+            })
+        }
+    }
+
+    /// The status of `group`.
+    pub fn status(&self, group: GroupId) -> Option<GroupStatus> {
+        let g = self.groups.get(&group)?;
+        let raft = &g.raw.raft;
+        let conf = raft.prs().conf();
+        let mut voters: Vec<NodeId> = conf.voters().ids().iter().map(NodeId).collect();
+        voters.sort();
+        let mut learners: Vec<NodeId> = conf.learners().iter().copied().map(NodeId).collect();
+        learners.sort();
+        Some(GroupStatus {
+            group,
+            role: raft.state.into(),
+            term: raft.term,
+            leader: (raft.leader_id != raft::INVALID_ID).then_some(NodeId(raft.leader_id)),
+            commit: raft.raft_log.committed,
+            applied: g.applied,
+            first_index: raft.raft_log.first_index(),
+            last_index: raft.raft_log.last_index(),
+            voters,
+            learners,
+        })
+    }
+
+    /// Whether any group has work for a cycle.
+    pub fn has_ready(&self) -> bool {
+        !self.pending.is_empty()
+            || !self.pending_applies.is_empty()
+            || self.groups.values().any(|g| g.raw.has_ready())
+    }
+
+    /// Groups whose log has grown past the compaction threshold since their last snapshot.
+    /// For each, the driver takes a state-machine snapshot and calls [`MultiRaft::compact`].
+    pub fn compaction_due(&self) -> Vec<GroupId> {
+        if self.config.compact_threshold == 0 {
+            return Vec::new();
+        }
+        self.groups
+            .iter()
+            .filter(|(_, g)| {
+                g.applied.saturating_sub(g.raw.raft.raft_log.first_index()) + 1
+                    > self.config.compact_threshold
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Stores `data`, the state machine's snapshot of `group` at its applied index, and drops
+    /// the log before it (keeping [`RaftConfig::compact_keep`] entries), in the next batch.
+    ///
+    /// # Errors
+    /// [`CoordinatorError::GroupNotFound`]; a raft log error reading the snapshot's term.
+    pub fn compact(&mut self, group: GroupId, data: Vec<u8>) -> Result<(), CoordinatorError> {
+        let g = self
+            .groups
+            .get_mut(&group)
+            .ok_or(CoordinatorError::GroupNotFound { group })?;
+        let index = g.applied;
+        let first = g.raw.raft.raft_log.first_index();
+        if index < first {
+            return Ok(());
+        }
+        let term = g
+            .raw
+            .raft
+            .raft_log
+            .term(index)
+            .map_err(|source| CoordinatorError::Raft { group, source })?;
+        let mut snapshot = Snapshot::default();
+        snapshot.data = data.into();
+        let meta = snapshot.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(g.raw.raft.prs().conf().to_conf_state());
+        self.pending.save_snapshot(group, snapshot);
+        let compact_to = (index + 1)
+            .saturating_sub(self.config.compact_keep)
+            .max(first);
+        if compact_to > first {
+            self.pending.compact(group, compact_to);
+        }
+        self.stats.compactions += 1;
+        Ok(())
+    }
+
+    /// Gathers the `Ready` of every group into one [`Cycle`], or `None` when there is nothing
+    /// to do. See the crate docs for what the driver does with it.
+    ///
+    /// # Errors
+    /// A committed conf change that cannot be decoded or applied.
+    pub fn poll_cycle(&mut self) -> Result<Option<Cycle>, CoordinatorError> {
+        if !self.has_ready() {
+            return Ok(None);
+        }
+        let id = CycleId(self.next_cycle);
+        self.next_cycle += 1;
+        let mut batch = std::mem::replace(&mut self.pending, self.store.batch());
+        let mut applies = std::mem::take(&mut self.pending_applies);
+        let mut events = Vec::new();
+        let mut now = Outbox::default();
+        let mut after_persist = Outbox::default();
+        let mut readies = Vec::new();
+
+        for (&group, g) in &mut self.groups {
+            if !g.raw.has_ready() {
+                continue;
+            }
+            let mut rd = g.raw.ready();
+            self.stats.readies += 1;
+            if let Some(ss) = rd.ss() {
+                let leader = (ss.leader_id != raft::INVALID_ID).then_some(NodeId(ss.leader_id));
+                if leader != g.leader {
+                    g.leader = leader;
+                    events.push(Event::LeaderChanged {
+                        group,
+                        leader,
+                        term: g.raw.raft.term,
+                    });
+                }
+            }
+            for m in rd.take_messages() {
+                self.stats.raft_messages += 1;
+                now.push(group, m);
+            }
+            if !rd.snapshot().is_empty() {
+                let snapshot = rd.snapshot().clone();
+                let index = snapshot.get_metadata().index;
+                applies.push(Apply::Restore {
+                    group,
+                    index,
+                    data: snapshot.data.to_vec(),
+                });
+                batch.apply_snapshot(group, snapshot);
+                g.applied = index;
+                // Proposals at or below the snapshot can no longer be told apart: drop them.
+                let stale: Vec<_> = self
+                    .proposals
+                    .range((group, 0)..=(group, index))
+                    .map(|(k, v)| (*k, v.1))
+                    .collect();
+                for (key, token) in stale {
+                    self.proposals.remove(&key);
+                    events.push(Event::ProposalDropped { group, token });
+                }
+            }
+            let committed = rd.take_committed_entries();
+            Self::hand_out(
+                group,
+                g,
+                committed,
+                &mut self.proposals,
+                &mut batch,
+                &mut applies,
+                &mut events,
+                &mut self.stats,
+            )?;
+            if !rd.entries().is_empty() {
+                batch.append(group, rd.entries());
+            }
+            if let Some(hs) = rd.hs() {
+                batch.set_hard_state(group, hs.clone());
+            }
+            for rs in rd.take_read_states() {
+                let token = Token::from_be_bytes(
+                    rs.request_ctx
+                        .get(..8)
+                        .and_then(|b| b.try_into().ok())
+                        .unwrap_or_default(),
+                );
+                g.reads.push((rs.index, token));
+            }
+            Self::release_reads(group, g, &mut events);
+            for m in rd.take_persisted_messages() {
+                self.stats.raft_messages += 1;
+                after_persist.push(group, m);
+            }
+            readies.push((group, rd.number()));
+            g.raw.advance_append_async(rd);
+        }
+
+        let mut count = CoalesceCount::default();
+        let messages = now.into_envelopes(self.id, &mut count);
+        self.count_sent(&messages, count);
+        self.stats.cycles += 1;
+        self.inflight.push_back(Inflight {
+            id,
+            readies,
+            after_persist,
+        });
+        Ok(Some(Cycle {
+            id,
+            batch,
+            messages,
+            applies,
+            events,
+        }))
+    }
+
+    /// Entries committed in `group`, in log order: conf changes take effect here; commands go to
+    /// the state machine, each with the proposal it completes.
+    #[allow(clippy::too_many_arguments)]
+    fn hand_out(
+        group: GroupId,
+        g: &mut Group,
+        entries: Vec<Entry>,
+        proposals: &mut BTreeMap<(GroupId, u64), (u64, Token)>,
+        batch: &mut WriteBatch,
+        applies: &mut Vec<Apply>,
+        events: &mut Vec<Event>,
+        stats: &mut CoordinatorStats,
+    ) -> Result<(), CoordinatorError> {
+        for entry in entries {
+            let (index, term) = (entry.index, entry.term);
+            let proposal = match proposals.remove(&(group, index)) {
+                Some((proposed_term, token)) if proposed_term == term => Some(token),
+                Some((_, token)) => {
+                    events.push(Event::ProposalDropped { group, token });
+                    None
+                }
+                None => None,
+            };
+            g.applied = index;
+            stats.entries_applied += 1;
+            match entry.get_entry_type() {
+                EntryType::EntryNormal => {
+                    // Empty entries are the ones new leaders append; nothing to apply.
+                    if !entry.data.is_empty() || proposal.is_some() {
+                        applies.push(Apply::Command {
+                            group,
+                            index,
+                            term,
+                            data: entry.data.to_vec(),
+                            proposal,
+                        });
+                    }
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    let change = if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
+                        conf_change::decode_v2(&entry.data)
+                    } else {
+                        conf_change::decode_v1(&entry.data)
+                    }
+                    .map_err(|source| CoordinatorError::BadConfChange {
+                        group,
+                        index,
+                        source,
+                    })?;
+                    let conf_state = g
+                        .raw
+                        .apply_conf_change(&change)
+                        .map_err(|source| CoordinatorError::Raft { group, source })?;
+                    batch.set_conf_state(group, conf_state.clone());
+                    applies.push(Apply::ConfChanged {
+                        group,
+                        index,
+                        conf_state,
+                        proposal,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn release_reads(group: GroupId, g: &mut Group, events: &mut Vec<Event>) {
+        let applied = g.applied;
+        g.reads.retain(|&(index, token)| {
+            if index <= applied {
+                events.push(Event::ReadReady {
+                    group,
+                    token,
+                    index: applied,
+                });
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    fn count_sent(&mut self, messages: &[(NodeId, Envelope)], count: CoalesceCount) {
+        self.stats.envelopes += messages.len() as u64;
+        self.stats.heartbeats_coalesced += count.heartbeats;
+        self.stats.heartbeat_batches += count.batches;
+    }
+
+    /// The batch of cycle `id` is durable: returns the messages that had to wait for it.
+    /// Cycles must be reported in the order they were produced.
+    ///
+    /// # Errors
+    /// [`CoordinatorError::CycleOutOfOrder`] when `id` is not the oldest cycle in flight.
+    pub fn on_persisted(
+        &mut self,
+        id: CycleId,
+    ) -> Result<Vec<(NodeId, Envelope)>, CoordinatorError> {
+        match self.inflight.front() {
+            Some(front) if front.id == id => {}
+            _ => return Err(CoordinatorError::CycleOutOfOrder { cycle: id.0 }),
+        }
+        let Some(cycle) = self.inflight.pop_front() else {
+            return Err(CoordinatorError::CycleOutOfOrder { cycle: id.0 });
+        };
+        for (group, number) in cycle.readies {
+            // A group removed meanwhile has nothing left to advance.
+            if let Some(g) = self.groups.get_mut(&group) {
+                g.raw.on_persist_ready(number);
+                g.raw.advance_apply();
+            }
+        }
+        let mut count = CoalesceCount::default();
+        let messages = cycle.after_persist.into_envelopes(self.id, &mut count);
+        self.count_sent(&messages, count);
+        Ok(messages)
+    }
+
+    /// Runs a whole cycle synchronously: persist with [`LogStore::write`], then release the
+    /// waiting messages. For tests and simple drivers; [`crate::Node`] overlaps the fsync with
+    /// other work instead.
+    ///
+    /// # Errors
+    /// A storage failure (the store is then poisoned) or a conf change error.
+    pub fn run_cycle(&mut self) -> Result<Option<CycleOutput>, CoordinatorError> {
+        let Some(cycle) = self.poll_cycle()? else {
+            return Ok(None);
+        };
+        let Cycle {
+            id,
+            batch,
+            mut messages,
+            applies,
+            events,
+        } = cycle;
+        self.store.write(batch)?;
+        messages.extend(self.on_persisted(id)?);
+        Ok(Some(CycleOutput {
+            messages,
+            applies,
+            events,
+        }))
+    }
+}
+
+/// What [`MultiRaft::run_cycle`] leaves for the caller: send, apply, handle events.
+#[derive(Debug)]
+pub struct CycleOutput {
+    /// Messages to send (all of them; the batch is durable).
+    pub messages: Vec<(NodeId, Envelope)>,
+    /// State-machine work, in order.
+    pub applies: Vec<Apply>,
+    /// Events, after the applies.
+    pub events: Vec<Event>,
+}

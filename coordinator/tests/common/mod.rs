@@ -1,0 +1,206 @@
+//! Helpers shared by the coordinator's integration tests: a small key-value state machine and
+//! workload helpers over the simulation harness.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+
+use pontoon_coordinator::sim::{Completion, SimCluster};
+use pontoon_coordinator::{StateMachine, StateMachineError};
+use routing::{GroupId, NodeId};
+
+/// Each group holds a map; a command is `key=value`; the response is the previous value.
+#[derive(Default, Debug, Clone, PartialEq, Eq)]
+pub struct Kv {
+    pub groups: BTreeMap<GroupId, BTreeMap<Vec<u8>, Vec<u8>>>,
+    pub applied: u64,
+}
+
+fn split(command: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    match command.iter().position(|b| *b == b'=') {
+        Some(i) => (command[..i].to_vec(), command[i + 1..].to_vec()),
+        None => (command.to_vec(), Vec::new()),
+    }
+}
+
+impl StateMachine for Kv {
+    fn apply(
+        &mut self,
+        group: GroupId,
+        _index: u64,
+        command: &[u8],
+    ) -> Result<Vec<u8>, StateMachineError> {
+        self.applied += 1;
+        let (k, v) = split(command);
+        Ok(self
+            .groups
+            .entry(group)
+            .or_default()
+            .insert(k, v)
+            .unwrap_or_default())
+    }
+
+    fn snapshot(&mut self, group: GroupId) -> Result<Vec<u8>, StateMachineError> {
+        let mut out = Vec::new();
+        for (k, v) in self.groups.get(&group).into_iter().flatten() {
+            for part in [k, v] {
+                out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+                out.extend_from_slice(part);
+            }
+        }
+        Ok(out)
+    }
+
+    fn restore(&mut self, group: GroupId, snapshot: &[u8]) -> Result<(), StateMachineError> {
+        let mut map = BTreeMap::new();
+        let mut rest = snapshot;
+        let mut take = |rest: &mut &[u8]| -> Result<Vec<u8>, StateMachineError> {
+            if rest.len() < 4 {
+                return Err("truncated snapshot".into());
+            }
+            let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            if rest.len() < 4 + len {
+                return Err("truncated snapshot".into());
+            }
+            let part = rest[4..4 + len].to_vec();
+            *rest = &rest[4 + len..];
+            Ok(part)
+        };
+        while !rest.is_empty() {
+            let k = take(&mut rest)?;
+            let v = take(&mut rest)?;
+            map.insert(k, v);
+        }
+        self.groups.insert(group, map);
+        Ok(())
+    }
+}
+
+pub fn cluster_ids(cluster: &SimCluster<Kv>) -> Vec<NodeId> {
+    cluster.node_ids()
+}
+
+/// Proposes `key=value` at the group's current leader. Returns the token when accepted.
+pub fn put(cluster: &mut SimCluster<Kv>, group: GroupId, key: &str, value: &str) -> Option<u64> {
+    let leader = cluster.leader(group)?;
+    cluster
+        .propose(leader, group, format!("{key}={value}").into_bytes())
+        .ok()
+}
+
+/// Runs until every group has a leader (or panics after `max_steps`).
+pub fn elect_all(cluster: &mut SimCluster<Kv>, max_steps: u64) {
+    let ok = cluster
+        .run_until(max_steps, |c| c.all_groups_have_leaders())
+        .unwrap();
+    assert!(
+        ok,
+        "not every group elected a leader within {max_steps} steps"
+    );
+}
+
+/// Every acknowledged write `(group, key, value)` from `acked` is present on every running
+/// replica of its group.
+pub fn assert_acked_everywhere(
+    cluster: &SimCluster<Kv>,
+    acked: &BTreeMap<(GroupId, String), String>,
+) {
+    for ((group, key), value) in acked {
+        let replicas = cluster.routing().replicas(*group).unwrap().to_vec();
+        for node in replicas {
+            if let Some(sm) = cluster.state_machine(node) {
+                let got = sm.groups.get(group).and_then(|m| m.get(key.as_bytes()));
+                assert_eq!(
+                    got.map(|v| v.as_slice()),
+                    Some(value.as_bytes()),
+                    "{key} of {group} on {node}"
+                );
+            }
+        }
+    }
+}
+
+/// Every running replica of every group holds the same map.
+pub fn assert_replicas_agree(cluster: &SimCluster<Kv>) {
+    for (group, placement) in cluster.routing().groups() {
+        let states: Vec<_> = placement
+            .replicas
+            .iter()
+            .filter_map(|n| {
+                cluster
+                    .state_machine(*n)
+                    .map(|sm| (*n, sm.groups.get(&group).cloned().unwrap_or_default()))
+            })
+            .collect();
+        for pair in states.windows(2) {
+            assert_eq!(
+                pair[0].1, pair[1].1,
+                "{group}: {} and {} disagree",
+                pair[0].0, pair[1].0
+            );
+        }
+    }
+}
+
+/// Records successful completions of puts made with `put` (`tokens` maps token -> write).
+pub fn collect_acks(
+    completions: Vec<Completion>,
+    tokens: &mut BTreeMap<u64, (GroupId, String, String)>,
+    acked: &mut BTreeMap<(GroupId, String), String>,
+) -> usize {
+    let mut failed = 0;
+    for c in completions {
+        if let Some((group, key, value)) = tokens.remove(&c.token) {
+            match c.result {
+                Ok(_) => {
+                    acked.insert((group, key), value);
+                }
+                Err(_) => failed += 1,
+            }
+        }
+    }
+    failed
+}
+
+/// Puts keys through leaders and remembers which were acknowledged.
+#[derive(Default)]
+pub struct Workload {
+    pub tokens: BTreeMap<u64, (GroupId, String, String)>,
+    pub acked: BTreeMap<(GroupId, String), String>,
+    pub failed: usize,
+    pub issued: usize,
+}
+
+impl Workload {
+    /// One put per group in `groups`, keyed by `round`.
+    pub fn round(
+        &mut self,
+        cluster: &mut SimCluster<Kv>,
+        groups: impl IntoIterator<Item = GroupId>,
+        round: usize,
+    ) {
+        for group in groups {
+            let key = format!("k{round}");
+            let value = format!("v{round}-{group}");
+            if let Some(token) = put(cluster, group, &key, &value) {
+                self.issued += 1;
+                self.tokens.insert(token, (group, key, value));
+            }
+        }
+    }
+
+    /// Steps until every issued put has an outcome (or `max_steps`), recording acks.
+    pub fn settle(&mut self, cluster: &mut SimCluster<Kv>, max_steps: u64) {
+        for _ in 0..max_steps {
+            let done = cluster.take_completions();
+            self.failed += collect_acks(done, &mut self.tokens, &mut self.acked);
+            if self.tokens.is_empty() {
+                return;
+            }
+            cluster.step().unwrap();
+        }
+    }
+}
+
+pub fn groups(cluster: &SimCluster<Kv>) -> Vec<GroupId> {
+    cluster.routing().groups().map(|(g, _)| g).collect()
+}
