@@ -4,6 +4,9 @@
 //! panics, snapshots that are stored rather than synthesized from the commit index), the case
 //! says so.
 
+// Test harness code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

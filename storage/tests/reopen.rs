@@ -1,6 +1,9 @@
 //! Reopen-and-compare, the stage/commit contract, poisoning, typed errors on damaged disks,
 //! and a raft-rs `RawNode` running directly on a group's storage.
 
+// Test harness code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::Path;
