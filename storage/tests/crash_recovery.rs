@@ -51,7 +51,7 @@ fn batch_n(store: &LogStore, n: u64) -> pontoon_storage::WriteBatch {
             },
         );
         b.set_applied(group, n);
-        if n % COMPACT_EVERY == 0 {
+        if n.is_multiple_of(COMPACT_EVERY) {
             b.save_snapshot(
                 group,
                 snap(n, 1, &[1, 2, 3], format!("snap{n}g{g}").as_bytes()),
