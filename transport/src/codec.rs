@@ -247,6 +247,7 @@ enum State {
     Header,
     Raft(GroupId),
     Heartbeats,
+    Control,
     SnapshotHead(GroupId),
     SnapshotData {
         group: GroupId,
@@ -289,6 +290,7 @@ impl StreamReader {
             State::Header => None,
             State::Raft(g) => Some((StreamKind::Raft, Some(*g))),
             State::Heartbeats => Some((StreamKind::Heartbeats, None)),
+            State::Control => Some((StreamKind::Control, None)),
             State::SnapshotHead(g) | State::SnapshotData { group: g, .. } => {
                 Some((StreamKind::Snapshot, Some(*g)))
             }
@@ -338,6 +340,7 @@ impl StreamReader {
                 self.state = match kind {
                     StreamKind::Raft => State::Raft(group),
                     StreamKind::Heartbeats => State::Heartbeats,
+                    StreamKind::Control => State::Control,
                     _ => State::SnapshotHead(group),
                 };
                 self.dec.set_max_frame_bytes(self.max_frame_bytes);
@@ -365,6 +368,10 @@ impl StreamReader {
                 Counters::add(&counters.messages_received, batch.heartbeats.len() as u64);
                 Ok(Some(Envelope::Heartbeats(batch)))
             }
+            State::Control => Err(Refusal::Malformed(WireError::Malformed {
+                what: "control stream",
+                reason: "carries no frames".into(),
+            })),
             State::SnapshotHead(group) => {
                 let group = *group;
                 let head: wire::SnapshotHeader =

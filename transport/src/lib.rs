@@ -29,8 +29,11 @@ mod codec;
 mod config;
 mod convert;
 pub mod mem;
+mod quic;
 mod stats;
 pub mod wire;
+
+pub use quic::{QuicTransport, TransportError, quinn_configs};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -71,6 +71,9 @@ pub enum StreamKind {
     /// One bidirectional stream per snapshot transfer: [`SnapshotHeader`], then
     /// [`SnapshotChunk`]s; the receiver answers with one [`SnapshotAck`].
     Snapshot = 3,
+    /// Header only, opened by the lower NodeId on a connection the higher NodeId dialled,
+    /// to say it adopted that connection (see the connection rule in the QUIC transport).
+    Control = 4,
 }
 
 /// The first frame of every stream.

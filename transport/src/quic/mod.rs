@@ -1,0 +1,341 @@
+//! The QUIC transport: one quinn endpoint per node that both accepts and dials, one
+//! connection per pair of nodes, one stream per raft group.
+//!
+//! # Connections: one per pair of nodes
+//! Both nodes may dial. The connection dialled by the **lower** NodeId wins:
+//! - the higher node adopts every connection the lower one dials, closing any other it had;
+//! - the lower node adopts a connection the higher one dialled only when it has none and is
+//!   not dialling itself (it closes it otherwise with [`codes::DUPLICATE_CONNECTION`]), and
+//!   then says so by opening a header-only [`StreamKind::Control`] stream;
+//! - the higher node writes on a connection it dialled only after that confirmation.
+//!
+//! So a simultaneous dial never loses or reorders a frame: nothing is written on a
+//! connection before both sides agree to keep it.
+//!
+//! # Head-of-line blocking
+//! Every (peer, stream) pair has its own writer task and its own bounded queue
+//! ([`TransportConfig::stream_queue_len`]), under a per-peer bound
+//! ([`TransportConfig::peer_queue_len`]); `send` only `try_send`s. A group whose stream is
+//! out of flow-control credit stalls only its own writer: its queue fills, `send` refuses
+//! its envelopes with [`SendError::QueueFull`], and every other group keeps moving. On the
+//! receiving side every stream has its own reader task. Heartbeats get a higher stream
+//! priority than raft data and snapshots a lower one.
+//!
+//! [`codes::DUPLICATE_CONNECTION`]: crate::codes::DUPLICATE_CONNECTION
+//! [`StreamKind::Control`]: crate::wire::StreamKind::Control
+
+mod peer;
+mod recv;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Endpoint, IdleTimeout, VarInt};
+use routing::NodeId;
+use tokio::sync::mpsc;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::codec::{self, codes};
+use crate::stats::Counters;
+use crate::{
+    AddressBook, ConfigError, Envelope, GroupFilter, Inbound, SendError, Transport,
+    TransportConfig, TransportStats,
+};
+
+use peer::Peer;
+
+/// Why a QUIC transport could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The node identity could not produce TLS configs.
+    #[error("TLS config from the node identity: {0}")]
+    Certs(#[from] certs::CertError),
+    /// rustls' config is unusable by QUIC (it needs TLS 1.3 with an initial cipher suite).
+    #[error("TLS config unusable for QUIC: {0}")]
+    Quic(String),
+    /// The UDP socket could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// State shared by the endpoint's tasks.
+pub(crate) struct Shared {
+    pub(crate) local: NodeId,
+    pub(crate) config: TransportConfig,
+    pub(crate) endpoint: Endpoint,
+    pub(crate) client_config: quinn::ClientConfig,
+    pub(crate) book: AddressBook,
+    pub(crate) known_groups: GroupFilter,
+    pub(crate) counters: Counters,
+    pub(crate) inbound: mpsc::Sender<Inbound>,
+    pub(crate) peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
+    pub(crate) runtime: tokio::runtime::Handle,
+    pub(crate) closing: AtomicBool,
+}
+
+impl Shared {
+    /// The peer's state, created (with its connection task) on first use.
+    pub(crate) fn peer(self: &Arc<Self>, id: NodeId) -> Arc<Peer> {
+        let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        peers
+            .entry(id)
+            .or_insert_with(|| Peer::spawn(self, id))
+            .clone()
+    }
+
+    /// Hands an event to the coordinator; waits when its queue is full (backpressure).
+    pub(crate) async fn deliver(&self, event: Inbound) {
+        // The receiver is gone only when the node is shutting down.
+        let _ = self.inbound.send(event).await;
+    }
+
+    /// Reports lost messages without ever blocking a writer.
+    pub(crate) fn report(&self, event: Inbound) {
+        let _ = self.inbound.try_send(event);
+    }
+}
+
+/// Builds quinn's transport parameters from our config.
+pub(crate) fn quinn_transport(
+    c: &TransportConfig,
+) -> Result<Arc<quinn::TransportConfig>, ConfigError> {
+    let err = |field, e: &dyn std::fmt::Display| ConfigError {
+        field,
+        reason: e.to_string(),
+    };
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_uni_streams(VarInt::from_u32(c.max_concurrent_uni_streams))
+        .max_concurrent_bidi_streams(VarInt::from_u32(c.max_concurrent_bidi_streams))
+        .stream_receive_window(VarInt::from_u32(c.stream_receive_window))
+        .receive_window(VarInt::from_u32(c.connection_receive_window))
+        .send_window(c.send_window)
+        .max_idle_timeout(Some(
+            IdleTimeout::try_from(c.idle_timeout).map_err(|e| err("idle_timeout", &e))?,
+        ))
+        .keep_alive_interval(Some(c.keep_alive));
+    Ok(Arc::new(t))
+}
+
+/// Quinn server and client configs from a node identity, with our limits. Exposed so tests
+/// and benchmarks can build a raw quinn endpoint with exactly the transport's TLS.
+///
+/// # Errors
+/// [`TransportError`] when the identity or the config cannot produce a QUIC config.
+pub fn quinn_configs(
+    identity: &certs::NodeIdentity,
+    config: &TransportConfig,
+    alpn: &[u8],
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TransportError> {
+    let transport = quinn_transport(config)?;
+    let server_tls = QuicServerConfig::try_from(identity.server_config(&[alpn])?)
+        .map_err(|e| TransportError::Quic(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_tls));
+    server.transport_config(transport.clone());
+    server.max_incoming(config.max_incoming_connections);
+    let client_tls = QuicClientConfig::try_from(identity.client_config(&[alpn])?)
+        .map_err(|e| TransportError::Quic(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(client_tls));
+    client.transport_config(transport);
+    Ok((server, client))
+}
+
+/// A node's QUIC endpoint carrying raft traffic. See the [module docs](self).
+pub struct QuicTransport {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+}
+
+impl QuicTransport {
+    /// Binds `listen` and starts accepting peers. Returns the transport and the channel of
+    /// [`Inbound`] events for the coordinator.
+    ///
+    /// # Errors
+    /// [`TransportError`] for an invalid config, an unusable identity, or a failed bind.
+    pub async fn bind(
+        listen: SocketAddr,
+        identity: &certs::NodeIdentity,
+        config: TransportConfig,
+        peers: AddressBook,
+        known_groups: GroupFilter,
+    ) -> Result<(Self, mpsc::Receiver<Inbound>), TransportError> {
+        config.validate()?;
+        let (server, client) = quinn_configs(identity, &config, certs::ALPN)?;
+        let endpoint = Endpoint::server(server, listen).map_err(|source| TransportError::Bind {
+            addr: listen,
+            source,
+        })?;
+        let local_addr = endpoint
+            .local_addr()
+            .map_err(|source| TransportError::Bind {
+                addr: listen,
+                source,
+            })?;
+        let (tx, rx) = mpsc::channel(config.inbound_queue_len);
+        let shared = Arc::new(Shared {
+            local: identity.node_id(),
+            config,
+            endpoint: endpoint.clone(),
+            client_config: client,
+            book: peers,
+            known_groups,
+            counters: Counters::default(),
+            inbound: tx,
+            peers: Mutex::new(HashMap::new()),
+            runtime: tokio::runtime::Handle::current(),
+            closing: AtomicBool::new(false),
+        });
+        let span = info_span!("node", node = %shared.local, %local_addr);
+        tokio::spawn(accept_loop(shared.clone()).instrument(span));
+        Ok((Self { shared, local_addr }, rx))
+    }
+
+    /// The bound address (useful after binding port 0).
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// This node's id, from its certificate.
+    #[must_use]
+    pub fn node_id(&self) -> NodeId {
+        self.shared.local
+    }
+
+    /// The quinn endpoint, so the node can serve other ALPNs on the same port.
+    #[must_use]
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.shared.endpoint
+    }
+
+    /// Peers with an established connection right now.
+    #[must_use]
+    pub fn connected_peers(&self) -> Vec<NodeId> {
+        let peers = self
+            .shared
+            .peers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut up: Vec<NodeId> = peers
+            .values()
+            .filter(|p| p.is_connected())
+            .map(|p| p.id)
+            .collect();
+        up.sort_unstable();
+        up
+    }
+
+    /// Closes every connection and the endpoint; `send` fails with [`SendError::Shutdown`]
+    /// from now on. Waits (up to a second) for peers to be told.
+    pub async fn shutdown(&self) {
+        self.shared.closing.store(true, Ordering::SeqCst);
+        self.shared
+            .endpoint
+            .close(VarInt::from_u32(codes::SHUTDOWN), b"shutdown");
+        let peers: Vec<Arc<Peer>> = self
+            .shared
+            .peers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+            .map(|(_, p)| p)
+            .collect();
+        for p in peers {
+            p.stop();
+        }
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), self.shared.endpoint.wait_idle()).await;
+    }
+}
+
+impl Transport for QuicTransport {
+    fn send(&self, to: NodeId, envelope: Envelope) -> Result<(), SendError> {
+        let shared = &self.shared;
+        let c = &shared.counters;
+        if shared.closing.load(Ordering::Relaxed) {
+            return Err(SendError::Shutdown);
+        }
+        if to == shared.local
+            || shared.book.get(to).is_none()
+                && !shared
+                    .peers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .contains_key(&to)
+        {
+            Counters::add(&c.dropped_unknown_peer, 1);
+            return Err(SendError::UnknownPeer(to));
+        }
+        let encoded = codec::encode(shared.local, envelope, shared.config.max_frame_bytes)?;
+        shared.peer(to).enqueue(shared, encoded)
+    }
+
+    fn stats(&self) -> TransportStats {
+        self.shared.counters.snapshot()
+    }
+}
+
+impl Drop for QuicTransport {
+    fn drop(&mut self) {
+        self.shared.closing.store(true, Ordering::SeqCst);
+        self.shared
+            .endpoint
+            .close(VarInt::from_u32(codes::SHUTDOWN), b"dropped");
+        for p in self
+            .shared
+            .peers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+        {
+            p.stop();
+        }
+    }
+}
+
+/// Accepts connections, learns the peer's NodeId from its verified certificate and hands the
+/// connection to that peer's task.
+async fn accept_loop(shared: Arc<Shared>) {
+    while let Some(incoming) = shared.endpoint.accept().await {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    Counters::add(&shared.counters.connections_refused, 1);
+                    debug!(%remote, error = %e, "handshake failed");
+                    return;
+                }
+            };
+            match peer_node_id(&conn) {
+                Some(id) if id != shared.local => shared.peer(id).incoming(conn),
+                _ => {
+                    Counters::add(&shared.counters.connections_refused, 1);
+                    warn!(%remote, "peer certificate names no other node: closing");
+                    conn.close(VarInt::from_u32(codes::NOT_A_NODE), b"not a node");
+                }
+            }
+        });
+    }
+}
+
+/// The NodeId in the peer's verified certificate.
+pub(crate) fn peer_node_id(conn: &quinn::Connection) -> Option<NodeId> {
+    let identity = conn.peer_identity()?;
+    let chain = identity
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    certs::node_id_from_chain(&chain).ok()
+}

@@ -1,0 +1,464 @@
+//! One peer: its connection (the single one between the two nodes), its stream writers and
+//! their bounded queues.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use quinn::{Connection, VarInt};
+use routing::NodeId;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::{Shared, recv};
+use crate::codec::{Encoded, Frames, SnapshotTransfer, StreamKey, codes, header_frame};
+use crate::stats::Counters;
+use crate::wire::{self, StreamKind};
+use crate::{Inbound, SendError};
+
+/// What writers see of the connection.
+#[derive(Clone, Debug)]
+pub(crate) enum ConnState {
+    /// No connection yet; one is being set up.
+    Connecting,
+    /// The connection to write on.
+    Up(Connection),
+    /// The last dial failed: frames are dropped and reported until the next attempt.
+    Down,
+}
+
+/// Events for the peer's connection task.
+pub(crate) enum PeerEvent {
+    /// A writer needs a connection.
+    Want,
+    /// The peer dialled us.
+    Incoming(Connection),
+    /// The lower node confirmed it adopted our dial (connection `stable_id`).
+    Confirmed(usize),
+    /// A connection ended (`stable_id`).
+    Closed(usize),
+}
+
+pub(crate) struct Peer {
+    pub(crate) id: NodeId,
+    state: watch::Sender<ConnState>,
+    events: mpsc::UnboundedSender<PeerEvent>,
+    /// Frames queued across all this peer's writers.
+    queued: Arc<AtomicUsize>,
+    writers: Mutex<HashMap<StreamKey, mpsc::Sender<Frames>>>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Peer {
+    pub(crate) fn spawn(shared: &Arc<Shared>, id: NodeId) -> Arc<Self> {
+        let (state, _) = watch::channel(ConnState::Connecting);
+        let (events, rx) = mpsc::unbounded_channel();
+        let span = info_span!("peer", node = %shared.local, peer = %id);
+        let task = shared.runtime.spawn(
+            connection_task(shared.clone(), id, state.clone(), events.clone(), rx).instrument(span),
+        );
+        Arc::new(Self {
+            id,
+            state,
+            events,
+            queued: Arc::new(AtomicUsize::new(0)),
+            writers: Mutex::new(HashMap::new()),
+            task: task.abort_handle(),
+        })
+    }
+
+    pub(crate) fn is_connected(&self) -> bool {
+        matches!(*self.state.borrow(), ConnState::Up(_))
+    }
+
+    pub(crate) fn incoming(&self, conn: Connection) {
+        let _ = self.events.send(PeerEvent::Incoming(conn));
+    }
+
+    pub(crate) fn stop(&self) {
+        self.task.abort();
+        if let ConnState::Up(c) = &*self.state.borrow() {
+            c.close(VarInt::from_u32(codes::SHUTDOWN), b"shutdown");
+        }
+        self.writers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    /// Queues encoded frames without blocking.
+    pub(crate) fn enqueue(
+        self: &Arc<Self>,
+        shared: &Arc<Shared>,
+        encoded: Encoded,
+    ) -> Result<(), SendError> {
+        let c = &shared.counters;
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= shared.config.peer_queue_len {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            Counters::add(&c.dropped_queue_full, 1);
+            return Err(SendError::QueueFull { to: self.id });
+        }
+        match encoded {
+            Encoded::Snapshot(t) => {
+                let span = info_span!("snapshot", peer = %self.id, group = %t.group);
+                shared
+                    .runtime
+                    .spawn(send_snapshot(shared.clone(), self.clone(), t).instrument(span));
+                Ok(())
+            }
+            Encoded::Frames(f) => {
+                let mut writers = self.writers.lock().unwrap_or_else(PoisonError::into_inner);
+                let key = f.key;
+                let tx = writers.entry(key).or_insert_with(|| {
+                    let (tx, rx) = mpsc::channel(shared.config.stream_queue_len);
+                    let span = match key {
+                        StreamKey::Raft(g) => info_span!("group", peer = %self.id, group = %g),
+                        StreamKey::Heartbeats => info_span!("heartbeats", peer = %self.id),
+                    };
+                    shared.runtime.spawn(
+                        stream_writer(shared.clone(), self.clone(), key, rx).instrument(span),
+                    );
+                    tx
+                });
+                tx.try_send(f).map_err(|_| {
+                    self.queued.fetch_sub(1, Ordering::AcqRel);
+                    Counters::add(&c.dropped_queue_full, 1);
+                    SendError::QueueFull { to: self.id }
+                })
+            }
+        }
+    }
+
+    /// The connection to write on; `None` when the peer is down (the caller drops and
+    /// reports).
+    async fn connection(&self, rx: &mut watch::Receiver<ConnState>) -> Option<Connection> {
+        loop {
+            match &*rx.borrow_and_update() {
+                ConnState::Up(c) if c.close_reason().is_none() => return Some(c.clone()),
+                ConnState::Down => {
+                    let _ = self.events.send(PeerEvent::Want);
+                    return None;
+                }
+                _ => {
+                    let _ = self.events.send(PeerEvent::Want);
+                }
+            }
+            rx.changed().await.ok()?;
+        }
+    }
+}
+
+/// Longest run of frames written in one call: bounds the time one stream holds the
+/// connection's send path.
+const MAX_WRITE_BATCH: usize = 256;
+
+/// Writes one stream's frames in order: the header once per connection, then frames as they
+/// come, coalescing whatever is queued into one write.
+async fn stream_writer(
+    shared: Arc<Shared>,
+    peer: Arc<Peer>,
+    key: StreamKey,
+    mut rx: mpsc::Receiver<Frames>,
+) {
+    let c = &shared.counters;
+    let mut conn_rx = peer.state.subscribe();
+    let mut stream: Option<(usize, quinn::SendStream)> = None;
+    let mut batch: Vec<Frames> = Vec::with_capacity(MAX_WRITE_BATCH);
+    while rx.recv_many(&mut batch, MAX_WRITE_BATCH).await > 0 {
+        let n = batch.len();
+        let frames: u64 = batch.iter().map(|f| f.frames).sum();
+        let lost = |reason: &str| {
+            Counters::add(&c.dropped_unreachable, frames);
+            debug!(reason, frames, "frames lost");
+            shared.report(Inbound::Unreachable {
+                to: peer.id,
+                group: key.group(),
+            });
+        };
+        match peer.connection(&mut conn_rx).await {
+            None => lost("peer down"),
+            Some(conn) => {
+                let mut chunks: Vec<Bytes> = Vec::with_capacity(n + 1);
+                if stream
+                    .as_ref()
+                    .is_none_or(|(id, _)| *id != conn.stable_id())
+                {
+                    stream = match conn.open_uni().await {
+                        Ok(s) => {
+                            let _ = s.set_priority(match key {
+                                StreamKey::Heartbeats => 1,
+                                StreamKey::Raft(_) => 0,
+                            });
+                            Counters::add(&c.streams_opened, 1);
+                            chunks.push(key.header());
+                            Some((conn.stable_id(), s))
+                        }
+                        Err(_) => None,
+                    };
+                }
+                let bytes: u64 = batch.iter().map(|f| f.bytes.len() as u64).sum::<u64>()
+                    + chunks.first().map_or(0, |h| h.len() as u64);
+                let messages: u64 = batch.iter().map(|f| f.messages).sum();
+                chunks.extend(batch.iter().map(|f| f.bytes.clone()));
+                match stream.as_mut() {
+                    None => lost("cannot open stream"),
+                    Some((_, s)) => match s.write_all_chunks(&mut chunks).await {
+                        Ok(()) => {
+                            Counters::add(&c.frames_sent, frames);
+                            Counters::add(&c.bytes_sent, bytes);
+                            Counters::add(&c.messages_sent, messages);
+                        }
+                        Err(e) => {
+                            if let quinn::WriteError::Stopped(code) = e {
+                                warn!(%code, "peer reset the stream");
+                            }
+                            stream = None;
+                            lost("write failed");
+                        }
+                    },
+                }
+            }
+        }
+        batch.clear();
+        peer.queued.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// One snapshot transfer on its own bidirectional stream; reports its fate to the
+/// coordinator.
+async fn send_snapshot(shared: Arc<Shared>, peer: Arc<Peer>, t: SnapshotTransfer) {
+    let mut conn_rx = peer.state.subscribe();
+    let delivered = match peer.connection(&mut conn_rx).await {
+        Some(conn) => transfer(&shared, &conn, &t).await.unwrap_or_else(|e| {
+            warn!(error = %e, "snapshot transfer failed");
+            false
+        }),
+        None => false,
+    };
+    peer.queued.fetch_sub(1, Ordering::AcqRel);
+    let c = &shared.counters;
+    Counters::add(
+        if delivered {
+            &c.snapshots_sent
+        } else {
+            &c.snapshots_failed
+        },
+        1,
+    );
+    shared
+        .deliver(Inbound::SnapshotStatus {
+            to: peer.id,
+            group: t.group,
+            delivered,
+        })
+        .await;
+}
+
+async fn transfer(
+    shared: &Shared,
+    conn: &Connection,
+    t: &SnapshotTransfer,
+) -> Result<bool, String> {
+    let c = &shared.counters;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let _ = send.set_priority(-1);
+    Counters::add(&c.streams_opened, 1);
+    send.write_all(&t.head).await.map_err(|e| e.to_string())?;
+    let mut frames = 1;
+    let mut bytes = t.head.len() as u64;
+    for chunk in t.chunks(
+        shared.config.snapshot_chunk_bytes,
+        shared.config.max_frame_bytes,
+    ) {
+        send.write_all(&chunk).await.map_err(|e| e.to_string())?;
+        frames += 1;
+        bytes += chunk.len() as u64;
+    }
+    send.finish().map_err(|e| e.to_string())?;
+    Counters::add(&c.frames_sent, frames);
+    Counters::add(&c.bytes_sent, bytes);
+    Counters::add(&c.messages_sent, 1);
+    let answer = recv.read_to_end(64).await.map_err(|e| e.to_string())?;
+    let mut dec = wire::FrameDecoder::new(64);
+    dec.extend(&answer);
+    let body = dec
+        .next_frame()
+        .map_err(|e| e.to_string())?
+        .ok_or("empty answer")?;
+    let ack: wire::SnapshotAck =
+        wire::decode_body("SnapshotAck", body).map_err(|e| e.to_string())?;
+    Ok(ack.delivered)
+}
+
+/// Owns the connection to one peer: dials with backoff, applies the "lower NodeId's dial
+/// wins" rule, and publishes the connection writers use.
+async fn connection_task(
+    shared: Arc<Shared>,
+    id: NodeId,
+    state: watch::Sender<ConnState>,
+    events: mpsc::UnboundedSender<PeerEvent>,
+    mut rx: mpsc::UnboundedReceiver<PeerEvent>,
+) {
+    type Dial = Pin<Box<dyn Future<Output = Result<Connection, String>> + Send>>;
+    let lower = shared.local < id;
+    let min = shared.config.reconnect_backoff_min;
+    let max = shared.config.reconnect_backoff_max;
+    let mut backoff = min;
+    let mut current: Option<Connection> = None;
+    // A connection we dialled as the higher node, waiting for the lower node's confirmation.
+    let mut pending: Option<Connection> = None;
+    let mut dialing: Option<Dial> = None;
+    let mut retry_at: Option<Instant> = None;
+    let mut wanted = false;
+    // Once connected, keep redialling a lost peer even when nothing is queued for it.
+    let mut had_connection = false;
+
+    let adopt = |conn: Connection, current: &mut Option<Connection>, had_connection: &mut bool| {
+        *had_connection = true;
+        Counters::add(&shared.counters.connections_opened, 1);
+        info!(remote = %conn.remote_address(), "connected");
+        let span =
+            info_span!("connection", node = %shared.local, peer = %id, conn = conn.stable_id());
+        shared
+            .runtime
+            .spawn(recv::drive(shared.clone(), id, conn.clone(), events.clone()).instrument(span));
+        *current = Some(conn.clone());
+        state.send_replace(ConnState::Up(conn));
+    };
+    let dial = |shared: &Arc<Shared>| -> Dial {
+        let shared = shared.clone();
+        Box::pin(async move {
+            let addr = shared
+                .book
+                .get(id)
+                .ok_or_else(|| format!("no address for {id}"))?;
+            let connecting = shared
+                .endpoint
+                .connect_with(
+                    shared.client_config.clone(),
+                    addr,
+                    &certs::node_server_name(id),
+                )
+                .map_err(|e| e.to_string())?;
+            let conn = connecting.await.map_err(|e| e.to_string())?;
+            // Hostname verification already proved it; the certificate's id must agree.
+            if super::peer_node_id(&conn) != Some(id) {
+                conn.close(VarInt::from_u32(codes::NOT_A_NODE), b"wrong node");
+                return Err(format!("{addr} is not {id}"));
+            }
+            Ok(conn)
+        })
+    };
+
+    loop {
+        let alive = current.as_ref().is_some_and(|c| c.close_reason().is_none());
+        let sleep_until = retry_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            event = rx.recv() => match event {
+                None => return,
+                Some(PeerEvent::Want) => {
+                    wanted = true;
+                    if !alive && dialing.is_none() && pending.is_none() && retry_at.is_none() {
+                        state.send_if_modified(|s| if matches!(s, ConnState::Down) { *s = ConnState::Connecting; true } else { false });
+                        dialing = Some(dial(&shared));
+                    }
+                }
+                Some(PeerEvent::Incoming(conn)) => {
+                    if lower && (alive || dialing.is_some()) {
+                        // Our own dial wins.
+                        Counters::add(&shared.counters.connections_refused, 1);
+                        conn.close(VarInt::from_u32(codes::DUPLICATE_CONNECTION), b"lower node's dial wins");
+                        continue;
+                    }
+                    if !lower {
+                        // The lower node's dial always wins: drop whatever we had.
+                        dialing = None;
+                        for old in [current.take(), pending.take()].into_iter().flatten() {
+                            old.close(VarInt::from_u32(codes::DUPLICATE_CONNECTION), b"lower node's dial wins");
+                        }
+                    }
+                    retry_at = None;
+                    backoff = min;
+                    adopt(conn.clone(), &mut current, &mut had_connection);
+                    if lower {
+                        shared.runtime.spawn(confirm(conn));
+                    }
+                }
+                Some(PeerEvent::Confirmed(sid)) => {
+                    if let Some(conn) = pending.take_if(|p| p.stable_id() == sid) {
+                        adopt(conn, &mut current, &mut had_connection);
+                    }
+                }
+                Some(PeerEvent::Closed(sid)) => {
+                    if current.as_ref().is_some_and(|c| c.stable_id() == sid) {
+                        current = None;
+                        Counters::add(&shared.counters.connections_closed, 1);
+                        info!("connection lost: redialling");
+                        state.send_replace(ConnState::Connecting);
+                        if dialing.is_none() && pending.is_none() {
+                            retry_at = Some(Instant::now() + backoff);
+                            wanted = true;
+                        }
+                    } else if pending.as_ref().is_some_and(|c| c.stable_id() == sid) {
+                        // The lower node refused our dial: its own should arrive; if not,
+                        // try again after the backoff.
+                        pending = None;
+                        retry_at = Some(Instant::now() + backoff);
+                    }
+                }
+            },
+            result = async { match dialing.as_mut() { Some(d) => d.await, None => std::future::pending().await } }, if dialing.is_some() => {
+                dialing = None;
+                match result {
+                    Ok(conn) if lower || alive => {
+                        if alive {
+                            conn.close(VarInt::from_u32(codes::DUPLICATE_CONNECTION), b"already connected");
+                        } else {
+                            backoff = min;
+                            adopt(conn, &mut current, &mut had_connection);
+                        }
+                    }
+                    Ok(conn) => {
+                        // Wait for the lower node's confirmation before writing on it.
+                        let span = info_span!("connection", node = %shared.local, peer = %id, conn = conn.stable_id());
+                        shared.runtime.spawn(recv::drive(shared.clone(), id, conn.clone(), events.clone()).instrument(span));
+                        pending = Some(conn);
+                        backoff = min;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, retry_in = ?backoff, "dial failed");
+                        state.send_replace(ConnState::Down);
+                        retry_at = Some(Instant::now() + backoff);
+                        backoff = (backoff * 2).min(max);
+                    }
+                }
+            },
+            () = tokio::time::sleep_until(sleep_until), if retry_at.is_some() => {
+                retry_at = None;
+                if (wanted || had_connection) && !alive && dialing.is_none() && pending.is_none() {
+                    wanted = false;
+                    dialing = Some(dial(&shared));
+                }
+            },
+        }
+    }
+}
+
+/// Tells the higher node we adopted the connection it dialled.
+async fn confirm(conn: Connection) {
+    if let Ok(mut s) = conn.open_uni().await {
+        let _ = s.write_all(&header_frame(StreamKind::Control, 0)).await;
+        let _ = s.finish();
+    }
+}
+
+/// The framed [`wire::SnapshotAck`] a receiver writes back.
+pub(crate) fn snapshot_ack(delivered: bool) -> Bytes {
+    let mut out = BytesMut::new();
+    let _ = wire::encode_frame(&wire::SnapshotAck { delivered }, 64, &mut out);
+    out.freeze()
+}
