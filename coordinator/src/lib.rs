@@ -48,9 +48,10 @@
 mod conf_change;
 mod config;
 mod error;
+pub mod local;
 mod logging;
 mod multiraft;
-// mod node;
+mod node;
 mod outbox;
 pub mod sim;
 mod state_machine;
@@ -62,5 +63,5 @@ pub use multiraft::{
     Apply, CoordinatorStats, Cycle, CycleId, CycleOutput, Event, GroupStatus, MultiRaft, Role,
     Token,
 };
-// pub use node::{Node, NodeConfig, NodeError, NodeStatus};
+pub use node::{Node, NodeConfig, NodeError, NodeStatus};
 pub use state_machine::{StateMachine, StateMachineError};

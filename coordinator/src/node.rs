@@ -17,7 +17,9 @@ use routing::{GroupId, NodeId, RoutingTable};
 use storage::{LogStore, StorageStats, StoreOptions};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument as _;
-use transport::{AddressBook, Envelope, Inbound, QuicTransport, Transport, TransportConfig, TransportStats};
+use transport::{
+    AddressBook, Envelope, Inbound, QuicTransport, Transport, TransportConfig, TransportStats,
+};
 
 use crate::config::RaftConfig;
 use crate::error::{CoordinatorError, ProposeError};
@@ -152,18 +154,38 @@ pub struct NodeStatus {
 impl NodeStatus {
     /// How many groups this node leads.
     pub fn leading(&self) -> usize {
-        self.groups.iter().filter(|g| g.leader == Some(self.node)).count()
+        self.groups
+            .iter()
+            .filter(|g| g.leader == Some(self.node))
+            .count()
     }
 }
 
 type Reply<T> = oneshot::Sender<Result<T, ProposeError>>;
 
 enum Command {
-    Propose { group: GroupId, data: Vec<u8>, reply: Reply<Vec<u8>> },
-    Read { group: GroupId, reply: Reply<u64> },
-    ConfChange { group: GroupId, change: ConfChangeV2, reply: Reply<ConfState> },
-    TransferLeader { group: GroupId, to: NodeId, reply: Reply<()> },
-    Status { reply: oneshot::Sender<NodeStatus> },
+    Propose {
+        group: GroupId,
+        data: Vec<u8>,
+        reply: Reply<Vec<u8>>,
+    },
+    Read {
+        group: GroupId,
+        reply: Reply<u64>,
+    },
+    ConfChange {
+        group: GroupId,
+        change: ConfChangeV2,
+        reply: Reply<ConfState>,
+    },
+    TransferLeader {
+        group: GroupId,
+        to: NodeId,
+        reply: Reply<()>,
+    },
+    Status {
+        reply: oneshot::Sender<NodeStatus>,
+    },
 }
 
 /// A running node: every raft group the routing table gives it, on one QUIC endpoint and one
@@ -176,11 +198,16 @@ pub struct Node {
     local_addr: SocketAddr,
     shutdown: Arc<tokio::sync::Mutex<Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>>>,
     address_book: AddressBook,
+    /// The QUIC endpoint, closed by `shutdown` (absent over other transports).
+    endpoint: Option<Arc<QuicTransport>>,
 }
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("id", &self.id).field("local_addr", &self.local_addr).finish()
+        f.debug_struct("Node")
+            .field("id", &self.id)
+            .field("local_addr", &self.local_addr)
+            .finish()
     }
 }
 
@@ -197,23 +224,52 @@ impl Node {
         state_machine: impl StateMachine,
     ) -> Result<Node, NodeError> {
         if identity.node_id() != config.node_id {
-            return Err(NodeError::IdentityMismatch { config: config.node_id, certificate: identity.node_id() });
+            return Err(NodeError::IdentityMismatch {
+                config: config.node_id,
+                certificate: identity.node_id(),
+            });
         }
         config.raft.validate().map_err(CoordinatorError::from)?;
-        config.transport.validate().map_err(|e| NodeError::Config(e.to_string()))?;
+        config
+            .transport
+            .validate()
+            .map_err(|e| NodeError::Config(e.to_string()))?;
         let address_book = AddressBook::new();
         for (node, addr) in &config.peers {
             address_book.insert(*node, *addr);
         }
-        let known: Arc<RwLock<HashSet<GroupId>>> =
-            Arc::new(RwLock::new(routing.groups_on_node(config.node_id).into_iter().collect()));
+        let known: Arc<RwLock<HashSet<GroupId>>> = Arc::new(RwLock::new(
+            routing.groups_on_node(config.node_id).into_iter().collect(),
+        ));
         let filter_set = known.clone();
-        let filter: transport::GroupFilter =
-            Arc::new(move |group| filter_set.read().map(|set| set.contains(&group)).unwrap_or(false));
-        let (transport, inbound) =
-            QuicTransport::bind(config.listen, identity, config.transport.clone(), address_book.clone(), filter).await?;
+        let filter: transport::GroupFilter = Arc::new(move |group| {
+            filter_set
+                .read()
+                .map(|set| set.contains(&group))
+                .unwrap_or(false)
+        });
+        let (transport, inbound) = QuicTransport::bind(
+            config.listen,
+            identity,
+            config.transport.clone(),
+            address_book.clone(),
+            filter,
+        )
+        .await?;
         let local_addr = transport.local_addr();
-        Self::start_with_transport(config, Arc::new(transport), inbound, address_book, local_addr, routing, state_machine)
+        let transport = Arc::new(transport);
+        let closer = transport.clone();
+        let mut node = Self::start_with_transport(
+            config,
+            transport,
+            inbound,
+            address_book,
+            local_addr,
+            routing,
+            state_machine,
+        )?;
+        node.endpoint = Some(closer);
+        Ok(node)
     }
 
     /// Starts a node over any [`Transport`] (the in-memory one in tests).
@@ -252,7 +308,9 @@ impl Node {
             state_machine: Box::new(move |op: SmOp<'_>| match op {
                 SmOp::Apply(group, index, data) => state_machine.apply(group, index, data),
                 SmOp::Snapshot(group) => state_machine.snapshot(group),
-                SmOp::Restore(group, data) => state_machine.restore(group, data).map(|()| Vec::new()),
+                SmOp::Restore(group, data) => {
+                    state_machine.restore(group, data).map(|()| Vec::new())
+                }
             }),
             routing: routing.clone(),
             proposals: HashMap::new(),
@@ -264,7 +322,11 @@ impl Node {
             acknowledged: 0,
         };
         let span = tracing::info_span!("node", node = %id);
-        let handle = tokio::spawn(driver.run(commands_rx, inbound, stop_rx, config.tick_interval).instrument(span));
+        let handle = tokio::spawn(
+            driver
+                .run(commands_rx, inbound, stop_rx, config.tick_interval)
+                .instrument(span),
+        );
         Ok(Node {
             id,
             commands: commands_tx,
@@ -272,6 +334,7 @@ impl Node {
             local_addr,
             shutdown: Arc::new(tokio::sync::Mutex::new(Some((stop_tx, handle)))),
             address_book,
+            endpoint: None,
         })
     }
 
@@ -287,7 +350,10 @@ impl Node {
 
     /// The routing table as this node knows it (leader hints kept current).
     pub fn routing(&self) -> RoutingTable {
-        self.routing.read().map(|r| r.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+        self.routing
+            .read()
+            .map(|r| r.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
     }
 
     /// Changes where `node` is reached (it moved, or a new node joined).
@@ -297,7 +363,10 @@ impl Node {
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, ProposeError> {
         let (reply, rx) = oneshot::channel();
-        self.commands.send(make(reply)).await.map_err(|_| ProposeError::ShuttingDown)?;
+        self.commands
+            .send(make(reply))
+            .await
+            .map_err(|_| ProposeError::ShuttingDown)?;
         rx.await.map_err(|_| ProposeError::ShuttingDown)?
     }
 
@@ -309,7 +378,11 @@ impl Node {
     /// [`ProposeError::ProposalDropped`] (did not take effect), [`ProposeError::Timeout`]
     /// (outcome unknown), [`ProposeError::ShuttingDown`].
     pub async fn propose(&self, key: &[u8], command: Vec<u8>) -> Result<Vec<u8>, ProposeError> {
-        let group = self.routing.read().map(|r| r.group_for_key(key)).map_err(|_| ProposeError::ShuttingDown)?;
+        let group = self
+            .routing
+            .read()
+            .map(|r| r.group_for_key(key))
+            .map_err(|_| ProposeError::ShuttingDown)?;
         self.propose_to_group(group, command).await
     }
 
@@ -317,8 +390,17 @@ impl Node {
     ///
     /// # Errors
     /// As [`Node::propose`].
-    pub async fn propose_to_group(&self, group: GroupId, command: Vec<u8>) -> Result<Vec<u8>, ProposeError> {
-        self.call(|reply| Command::Propose { group, data: command, reply }).await
+    pub async fn propose_to_group(
+        &self,
+        group: GroupId,
+        command: Vec<u8>,
+    ) -> Result<Vec<u8>, ProposeError> {
+        self.call(|reply| Command::Propose {
+            group,
+            data: command,
+            reply,
+        })
+        .await
     }
 
     /// A linearizable read barrier: resolves once this node's state machine for `group` has
@@ -337,7 +419,8 @@ impl Node {
     /// # Errors
     /// [`ProposeError::NotLeader`], [`ProposeError::GroupNotFound`], [`ProposeError::ShuttingDown`].
     pub async fn transfer_leader(&self, group: GroupId, to: NodeId) -> Result<(), ProposeError> {
-        self.call(|reply| Command::TransferLeader { group, to, reply }).await
+        self.call(|reply| Command::TransferLeader { group, to, reply })
+            .await
     }
 
     /// Changes `group`'s membership through raft (joint consensus when `change` has several
@@ -346,16 +429,30 @@ impl Node {
     ///
     /// # Errors
     /// As [`Node::propose`].
-    pub async fn change_membership(&self, group: GroupId, change: ConfChangeV2) -> Result<ConfState, ProposeError> {
-        self.call(|reply| Command::ConfChange { group, change, reply }).await
+    pub async fn change_membership(
+        &self,
+        group: GroupId,
+        change: ConfChangeV2,
+    ) -> Result<ConfState, ProposeError> {
+        self.call(|reply| Command::ConfChange {
+            group,
+            change,
+            reply,
+        })
+        .await
     }
 
     /// Adds `node` to `group` as a learner (it receives the log but does not vote).
     ///
     /// # Errors
     /// As [`Node::change_membership`].
-    pub async fn add_learner(&self, group: GroupId, node: NodeId) -> Result<ConfState, ProposeError> {
-        self.change_membership(group, single_change(ConfChangeType::AddLearnerNode, node)).await
+    pub async fn add_learner(
+        &self,
+        group: GroupId,
+        node: NodeId,
+    ) -> Result<ConfState, ProposeError> {
+        self.change_membership(group, single_change(ConfChangeType::AddLearnerNode, node))
+            .await
     }
 
     /// Adds `node` to `group` as a voter, or promotes it when it is a learner.
@@ -363,15 +460,21 @@ impl Node {
     /// # Errors
     /// As [`Node::change_membership`].
     pub async fn add_voter(&self, group: GroupId, node: NodeId) -> Result<ConfState, ProposeError> {
-        self.change_membership(group, single_change(ConfChangeType::AddNode, node)).await
+        self.change_membership(group, single_change(ConfChangeType::AddNode, node))
+            .await
     }
 
     /// Removes `node` from `group`.
     ///
     /// # Errors
     /// As [`Node::change_membership`].
-    pub async fn remove_member(&self, group: GroupId, node: NodeId) -> Result<ConfState, ProposeError> {
-        self.change_membership(group, single_change(ConfChangeType::RemoveNode, node)).await
+    pub async fn remove_member(
+        &self,
+        group: GroupId,
+        node: NodeId,
+    ) -> Result<ConfState, ProposeError> {
+        self.change_membership(group, single_change(ConfChangeType::RemoveNode, node))
+            .await
     }
 
     /// Every group's status and the node's counters.
@@ -380,7 +483,10 @@ impl Node {
     /// [`ProposeError::ShuttingDown`].
     pub async fn status(&self) -> Result<NodeStatus, ProposeError> {
         let (reply, rx) = oneshot::channel();
-        self.commands.send(Command::Status { reply }).await.map_err(|_| ProposeError::ShuttingDown)?;
+        self.commands
+            .send(Command::Status { reply })
+            .await
+            .map_err(|_| ProposeError::ShuttingDown)?;
         rx.await.map_err(|_| ProposeError::ShuttingDown)
     }
 
@@ -391,6 +497,9 @@ impl Node {
         if let Some((stop, handle)) = taken {
             let _ = stop.send(());
             let _ = handle.await;
+        }
+        if let Some(endpoint) = &self.endpoint {
+            endpoint.shutdown().await;
         }
     }
 }
@@ -441,15 +550,17 @@ impl Driver {
         let (persist_tx, persist_rx) = std::sync::mpsc::channel::<storage::StagedBatch>();
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<PersistResult>();
         let store = self.store.clone();
-        let persister = std::thread::Builder::new().name("pontoon-persist".into()).spawn(move || {
-            while let Ok(staged) = persist_rx.recv() {
-                let result = store.commit(staged).map(|_| ());
-                let failed = result.is_err();
-                if done_tx.send(result).is_err() || failed {
-                    break;
+        let persister = std::thread::Builder::new()
+            .name("pontoon-persist".into())
+            .spawn(move || {
+                while let Ok(staged) = persist_rx.recv() {
+                    let result = store.commit(staged).map(|_| ());
+                    let failed = result.is_err();
+                    if done_tx.send(result).is_err() || failed {
+                        break;
+                    }
                 }
-            }
-        });
+            });
         if let Err(error) = persister {
             tracing::error!(%error, "cannot start the persister thread; node stops");
             return;
@@ -525,7 +636,6 @@ impl Driver {
         }
         drop(persist_tx);
         self.fail_all();
-        self.transport.shutdown().await;
     }
 
     fn send(&mut self, messages: Vec<(NodeId, Envelope)>) {
@@ -542,14 +652,19 @@ impl Driver {
         match inbound {
             Inbound::Message { from, envelope } => self.core.step(from, envelope),
             Inbound::Unreachable { to, group } => self.core.report_unreachable(to, group),
-            Inbound::SnapshotStatus { to, group, delivered } => self.core.report_snapshot(to, group, delivered),
+            Inbound::SnapshotStatus {
+                to,
+                group,
+                delivered,
+            } => self.core.report_snapshot(to, group, delivered),
         }
     }
 
     fn token(&mut self) -> Token {
         let token = self.next_token;
         self.next_token += 1;
-        self.deadlines.push_back((Instant::now() + self.request_timeout, token));
+        self.deadlines
+            .push_back((Instant::now() + self.request_timeout, token));
         token
     }
 
@@ -577,7 +692,11 @@ impl Driver {
                     }
                 }
             }
-            Command::ConfChange { group, change, reply } => {
+            Command::ConfChange {
+                group,
+                change,
+                reply,
+            } => {
                 let token = self.token();
                 match self.core.propose_conf_change(group, &change, token) {
                     Ok(()) => {
@@ -592,7 +711,11 @@ impl Driver {
                 let _ = reply.send(self.core.transfer_leader(group, to));
             }
             Command::Status { reply } => {
-                let groups = self.core.groups().filter_map(|g| self.core.status(g)).collect();
+                let groups = self
+                    .core
+                    .groups()
+                    .filter_map(|g| self.core.status(g))
+                    .collect();
                 let _ = reply.send(NodeStatus {
                     node: self.core.id(),
                     groups,
@@ -607,9 +730,15 @@ impl Driver {
 
     fn with_leader_hint(&self, error: ProposeError) -> ProposeError {
         match error {
-            ProposeError::NotLeader { group, leader: None } => {
+            ProposeError::NotLeader {
+                group,
+                leader: None,
+            } => {
                 let hint = self.routing.read().ok().and_then(|r| r.leader_hint(group));
-                ProposeError::NotLeader { group, leader: hint.filter(|l| *l != self.core.id()) }
+                ProposeError::NotLeader {
+                    group,
+                    leader: hint.filter(|l| *l != self.core.id()),
+                }
             }
             other => other,
         }
@@ -619,18 +748,37 @@ impl Driver {
         for apply in applies {
             match apply {
                 Apply::Restore { group, data, .. } => {
-                    (self.state_machine)(SmOp::Restore(group, &data))
-                        .map_err(|e| CoordinatorError::StateMachine { group, message: e.to_string() })?;
+                    (self.state_machine)(SmOp::Restore(group, &data)).map_err(|e| {
+                        CoordinatorError::StateMachine {
+                            group,
+                            message: e.to_string(),
+                        }
+                    })?;
                 }
-                Apply::Command { group, index, data, proposal, .. } => {
-                    let response = (self.state_machine)(SmOp::Apply(group, index, &data))
-                        .map_err(|e| CoordinatorError::StateMachine { group, message: e.to_string() })?;
+                Apply::Command {
+                    group,
+                    index,
+                    data,
+                    proposal,
+                    ..
+                } => {
+                    let response =
+                        (self.state_machine)(SmOp::Apply(group, index, &data)).map_err(|e| {
+                            CoordinatorError::StateMachine {
+                                group,
+                                message: e.to_string(),
+                            }
+                        })?;
                     if let Some((_, reply)) = proposal.and_then(|t| self.proposals.remove(&t)) {
                         self.acknowledged += 1;
                         let _ = reply.send(Ok(response));
                     }
                 }
-                Apply::ConfChanged { conf_state, proposal, .. } => {
+                Apply::ConfChanged {
+                    conf_state,
+                    proposal,
+                    ..
+                } => {
                     if let Some((_, reply)) = proposal.and_then(|t| self.conf_changes.remove(&t)) {
                         let _ = reply.send(Ok(conf_state));
                     }
@@ -643,7 +791,11 @@ impl Driver {
     fn handle_events(&mut self, events: Vec<Event>) {
         for event in events {
             match event {
-                Event::LeaderChanged { group, leader, term } => {
+                Event::LeaderChanged {
+                    group,
+                    leader,
+                    term,
+                } => {
                     tracing::debug!(%group, ?leader, term, "leader changed");
                     if let Ok(mut routing) = self.routing.write() {
                         let _ = routing.set_leader_hint(group, leader);
@@ -684,8 +836,12 @@ impl Driver {
 
     fn compact(&mut self) -> Result<(), CoordinatorError> {
         for group in self.core.compaction_due() {
-            let data = (self.state_machine)(SmOp::Snapshot(group))
-                .map_err(|e| CoordinatorError::StateMachine { group, message: e.to_string() })?;
+            let data = (self.state_machine)(SmOp::Snapshot(group)).map_err(|e| {
+                CoordinatorError::StateMachine {
+                    group,
+                    message: e.to_string(),
+                }
+            })?;
             self.core.compact(group, data)?;
         }
         Ok(())

@@ -53,7 +53,7 @@ impl StateMachine for Kv {
     fn restore(&mut self, group: GroupId, snapshot: &[u8]) -> Result<(), StateMachineError> {
         let mut map = BTreeMap::new();
         let mut rest = snapshot;
-        let mut take = |rest: &mut &[u8]| -> Result<Vec<u8>, StateMachineError> {
+        let take = |rest: &mut &[u8]| -> Result<Vec<u8>, StateMachineError> {
             if rest.len() < 4 {
                 return Err("truncated snapshot".into());
             }
@@ -203,4 +203,35 @@ impl Workload {
 
 pub fn groups(cluster: &SimCluster<Kv>) -> Vec<GroupId> {
     cluster.routing().groups().map(|(g, _)| g).collect()
+}
+
+/// A [`Kv`] the test can read while a `Node` owns it.
+#[derive(Clone, Default)]
+pub struct SharedKv(pub std::sync::Arc<std::sync::Mutex<Kv>>);
+
+impl SharedKv {
+    pub fn get(&self, group: GroupId, key: &str) -> Option<String> {
+        let kv = self.0.lock().unwrap();
+        kv.groups
+            .get(&group)?
+            .get(key.as_bytes())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+impl StateMachine for SharedKv {
+    fn apply(
+        &mut self,
+        group: GroupId,
+        index: u64,
+        command: &[u8],
+    ) -> Result<Vec<u8>, StateMachineError> {
+        self.0.lock().unwrap().apply(group, index, command)
+    }
+    fn snapshot(&mut self, group: GroupId) -> Result<Vec<u8>, StateMachineError> {
+        self.0.lock().unwrap().snapshot(group)
+    }
+    fn restore(&mut self, group: GroupId, snapshot: &[u8]) -> Result<(), StateMachineError> {
+        self.0.lock().unwrap().restore(group, snapshot)
+    }
 }
