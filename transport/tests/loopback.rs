@@ -1,6 +1,9 @@
 //! Three endpoints on loopback exchange messages for 1000 groups: every message arrives
 //! once, in order per group; snapshots arrive whole and report back.
 
+// Helpers outside #[test] fns unwrap too: a failed setup is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::HashMap;

@@ -168,7 +168,8 @@ async fn stream_writer(
     let mut conn_rx = peer.state.subscribe();
     let mut stream: Option<(usize, quinn::SendStream)> = None;
     let mut batch: Vec<Frames> = Vec::with_capacity(MAX_WRITE_BATCH);
-    while rx.recv_many(&mut batch, MAX_WRITE_BATCH).await > 0 {
+    let limit = MAX_WRITE_BATCH.min(shared.config.stream_queue_len);
+    while rx.recv_many(&mut batch, limit).await > 0 {
         let n = batch.len();
         let frames: u64 = batch.iter().map(|f| f.frames).sum();
         let lost = |reason: &str| {
@@ -398,6 +399,9 @@ async fn connection_task(
                         current = None;
                         Counters::add(&shared.counters.connections_closed, 1);
                         info!("connection lost: redialling");
+                        // Frames buffered on it may be lost: raft should treat the peer as
+                        // unreachable in every group.
+                        shared.report(Inbound::Unreachable { to: id, group: None });
                         state.send_replace(ConnState::Connecting);
                         if dialing.is_none() && pending.is_none() {
                             retry_at = Some(Instant::now() + backoff);
