@@ -5,9 +5,11 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use certs::{ClusterCa, NodeIdentity};
+use certs::NodeIdentity;
 use routing::{GroupId, NodeId, RoutingTable};
 
 use crate::{Node, NodeConfig, NodeError, ProposeError, StateMachine};
@@ -19,10 +21,12 @@ pub type ConfigFn = Box<dyn Fn(NodeConfig) -> NodeConfig + Send + Sync>;
 pub struct LocalCluster<S: StateMachine> {
     identities: BTreeMap<NodeId, NodeIdentity>,
     addrs: BTreeMap<NodeId, SocketAddr>,
-    nodes: BTreeMap<NodeId, Option<Node>>,
+    nodes: Mutex<BTreeMap<NodeId, Option<Node>>>,
     dir: PathBuf,
     routing: RoutingTable,
     configure: ConfigFn,
+    /// Where proposals last found each group's leader.
+    leader_cache: Mutex<BTreeMap<GroupId, NodeId>>,
     make_state_machine: Box<dyn Fn(NodeId) -> S + Send + Sync>,
 }
 
@@ -45,6 +49,62 @@ pub enum LocalClusterError {
     Port(std::io::Error),
 }
 
+/// Counters of a [`LocalCluster::drive`] run, readable while it runs.
+#[derive(Debug, Default)]
+pub struct LoadStats {
+    /// Proposals acknowledged.
+    pub acknowledged: AtomicU64,
+    /// Proposals that failed (timeouts, no leader within the deadline).
+    pub failed: AtomicU64,
+    latencies_us: Mutex<Vec<u32>>,
+}
+
+impl LoadStats {
+    fn record(&self, latency: Duration) {
+        self.acknowledged.fetch_add(1, Ordering::Relaxed);
+        let us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
+        self.latencies_us
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(us);
+    }
+
+    /// The latency at quantile `q` (0.0..=1.0) of the proposals acknowledged so far, in µs.
+    pub fn latency_us(&self, q: f64) -> u64 {
+        let mut all = self
+            .latencies_us
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        quantile(&mut all, q)
+    }
+
+    /// Latencies at several quantiles at once (one sort).
+    pub fn latencies_us(&self, qs: &[f64]) -> Vec<u64> {
+        let mut all = self
+            .latencies_us
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        all.sort_unstable();
+        qs.iter().map(|q| quantile(&mut all, *q)).collect()
+    }
+
+    /// Acknowledged proposals so far.
+    pub fn acknowledged(&self) -> u64 {
+        self.acknowledged.load(Ordering::Relaxed)
+    }
+}
+
+fn quantile(values: &mut [u32], q: f64) -> u64 {
+    if values.is_empty() {
+        return 0;
+    }
+    values.sort_unstable();
+    let rank = ((values.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
+    u64::from(values[rank.min(values.len() - 1)])
+}
+
 fn free_udp_port() -> Result<SocketAddr, LocalClusterError> {
     let socket =
         std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).map_err(LocalClusterError::Port)?;
@@ -52,7 +112,8 @@ fn free_udp_port() -> Result<SocketAddr, LocalClusterError> {
 }
 
 impl<S: StateMachine> LocalCluster<S> {
-    /// Starts one node per node of `routing`, data under `dir`, each node's config passed
+    /// Starts one node per node of `routing`, certificates in `dir/certs` (a fresh cluster CA
+    /// and one certificate per node), data under `dir`, each node's config passed
     /// through `configure` (tick interval, durability, raft settings).
     ///
     /// # Errors
@@ -63,34 +124,48 @@ impl<S: StateMachine> LocalCluster<S> {
         configure: impl Fn(NodeConfig) -> NodeConfig + Send + Sync + 'static,
         make_state_machine: impl Fn(NodeId) -> S + Send + Sync + 'static,
     ) -> Result<Self, LocalClusterError> {
-        let ca = ClusterCa::generate("pontoon local cluster")?;
+        // Real PEM files, as an operator would make them with `pontoon certs`.
+        let cert_dir = dir.join("certs");
+        certs::files::init_dir(&cert_dir, false)?;
         let mut identities = BTreeMap::new();
         let mut addrs = BTreeMap::new();
         for node in routing.nodes() {
-            identities.insert(node, ca.issue_node(node, &["127.0.0.1".to_string()])?);
+            identities.insert(
+                node,
+                certs::files::issue_node_files(&cert_dir, node, &["127.0.0.1".to_string()], false)?,
+            );
             addrs.insert(node, free_udp_port()?);
         }
-        let mut this = Self {
-            nodes: identities.keys().map(|n| (*n, None)).collect(),
+        let this = Self {
+            nodes: Mutex::new(identities.keys().map(|n| (*n, None)).collect()),
             identities,
             addrs,
             dir: dir.to_path_buf(),
             routing,
             configure: Box::new(configure),
+            leader_cache: Mutex::new(BTreeMap::new()),
             make_state_machine: Box::new(make_state_machine),
         };
-        let ids: Vec<NodeId> = this.nodes.keys().copied().collect();
-        for node in ids {
+        for node in this.node_ids() {
             this.restart(node).await?;
         }
         Ok(this)
+    }
+
+    fn nodes(&self) -> MutexGuard<'_, BTreeMap<NodeId, Option<Node>>> {
+        self.nodes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every node id, running or not.
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        self.nodes().keys().copied().collect()
     }
 
     /// Starts `node` (again), on its address and data directory.
     ///
     /// # Errors
     /// [`LocalClusterError::Node`].
-    pub async fn restart(&mut self, node: NodeId) -> Result<(), LocalClusterError> {
+    pub async fn restart(&self, node: NodeId) -> Result<(), LocalClusterError> {
         let Some(identity) = self.identities.get(&node) else {
             return Err(LocalClusterError::Node {
                 node,
@@ -117,25 +192,26 @@ impl<S: StateMachine> LocalCluster<S> {
         )
         .await
         .map_err(|source| LocalClusterError::Node { node, source })?;
-        self.nodes.insert(node, Some(started));
+        self.nodes().insert(node, Some(started));
         Ok(())
     }
 
     /// Stops `node` (its data stays; [`LocalCluster::restart`] brings it back).
-    pub async fn kill(&mut self, node: NodeId) {
-        if let Some(Some(running)) = self.nodes.insert(node, None) {
+    pub async fn kill(&self, node: NodeId) {
+        let running = self.nodes().insert(node, None).flatten();
+        if let Some(running) = running {
             running.shutdown().await;
         }
     }
 
-    /// A running node.
-    pub fn node(&self, node: NodeId) -> Option<&Node> {
-        self.nodes.get(&node)?.as_ref()
+    /// A running node (a cheap handle).
+    pub fn node(&self, node: NodeId) -> Option<Node> {
+        self.nodes().get(&node)?.clone()
     }
 
     /// Every running node.
-    pub fn running(&self) -> impl Iterator<Item = &Node> {
-        self.nodes.values().flatten()
+    pub fn running(&self) -> Vec<Node> {
+        self.nodes().values().flatten().cloned().collect()
     }
 
     /// The routing table the cluster started with.
@@ -160,7 +236,8 @@ impl<S: StateMachine> LocalCluster<S> {
 
     /// How many groups each running node leads.
     pub async fn leader_counts(&self) -> BTreeMap<NodeId, usize> {
-        let mut counts: BTreeMap<NodeId, usize> = self.running().map(|n| (n.id(), 0)).collect();
+        let mut counts: BTreeMap<NodeId, usize> =
+            self.running().iter().map(|n| (n.id(), 0)).collect();
         for leader in self.leaders().await.values() {
             *counts.entry(*leader).or_default() += 1;
         }
@@ -207,9 +284,15 @@ impl<S: StateMachine> LocalCluster<S> {
         timeout: Duration,
     ) -> Result<Vec<u8>, ProposeError> {
         let deadline = Instant::now() + timeout;
-        let mut target = self.routing.leader_hint(group);
+        let cached = self
+            .leader_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&group)
+            .copied();
+        let mut target = cached.or_else(|| self.routing.leader_hint(group));
         let mut last = ProposeError::ShuttingDown;
-        let candidates: Vec<NodeId> = self.running().map(Node::id).collect();
+        let candidates: Vec<NodeId> = self.running().iter().map(Node::id).collect();
         let mut next_candidate = 0;
         while Instant::now() < deadline {
             let node = match target.and_then(|t| self.node(t)) {
@@ -226,7 +309,13 @@ impl<S: StateMachine> LocalCluster<S> {
                 }
             };
             match node.propose_to_group(group, command.clone()).await {
-                Ok(response) => return Ok(response),
+                Ok(response) => {
+                    self.leader_cache
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(group, node.id());
+                    return Ok(response);
+                }
                 Err(ProposeError::NotLeader { leader, .. }) => {
                     last = ProposeError::NotLeader { group, leader };
                     if leader.is_none() || leader == target {
@@ -245,10 +334,53 @@ impl<S: StateMachine> LocalCluster<S> {
         Err(last)
     }
 
+    /// Runs `concurrency` closed-loop clients until `until`: each proposes `command(seq)` (a
+    /// key and the command bytes) through [`LocalCluster::propose`], waits for the answer, and
+    /// records it in `stats`; `on_ack` sees every acknowledged command.
+    pub async fn drive(
+        self: &std::sync::Arc<Self>,
+        concurrency: usize,
+        until: Instant,
+        request_timeout: Duration,
+        command: impl Fn(u64) -> (Vec<u8>, Vec<u8>) + Send + Sync + 'static,
+        on_ack: impl Fn(u64, &[u8], &[u8]) + Send + Sync + 'static,
+        stats: std::sync::Arc<LoadStats>,
+    ) {
+        let command = std::sync::Arc::new(command);
+        let on_ack = std::sync::Arc::new(on_ack);
+        let seq = std::sync::Arc::new(AtomicU64::new(0));
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..concurrency.max(1) {
+            let (cluster, command, on_ack, seq, stats) = (
+                self.clone(),
+                command.clone(),
+                on_ack.clone(),
+                seq.clone(),
+                stats.clone(),
+            );
+            workers.spawn(async move {
+                while Instant::now() < until {
+                    let n = seq.fetch_add(1, Ordering::Relaxed);
+                    let (key, bytes) = command(n);
+                    let started = Instant::now();
+                    match cluster.propose(&key, bytes, request_timeout).await {
+                        Ok(response) => {
+                            stats.record(started.elapsed());
+                            on_ack(n, &key, &response);
+                        }
+                        Err(_) => {
+                            stats.failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+        while workers.join_next().await.is_some() {}
+    }
+
     /// Stops every node.
-    pub async fn shutdown(mut self) {
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
-        for node in ids {
+    pub async fn shutdown(&self) {
+        for node in self.node_ids() {
             self.kill(node).await;
         }
     }

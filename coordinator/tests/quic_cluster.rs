@@ -19,7 +19,7 @@ async fn three_quic_nodes_keep_taking_writes_after_losing_the_busiest_leader() {
     let routing = RoutingTable::uniform(1024, 64, &nodes, 3).unwrap();
     let machines: std::sync::Arc<Mutex<BTreeMap<NodeId, SharedKv>>> = Default::default();
     let registry = machines.clone();
-    let mut cluster = LocalCluster::start(
+    let cluster = LocalCluster::start(
         dir.path(),
         routing,
         |c| {

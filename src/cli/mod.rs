@@ -1,0 +1,47 @@
+//! Argument parsing and dispatch of the `pontoon` binary.
+
+mod certs_cmd;
+mod demo;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Pontoon: multi-raft replication over one QUIC endpoint per node, secured by mutual TLS.
+#[derive(Parser, Debug)]
+#[command(name = "pontoon", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a 3-node cluster over QUIC on loopback, write to it, kill its busiest leader midway,
+    /// and verify every acknowledged write.
+    Demo(demo::DemoArgs),
+    /// Create the cluster CA and issue node and client certificates.
+    #[command(subcommand)]
+    Certs(certs_cmd::CertsCommand),
+}
+
+impl Cli {
+    /// The log filter when RUST_LOG is not set: quiet for the interactive commands.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            Command::Demo(_) => "error",
+            Command::Certs(_) => "warn",
+        }
+    }
+}
+
+/// An error for the user: what went wrong, in one line.
+pub type CliError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    match cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Certs(command) => certs_cmd::run(command),
+    }
+}
