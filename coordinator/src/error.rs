@@ -87,6 +87,16 @@ pub enum CoordinatorError {
         /// What is wrong with it.
         source: ConfChangeDecodeError,
     },
+    /// A committed batch entry could not be decoded: the log is corrupt.
+    #[error("committed batch entry at {group} index {index} is malformed: {source}")]
+    BadBatch {
+        /// The group.
+        group: GroupId,
+        /// The entry's index.
+        index: u64,
+        /// What is wrong with it.
+        source: prost::DecodeError,
+    },
     /// `on_persisted` was called for a cycle that is not the oldest in flight (a driver bug).
     #[error("cycle {cycle} reported persisted out of order")]
     CycleOutOfOrder {

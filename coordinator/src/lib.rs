@@ -53,6 +53,7 @@ mod logging;
 mod multiraft;
 mod node;
 mod outbox;
+mod proposal_batch;
 pub mod sim;
 mod state_machine;
 

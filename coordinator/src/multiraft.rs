@@ -9,7 +9,7 @@
 //! No sockets, clocks or threads: the same code runs under the tokio [`crate::Node`] and under a
 //! deterministic simulation.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot};
 use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
@@ -24,6 +24,7 @@ use crate::config::RaftConfig;
 use crate::error::{CoordinatorError, ProposeError};
 use crate::logging::group_logger;
 use crate::outbox::{self, CoalesceCount, Outbox};
+use crate::proposal_batch;
 
 /// An opaque number the caller attaches to a proposal or a read, handed back when it completes.
 pub type Token = u64;
@@ -97,7 +98,7 @@ pub enum Apply {
     Command {
         /// The group.
         group: GroupId,
-        /// Its log index.
+        /// The log index of the entry holding it (commands batched into one entry share it).
         index: u64,
         /// The term it was proposed in.
         term: u64,
@@ -196,6 +197,8 @@ struct Group {
     role: StateRole,
     /// Reads whose index is not applied yet.
     reads: Vec<(u64, Token)>,
+    /// Commands proposed since the last cycle, batched into one entry at the next.
+    queued: Vec<(Vec<u8>, Token)>,
 }
 
 struct Inflight {
@@ -216,7 +219,10 @@ pub struct MultiRaft {
     pending_applies: Vec<Apply>,
     inflight: VecDeque<Inflight>,
     next_cycle: u64,
-    proposals: BTreeMap<(GroupId, u64), (u64, Token)>,
+    /// Entries proposed here, by (group, index): the term and the tokens of their commands.
+    proposals: BTreeMap<(GroupId, u64), (u64, Vec<Token>)>,
+    /// Groups with commands queued for the next cycle's batch.
+    queued_groups: BTreeSet<GroupId>,
     stats: CoordinatorStats,
 }
 
@@ -244,6 +250,7 @@ impl MultiRaft {
             inflight: VecDeque::new(),
             next_cycle: 1,
             proposals: BTreeMap::new(),
+            queued_groups: BTreeSet::new(),
             stats: CoordinatorStats::default(),
         };
         for group in this.store.groups() {
@@ -293,6 +300,7 @@ impl MultiRaft {
             term: 0,
             role: StateRole::Follower,
             reads: Vec::new(),
+            queued: Vec::new(),
         };
         g.term = g.raw.raft.term;
         Self::jitter_election(&mut self.rng, &self.config, &mut g);
@@ -403,15 +411,20 @@ impl MultiRaft {
             return Err(CoordinatorError::GroupNotFound { group });
         }
         self.pending.delete_group(group);
-        let dropped: Vec<_> = self
+        Ok(self.take_proposals(group, u64::MAX))
+    }
+
+    /// Forgets the proposals of `group` at indexes up to `up_to`, returning their tokens.
+    fn take_proposals(&mut self, group: GroupId, up_to: u64) -> Vec<Token> {
+        let keys: Vec<_> = self
             .proposals
-            .range((group, 0)..=(group, u64::MAX))
-            .map(|(k, v)| (*k, v.1))
+            .range((group, 0)..=(group, up_to))
+            .map(|(k, _)| *k)
             .collect();
-        for (key, _) in &dropped {
-            self.proposals.remove(key);
-        }
-        Ok(dropped.into_iter().map(|(_, token)| token).collect())
+        keys.into_iter()
+            .filter_map(|k| self.proposals.remove(&k))
+            .flat_map(|(_, tokens)| tokens)
+            .collect()
     }
 
     fn group_mut(&mut self, group: GroupId) -> Result<&mut Group, ProposeError> {
@@ -495,12 +508,58 @@ impl MultiRaft {
     ) -> Result<(), ProposeError> {
         let g = self.group_mut(group)?;
         Self::ensure_leader(group, g)?;
-        g.raw
-            .propose(vec![], data)
-            .map_err(|_| ProposeError::ProposalDropped { group })?;
-        let (index, term) = (g.raw.raft.raft_log.last_index(), g.raw.raft.term);
-        self.proposals.insert((group, index), (term, token));
+        g.queued.push((data, token));
+        self.queued_groups.insert(group);
         Ok(())
+    }
+
+    /// Hands the commands queued since the last cycle to raft, one entry per group (split
+    /// when larger than `max_size_per_msg`).
+    fn flush_proposals(&mut self, events: &mut Vec<Event>) {
+        let max_bytes = usize::try_from(self.config.max_size_per_msg).unwrap_or(usize::MAX);
+        for group in std::mem::take(&mut self.queued_groups) {
+            let Some(g) = self.groups.get_mut(&group) else {
+                continue;
+            };
+            let mut queued = std::mem::take(&mut g.queued).into_iter().peekable();
+            while queued.peek().is_some() {
+                let (mut commands, mut tokens, mut bytes) = (Vec::new(), Vec::new(), 0);
+                while let Some((data, _)) = queued.peek() {
+                    if !commands.is_empty() && bytes + data.len() > max_bytes {
+                        break;
+                    }
+                    if let Some((data, token)) = queued.next() {
+                        bytes += data.len();
+                        commands.push(data);
+                        tokens.push(token);
+                    }
+                }
+                let (context, data) = if commands.len() == 1 {
+                    (Vec::new(), commands.pop().unwrap_or_default())
+                } else {
+                    (
+                        proposal_batch::BATCH_CONTEXT.to_vec(),
+                        proposal_batch::encode(commands),
+                    )
+                };
+                // Leadership may have moved since `propose` checked; raft would then forward
+                // the entry to the new leader and we could not track it, so drop it instead.
+                let last_before = g.raw.raft.raft_log.last_index();
+                let accepted = g.raw.raft.state == StateRole::Leader
+                    && g.raw.propose(context, data).is_ok()
+                    && g.raw.raft.raft_log.last_index() > last_before;
+                if accepted {
+                    let (index, term) = (g.raw.raft.raft_log.last_index(), g.raw.raft.term);
+                    self.proposals.insert((group, index), (term, tokens));
+                } else {
+                    events.extend(
+                        tokens
+                            .into_iter()
+                            .map(|token| Event::ProposalDropped { group, token }),
+                    );
+                }
+            }
+        }
     }
 
     /// Proposes a membership change (joint consensus when it has several steps).
@@ -523,7 +582,7 @@ impl MultiRaft {
         if index == last_before {
             return Err(ProposeError::ProposalDropped { group });
         }
-        self.proposals.insert((group, index), (term, token));
+        self.proposals.insert((group, index), (term, vec![token]));
         Ok(())
     }
 
@@ -633,6 +692,7 @@ impl MultiRaft {
     /// Whether any group has work for a cycle.
     pub fn has_ready(&self) -> bool {
         !self.pending.is_empty()
+            || !self.queued_groups.is_empty()
             || !self.pending_applies.is_empty()
             || self.groups.values().any(|g| g.raw.has_ready())
     }
@@ -705,6 +765,7 @@ impl MultiRaft {
         let mut batch = std::mem::replace(&mut self.pending, self.store.batch());
         let mut applies = std::mem::take(&mut self.pending_applies);
         let mut events = Vec::new();
+        self.flush_proposals(&mut events);
         let mut now = Outbox::default();
         let mut after_persist = Outbox::default();
         let mut readies = Vec::new();
@@ -744,11 +805,16 @@ impl MultiRaft {
                 let stale: Vec<_> = self
                     .proposals
                     .range((group, 0)..=(group, index))
-                    .map(|(k, v)| (*k, v.1))
+                    .map(|(k, _)| *k)
                     .collect();
-                for (key, token) in stale {
-                    self.proposals.remove(&key);
-                    events.push(Event::ProposalDropped { group, token });
+                for key in stale {
+                    if let Some((_, tokens)) = self.proposals.remove(&key) {
+                        events.extend(
+                            tokens
+                                .into_iter()
+                                .map(|token| Event::ProposalDropped { group, token }),
+                        );
+                    }
                 }
             }
             let committed = rd.take_committed_entries();
@@ -811,7 +877,7 @@ impl MultiRaft {
         group: GroupId,
         g: &mut Group,
         entries: Vec<Entry>,
-        proposals: &mut BTreeMap<(GroupId, u64), (u64, Token)>,
+        proposals: &mut BTreeMap<(GroupId, u64), (u64, Vec<Token>)>,
         batch: &mut WriteBatch,
         applies: &mut Vec<Apply>,
         events: &mut Vec<Event>,
@@ -819,17 +885,43 @@ impl MultiRaft {
     ) -> Result<(), CoordinatorError> {
         for entry in entries {
             let (index, term) = (entry.index, entry.term);
-            let proposal = match proposals.remove(&(group, index)) {
-                Some((proposed_term, token)) if proposed_term == term => Some(token),
-                Some((_, token)) => {
-                    events.push(Event::ProposalDropped { group, token });
-                    None
+            let tokens = match proposals.remove(&(group, index)) {
+                Some((proposed_term, tokens)) if proposed_term == term => tokens,
+                Some((_, tokens)) => {
+                    events.extend(
+                        tokens
+                            .into_iter()
+                            .map(|token| Event::ProposalDropped { group, token }),
+                    );
+                    Vec::new()
                 }
-                None => None,
+                None => Vec::new(),
             };
+            let proposal = tokens.first().copied();
             g.applied = index;
             stats.entries_applied += 1;
             match entry.get_entry_type() {
+                EntryType::EntryNormal
+                    if entry.context.as_ref() == proposal_batch::BATCH_CONTEXT =>
+                {
+                    let commands = proposal_batch::decode(&entry.data).map_err(|source| {
+                        CoordinatorError::BadBatch {
+                            group,
+                            index,
+                            source,
+                        }
+                    })?;
+                    for (i, data) in commands.into_iter().enumerate() {
+                        let proposal = tokens.get(i).copied();
+                        applies.push(Apply::Command {
+                            group,
+                            index,
+                            term,
+                            data,
+                            proposal,
+                        });
+                    }
+                }
                 EntryType::EntryNormal => {
                     // Empty entries are the ones new leaders append; nothing to apply.
                     if !entry.data.is_empty() || proposal.is_some() {
