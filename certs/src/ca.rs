@@ -14,7 +14,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::{Duration, OffsetDateTime};
 
 use crate::identity::{check_client_name, client_uri, node_uri};
-use crate::{CertError, node_server_name};
+use crate::{CLUSTER_SERVER_NAME, CertError, node_server_name};
 
 /// How long a generated CA certificate is valid: 10 years.
 pub const CA_VALIDITY: Duration = Duration::days(3650);
@@ -159,7 +159,11 @@ impl ClusterCa {
         if id == NodeId(0) {
             return Err(CertError::ReservedNodeId);
         }
-        let mut sans = vec![uri_san(&node_uri(id))?, dns_san(&node_server_name(id))?];
+        let mut sans = vec![
+            uri_san(&node_uri(id))?,
+            dns_san(&node_server_name(id))?,
+            dns_san(CLUSTER_SERVER_NAME)?,
+        ];
         for san in extra_sans {
             sans.push(parse_extra_san(san)?);
         }

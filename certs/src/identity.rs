@@ -34,6 +34,11 @@ pub fn node_server_name(id: NodeId) -> String {
     format!("n{}.node.pontoon", id.get())
 }
 
+/// A DNS SAN every node certificate carries besides its own [`node_server_name`]: clients
+/// that only know a node's address (not its id) dial with this name and still verify that the
+/// answering peer is a node of the cluster. Nodes dialing nodes always use the id-specific name.
+pub const CLUSTER_SERVER_NAME: &str = "any.node.pontoon";
+
 /// The URI SAN that names a node.
 pub(crate) fn node_uri(id: NodeId) -> String {
     format!("{NODE_URI_PREFIX}{}", id.get())
