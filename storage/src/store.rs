@@ -253,6 +253,8 @@ struct Sim {
     /// The group was deleted (and maybe re-created) in this batch: its old cell goes.
     replaced: bool,
     dirty: u8,
+    /// Highest log index written for this group in this batch.
+    max_written: Option<u64>,
     cache_ops: Vec<CacheOp>,
     pending_snapshot: Option<Snapshot>,
 }
@@ -264,11 +266,52 @@ const D_APPLIED: u8 = 8;
 const D_SNAP: u8 = 16;
 const D_ALL: u8 = 31;
 
-type Ops<K> = BTreeMap<K, Option<Vec<u8>>>;
+/// The log writes of a batch, in op order. A batch of plain appends writes every key once,
+/// in order, so the writes go to fjall as they are; only when a key may be written twice (an
+/// append over this batch's own suffix, a compaction after an append, ...) are they sorted
+/// and deduplicated, last write winning: fjall gives every item of a batch the same seqno, so
+/// two writes of one key in one batch would be ambiguous.
+#[derive(Default)]
+struct LogOps {
+    items: Vec<(LogKey, Option<Vec<u8>>)>,
+    needs_dedup: bool,
+}
 
-fn remove_log(log_ops: &mut Ops<LogKey>, group: GroupId, from: u64, to_inclusive: u64) {
-    for i in from..=to_inclusive {
-        log_ops.insert(keys::log_key(group, i), None);
+impl LogOps {
+    fn put(&mut self, sim_max: &mut Option<u64>, group: GroupId, index: u64, v: Option<Vec<u8>>) {
+        if sim_max.is_some_and(|m| index <= m) {
+            self.needs_dedup = true;
+        }
+        *sim_max = Some(sim_max.map_or(index, |m| m.max(index)));
+        self.items.push((keys::log_key(group, index), v));
+    }
+
+    fn remove_range(
+        &mut self,
+        sim_max: &mut Option<u64>,
+        group: GroupId,
+        from: u64,
+        to_inclusive: u64,
+    ) {
+        for i in from..=to_inclusive {
+            self.put(sim_max, group, i, None);
+        }
+    }
+
+    fn finish(mut self) -> Vec<(LogKey, Option<Vec<u8>>)> {
+        if !self.needs_dedup {
+            return self.items;
+        }
+        // Stable: among equal keys the later write stays later; keep the last of each run.
+        self.items.sort_by_key(|item| item.0);
+        let mut out: Vec<(LogKey, Option<Vec<u8>>)> = Vec::with_capacity(self.items.len());
+        for item in self.items {
+            match out.last_mut() {
+                Some(last) if last.0 == item.0 => *last = item,
+                _ => out.push(item),
+            }
+        }
+        out
     }
 }
 
@@ -403,8 +446,9 @@ impl LogStore {
         let seq = *next_seq;
         let mut order: Vec<GroupId> = Vec::with_capacity(batch.groups_touched());
         let mut sims: HashMap<GroupId, Sim> = HashMap::with_capacity(batch.groups_touched());
-        let mut log_ops: Ops<LogKey> = BTreeMap::new();
-        let mut meta_ops: Ops<MetaKey> = BTreeMap::new();
+        let mut log_ops = LogOps::default();
+        // One entry per group and tag at most: written once per group after pass 1.
+        let mut meta_ops: Vec<(MetaKey, Option<Vec<u8>>)> = Vec::new();
         let mut info = CommitInfo {
             seq,
             groups: batch.groups_touched(),
@@ -426,6 +470,7 @@ impl LogStore {
                         meta,
                         replaced: false,
                         dirty: 0,
+                        max_written: None,
                         cache_ops: Vec::new(),
                         pending_snapshot: None,
                     }
@@ -439,13 +484,13 @@ impl LogStore {
                 None => {
                     if sim.cell.is_some() {
                         for tag in Tag::ALL {
-                            meta_ops.insert(keys::meta_key(*g, tag), None);
+                            meta_ops.push((keys::meta_key(*g, tag), None));
                         }
                     }
                 }
                 Some(m) => {
                     let mut put = |tag, v: Option<Vec<u8>>| {
-                        meta_ops.insert(keys::meta_key(*g, tag), v);
+                        meta_ops.push((keys::meta_key(*g, tag), v));
                     };
                     if sim.dirty & D_BOUNDS != 0 {
                         put(Tag::Bounds, Some(m.bounds.encode()));
@@ -476,6 +521,7 @@ impl LogStore {
         }
 
         let persist = self.inner.options.persist.to_fjall();
+        let log_ops = log_ops.finish();
         let mut fb = fjall::OwnedWriteBatch::with_capacity(
             self.inner.db.clone(),
             log_ops.len() + meta_ops.len(),
@@ -610,12 +656,7 @@ impl LogStore {
 }
 
 /// Applies one op to the simulated state of its group, recording key writes.
-fn stage_op(
-    g: GroupId,
-    op: Op,
-    sim: &mut Sim,
-    log_ops: &mut Ops<LogKey>,
-) -> Result<(), StorageError> {
+fn stage_op(g: GroupId, op: Op, sim: &mut Sim, log_ops: &mut LogOps) -> Result<(), StorageError> {
     if let Op::Create(cs) = op {
         if sim.meta.is_some() {
             return Err(StorageError::GroupExists { group: g });
@@ -660,10 +701,10 @@ fn stage_op(
             }
             let new_last = tail.index;
             if m.last_index > new_last {
-                remove_log(log_ops, g, new_last + 1, m.last_index);
+                log_ops.remove_range(&mut sim.max_written, g, new_last + 1, m.last_index);
             }
             for e in &entries {
-                log_ops.insert(keys::log_key(g, e.index), Some(keys::encode_pb(e)));
+                log_ops.put(&mut sim.max_written, g, e.index, Some(keys::encode_pb(e)));
             }
             m.last_index = new_last;
             sim.cache_ops.push(CacheOp::Append(entries));
@@ -691,7 +732,7 @@ fn stage_op(
                 });
             }
             if m.last_index >= first {
-                remove_log(log_ops, g, first, m.last_index);
+                log_ops.remove_range(&mut sim.max_written, g, first, m.last_index);
             }
             m.bounds = Bounds {
                 first_index: sm.index + 1,
@@ -733,14 +774,14 @@ fn stage_op(
                     last_index: m.last_index,
                 });
             }
-            remove_log(log_ops, g, first, index - 1);
+            log_ops.remove_range(&mut sim.max_written, g, first, index - 1);
             m.bounds.first_index = index;
             sim.dirty |= D_BOUNDS;
             sim.cache_ops.push(CacheOp::DropBelow(index));
         }
         Op::Delete => {
             if m.last_index >= first {
-                remove_log(log_ops, g, first, m.last_index);
+                log_ops.remove_range(&mut sim.max_written, g, first, m.last_index);
             }
             sim.meta = None;
             sim.replaced = sim.cell.is_some();
