@@ -42,6 +42,15 @@ pub struct RaftConfig {
     pub compact_keep: u64,
     /// Seed of the RNG that draws election timeouts, so a simulation replays exactly.
     pub seed: u64,
+    /// Let idle groups go quiet: no ticks, no heartbeats, node-level liveness instead. On.
+    pub quiesce: bool,
+    /// Ticks a leader must be idle and fully replicated before its group goes quiet.
+    pub quiesce_after_ticks: usize,
+    /// Ticks between node-level liveness pings to each peer.
+    pub liveness_interval_ticks: usize,
+    /// Ticks of silence after which a peer counts as down and the quiet groups it leads wake
+    /// (and elect a new leader). Failover of a quiet group takes this plus one election timeout.
+    pub liveness_timeout_ticks: usize,
 }
 
 impl Default for RaftConfig {
@@ -57,6 +66,10 @@ impl Default for RaftConfig {
             compact_threshold: 10_000,
             compact_keep: 1_000,
             seed: 0,
+            quiesce: true,
+            quiesce_after_ticks: 10,
+            liveness_interval_ticks: 3,
+            liveness_timeout_ticks: 10,
         }
     }
 }
@@ -76,6 +89,11 @@ impl RaftConfig {
     pub fn compaction(mut self, threshold: u64, keep: u64) -> Self {
         self.compact_threshold = threshold;
         self.compact_keep = keep;
+        self
+    }
+    /// Turns quiescence on or off.
+    pub fn quiesce(mut self, on: bool) -> Self {
+        self.quiesce = on;
         self
     }
     /// Sets [`RaftConfig::seed`].
@@ -101,6 +119,15 @@ impl RaftConfig {
         }
         if self.max_size_per_msg == 0 {
             return invalid("max_size_per_msg", "must be at least 1");
+        }
+        if self.liveness_interval_ticks == 0 {
+            return invalid("liveness_interval_ticks", "must be at least 1");
+        }
+        if self.liveness_timeout_ticks <= self.liveness_interval_ticks {
+            return invalid(
+                "liveness_timeout_ticks",
+                "must be greater than liveness_interval_ticks",
+            );
         }
         if self.compact_threshold != 0 && self.compact_keep >= self.compact_threshold {
             return invalid("compact_keep", "must be smaller than compact_threshold");

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot};
+use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot};
 use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
@@ -80,6 +80,8 @@ pub struct GroupStatus {
     pub voters: Vec<NodeId>,
     /// Learners.
     pub learners: Vec<NodeId>,
+    /// Quiescent: idle, not ticking, kept alive by node-level liveness.
+    pub quiet: bool,
 }
 
 /// Work for the state machine, in the order it must be done.
@@ -186,6 +188,14 @@ pub struct CoordinatorStats {
     pub unknown_group_messages: u64,
     /// Log compactions.
     pub compactions: u64,
+    /// Times a group went quiet (leaders and followers).
+    pub quiesced: u64,
+    /// Times a quiet group woke up.
+    pub woken: u64,
+    /// Liveness pings sent (one per peer per liveness interval).
+    pub liveness_pings: u64,
+    /// Peers declared unresponsive by node-level liveness.
+    pub peers_lost: u64,
 }
 
 struct Group {
@@ -199,6 +209,10 @@ struct Group {
     reads: Vec<(u64, Token)>,
     /// Commands proposed since the last cycle, batched into one entry at the next.
     queued: Vec<(Vec<u8>, Token)>,
+    /// Quiescent: not ticked until something happens (see the quiescence section below).
+    quiet: bool,
+    /// Ticks this group has led with nothing to do.
+    idle_ticks: usize,
 }
 
 struct Inflight {
@@ -223,6 +237,16 @@ pub struct MultiRaft {
     proposals: BTreeMap<(GroupId, u64), (u64, Vec<Token>)>,
     /// Groups with commands queued for the next cycle's batch.
     queued_groups: BTreeSet<GroupId>,
+    /// Groups touched since the last cycle (stepped, ticked, proposed to): only these can have
+    /// a `Ready`, so a cycle costs what happened, not how many groups the node holds.
+    dirty: BTreeSet<GroupId>,
+    /// Messages the coordinator itself sends (quiesce heartbeats, liveness), in the next cycle.
+    own_messages: Outbox,
+    /// Ticks since each peer was last heard from, for node-level liveness.
+    silent_ticks: BTreeMap<NodeId, usize>,
+    /// The peer set must be recomputed (groups or configurations changed).
+    peers_stale: bool,
+    ticks: u64,
     stats: CoordinatorStats,
 }
 
@@ -251,6 +275,11 @@ impl MultiRaft {
             next_cycle: 1,
             proposals: BTreeMap::new(),
             queued_groups: BTreeSet::new(),
+            dirty: BTreeSet::new(),
+            own_messages: Outbox::default(),
+            silent_ticks: BTreeMap::new(),
+            peers_stale: true,
+            ticks: 0,
             stats: CoordinatorStats::default(),
         };
         for group in this.store.groups() {
@@ -301,6 +330,8 @@ impl MultiRaft {
             role: StateRole::Follower,
             reads: Vec::new(),
             queued: Vec::new(),
+            quiet: false,
+            idle_ticks: 0,
         };
         g.term = g.raw.raft.term;
         Self::jitter_election(&mut self.rng, &self.config, &mut g);
@@ -316,6 +347,8 @@ impl MultiRaft {
             }
         }
         self.groups.insert(group, g);
+        self.dirty.insert(group);
+        self.peers_stale = true;
         Ok(())
     }
 
@@ -427,18 +460,45 @@ impl MultiRaft {
             .collect()
     }
 
+    /// The group, awake and marked touched: every caller is about to give it work.
     fn group_mut(&mut self, group: GroupId) -> Result<&mut Group, ProposeError> {
-        self.groups
+        let g = self
+            .groups
             .get_mut(&group)
-            .ok_or(ProposeError::GroupNotFound { group })
+            .ok_or(ProposeError::GroupNotFound { group })?;
+        if g.quiet {
+            Self::wake(g, &mut self.stats);
+        }
+        self.dirty.insert(group);
+        Ok(g)
     }
 
-    /// Advances every group's logical clock by one tick.
+    /// Advances the logical clock by one tick: every group that is not quiet ticks; quiet
+    /// groups cost nothing. Node-level liveness is tracked here too.
     pub fn tick(&mut self) {
-        for g in self.groups.values_mut() {
+        self.ticks += 1;
+        let quiesce = self.config.quiesce;
+        let mut to_quiesce = Vec::new();
+        for (&id, g) in &mut self.groups {
+            if g.quiet {
+                continue;
+            }
             g.raw.tick();
             Self::jitter_election(&mut self.rng, &self.config, g);
+            self.dirty.insert(id);
+            if quiesce && Self::can_quiesce(self.id, g) {
+                g.idle_ticks += 1;
+                if g.idle_ticks >= self.config.quiesce_after_ticks {
+                    to_quiesce.push(id);
+                }
+            } else {
+                g.idle_ticks = 0;
+            }
         }
+        for id in to_quiesce {
+            self.quiesce_leader(id);
+        }
+        self.tick_liveness();
     }
 
     /// raft-rs draws election timeouts from the thread RNG; we redraw them from our seeded RNG
@@ -462,23 +522,27 @@ impl MultiRaft {
     /// Messages for a group this node does not hold are counted and dropped; raft errors of a
     /// single message (stale term and the like) are logged and dropped, as raft expects.
     pub fn step(&mut self, from: NodeId, envelope: Envelope) {
+        // Any message proves the peer alive (an empty heartbeat batch is the liveness ping).
+        if let Some(silent) = self.silent_ticks.get_mut(&from) {
+            *silent = 0;
+        }
         match envelope {
             Envelope::Raft { group, messages } => {
                 for m in messages {
-                    self.step_one(from, group, m);
+                    self.step_one(from, group, m, false);
                 }
             }
             Envelope::Heartbeats(batch) => {
                 let expanded: Vec<_> = outbox::expand(from, self.id, &batch).collect();
-                for (group, m) in expanded {
-                    self.step_one(from, group, m);
+                for (group, m, quiesce) in expanded {
+                    self.step_one(from, group, m, quiesce);
                 }
             }
-            Envelope::Snapshot { group, message } => self.step_one(from, group, message),
+            Envelope::Snapshot { group, message } => self.step_one(from, group, message, false),
         }
     }
 
-    fn step_one(&mut self, from: NodeId, group: GroupId, mut m: Message) {
+    fn step_one(&mut self, from: NodeId, group: GroupId, mut m: Message, quiesce: bool) {
         let Some(g) = self.groups.get_mut(&group) else {
             self.stats.unknown_group_messages += 1;
             tracing::debug!(%group, %from, "message for a group this node does not hold");
@@ -487,10 +551,26 @@ impl MultiRaft {
         // The transport proved who sent it; raft must not be told otherwise.
         m.from = from.get();
         m.to = self.id.get();
+        // A heartbeat response changes nothing a quiet leader must act on; anything else
+        // means the group has work again.
+        if g.quiet && m.get_msg_type() != MessageType::MsgHeartbeatResponse && !quiesce {
+            Self::wake(g, &mut self.stats);
+        }
         if let Err(error) = g.raw.step(m) {
             tracing::debug!(%group, %from, %error, "raft rejected a message");
         }
         Self::jitter_election(&mut self.rng, &self.config, g);
+        self.dirty.insert(group);
+        let raft = &g.raw.raft;
+        if quiesce
+            && !g.quiet
+            && raft.state == StateRole::Follower
+            && raft.leader_id == from.get()
+            && raft.raft_log.committed == raft.raft_log.last_index()
+        {
+            g.quiet = true;
+            self.stats.quiesced += 1;
+        }
     }
 
     /// Proposes `data` to `group`. `token` comes back in [`Apply::Command`] when the entry is
@@ -506,10 +586,17 @@ impl MultiRaft {
         data: Vec<u8>,
         token: Token,
     ) -> Result<(), ProposeError> {
-        let g = self.group_mut(group)?;
+        let g = self
+            .groups
+            .get_mut(&group)
+            .ok_or(ProposeError::GroupNotFound { group })?;
         Self::ensure_leader(group, g)?;
+        if g.quiet {
+            Self::wake(g, &mut self.stats);
+        }
         g.queued.push((data, token));
         self.queued_groups.insert(group);
+        self.dirty.insert(group);
         Ok(())
     }
 
@@ -630,12 +717,14 @@ impl MultiRaft {
             Some(group) => {
                 if let Some(g) = self.groups.get_mut(&group) {
                     g.raw.report_unreachable(to.get());
+                    self.dirty.insert(group);
                 }
             }
             None => {
-                for g in self.groups.values_mut() {
-                    if g.raw.raft.state == StateRole::Leader {
+                for (&id, g) in &mut self.groups {
+                    if g.raw.raft.state == StateRole::Leader && !g.quiet {
                         g.raw.report_unreachable(to.get());
+                        self.dirty.insert(id);
                     }
                 }
             }
@@ -651,6 +740,7 @@ impl MultiRaft {
                 SnapshotStatus::Failure
             };
             g.raw.report_snapshot(to.get(), status);
+            self.dirty.insert(group);
         }
     }
 
@@ -686,7 +776,13 @@ impl MultiRaft {
             last_index: raft.raft_log.last_index(),
             voters,
             learners,
+            quiet: g.quiet,
         })
+    }
+
+    /// How many groups are quiet now.
+    pub fn quiet_groups(&self) -> usize {
+        self.groups.values().filter(|g| g.quiet).count()
     }
 
     /// Whether any group has work for a cycle.
@@ -694,7 +790,11 @@ impl MultiRaft {
         !self.pending.is_empty()
             || !self.queued_groups.is_empty()
             || !self.pending_applies.is_empty()
-            || self.groups.values().any(|g| g.raw.has_ready())
+            || !self.own_messages.is_empty()
+            || self
+                .dirty
+                .iter()
+                .any(|id| self.groups.get(id).is_some_and(|g| g.raw.has_ready()))
     }
 
     /// Groups whose log has grown past the compaction threshold since their last snapshot.
@@ -766,11 +866,15 @@ impl MultiRaft {
         let mut applies = std::mem::take(&mut self.pending_applies);
         let mut events = Vec::new();
         self.flush_proposals(&mut events);
-        let mut now = Outbox::default();
+        let mut now = std::mem::take(&mut self.own_messages);
         let mut after_persist = Outbox::default();
         let mut readies = Vec::new();
+        let mut still_dirty = Vec::new();
 
-        for (&group, g) in &mut self.groups {
+        for group in std::mem::take(&mut self.dirty) {
+            let Some(g) = self.groups.get_mut(&group) else {
+                continue;
+            };
             if !g.raw.has_ready() {
                 continue;
             }
@@ -850,6 +954,16 @@ impl MultiRaft {
             }
             readies.push((group, rd.number()));
             g.raw.advance_append_async(rd);
+            if g.raw.has_ready() {
+                still_dirty.push(group);
+            }
+        }
+        self.dirty.extend(still_dirty);
+        if applies
+            .iter()
+            .any(|a| matches!(a, Apply::ConfChanged { .. }))
+        {
+            self.peers_stale = true;
         }
 
         let mut count = CoalesceCount::default();
@@ -1005,6 +1119,7 @@ impl MultiRaft {
             if let Some(g) = self.groups.get_mut(&group) {
                 g.raw.on_persist_ready(number);
                 g.raw.advance_apply();
+                self.dirty.insert(group);
             }
         }
         let mut count = CoalesceCount::default();
@@ -1037,6 +1152,138 @@ impl MultiRaft {
             applies,
             events,
         }))
+    }
+}
+
+/// Quiescence (CockroachDB's idea, TiKV's "hibernate"): a leader whose group is fully
+/// replicated, applied and idle tells its followers with a last heartbeat marked `quiesce`, and
+/// from then on neither side ticks the group: no heartbeats, no election timers. Any proposal,
+/// read, conf change or incoming message (other than a heartbeat response) wakes it at once.
+/// Failure detection for quiet groups moves to the node: each node pings each peer once per
+/// liveness interval; a peer silent for the liveness timeout has its quiet groups woken on
+/// every other node, where raft's own election then replaces it.
+impl MultiRaft {
+    fn can_quiesce(me: NodeId, g: &Group) -> bool {
+        let raft = &g.raw.raft;
+        let last = raft.raft_log.last_index();
+        raft.state == StateRole::Leader
+            && g.queued.is_empty()
+            && g.reads.is_empty()
+            && raft.pending_read_count() == 0
+            && raft.lead_transferee.is_none()
+            && raft.raft_log.committed == last
+            && g.applied == last
+            && raft.pending_conf_index <= g.applied
+            && raft
+                .prs()
+                .iter()
+                .all(|(id, pr)| *id == me.get() || pr.matched == last)
+            // Not in the middle of a joint configuration change.
+            && raft.prs().conf().to_conf_state().voters_outgoing.is_empty()
+    }
+
+    fn quiesce_leader(&mut self, group: GroupId) {
+        let Some(g) = self.groups.get_mut(&group) else {
+            return;
+        };
+        if g.raw.has_ready() {
+            return;
+        }
+        let raft = &g.raw.raft;
+        let (term, commit) = (raft.term, raft.raft_log.committed);
+        for (&id, _) in raft.prs().iter() {
+            if id != self.id.get() {
+                self.own_messages
+                    .push_quiesce(group, NodeId(id), term, commit);
+            }
+        }
+        g.quiet = true;
+        g.idle_ticks = 0;
+        self.stats.quiesced += 1;
+    }
+
+    fn wake(g: &mut Group, stats: &mut CoordinatorStats) {
+        g.quiet = false;
+        g.idle_ticks = 0;
+        if g.raw.raft.state == StateRole::Leader {
+            // Followers were quiet, not dead (liveness would have said so): give the leader a
+            // fresh check-quorum window instead of stepping down on stale activity flags.
+            let me = g.raw.raft.id;
+            for (id, pr) in g.raw.raft.mut_prs().iter_mut() {
+                if *id != me {
+                    pr.recent_active = true;
+                }
+            }
+            g.raw.raft.election_elapsed = 0;
+        }
+        stats.woken += 1;
+    }
+
+    /// A quiet group whose leader the liveness check declared dead: its followers were all
+    /// caught up, so any of them may lead. The node-level detector already waited out the
+    /// leader, so there is no lease left to honour: forget the leader (voters grant at once)
+    /// and let the surviving voters campaign in node-id order, half an election apart, so one
+    /// of them wins the first round instead of splitting the vote.
+    fn stagger_election(me: NodeId, lost: NodeId, election_tick: usize, g: &mut Group) {
+        let raft = &mut g.raw.raft;
+        let mut voters: Vec<u64> = raft
+            .prs()
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .filter(|v| *v != lost.get())
+            .collect();
+        voters.sort_unstable();
+        let Some(rank) = voters.iter().position(|v| *v == me.get()) else {
+            return;
+        };
+        raft.leader_id = raft::INVALID_ID;
+        let timeout = raft.randomized_election_timeout();
+        raft.election_elapsed = timeout.saturating_sub(1 + rank * (election_tick / 2).max(1));
+    }
+
+    fn tick_liveness(&mut self) {
+        if !self.config.quiesce {
+            return;
+        }
+        if self.peers_stale {
+            let mut peers = BTreeSet::new();
+            for g in self.groups.values() {
+                peers.extend(g.raw.raft.prs().iter().map(|(id, _)| NodeId(*id)));
+            }
+            peers.remove(&self.id);
+            self.silent_ticks.retain(|p, _| peers.contains(p));
+            for p in peers {
+                self.silent_ticks.entry(p).or_insert(0);
+            }
+            self.peers_stale = false;
+        }
+        let timeout = self.config.liveness_timeout_ticks;
+        let mut lost = Vec::new();
+        for (peer, silent) in &mut self.silent_ticks {
+            *silent += 1;
+            if *silent == timeout {
+                lost.push(*peer);
+            }
+        }
+        if self.ticks % self.config.liveness_interval_ticks as u64 == 0 {
+            for peer in self.silent_ticks.keys() {
+                self.own_messages.push_liveness(*peer);
+                self.stats.liveness_pings += 1;
+            }
+        }
+        for peer in lost {
+            self.stats.peers_lost += 1;
+            tracing::debug!(%peer, "peer silent past the liveness timeout; waking the groups it leads");
+            for (&id, g) in &mut self.groups {
+                if g.quiet && g.raw.raft.leader_id == peer.get() {
+                    Self::wake(g, &mut self.stats);
+                    Self::stagger_election(self.id, peer, self.config.election_tick, g);
+                    self.dirty.insert(id);
+                }
+            }
+        }
     }
 }
 

@@ -26,6 +26,8 @@ struct PeerOutbox {
     heartbeats: Vec<Heartbeat>,
     heartbeat_responses: Vec<Heartbeat>,
     snapshots: Vec<(GroupId, Message)>,
+    /// Send an empty heartbeat batch if nothing else goes to this peer.
+    liveness: bool,
 }
 
 /// How many heartbeats an outbox packed into how many batches.
@@ -54,6 +56,27 @@ fn is_coalescible(m: &Message) -> bool {
 }
 
 impl Outbox {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    /// Files the last heartbeat a quiescing leader sends: it tells the follower to stop
+    /// ticking `group` too.
+    pub(crate) fn push_quiesce(&mut self, group: GroupId, to: NodeId, term: u64, commit: u64) {
+        let hb = Heartbeat {
+            group_id: group.get(),
+            term,
+            commit,
+            quiesce: true,
+        };
+        self.peers.entry(to).or_default().heartbeats.push(hb);
+    }
+
+    /// Files a node-level liveness ping: an empty heartbeat batch.
+    pub(crate) fn push_liveness(&mut self, to: NodeId) {
+        self.peers.entry(to).or_default().liveness = true;
+    }
+
     /// Files one message of `group`, addressed by raft to `m.to`.
     pub(crate) fn push(&mut self, group: GroupId, m: Message) {
         let peer = self.peers.entry(NodeId(m.to)).or_default();
@@ -84,6 +107,20 @@ impl Outbox {
     ) -> Vec<(NodeId, Envelope)> {
         let mut out = Vec::new();
         for (to, peer) in self.peers {
+            let carries_traffic = !peer.heartbeats.is_empty()
+                || !peer.heartbeat_responses.is_empty()
+                || !peer.raft.is_empty()
+                || !peer.snapshots.is_empty();
+            if peer.liveness && !carries_traffic {
+                out.push((
+                    to,
+                    Envelope::Heartbeats(HeartbeatBatch {
+                        from: from.get(),
+                        responses: false,
+                        heartbeats: Vec::new(),
+                    }),
+                ));
+            }
             for (responses, heartbeats) in
                 [(false, peer.heartbeats), (true, peer.heartbeat_responses)]
             {
@@ -116,7 +153,7 @@ pub(crate) fn expand(
     from: NodeId,
     to: NodeId,
     batch: &HeartbeatBatch,
-) -> impl Iterator<Item = (GroupId, Message)> + '_ {
+) -> impl Iterator<Item = (GroupId, Message, bool)> + '_ {
     let msg_type = if batch.responses {
         MessageType::MsgHeartbeatResponse
     } else {
@@ -129,7 +166,7 @@ pub(crate) fn expand(
         m.to = to.get();
         m.term = hb.term;
         m.commit = hb.commit;
-        (GroupId(hb.group_id), m)
+        (GroupId(hb.group_id), m, hb.quiesce)
     })
 }
 
@@ -169,7 +206,9 @@ mod tests {
         let Envelope::Heartbeats(batch) = &envelopes[0].1 else {
             panic!("expected a heartbeat batch")
         };
-        let back: Vec<_> = expand(NodeId(1), NodeId(2), batch).collect();
+        let back: Vec<_> = expand(NodeId(1), NodeId(2), batch)
+            .map(|(g, m, _)| (g, m))
+            .collect();
         assert_eq!(back, sent);
     }
 

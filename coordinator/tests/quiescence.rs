@@ -1,0 +1,156 @@
+//! Quiescence: idle groups stop ticking and heartbeating; node-level liveness pings replace
+//! per-group heartbeats; any work wakes a group at once; a quiet group's dead leader is
+//! replaced within the liveness timeout plus one election timeout.
+
+mod common;
+
+use common::{Kv, Workload, assert_acked_everywhere, assert_replicas_agree, elect_all, groups};
+use pontoon_coordinator::RaftConfig;
+use pontoon_coordinator::sim::{SimCluster, SimConfig};
+use routing::NodeId;
+
+const TICK: u64 = 5; // SimConfig's steps per tick
+
+fn cluster(dir: &std::path::Path, groups: u64, seed: u64) -> SimCluster<Kv> {
+    SimCluster::new(dir, SimConfig::new(3, groups, seed), |_| Kv::default()).unwrap()
+}
+
+fn all_quiet(c: &SimCluster<Kv>) -> bool {
+    c.node_ids().iter().all(|n| {
+        groups(c)
+            .iter()
+            .all(|g| c.status(*n, *g).is_none_or(|s| s.quiet))
+    })
+}
+
+#[test]
+fn idle_groups_go_quiet_and_cost_only_liveness_pings() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path(), 1_000, 11);
+    elect_all(&mut c, 3_000);
+    assert!(
+        c.run_until(2_000, all_quiet).unwrap(),
+        "every replica of every group went quiet"
+    );
+    let ticks = 60;
+    let before: Vec<_> = c
+        .node_ids()
+        .iter()
+        .map(|n| c.core(*n).unwrap().stats().clone())
+        .collect();
+    c.run(ticks * TICK).unwrap();
+    let config = RaftConfig::default();
+    for (n, b) in c.node_ids().iter().zip(before) {
+        let a = c.core(*n).unwrap().stats().clone();
+        assert_eq!(
+            a.raft_messages, b.raft_messages,
+            "{n}: no raft message at all while quiet"
+        );
+        let per_peer_per_tick = (a.envelopes - b.envelopes) as f64 / 2.0 / ticks as f64;
+        let ping_rate = 1.0 / config.liveness_interval_ticks as f64;
+        assert!(
+            per_peer_per_tick <= ping_rate + 0.05,
+            "{n}: {per_peer_per_tick} envelopes per peer per tick"
+        );
+        assert_eq!(
+            a.peers_lost, b.peers_lost,
+            "{n}: liveness pings keep every peer alive"
+        );
+    }
+    assert!(all_quiet(&c));
+    let status = c.status(NodeId(1), groups(&c)[0]).unwrap();
+    assert!(status.quiet, "quiet groups show in status()");
+}
+
+#[test]
+fn a_proposal_wakes_a_quiet_group_and_commits_as_fast_as_on_an_active_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path(), 8, 12);
+    elect_all(&mut c, 3_000);
+    // Active group: commit latency in steps.
+    let g = groups(&c)[0];
+    let mut w = Workload::default();
+    w.round(&mut c, [g], 0);
+    let start = c.now();
+    w.settle(&mut c, 1_000);
+    let active_steps = c.now() - start;
+    assert!(c.run_until(3_000, all_quiet).unwrap());
+    w.round(&mut c, [g], 1);
+    let start = c.now();
+    w.settle(&mut c, 1_000);
+    let quiet_steps = c.now() - start;
+    assert_eq!(w.acked.len(), 2);
+    assert!(
+        quiet_steps <= active_steps + 1,
+        "quiet group committed in {quiet_steps} steps, active in {active_steps}"
+    );
+}
+
+#[test]
+fn a_quiet_groups_dead_leader_is_replaced_within_liveness_timeout_plus_an_election() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path(), 16, 13);
+    elect_all(&mut c, 3_000);
+    let mut w = Workload::default();
+    let gs = groups(&c);
+    w.round(&mut c, gs.clone(), 0);
+    w.settle(&mut c, 2_000);
+    assert!(c.run_until(3_000, all_quiet).unwrap());
+    let victim = c.leader(gs[0]).unwrap();
+    c.crash(victim);
+    let start = c.now();
+    let replaced = c
+        .run_until(10_000, |c| {
+            groups(c)
+                .iter()
+                .all(|g| matches!(c.leader(*g), Some(l) if l != victim))
+        })
+        .unwrap();
+    assert!(replaced);
+    let ticks = (c.now() - start) / TICK;
+    let config = RaftConfig::default();
+    // The liveness timeout, then one election timeout at most (plus the vote round trips).
+    let bound = config.liveness_timeout_ticks + config.election_tick + 2;
+    eprintln!("quiet-group failover: {ticks} ticks (bound {bound})");
+    assert!(
+        ticks as usize <= bound,
+        "failover took {ticks} ticks, bound {bound}"
+    );
+    w.round(&mut c, gs.clone(), 1);
+    w.settle(&mut c, 2_000);
+    c.restart(victim).unwrap();
+    c.run(2_000).unwrap();
+    assert_acked_everywhere(&c, &w.acked);
+    assert_replicas_agree(&c);
+}
+
+#[test]
+fn a_partition_that_heals_while_groups_are_quiet_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path(), 16, 14);
+    elect_all(&mut c, 3_000);
+    let mut w = Workload::default();
+    let gs = groups(&c);
+    w.round(&mut c, gs.clone(), 0);
+    w.settle(&mut c, 2_000);
+    assert!(c.run_until(3_000, all_quiet).unwrap());
+    c.net().isolate(NodeId(2));
+    c.run(60 * TICK).unwrap();
+    // Writes go on wherever a majority is.
+    for round in 1..4 {
+        w.round(&mut c, gs.clone(), round);
+        w.settle(&mut c, 3_000);
+        w.tokens.clear();
+    }
+    c.net().heal();
+    assert!(c.run_until(5_000, |c| c.all_groups_have_leaders()).unwrap());
+    w.round(&mut c, gs.clone(), 9);
+    w.settle(&mut c, 3_000);
+    c.run(2_000).unwrap();
+    assert_acked_everywhere(&c, &w.acked);
+    assert_replicas_agree(&c);
+    assert!(
+        w.acked.keys().filter(|(_, k)| k == "k9").count() == 16,
+        "every group takes writes after the heal"
+    );
+}
