@@ -366,17 +366,18 @@ impl MultiRaft {
         group: GroupId,
         voters: &[NodeId],
     ) -> Result<(), CoordinatorError> {
-        self.create_groups([(group, voters.to_vec())])
+        self.create_groups([(group, voters.to_vec())]).map(|_| ())
     }
 
-    /// [`MultiRaft::create_group`] for many groups at once: one batch, one fsync.
+    /// [`MultiRaft::create_group`] for many groups at once: one batch, one fsync. Returns the
+    /// groups that were new (the others already existed in the store).
     ///
     /// # Errors
     /// As [`MultiRaft::create_group`]; no group is created when any is invalid.
     pub fn create_groups(
         &mut self,
         groups: impl IntoIterator<Item = (GroupId, Vec<NodeId>)>,
-    ) -> Result<(), CoordinatorError> {
+    ) -> Result<Vec<GroupId>, CoordinatorError> {
         let mut batch = self.store.batch();
         let mut created = Vec::new();
         for (group, voters) in groups {
@@ -415,24 +416,24 @@ impl MultiRaft {
         }
         let mut batch = self.store.batch();
         batch.create_group(group, ConfState::default());
-        self.load_new_groups(batch, vec![group])
+        self.load_new_groups(batch, vec![group]).map(|_| ())
     }
 
     fn load_new_groups(
         &mut self,
         batch: WriteBatch,
         created: Vec<GroupId>,
-    ) -> Result<(), CoordinatorError> {
+    ) -> Result<Vec<GroupId>, CoordinatorError> {
         if created.is_empty() {
-            return Ok(());
+            return Ok(created);
         }
         // Durable before raft runs on it: a group must never exist in memory only.
         self.store.write(batch)?;
-        for group in created {
-            let storage = self.store.group(group)?;
-            self.load_group(group, storage)?;
+        for group in &created {
+            let storage = self.store.group(*group)?;
+            self.load_group(*group, storage)?;
         }
-        Ok(())
+        Ok(created)
     }
 
     /// Removes `group` from this node and deletes its storage (in the next cycle's batch).

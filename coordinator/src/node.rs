@@ -296,7 +296,14 @@ impl Node {
         }
         let store = LogStore::open(&config.data_dir, config.store.clone())?;
         let mut core = MultiRaft::new(id, config.raft.clone(), store.clone())?;
-        core.create_groups(my_groups)?;
+        let created = core.create_groups(my_groups)?;
+        // A brand-new cluster need not wait out an election timeout per group: the routing
+        // table's leader hints are balanced, so each hinted replica campaigns at once.
+        for group in created {
+            if routing.leader_hint(group) == Some(id) {
+                let _ = core.campaign(group);
+            }
+        }
         // Restores from stored snapshots come out of the first cycle; nothing else may run first.
         let routing = Arc::new(RwLock::new(routing));
         let (commands_tx, commands_rx) = mpsc::channel(4096);
