@@ -30,8 +30,12 @@ pub mod codes {
     /// Connection close: another connection between the same two nodes won (the one dialled
     /// by the lower NodeId).
     pub const DUPLICATE_CONNECTION: u32 = 0x20;
-    /// Connection close: the peer's certificate carries no node id.
+    /// Connection close: the peer's certificate carries no node id (on the raft ALPN), or no
+    /// pontoon identity at all (on the client ALPN).
     pub const NOT_A_NODE: u32 = 0x21;
+    /// Connection close: a client connection arrived while the queue of client connections
+    /// not yet taken by the service was full (`TransportConfig::client_queue_len`).
+    pub const CLIENTS_BUSY: u32 = 0x22;
 }
 
 /// Where an outgoing frame goes: the stream it is written on.

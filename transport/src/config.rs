@@ -54,6 +54,14 @@ pub struct TransportConfig {
     pub snapshot_chunk_bytes: usize,
     /// Largest snapshot a receiver reassembles (default 1 GiB).
     pub max_snapshot_bytes: u64,
+    /// Also accept client connections (ALPN [`certs::CLIENT_ALPN`]) on this endpoint and hand
+    /// them over through `QuicTransport::take_client_connections` (default `false`: only
+    /// nodes, ALPN [`certs::ALPN`], may connect).
+    pub accept_clients: bool,
+    /// Accepted client connections waiting to be taken (default 64). When full, a new client
+    /// connection is closed with [`crate::codes::CLIENTS_BUSY`] and counted, so a service
+    /// that stopped taking them cannot make the endpoint hold connections without bound.
+    pub client_queue_len: usize,
 }
 
 impl Default for TransportConfig {
@@ -75,6 +83,8 @@ impl Default for TransportConfig {
             reconnect_backoff_max: Duration::from_secs(5),
             snapshot_chunk_bytes: 1 << 20,
             max_snapshot_bytes: 1 << 30,
+            accept_clients: false,
+            client_queue_len: 64,
         }
     }
 }
@@ -127,6 +137,10 @@ setters!(
     snapshot_chunk_bytes: usize,
     /// Sets [`TransportConfig::max_snapshot_bytes`].
     max_snapshot_bytes: u64,
+    /// Sets [`TransportConfig::accept_clients`].
+    accept_clients: bool,
+    /// Sets [`TransportConfig::client_queue_len`].
+    client_queue_len: usize,
 );
 
 /// Room for the length prefix and the prost tag of a snapshot chunk.
@@ -151,6 +165,7 @@ impl TransportConfig {
             ("inbound_queue_len", self.inbound_queue_len),
             ("max_incoming_connections", self.max_incoming_connections),
             ("snapshot_chunk_bytes", self.snapshot_chunk_bytes),
+            ("client_queue_len", self.client_queue_len),
         ] {
             if v == 0 {
                 return err(field, "must be at least 1".into());
@@ -220,6 +235,7 @@ mod tests {
     fn defaults_are_valid_and_bounded() {
         let c = TransportConfig::default();
         assert_eq!(c.validate(), Ok(()));
+        assert!(!c.accept_clients, "only nodes connect unless asked");
         assert!(c.connection_receive_window < u32::MAX);
         assert!(c.max_concurrent_uni_streams >= 1024);
     }

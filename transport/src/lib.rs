@@ -33,7 +33,7 @@ mod quic;
 mod stats;
 pub mod wire;
 
-pub use quic::{QuicTransport, TransportError, quinn_configs};
+pub use quic::{ClientConnection, QuicTransport, TransportError, quinn_configs};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -68,8 +68,13 @@ stats!(
     connections_opened,
     /// Connections lost or closed.
     connections_closed,
-    /// Connections refused: failed handshake, no usable identity, or duplicate.
+    /// Connections refused: failed handshake, no usable identity, duplicate, or a client
+    /// arriving while the client queue is full.
     connections_refused,
+    /// Client connections (ALPN `pontoon-client/1`) accepted and handed over.
+    client_connections,
+    /// Client connections closed because the queue of connections not yet taken was full.
+    client_connections_refused_busy,
     /// Snapshots the receiver acknowledged.
     snapshots_sent,
     /// Snapshots that failed on the way.

@@ -21,6 +21,13 @@
 //! receiving side every stream has its own reader task. Heartbeats get a higher stream
 //! priority than raft data and snapshots a lower one.
 //!
+//! # Clients on the same endpoint
+//! With [`TransportConfig::accept_clients`] the endpoint also offers
+//! [`certs::CLIENT_ALPN`]. The negotiated ALPN, not the certificate, picks the path: a
+//! connection on the client ALPN is handed over as a [`ClientConnection`] (see
+//! [`QuicTransport::take_client_connections`]), one on the raft ALPN goes to its peer as
+//! always and must carry a node certificate.
+//!
 //! [`codes::DUPLICATE_CONNECTION`]: crate::codes::DUPLICATE_CONNECTION
 //! [`StreamKind::Control`]: crate::wire::StreamKind::Control
 
@@ -33,7 +40,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::crypto::rustls::{HandshakeData, QuicClientConfig, QuicServerConfig};
 use quinn::{Endpoint, IdleTimeout, VarInt};
 use routing::NodeId;
 use tokio::sync::mpsc;
@@ -83,6 +90,20 @@ pub(crate) struct Shared {
     pub(crate) peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
     pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) closing: AtomicBool,
+    /// Where accepted client connections go; `None` unless `accept_clients`.
+    pub(crate) clients: Option<mpsc::Sender<ClientConnection>>,
+}
+
+/// A connection from a client (ALPN [`certs::CLIENT_ALPN`]), authenticated by a certificate
+/// of the cluster CA, handed over by [`QuicTransport::take_client_connections`]. The
+/// transport does nothing more with it: the service opens or accepts streams on it.
+#[derive(Debug)]
+pub struct ClientConnection {
+    /// Who connected: the client's name from its certificate (`urn:pontoon:client:<name>`),
+    /// or `node-<id>` when a node connected as a client.
+    pub name: String,
+    /// The connection.
+    pub connection: quinn::Connection,
 }
 
 impl Shared {
@@ -138,8 +159,18 @@ pub fn quinn_configs(
     config: &TransportConfig,
     alpn: &[u8],
 ) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TransportError> {
+    configs_offering(identity, config, &[alpn], alpn)
+}
+
+/// As [`quinn_configs`], with the server offering every ALPN of `server_alpns`.
+fn configs_offering(
+    identity: &certs::NodeIdentity,
+    config: &TransportConfig,
+    server_alpns: &[&[u8]],
+    alpn: &[u8],
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TransportError> {
     let transport = quinn_transport(config)?;
-    let server_tls = QuicServerConfig::try_from(identity.server_config(&[alpn])?)
+    let server_tls = QuicServerConfig::try_from(identity.server_config(server_alpns)?)
         .map_err(|e| TransportError::Quic(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_tls));
     server.transport_config(transport.clone());
@@ -155,6 +186,7 @@ pub fn quinn_configs(
 pub struct QuicTransport {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
+    clients: Mutex<Option<mpsc::Receiver<ClientConnection>>>,
 }
 
 impl QuicTransport {
@@ -171,7 +203,13 @@ impl QuicTransport {
         known_groups: GroupFilter,
     ) -> Result<(Self, mpsc::Receiver<Inbound>), TransportError> {
         config.validate()?;
-        let (server, client) = quinn_configs(identity, &config, certs::ALPN)?;
+        // Node dials offer only the raft ALPN; the server offers the client one on request.
+        let offered: &[&[u8]] = if config.accept_clients {
+            &[certs::ALPN, certs::CLIENT_ALPN]
+        } else {
+            &[certs::ALPN]
+        };
+        let (server, client) = configs_offering(identity, &config, offered, certs::ALPN)?;
         let endpoint = Endpoint::server(server, listen).map_err(|source| TransportError::Bind {
             addr: listen,
             source,
@@ -183,6 +221,12 @@ impl QuicTransport {
                 source,
             })?;
         let (tx, rx) = mpsc::channel(config.inbound_queue_len);
+        let (clients_tx, clients_rx) = if config.accept_clients {
+            let (tx, rx) = mpsc::channel(config.client_queue_len);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         let shared = Arc::new(Shared {
             local: identity.node_id(),
             config,
@@ -195,10 +239,31 @@ impl QuicTransport {
             peers: Mutex::new(HashMap::new()),
             runtime: tokio::runtime::Handle::current(),
             closing: AtomicBool::new(false),
+            clients: clients_tx,
         });
         let span = info_span!("node", node = %shared.local, %local_addr);
         tokio::spawn(accept_loop(shared.clone()).instrument(span));
-        Ok((Self { shared, local_addr }, rx))
+        let transport = Self {
+            shared,
+            local_addr,
+            clients: Mutex::new(clients_rx),
+        };
+        Ok((transport, rx))
+    }
+
+    /// The client connections this endpoint accepts (ALPN [`certs::CLIENT_ALPN`]), in the
+    /// order their handshakes completed. `Some` once, and only when the config has
+    /// [`TransportConfig::accept_clients`]; `None` otherwise or when already taken.
+    ///
+    /// Take it early and keep draining it: while it holds
+    /// [`TransportConfig::client_queue_len`] connections, new clients are closed with
+    /// [`codes::CLIENTS_BUSY`](crate::codes::CLIENTS_BUSY).
+    #[must_use]
+    pub fn take_client_connections(&self) -> Option<mpsc::Receiver<ClientConnection>> {
+        self.clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     /// The bound address (useful after binding port 0).
@@ -319,6 +384,11 @@ async fn accept_loop(shared: Arc<Shared>) {
                     return;
                 }
             };
+            if negotiated_alpn(&conn).as_deref() == Some(certs::CLIENT_ALPN) {
+                // Only offered with `accept_clients`: rustls refuses it otherwise.
+                hand_over_client(&shared, conn);
+                return;
+            }
             match peer_node_id(&conn) {
                 Some(id) if id != shared.local => shared.peer(id).incoming(conn),
                 _ => {
@@ -329,6 +399,60 @@ async fn accept_loop(shared: Arc<Shared>) {
             }
         });
     }
+}
+
+/// Sends a client connection to the service, or closes it when there is none or it is busy.
+fn hand_over_client(shared: &Shared, conn: quinn::Connection) {
+    let c = &shared.counters;
+    let remote = conn.remote_address();
+    let name = match peer_chain(&conn).map(|chain| certs::peer_identity(&chain)) {
+        Some(Ok(certs::PeerIdentity::Client(name))) => name,
+        Some(Ok(certs::PeerIdentity::Node(id))) => format!("node-{}", id.get()),
+        _ => {
+            Counters::add(&c.connections_refused, 1);
+            warn!(%remote, "client certificate names nobody: closing");
+            conn.close(VarInt::from_u32(codes::NOT_A_NODE), b"no identity");
+            return;
+        }
+    };
+    let Some(clients) = shared.clients.as_ref() else {
+        Counters::add(&c.connections_refused, 1);
+        conn.close(VarInt::from_u32(codes::NOT_A_NODE), b"clients not served");
+        return;
+    };
+    match clients.try_send(ClientConnection {
+        name,
+        connection: conn,
+    }) {
+        Ok(()) => {
+            Counters::add(&c.client_connections, 1);
+        }
+        Err(e) => {
+            let refused = e.into_inner();
+            Counters::add(&c.connections_refused, 1);
+            Counters::add(&c.client_connections_refused_busy, 1);
+            warn!(%remote, client = %refused.name, "client queue full or not taken: closing");
+            refused
+                .connection
+                .close(VarInt::from_u32(codes::CLIENTS_BUSY), b"busy");
+        }
+    }
+}
+
+/// The ALPN protocol the handshake settled on.
+fn negotiated_alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?
+        .downcast::<HandshakeData>()
+        .ok()?
+        .protocol
+}
+
+/// The peer's verified certificate chain.
+fn peer_chain(conn: &quinn::Connection) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    conn.peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()
+        .map(|chain| *chain)
 }
 
 /// The NodeId in the peer's verified certificate.
