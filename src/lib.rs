@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod kv;
+pub mod service;
 
 pub use certs;
 pub use coordinator;

@@ -355,6 +355,12 @@ impl Node {
         self.local_addr
     }
 
+    /// Client connections (ALPN `pontoon-client/1`) the endpoint accepted, when the transport
+    /// config has `accept_clients`; `Some` once. The example key-value service serves them.
+    pub fn take_client_connections(&self) -> Option<mpsc::Receiver<transport::ClientConnection>> {
+        self.endpoint.as_ref()?.take_client_connections()
+    }
+
     /// The routing table as this node knows it (leader hints kept current).
     pub fn routing(&self) -> RoutingTable {
         self.routing

@@ -2,6 +2,8 @@
 
 mod certs_cmd;
 mod demo;
+mod kv_cmd;
+mod node;
 
 use std::process::ExitCode;
 
@@ -23,6 +25,10 @@ enum Command {
     /// Create the cluster CA and issue node and client certificates.
     #[command(subcommand)]
     Certs(certs_cmd::CertsCommand),
+    /// Run one node of the example key-value service from a TOML config.
+    Node(node::NodeArgs),
+    /// Talk to the key-value service: put, get, delete, status.
+    Kv(kv_cmd::KvArgs),
 }
 
 impl Cli {
@@ -30,7 +36,8 @@ impl Cli {
     pub fn default_log_filter(&self) -> &'static str {
         match self.command {
             Command::Demo(_) => "error",
-            Command::Certs(_) => "warn",
+            Command::Certs(_) | Command::Kv(_) => "warn",
+            Command::Node(_) => "info",
         }
     }
 }
@@ -43,5 +50,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Certs(command) => certs_cmd::run(command),
+        Command::Node(args) => node::run(args),
+        Command::Kv(args) => kv_cmd::run(args),
     }
 }

@@ -1,0 +1,185 @@
+//! `pontoon node --config FILE`: one node of the example key-value service.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use pontoon::kv::KvStateMachine;
+use pontoon::service::KvService;
+use pontoon::{Node, NodeConfig, NodeId, RoutingTable};
+use serde::Deserialize;
+
+use super::CliError;
+
+#[derive(Args, Debug)]
+pub struct NodeArgs {
+    /// The node's TOML config (see the README for an example).
+    #[arg(long)]
+    config: PathBuf,
+}
+
+/// The TOML config of one node. Every node of a cluster lists the same nodes and routing
+/// settings, so each computes the same routing table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFile {
+    /// This node's id (must match its certificate).
+    pub node_id: u64,
+    /// UDP address to bind, e.g. "0.0.0.0:7001".
+    pub listen: SocketAddr,
+    /// Directory of the log store.
+    pub data_dir: PathBuf,
+    /// Certificate files.
+    pub certs: CertPaths,
+    /// Every node of the cluster, this one included: id and the address others reach it at.
+    pub nodes: Vec<PeerEntry>,
+    /// Routing settings.
+    #[serde(default)]
+    pub routing: RoutingSettings,
+    /// Milliseconds per raft tick.
+    #[serde(default = "default_tick_ms")]
+    pub tick_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertPaths {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerEntry {
+    pub id: u64,
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingSettings {
+    #[serde(default = "default_vshards")]
+    pub vshards: u32,
+    #[serde(default = "default_groups")]
+    pub groups: u64,
+    #[serde(default = "default_replication")]
+    pub replication: usize,
+}
+
+impl Default for RoutingSettings {
+    fn default() -> Self {
+        Self {
+            vshards: default_vshards(),
+            groups: default_groups(),
+            replication: default_replication(),
+        }
+    }
+}
+
+fn default_tick_ms() -> u64 {
+    100
+}
+fn default_vshards() -> u32 {
+    1024
+}
+fn default_groups() -> u64 {
+    64
+}
+fn default_replication() -> usize {
+    3
+}
+
+impl NodeFile {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Self, CliError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let file: NodeFile =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if !file.nodes.iter().any(|n| n.id == file.node_id) {
+            return Err(format!(
+                "{}: node_id {} is not listed in [[nodes]]",
+                path.display(),
+                file.node_id
+            )
+            .into());
+        }
+        if file.tick_ms == 0 {
+            return Err(format!("{}: tick_ms must be at least 1", path.display()).into());
+        }
+        Ok(file)
+    }
+
+    /// The routing table every node computes from the same settings.
+    pub fn routing(&self) -> Result<RoutingTable, CliError> {
+        let nodes: Vec<NodeId> = self.nodes.iter().map(|n| NodeId(n.id)).collect();
+        Ok(RoutingTable::uniform(
+            self.routing.vshards,
+            self.routing.groups,
+            &nodes,
+            self.routing.replication.min(nodes.len()),
+        )?)
+    }
+
+    fn addresses(&self) -> BTreeMap<NodeId, SocketAddr> {
+        self.nodes.iter().map(|n| (NodeId(n.id), n.addr)).collect()
+    }
+}
+
+pub fn run(args: NodeArgs) -> Result<ExitCode, CliError> {
+    let file = NodeFile::load(&args.config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(file))
+}
+
+async fn serve(file: NodeFile) -> Result<ExitCode, CliError> {
+    let id = NodeId(file.node_id);
+    let identity = pontoon::certs::NodeIdentity::from_pem_files(
+        &file.certs.cert,
+        &file.certs.key,
+        &file.certs.ca,
+    )?;
+    let routing = file.routing()?;
+    let addresses = file.addresses();
+    let mut config = NodeConfig::new(id, file.listen, &file.data_dir)
+        .tick_interval(Duration::from_millis(file.tick_ms));
+    config.transport = config.transport.accept_clients(true);
+    for (peer, addr) in &addresses {
+        if *peer != id {
+            config = config.peer(*peer, *addr);
+        }
+    }
+    let state = KvStateMachine::new();
+    let node = Node::start(config, &identity, routing.clone(), state.clone()).await?;
+    let Some(mut clients) = node.take_client_connections() else {
+        return Err("the transport does not hand over client connections".into());
+    };
+    println!(
+        "node {id} serving {} groups on {} (data in {})",
+        routing.groups_on_node(id).len(),
+        node.local_addr(),
+        file.data_dir.display()
+    );
+    let service = KvService::new(node.clone(), state, addresses);
+    loop {
+        tokio::select! {
+            client = clients.recv() => match client {
+                Some(client) => {
+                    tracing::debug!(client = %client.name, "client connected");
+                    tokio::spawn(service.clone().serve(client.connection));
+                }
+                None => break,
+            },
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    println!("node {id} shutting down");
+    node.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
