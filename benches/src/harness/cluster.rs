@@ -1,0 +1,274 @@
+//! The cluster half of a run: a [`LocalCluster`] of real nodes over QUIC with mutual TLS on
+//! loopback, under closed-loop load, and the figures read from its counters.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use coordinator::local::{LoadStats, LocalCluster};
+use routing::{NodeId, RoutingTable};
+use storage::StoreOptions;
+
+use super::{BenchConfig, BenchError, CountingStateMachine};
+
+/// What the cluster did during the load window (counters are deltas over that window, summed
+/// over nodes unless a name says otherwise).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClusterFigures {
+    /// Proposals acknowledged (committed by a quorum and applied).
+    pub acknowledged: u64,
+    /// Proposals that failed or timed out.
+    pub failed: u64,
+    /// Wall time of the load, from the first proposal until the last client returned.
+    pub elapsed: Duration,
+    /// `acknowledged / elapsed`.
+    pub proposals_per_sec: f64,
+    /// Latency quantiles of acknowledged proposals, µs: p50, p99, p99.9.
+    pub latency_us: [u64; 3],
+    /// Log persists of all nodes (with a syncing persist mode, one fsync each).
+    pub persists: u64,
+    /// Persists per node divided by acknowledged proposals; 0 when the persist mode does not
+    /// sync.
+    pub fsyncs_per_proposal: f64,
+    /// Raft log entries written by all nodes (a leader packs a cycle's proposals for one group
+    /// into one entry, so this is at most the proposals written).
+    pub entries_written: u64,
+    /// Log entries per persist.
+    pub entries_per_persist: f64,
+    /// Proposals written per persist: `acknowledged × replication / persists`. The fjall
+    /// baseline writes batches of this many commands.
+    pub proposals_per_persist: f64,
+    /// Bytes all nodes' transports wrote: stream headers, length prefixes, bodies.
+    pub wire_bytes: u64,
+    /// Frames all nodes' transports wrote.
+    pub wire_frames: u64,
+    /// Raft messages inside those frames (a coalesced heartbeat counts once per group).
+    pub wire_raft_messages: u64,
+    /// `wire_bytes / acknowledged`.
+    pub wire_bytes_per_proposal: f64,
+    /// `wire_frames / acknowledged`.
+    pub wire_msgs_per_proposal: f64,
+    /// CPU seconds (user + system) this whole process spent during the load: every node,
+    /// the clients, QUIC and TLS. `None` where the kernel does not tell.
+    pub cpu_seconds: Option<f64>,
+    /// `cpu_seconds` per 1000 acknowledged proposals.
+    pub cpu_sec_per_1k: Option<f64>,
+    /// Heartbeats and responses that travelled inside coalesced batches.
+    pub heartbeats_coalesced: u64,
+    /// Coalesced heartbeat batches sent.
+    pub heartbeat_batches: u64,
+    /// How long the groups took to elect leaders after the nodes started.
+    pub election: Duration,
+}
+
+/// Counters summed over the running nodes.
+#[derive(Clone, Copy, Debug, Default)]
+struct Totals {
+    persists: u64,
+    entries: u64,
+    bytes: u64,
+    frames: u64,
+    messages: u64,
+    heartbeats_coalesced: u64,
+    heartbeat_batches: u64,
+}
+
+impl Totals {
+    async fn read(cluster: &LocalCluster<CountingStateMachine>) -> Result<Self, BenchError> {
+        let mut t = Totals::default();
+        for node in cluster.running() {
+            let s = node.status().await?;
+            t.persists += s.storage.persists;
+            t.entries += s.storage.entries_written;
+            t.bytes += s.transport.bytes_sent;
+            t.frames += s.transport.frames_sent;
+            t.messages += s.transport.messages_sent;
+            t.heartbeats_coalesced += s.coordinator.heartbeats_coalesced;
+            t.heartbeat_batches += s.coordinator.heartbeat_batches;
+        }
+        Ok(t)
+    }
+
+    fn since(self, before: Self) -> Self {
+        Totals {
+            persists: self.persists.saturating_sub(before.persists),
+            entries: self.entries.saturating_sub(before.entries),
+            bytes: self.bytes.saturating_sub(before.bytes),
+            frames: self.frames.saturating_sub(before.frames),
+            messages: self.messages.saturating_sub(before.messages),
+            heartbeats_coalesced: self
+                .heartbeats_coalesced
+                .saturating_sub(before.heartbeats_coalesced),
+            heartbeat_batches: self
+                .heartbeat_batches
+                .saturating_sub(before.heartbeat_batches),
+        }
+    }
+}
+
+/// CPU seconds (user + system) this process has used, all threads, from `/proc/self/stat`.
+/// `None` off Linux or if the file does not parse.
+///
+/// The kernel reports clock ticks of `USER_HZ`, which Linux fixes at 100 for user space on
+/// every architecture it exports `/proc` on; hence the division by 100 (resolution 10 ms).
+#[must_use]
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces and parentheses: parse after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // Field 3 is the first after ')'; utime and stime are fields 14 and 15.
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+/// The key of proposal `n`: distinct keys spread over every vShard.
+fn key_of(n: u64) -> Vec<u8> {
+    format!("bench-{n:016x}").into_bytes()
+}
+
+/// The command of proposal `n`: its number, padded to `len` bytes.
+fn command_of(n: u64, len: usize) -> Vec<u8> {
+    let mut bytes = n.to_be_bytes().to_vec();
+    bytes.resize(len, 0xA5);
+    bytes
+}
+
+/// Starts a cluster of `config.nodes` nodes in `dir` and waits until every group has a leader.
+///
+/// # Errors
+/// [`BenchError::Routing`], [`BenchError::Cluster`], or [`BenchError::NoLeaders`].
+pub async fn start_cluster(
+    config: &BenchConfig,
+    dir: &Path,
+) -> Result<(Arc<LocalCluster<CountingStateMachine>>, Duration), BenchError> {
+    config.validate()?;
+    let nodes: Vec<NodeId> = (1..=config.nodes).map(NodeId).collect();
+    let routing =
+        RoutingTable::uniform(config.vshards, config.groups, &nodes, config.replication())?;
+    let (tick, persist) = (config.tick, config.persist);
+    let cluster = LocalCluster::start(
+        dir,
+        routing,
+        move |c| {
+            c.tick_interval(tick)
+                .request_timeout(Duration::from_secs(10))
+                .store(StoreOptions::default().persist(persist))
+        },
+        |_| CountingStateMachine::new(),
+    )
+    .await?;
+    // Elections take 10-20 ticks; thousands of groups campaign over two shared cores.
+    let timeout = Duration::from_secs(30) + Duration::from_millis(10 * config.groups);
+    let Some(elected) = cluster.wait_for_leaders(timeout).await else {
+        cluster.shutdown().await;
+        return Err(BenchError::NoLeaders(timeout));
+    };
+    Ok((Arc::new(cluster), elected))
+}
+
+/// Runs `config.concurrency` closed-loop clients against a fresh local cluster for
+/// `config.duration` and measures it. The cluster lives in a temporary directory removed at
+/// the end.
+///
+/// # Errors
+/// [`BenchError`] naming the step that failed; [`BenchError::NothingAcknowledged`] when no
+/// proposal succeeded (no per-proposal figure would mean anything).
+pub async fn run_cluster(config: &BenchConfig) -> Result<ClusterFigures, BenchError> {
+    let dir = tempfile::tempdir()?;
+    let (cluster, election) = start_cluster(config, dir.path()).await?;
+    let result = measure(config, &cluster).await;
+    cluster.shutdown().await;
+    let mut figures = result?;
+    figures.election = election;
+    Ok(figures)
+}
+
+async fn measure(
+    config: &BenchConfig,
+    cluster: &Arc<LocalCluster<CountingStateMachine>>,
+) -> Result<ClusterFigures, BenchError> {
+    let stats = Arc::new(LoadStats::default());
+    let command_bytes = config.command_bytes;
+    let before = Totals::read(cluster).await?;
+    let cpu_before = process_cpu_seconds();
+    let start = Instant::now();
+    cluster
+        .drive(
+            config.concurrency,
+            start + config.duration,
+            Duration::from_secs(10),
+            move |n| (key_of(n), command_of(n, command_bytes)),
+            |_, _, _| {},
+            stats.clone(),
+        )
+        .await;
+    let elapsed = start.elapsed();
+    let cpu_after = process_cpu_seconds();
+    let delta = Totals::read(cluster).await?.since(before);
+
+    let acknowledged = stats.acknowledged();
+    let failed = stats.failed.load(Ordering::Relaxed);
+    if acknowledged == 0 {
+        return Err(BenchError::NothingAcknowledged { failed });
+    }
+    let ack = acknowledged as f64;
+    let latency_us =
+        <[u64; 3]>::try_from(stats.latencies_us(&[0.5, 0.99, 0.999])).unwrap_or_default();
+    let persists_per_node = delta.persists as f64 / config.nodes as f64;
+    let cpu_seconds = cpu_before.zip(cpu_after).map(|(b, a)| (a - b).max(0.0));
+    Ok(ClusterFigures {
+        acknowledged,
+        failed,
+        elapsed,
+        proposals_per_sec: ack / elapsed.as_secs_f64().max(1e-9),
+        latency_us,
+        persists: delta.persists,
+        fsyncs_per_proposal: if config.persist.syncs() {
+            persists_per_node / ack
+        } else {
+            0.0
+        },
+        entries_written: delta.entries,
+        entries_per_persist: delta.entries as f64 / delta.persists.max(1) as f64,
+        proposals_per_persist: ack * config.replication() as f64 / delta.persists.max(1) as f64,
+        wire_bytes: delta.bytes,
+        wire_frames: delta.frames,
+        wire_raft_messages: delta.messages,
+        wire_bytes_per_proposal: delta.bytes as f64 / ack,
+        wire_msgs_per_proposal: delta.frames as f64 / ack,
+        cpu_seconds,
+        cpu_sec_per_1k: cpu_seconds.map(|s| s * 1000.0 / ack),
+        heartbeats_coalesced: delta.heartbeats_coalesced,
+        heartbeat_batches: delta.heartbeat_batches,
+        election: Duration::ZERO,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_cpu_seconds_reads_this_process() {
+        if cfg!(target_os = "linux") {
+            let before = process_cpu_seconds().unwrap();
+            // Burn a little CPU so the counter cannot go backwards unnoticed.
+            let mut x = 0u64;
+            for i in 0..5_000_000u64 {
+                x = x.wrapping_mul(31).wrapping_add(i);
+            }
+            std::hint::black_box(x);
+            assert!(process_cpu_seconds().unwrap() >= before);
+        }
+    }
+
+    #[test]
+    fn commands_have_the_asked_length_and_distinct_keys() {
+        assert_eq!(command_of(7, 256).len(), 256);
+        assert_eq!(command_of(7, 3).len(), 3);
+        assert_ne!(key_of(1), key_of(2));
+    }
+}

@@ -1,0 +1,105 @@
+//! Measure a cluster and the baselines that bound it, in one run, and report side by side.
+//!
+//! ```no_run
+//! use pontoon_benches::harness::{self, BenchConfig};
+//!
+//! # async fn run() -> Result<(), harness::BenchError> {
+//! let config = BenchConfig::default();
+//! config.validate()?;
+//! let report = harness::run(&config).await?;
+//! println!("{}", report.to_json()?);
+//! # Ok(()) }
+//! ```
+//!
+//! Every figure is measured: the cluster's counters are read from each node's
+//! [`NodeStatus`](coordinator::NodeStatus) before and after the load, CPU time from the
+//! kernel, and the baselines are timed here, after the cluster has stopped, with the batch
+//! size the cluster achieved.
+
+mod baselines;
+mod cluster;
+mod config;
+mod counter;
+mod report;
+
+pub use baselines::{fjall_append_per_sec, quinn_stream_msgs_per_sec};
+pub use cluster::{ClusterFigures, process_cpu_seconds, run_cluster, start_cluster};
+pub use config::{BenchConfig, MAX_GROUPS};
+pub use counter::CountingStateMachine;
+pub use report::{Baselines, BenchReport, LatencyUs, Ratios, ReportConfig};
+
+/// Why a benchmark could not run. Each variant names the part that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A [`BenchConfig`] value is out of range.
+    #[error("invalid bench config: {field} {problem}")]
+    Config {
+        /// The setting.
+        field: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The routing table could not be built from the config.
+    #[error("routing table: {0}")]
+    Routing(#[from] routing::RoutingError),
+    /// The local cluster did not start.
+    #[error("local cluster: {0}")]
+    Cluster(#[from] coordinator::local::LocalClusterError),
+    /// Some group elected no leader in time.
+    #[error("groups elected no leader within {0:?}")]
+    NoLeaders(std::time::Duration),
+    /// A node did not report its counters.
+    #[error("node status: {0}")]
+    Status(#[from] coordinator::ProposeError),
+    /// Not a single proposal was acknowledged, so no per-proposal figure exists.
+    #[error("no proposal was acknowledged ({failed} failed)")]
+    NothingAcknowledged {
+        /// Proposals that failed or timed out.
+        failed: u64,
+    },
+    /// A temporary directory or file could not be made.
+    #[error("temporary directory: {0}")]
+    Io(#[from] std::io::Error),
+    /// The raw fjall baseline failed.
+    #[error("fjall baseline: {0}")]
+    Fjall(#[from] fjall::Error),
+    /// Certificates for the raw quinn baseline could not be made.
+    #[error("quinn baseline certificates: {0}")]
+    Certs(#[from] certs::CertError),
+    /// TLS or QUIC configs for the raw quinn baseline could not be built.
+    #[error("quinn baseline config: {0}")]
+    Transport(#[from] transport::TransportError),
+    /// The raw quinn baseline's connection or stream failed.
+    #[error("quinn baseline: {0}")]
+    Quinn(String),
+    /// The report could not be encoded.
+    #[error("report JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Runs the cluster, then both baselines (fjall with the cluster's achieved batch size), and
+/// builds the report.
+///
+/// # Errors
+/// [`BenchError`] naming the step that failed.
+pub async fn run(config: &BenchConfig) -> Result<BenchReport, BenchError> {
+    config.validate()?;
+    let cluster = run_cluster(config).await?;
+    let batch = cluster.proposals_per_persist.round().max(1.0) as usize;
+    let fjall = fjall_append_per_sec(
+        batch,
+        config.command_bytes,
+        config.persist,
+        config.baseline_duration,
+    )?;
+    let quinn = quinn_stream_msgs_per_sec(config.command_bytes, config.baseline_duration).await?;
+    Ok(BenchReport::new(
+        config,
+        &cluster,
+        Baselines {
+            fjall_append_per_sec: fjall,
+            quinn_stream_msgs_per_sec: quinn,
+            fjall_batch_entries: batch as u64,
+        },
+    ))
+}

@@ -1,0 +1,94 @@
+//! `run_cluster` and the report on a small real cluster: the figures are consistent with each
+//! other and the JSON carries every name DESIGN.md fixes. No timing thresholds: only that the
+//! numbers were measured and add up.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use pontoon_benches::harness::{self, BenchConfig};
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_of_a_short_three_node_run_is_consistent_and_complete() {
+    let config = BenchConfig {
+        nodes: 3,
+        groups: 8,
+        concurrency: 64,
+        duration: Duration::from_secs(2),
+        baseline_duration: Duration::from_secs(1),
+        ..BenchConfig::default()
+    };
+    let report = harness::run(&config).await.unwrap();
+
+    assert!(report.acknowledged > 0);
+    assert!(report.proposals_per_sec > 0.0);
+    assert!(close(
+        report.proposals_per_sec,
+        report.acknowledged as f64 / report.elapsed_s
+    ));
+    assert!(report.fsyncs_per_proposal > 0.0);
+    assert!(report.wire_bytes_per_proposal > 0.0);
+    assert!(report.wire_msgs_per_proposal > 0.0);
+    // Every proposal is at least one append frame to each of two followers.
+    assert!(report.wire_msgs_per_proposal <= report.wire_bytes_per_proposal);
+    assert!(report.latency_us.p50 <= report.latency_us.p99);
+    assert!(report.latency_us.p99 <= report.latency_us.p999);
+    assert!(report.latency_us.p50 > 0);
+    assert!(report.baselines.fjall_append_per_sec > 0.0);
+    assert!(report.baselines.quinn_stream_msgs_per_sec > 0.0);
+    assert!(report.baselines.fjall_batch_entries >= 1);
+    assert!(close(
+        report.ratios.vs_fjall_append,
+        report.proposals_per_sec / report.baselines.fjall_append_per_sec
+    ));
+    assert!(close(
+        report.ratios.vs_quinn_stream,
+        report.proposals_per_sec / report.baselines.quinn_stream_msgs_per_sec
+    ));
+    if cfg!(target_os = "linux") {
+        let cpu = report.cpu_sec_per_1k.unwrap();
+        assert!(cpu > 0.0);
+        assert!(close(
+            cpu,
+            report.cpu_seconds.unwrap() * 1000.0 / report.acknowledged as f64
+        ));
+    }
+
+    let json = report.to_json().unwrap();
+    assert!(!json.contains('\n'), "the report is one line");
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    for key in [
+        "proposals_per_sec",
+        "fsyncs_per_proposal",
+        "wire_bytes_per_proposal",
+        "wire_msgs_per_proposal",
+        "cpu_sec_per_1k",
+    ] {
+        assert!(value[key].is_number(), "{key} in {json}");
+    }
+    for key in ["p50", "p99", "p999"] {
+        assert!(value["latency_us"][key].is_number(), "latency_us.{key}");
+    }
+    for key in [
+        "nodes",
+        "groups",
+        "vshards",
+        "command_bytes",
+        "concurrency",
+        "duration_s",
+    ] {
+        assert!(value["config"][key].is_number(), "config.{key}");
+    }
+    assert_eq!(value["config"]["groups"], 8);
+    assert_eq!(value["config"]["nodes"], 3);
+    for key in ["fjall_append_per_sec", "quinn_stream_msgs_per_sec"] {
+        assert!(value["baselines"][key].is_number(), "baselines.{key}");
+    }
+    for key in ["vs_fjall_append", "vs_quinn_stream"] {
+        assert!(value["ratios"][key].is_number(), "ratios.{key}");
+    }
+    assert!(report.table().contains("raw quinn"));
+}
