@@ -21,7 +21,9 @@ async fn report_of_a_short_three_node_run_is_consistent_and_complete() {
         baseline_duration: Duration::from_secs(1),
         ..BenchConfig::default()
     };
-    let report = harness::run(&config).await.unwrap();
+    let report = harness::run(&config, |step| eprintln!("{step}"))
+        .await
+        .unwrap();
 
     assert!(report.acknowledged > 0);
     assert!(report.proposals_per_sec > 0.0);

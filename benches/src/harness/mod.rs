@@ -6,7 +6,7 @@
 //! # async fn run() -> Result<(), harness::BenchError> {
 //! let config = BenchConfig::default();
 //! config.validate()?;
-//! let report = harness::run(&config).await?;
+//! let report = harness::run(&config, |step| eprintln!("{step}")).await?;
 //! println!("{}", report.to_json()?);
 //! # Ok(()) }
 //! ```
@@ -72,26 +72,51 @@ pub enum BenchError {
     /// The raw quinn baseline's connection or stream failed.
     #[error("quinn baseline: {0}")]
     Quinn(String),
+    /// A baseline's task panicked or was cancelled.
+    #[error("baseline task: {0}")]
+    Task(String),
     /// The report could not be encoded.
     #[error("report JSON: {0}")]
     Json(#[from] serde_json::Error),
 }
 
 /// Runs the cluster, then both baselines (fjall with the cluster's achieved batch size), and
-/// builds the report.
+/// builds the report. `progress` hears one line before each step (the CLI prints them on
+/// stderr).
 ///
 /// # Errors
 /// [`BenchError`] naming the step that failed.
-pub async fn run(config: &BenchConfig) -> Result<BenchReport, BenchError> {
+pub async fn run(config: &BenchConfig, progress: impl Fn(&str)) -> Result<BenchReport, BenchError> {
     config.validate()?;
+    progress(&format!(
+        "cluster: {} nodes x {} groups, {} clients for {:.1} s",
+        config.nodes,
+        config.groups,
+        config.concurrency,
+        config.duration.as_secs_f64()
+    ));
     let cluster = run_cluster(config).await?;
     let batch = cluster.proposals_per_persist.round().max(1.0) as usize;
-    let fjall = fjall_append_per_sec(
-        batch,
+    progress(&format!(
+        "baseline: raw fjall, {batch} entries of {} B per batch, {:.1} s",
+        config.command_bytes,
+        config.baseline_duration.as_secs_f64()
+    ));
+    let (bytes, persist, time) = (
         config.command_bytes,
         config.persist,
         config.baseline_duration,
-    )?;
+    );
+    // fsyncs block: keep them off the runtime's workers.
+    let fjall =
+        tokio::task::spawn_blocking(move || fjall_append_per_sec(batch, bytes, persist, time))
+            .await
+            .map_err(|e| BenchError::Task(e.to_string()))??;
+    progress(&format!(
+        "baseline: raw quinn, one stream of {} B messages, {:.1} s",
+        config.command_bytes,
+        config.baseline_duration.as_secs_f64()
+    ));
     let quinn = quinn_stream_msgs_per_sec(config.command_bytes, config.baseline_duration).await?;
     Ok(BenchReport::new(
         config,

@@ -1,0 +1,122 @@
+//! `pontoon bench`: a local cluster over QUIC with mutual TLS under closed-loop load, next to
+//! the raw baselines that bound it (fjall durable appends, one raw quinn stream), all measured
+//! in this run. `--json` prints the report (DESIGN.md's names) as the last line of stdout.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use benches::harness::{self, BenchConfig, BenchError};
+use clap::{Args, ValueEnum};
+use pontoon::storage::Persist;
+
+use super::CliError;
+
+/// How each node's log commits reach the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PersistArg {
+    /// fdatasync every commit (what a node whose acks matter uses).
+    SyncData,
+    /// fsync every commit, metadata included.
+    SyncAll,
+    /// Hand commits to the OS only: survives a crash of the process, not of the machine.
+    Buffer,
+}
+
+impl From<PersistArg> for Persist {
+    fn from(p: PersistArg) -> Self {
+        match p {
+            PersistArg::SyncData => Persist::SyncData,
+            PersistArg::SyncAll => Persist::SyncAll,
+            PersistArg::Buffer => Persist::Buffer,
+        }
+    }
+}
+
+/// Flags of `pontoon bench`.
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Nodes in the cluster (each group has min(3, nodes) replicas).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=16))]
+    nodes: u64,
+    /// Raft groups (1..=10000).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=harness::MAX_GROUPS))]
+    groups: u64,
+    /// vShards the keys hash to (at least --groups).
+    #[arg(long, default_value_t = 1024)]
+    vshards: u32,
+    /// Bytes of each proposed command.
+    #[arg(long, default_value_t = 256)]
+    command_bytes: usize,
+    /// Closed-loop clients, one proposal in flight each.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Seconds of load on the cluster.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds each raw baseline runs.
+    #[arg(long, default_value_t = 2.0)]
+    baseline_duration: f64,
+    /// Milliseconds per raft tick.
+    #[arg(long, default_value_t = 50)]
+    tick_ms: u64,
+    /// Durability of every log commit (and of the fjall baseline).
+    #[arg(long, value_enum, default_value_t = PersistArg::SyncData)]
+    persist: PersistArg,
+    /// Print the report as one JSON object on the last line of stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn seconds(flag: &str, s: f64) -> Result<Duration, CliError> {
+    Duration::try_from_secs_f64(s)
+        .map_err(|_| format!("--{flag} {s}: not a number of seconds").into())
+}
+
+impl BenchArgs {
+    fn config(&self) -> Result<BenchConfig, CliError> {
+        let config = BenchConfig {
+            nodes: self.nodes,
+            groups: self.groups,
+            vshards: self.vshards,
+            command_bytes: self.command_bytes,
+            concurrency: self.concurrency,
+            duration: seconds("duration", self.duration)?,
+            tick: Duration::from_millis(self.tick_ms),
+            persist: self.persist.into(),
+            baseline_duration: seconds("baseline-duration", self.baseline_duration)?,
+        };
+        match config.validate() {
+            Ok(()) => Ok(config),
+            // Name the flag, not the field.
+            Err(BenchError::Config { field, problem }) => {
+                let flag = match field {
+                    "tick" => "tick-ms".to_string(),
+                    other => other.replace('_', "-"),
+                };
+                Err(format!("--{flag}: {problem}").into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Runs `pontoon bench`.
+///
+/// # Errors
+/// A bad flag, or the step of the run that failed.
+pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
+    let config = args.config()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    // Progress goes to stderr so stdout stays the table and the JSON line.
+    let report = runtime.block_on(harness::run(&config, |step| eprintln!("{step} ...")))?;
+    let mut out = std::io::stdout().lock();
+    write!(out, "{}", report.table())?;
+    if args.json {
+        writeln!(out, "{}", report.to_json()?)?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
