@@ -48,6 +48,7 @@
 mod conf_change;
 mod config;
 mod error;
+pub mod linearizability;
 pub mod local;
 mod logging;
 mod multiraft;

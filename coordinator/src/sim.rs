@@ -5,18 +5,31 @@
 //! test can crash, restart, partition and heal nodes between any two steps, and a failing run
 //! replays exactly from its seed. The harness persists every cycle before it releases the
 //! cycle's messages, as [`crate::Node`] does.
+//!
+//! While it runs, the harness watches the safety properties it can see from the cores and
+//! records each breach as a [`Violation`]: two leaders in one term of a group, a committed
+//! entry that changed (applied with another term or other bytes on another node, or on the
+//! same node after a restart), and a node that panicked (it is then crashed, fail-stop, so the
+//! run goes on and the seed can be reported). Client-visible properties (linearizability, no
+//! acknowledged write lost) belong to the workload: see [`crate::linearizability`].
+//!
+//! [`SimConfig::unsynced_log`] injects a known durability bug, so tests can prove that the
+//! checks catch it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
+use raft::eraftpb::{ConfChangeV2, ConfState};
 use routing::{GroupId, NodeId, RoutingTable};
-use storage::{LogStore, Persist, StoreOptions};
+use storage::{LogStore, Persist, StagedBatch, StoreOptions};
 use transport::mem::{FaultConfig, SimNetwork};
 use transport::{Envelope, Inbound};
 
 use crate::{
-    Apply, CoordinatorError, Event, GroupStatus, MultiRaft, ProposeError, RaftConfig, Role,
-    StateMachine, Token,
+    Apply, CoordinatorError, CycleOutput, Event, GroupStatus, MultiRaft, ProposeError, RaftConfig,
+    Role, StateMachine, Token,
 };
 
 /// The shape of a simulated cluster.
@@ -42,7 +55,16 @@ pub struct SimConfig {
     /// Durability of the simulated stores. `Buffer` by default: the simulated crashes drop a
     /// node's process state, not the OS page cache (the storage crate's kill tests cover fsync).
     pub persist: Persist,
+    /// **A deliberate bug, for testing the checks.** Nodes stage each cycle's batch (so raft
+    /// reads it back) and act as if it were durable (acks and votes leave at once), but the
+    /// batch only reaches the store [`UNSYNCED_WINDOW`] time units later, like a log written
+    /// without fsync that the OS flushes when it pleases; a crash loses what was not flushed.
+    /// Off by default; never turn it on outside a test that expects failures.
+    pub unsynced_log: bool,
 }
+
+/// How long a batch stays unflushed under [`SimConfig::unsynced_log`], in time units.
+pub const UNSYNCED_WINDOW: u64 = 40;
 
 impl SimConfig {
     /// `nodes` nodes, `groups` groups of three replicas (or fewer nodes), no faults.
@@ -62,7 +84,20 @@ impl SimConfig {
             raft: RaftConfig::default().compaction(0, 0),
             tick_every: 5,
             persist: Persist::Buffer,
+            unsynced_log: false,
         }
+    }
+
+    /// Sets the number of replicas per group.
+    pub fn replication(mut self, replicas: usize) -> Self {
+        self.replication = replicas;
+        self
+    }
+
+    /// Injects the durability bug of [`SimConfig::unsynced_log`].
+    pub fn unsynced_log(mut self, on: bool) -> Self {
+        self.unsynced_log = on;
+        self
     }
 
     /// Sets the network faults.
@@ -92,9 +127,161 @@ pub struct Completion {
     pub result: Result<Vec<u8>, ProposeError>,
 }
 
+/// A safety property the harness saw broken. See the [module docs](self).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Violation {
+    /// Two nodes led (or were followed as leader of) the same group in the same term.
+    TwoLeaders {
+        /// The group.
+        group: GroupId,
+        /// The term.
+        term: u64,
+        /// The leader seen first.
+        first: NodeId,
+        /// The other one.
+        second: NodeId,
+        /// The node that reported `second` (the leader itself, or a follower of it).
+        seen_by: NodeId,
+        /// Virtual time.
+        at: u64,
+    },
+    /// An entry was applied with another term or other bytes than before.
+    CommittedEntryChanged {
+        /// The group.
+        group: GroupId,
+        /// Its log index.
+        index: u64,
+        /// Position of the command inside a batched entry.
+        position: u32,
+        /// The node that applied it first, with (term, hash of the bytes).
+        first: (NodeId, u64, u64),
+        /// The node that applied something else, with (term, hash).
+        now: (NodeId, u64, u64),
+        /// Virtual time.
+        at: u64,
+    },
+    /// A node panicked; the harness crashed it.
+    NodePanicked {
+        /// The node.
+        node: NodeId,
+        /// The panic message.
+        message: String,
+        /// Virtual time.
+        at: u64,
+    },
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TwoLeaders {
+                group,
+                term,
+                first,
+                second,
+                seen_by,
+                at,
+            } => write!(
+                f,
+                "t={at}: {group} has two leaders in term {term}: {first} and {second} (seen by {seen_by})"
+            ),
+            Self::CommittedEntryChanged {
+                group,
+                index,
+                position,
+                first,
+                now,
+                at,
+            } => write!(
+                f,
+                "t={at}: committed entry {group}/{index}#{position} changed: {} applied term {} \
+                 hash {:016x}, {} applied term {} hash {:016x}",
+                first.0, first.1, first.2, now.0, now.1, now.2
+            ),
+            Self::NodePanicked { node, message, at } => {
+                write!(f, "t={at}: {node} panicked: {message}")
+            }
+        }
+    }
+}
+
+/// What the harness saw: the leader of each (group, term), and each applied entry.
+#[derive(Default)]
+struct Monitor {
+    leaders: BTreeMap<(GroupId, u64), NodeId>,
+    applied: BTreeMap<(GroupId, u64, u32), (NodeId, u64, u64)>,
+    violations: Vec<Violation>,
+}
+
+impl Monitor {
+    fn leader(&mut self, group: GroupId, term: u64, leader: NodeId, seen_by: NodeId, at: u64) {
+        let first = *self.leaders.entry((group, term)).or_insert(leader);
+        if first != leader {
+            self.violations.push(Violation::TwoLeaders {
+                group,
+                term,
+                first,
+                second: leader,
+                seen_by,
+                at,
+            });
+        }
+    }
+
+    fn applied(&mut self, key: (GroupId, u64, u32), now: (NodeId, u64, u64), at: u64) {
+        let first = *self.applied.entry(key).or_insert(now);
+        if (first.1, first.2) != (now.1, now.2) {
+            self.violations.push(Violation::CommittedEntryChanged {
+                group: key.0,
+                index: key.1,
+                position: key.2,
+                first,
+                now,
+                at,
+            });
+        }
+    }
+}
+
+fn fnv(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+fn conf_hash(cs: &ConfState) -> u64 {
+    let parts = [
+        &cs.voters,
+        &cs.learners,
+        &cs.voters_outgoing,
+        &cs.learners_next,
+    ];
+    let ids = parts
+        .iter()
+        .flat_map(|p| p.iter().chain(std::iter::once(&u64::MAX)))
+        .flat_map(|id| id.to_le_bytes());
+    fnv(ids.chain(std::iter::once(u8::from(cs.auto_leave))))
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic".to_string()
+    }
+}
+
 struct SimNode<S> {
     core: MultiRaft,
     state_machine: S,
+    store: LogStore,
+    /// Under [`SimConfig::unsynced_log`]: staged batches not yet written, with their time.
+    unsynced: VecDeque<(u64, StagedBatch)>,
 }
 
 /// A simulated cluster. See the [module docs](self).
@@ -110,6 +297,7 @@ pub struct SimCluster<S: StateMachine> {
     completions: Vec<Completion>,
     next_token: Token,
     trace: u64,
+    monitor: Monitor,
 }
 
 impl<S: StateMachine> SimCluster<S> {
@@ -140,6 +328,7 @@ impl<S: StateMachine> SimCluster<S> {
             completions: Vec::new(),
             next_token: 1,
             trace: 0xcbf2_9ce4_8422_2325,
+            monitor: Monitor::default(),
             config,
         };
         for node in node_ids {
@@ -156,7 +345,7 @@ impl<S: StateMachine> SimCluster<S> {
             .raft
             .clone()
             .seed(self.config.seed.wrapping_mul(31).wrapping_add(node.get()));
-        let mut core = MultiRaft::new(node, raft, store)?;
+        let mut core = MultiRaft::new(node, raft, store.clone())?;
         let groups: Vec<_> = self
             .routing
             .groups()
@@ -170,6 +359,8 @@ impl<S: StateMachine> SimCluster<S> {
             Some(SimNode {
                 core,
                 state_machine,
+                store,
+                unsynced: VecDeque::new(),
             }),
         );
         Ok(())
@@ -321,60 +512,161 @@ impl<S: StateMachine> SimCluster<S> {
     }
 
     /// Advances virtual time by one unit: delivers what is due, ticks on tick boundaries, and
-    /// runs every node's cycles until they are idle.
+    /// runs every node's cycles until they are idle. A node that panics is recorded as a
+    /// [`Violation::NodePanicked`] and crashed.
     ///
     /// # Errors
     /// A node's coordinator or state machine failed.
     pub fn step(&mut self) -> Result<(), CoordinatorError> {
         for (to, inbound) in self.net.deliver(self.now) {
-            let Some(Some(node)) = self.nodes.get_mut(&to) else {
-                continue;
-            };
-            match inbound {
-                Inbound::Message { from, envelope } => node.core.step(from, envelope),
-                Inbound::Unreachable { to: peer, group } => {
-                    node.core.report_unreachable(peer, group)
+            self.guarded(to, |node, _| {
+                match inbound {
+                    Inbound::Message { from, envelope } => node.core.step(from, envelope),
+                    Inbound::Unreachable { to: peer, group } => {
+                        node.core.report_unreachable(peer, group)
+                    }
+                    Inbound::SnapshotStatus {
+                        to: peer,
+                        group,
+                        delivered,
+                    } => node.core.report_snapshot(peer, group, delivered),
                 }
-                Inbound::SnapshotStatus {
-                    to: peer,
-                    group,
-                    delivered,
-                } => node.core.report_snapshot(peer, group, delivered),
-            }
-        }
-        if self.now % self.config.tick_every == 0 {
-            for node in self.nodes.values_mut().flatten() {
-                node.core.tick();
-                // As the Node driver does: snapshot the state machine, then compact the log.
-                for group in node.core.compaction_due() {
-                    let data = node.state_machine.snapshot(group).map_err(|e| {
-                        CoordinatorError::StateMachine {
-                            group,
-                            message: e.to_string(),
-                        }
-                    })?;
-                    node.core.compact(group, data)?;
-                }
-            }
+                Ok(())
+            })?;
         }
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        if self.now.is_multiple_of(self.config.tick_every) {
+            for id in &ids {
+                self.guarded(*id, |node, _| {
+                    node.core.tick();
+                    // As the Node driver does: snapshot the state machine, then compact the log.
+                    for group in node.core.compaction_due() {
+                        let data = node.state_machine.snapshot(group).map_err(|e| {
+                            CoordinatorError::StateMachine {
+                                group,
+                                message: e.to_string(),
+                            }
+                        })?;
+                        node.core.compact(group, data)?;
+                    }
+                    Ok(())
+                })?;
+            }
+        }
         for id in ids {
             self.run_node(id)?;
         }
+        self.flush_unsynced(None)?;
+        self.observe_leaders();
         self.now += 1;
         Ok(())
     }
 
+    /// Runs `f` on a running node; a panic inside it crashes the node and is recorded.
+    fn guarded<R>(
+        &mut self,
+        id: NodeId,
+        f: impl FnOnce(&mut SimNode<S>, u64) -> Result<R, CoordinatorError>,
+    ) -> Result<Option<R>, CoordinatorError> {
+        let now = self.now;
+        let Some(Some(node)) = self.nodes.get_mut(&id) else {
+            return Ok(None);
+        };
+        match catch_unwind(AssertUnwindSafe(|| f(node, now))) {
+            Ok(result) => result.map(Some),
+            Err(payload) => {
+                self.monitor.violations.push(Violation::NodePanicked {
+                    node: id,
+                    message: panic_message(payload.as_ref()),
+                    at: now,
+                });
+                self.crash(id);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Under [`SimConfig::unsynced_log`], writes the staged batches that are old enough (or
+    /// all of `only`'s), as the OS would flush an unsynced log eventually.
+    fn flush_unsynced(&mut self, only: Option<NodeId>) -> Result<(), CoordinatorError> {
+        let now = self.now;
+        for (id, node) in &mut self.nodes {
+            let Some(node) = node else { continue };
+            if only.is_some_and(|o| o != *id) {
+                continue;
+            }
+            while let Some((staged_at, _)) = node.unsynced.front() {
+                if only.is_none() && staged_at + UNSYNCED_WINDOW > now {
+                    break;
+                }
+                if let Some((_, staged)) = node.unsynced.pop_front() {
+                    node.store.commit(staged)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every node's view of every group's leader, into the monitor.
+    fn observe_leaders(&mut self) {
+        let mut seen = Vec::new();
+        for (id, node) in &self.nodes {
+            let Some(node) = node else { continue };
+            for group in node.core.groups() {
+                if let Some(status) = node.core.status(group)
+                    && status.role == Role::Leader
+                {
+                    seen.push((group, status.term, *id));
+                }
+            }
+        }
+        for (group, term, id) in seen {
+            self.monitor.leader(group, term, id, id, self.now);
+        }
+    }
+
+    /// The safety violations seen so far. See the [module docs](self).
+    pub fn violations(&self) -> &[Violation] {
+        &self.monitor.violations
+    }
+
+    /// One cycle of a node: persisted (or, under [`SimConfig::unsynced_log`], only staged)
+    /// before its messages are released.
+    fn node_cycle(
+        node: &mut SimNode<S>,
+        unsynced: bool,
+        now: u64,
+    ) -> Result<Option<CycleOutput>, CoordinatorError> {
+        if !unsynced {
+            return node.core.run_cycle();
+        }
+        let Some(cycle) = node.core.poll_cycle()? else {
+            return Ok(None);
+        };
+        let staged = node.store.stage(cycle.batch)?;
+        node.unsynced.push_back((now, staged));
+        // The bug: tell raft the batch is durable while it is only in memory.
+        let mut messages = cycle.messages;
+        messages.extend(node.core.on_persisted(cycle.id)?);
+        Ok(Some(CycleOutput {
+            messages,
+            applies: cycle.applies,
+            events: cycle.events,
+        }))
+    }
+
     fn run_node(&mut self, id: NodeId) -> Result<(), CoordinatorError> {
-        let mut outputs = Vec::new();
-        {
-            let Some(Some(node)) = self.nodes.get_mut(&id) else {
-                return Ok(());
-            };
+        let unsynced = self.config.unsynced_log;
+        let produced = self.guarded(id, |node, now| {
+            let mut outputs = Vec::new();
+            let mut applied = Vec::new();
+            let mut leaders = Vec::new();
+            let mut messages = Vec::new();
             for _ in 0..16 {
-                let Some(output) = node.core.run_cycle()? else {
+                let Some(output) = Self::node_cycle(node, unsynced, now)? else {
                     break;
                 };
+                let mut position: Option<((GroupId, u64), u32)> = None;
                 for apply in &output.applies {
                     let result = match apply {
                         Apply::Restore { group, data, .. } => {
@@ -383,14 +675,27 @@ impl<S: StateMachine> SimCluster<S> {
                         Apply::Command {
                             group,
                             index,
+                            term,
                             data,
                             proposal,
-                            ..
-                        } => node
-                            .state_machine
-                            .apply(*group, *index, data)
-                            .map(|r| proposal.map(|t| (t, r))),
-                        Apply::ConfChanged { proposal, .. } => {
+                        } => {
+                            let pos = match position {
+                                Some((at, p)) if at == (*group, *index) => p + 1,
+                                _ => 0,
+                            };
+                            position = Some(((*group, *index), pos));
+                            applied.push(((*group, *index, pos), *term, fnv(data.iter().copied())));
+                            node.state_machine
+                                .apply(*group, *index, data)
+                                .map(|r| proposal.map(|t| (t, r)))
+                        }
+                        Apply::ConfChanged {
+                            group,
+                            index,
+                            conf_state,
+                            proposal,
+                        } => {
+                            applied.push(((*group, *index, 0), 0, conf_hash(conf_state)));
                             Ok(proposal.map(|t| (t, Vec::new())))
                         }
                     };
@@ -427,38 +732,83 @@ impl<S: StateMachine> SimCluster<S> {
                                 Some((*token, ProposeError::ProposalDropped { group: *group })),
                             ));
                         }
-                        Event::LeaderChanged { .. } => {}
+                        Event::LeaderChanged {
+                            group,
+                            leader: Some(leader),
+                            term,
+                        } => leaders.push((*group, *term, *leader)),
+                        Event::LeaderChanged { leader: None, .. } => {}
                     }
                 }
-                for (to, envelope) in output.messages {
-                    self.net.send(self.now, id, to, envelope);
-                }
+                messages.extend(output.messages);
             }
+            Ok((outputs, applied, leaders, messages))
+        })?;
+        let Some((outputs, applied, leaders, messages)) = produced else {
+            return Ok(());
+        };
+        for (to, envelope) in messages {
+            self.net.send(self.now, id, to, envelope);
+        }
+        for (key, term, hash) in applied {
+            self.monitor.applied(key, (id, term, hash), self.now);
+        }
+        for (group, term, leader) in leaders {
+            self.monitor.leader(group, term, leader, id, self.now);
         }
         for (group, index, done, failed) in outputs {
             self.mix(&[3, id.get(), group.get(), index]);
-            if let Some((token, response)) = done {
-                if self.pending.remove(&token).is_some() {
-                    self.completions.push(Completion {
-                        node: id,
-                        group,
-                        token,
-                        result: Ok(response),
-                    });
-                }
-            }
-            if let Some((token, error)) = failed {
-                if self.pending.remove(&token).is_some() {
-                    self.completions.push(Completion {
-                        node: id,
-                        group,
-                        token,
-                        result: Err(error),
-                    });
-                }
+            let result = done
+                .map(|(token, response)| (token, Ok(response)))
+                .or(failed.map(|(token, error)| (token, Err(error))));
+            if let Some((token, result)) = result
+                && self.pending.remove(&token).is_some()
+            {
+                self.completions.push(Completion {
+                    node: id,
+                    group,
+                    token,
+                    result,
+                });
             }
         }
         Ok(())
+    }
+
+    /// Proposes a membership change of `group` on `node`; the outcome arrives as a
+    /// [`Completion`] (empty response) once the change is applied there.
+    ///
+    /// # Errors
+    /// As [`MultiRaft::propose_conf_change`], or [`ProposeError::ShuttingDown`] when the node
+    /// is down.
+    pub fn propose_conf_change(
+        &mut self,
+        node: NodeId,
+        group: GroupId,
+        change: &ConfChangeV2,
+    ) -> Result<Token, ProposeError> {
+        let token = self.token(node, group);
+        let result = match self.nodes.get_mut(&node) {
+            Some(Some(n)) => n.core.propose_conf_change(group, change, token),
+            _ => Err(ProposeError::ShuttingDown),
+        };
+        result.map(|()| token).inspect_err(|_| {
+            self.pending.remove(&token);
+        })
+    }
+
+    /// Creates `group` on `node` as a joining replica (no configuration yet), before a
+    /// membership change adds it. Returns false when the node is down.
+    ///
+    /// # Errors
+    /// As [`MultiRaft::create_joining_group`].
+    pub fn join_group(&mut self, node: NodeId, group: GroupId) -> Result<bool, CoordinatorError> {
+        // The group is written straight to the store: batches staged before it go first.
+        self.flush_unsynced(Some(node))?;
+        match self.nodes.get_mut(&node) {
+            Some(Some(n)) => n.core.create_joining_group(group).map(|()| true),
+            _ => Ok(false),
+        }
     }
 
     /// Steps until `done` holds or `max_steps` have passed; returns whether it held.
