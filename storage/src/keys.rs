@@ -148,15 +148,13 @@ pub(crate) fn decode_u64(
     Ok(u64::from_be_bytes(b))
 }
 
-/// Encodes a protobuf message. These messages have no required fields, so encoding into a
-/// `Vec` cannot fail; an error here is a bug in the codec, reported as such.
+/// Encodes a protobuf message. These messages have no required fields, so encoding cannot
+/// fail. `write_to_bytes` sizes the message once and writes into an exact buffer;
+/// `write_to_vec` after a `compute_size` sized it twice and went through the growable-`Vec`
+/// writer, twice the instructions per entry.
 pub(crate) fn encode_pb<M: protobuf::Message>(m: &M) -> Vec<u8> {
-    let mut v = Vec::with_capacity(m.compute_size() as usize);
-    // Writing to a Vec only fails on an uninitialized message, which proto3 messages never are.
-    if m.write_to_vec(&mut v).is_err() {
-        v.clear();
-    }
-    v
+    // Only an uninitialized message fails to encode, which proto3 messages never are.
+    m.write_to_bytes().unwrap_or_default()
 }
 
 fn decode_pb<M: protobuf::Message>(
