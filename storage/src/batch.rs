@@ -2,7 +2,8 @@
 //! call order. Nothing touches the store until [`LogStore::stage`](crate::LogStore::stage) or
 //! [`LogStore::write`](crate::LogStore::write).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use routing::GroupId;
@@ -39,9 +40,33 @@ pub(crate) enum Op {
 #[derive(Debug, Default)]
 #[must_use = "a batch does nothing until it is staged or written"]
 pub struct WriteBatch {
-    pub(crate) ops: Vec<(GroupId, Op)>,
-    groups: HashSet<GroupId>,
+    /// The ops of each group, in call order, groups in order of first touch. Ops of different
+    /// groups commute, so keeping them apart loses nothing and spares `stage` a lookup per op.
+    pub(crate) groups: Vec<(GroupId, Vec<Op>)>,
+    /// Position of each group in `groups`.
+    index: HashMap<GroupId, usize, BuildHasherDefault<IdHasher>>,
     entries: usize,
+}
+
+/// Hashes a `GroupId` with one multiply (Fibonacci hashing): ids are not attacker-chosen
+/// here, and SipHash per op showed up in profiles of 1024-group batches.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 impl WriteBatch {
@@ -50,8 +75,24 @@ impl WriteBatch {
     }
 
     fn push(&mut self, group: GroupId, op: Op) {
-        self.groups.insert(group);
-        self.ops.push((group, op));
+        // A coordinator adds a group's ops one after the other: skip the lookup then.
+        if let Some((last, ops)) = self.groups.last_mut()
+            && *last == group
+        {
+            ops.push(op);
+            return;
+        }
+        match self.index.get(&group) {
+            Some(&i) => self.groups[i].1.push(op),
+            None => {
+                self.index.insert(group, self.groups.len());
+                // A cycle adds entries and a hard state per group at least: room for a few ops
+                // spares the regrowth (measured: a realloc per group in 1024-group batches).
+                let mut ops = Vec::with_capacity(4);
+                ops.push(op);
+                self.groups.push((group, ops));
+            }
+        }
     }
 
     /// Creates an empty group: that conf state, default hard state, empty log, first index 1.
@@ -68,6 +109,17 @@ impl WriteBatch {
         }
         self.entries += entries.len();
         self.push(group, Op::Append(entries.to_vec()));
+    }
+
+    /// As [`WriteBatch::append`], taking the entries by value: the store keeps them in its
+    /// entry cache, so a caller that owns them (raft-rs `Ready::take_entries`) spares a clone
+    /// of each.
+    pub fn append_owned(&mut self, group: GroupId, entries: Vec<Entry>) {
+        if entries.is_empty() {
+            return;
+        }
+        self.entries += entries.len();
+        self.push(group, Op::Append(entries));
     }
 
     /// Replaces the group's hard state.
@@ -112,7 +164,7 @@ impl WriteBatch {
     /// Whether nothing was added.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
+        self.groups.is_empty()
     }
 
     /// How many distinct groups the batch touches.

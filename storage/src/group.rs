@@ -15,20 +15,22 @@ use crate::keys::Bounds;
 use crate::store::Inner;
 
 /// The small, cheaply cloned part of a group's state: what `stage` simulates and validates.
+/// `stage` clones it for every group a batch touches, so the parts that own heap memory and
+/// rarely change are shared, not copied.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct GroupMeta {
     pub hard_state: HardState,
-    pub conf_state: ConfState,
+    pub conf_state: Arc<ConfState>,
     pub applied: u64,
     pub bounds: Bounds,
     pub last_index: u64,
-    pub snapshot_meta: Option<SnapshotMetadata>,
+    pub snapshot_meta: Option<Arc<SnapshotMetadata>>,
 }
 
 impl GroupMeta {
     pub(crate) fn new(conf_state: ConfState) -> Self {
         Self {
-            conf_state,
+            conf_state: Arc::new(conf_state),
             bounds: Bounds {
                 first_index: 1,
                 trunc_index: 0,
@@ -37,14 +39,6 @@ impl GroupMeta {
             ..Default::default()
         }
     }
-}
-
-/// Changes to the entry cache, replayed by `stage` once the batch is validated.
-#[derive(Debug)]
-pub(crate) enum CacheOp {
-    Append(Vec<Entry>),
-    DropBelow(u64),
-    Clear,
 }
 
 /// The in-memory state of a group, as staged.
@@ -62,23 +56,21 @@ pub(crate) struct GroupState {
 }
 
 impl GroupState {
-    pub(crate) fn apply_cache_op(&mut self, seq: u64, op: CacheOp) {
-        match op {
-            CacheOp::Append(entries) => {
-                let Some(start) = entries.first().map(|e| e.index) else {
-                    return;
-                };
-                while self.cache.back().is_some_and(|(_, e)| e.index >= start) {
-                    self.cache.pop_back();
-                }
-                self.cache.extend(entries.into_iter().map(|e| (seq, e)));
-            }
-            CacheOp::DropBelow(index) => {
-                while self.cache.front().is_some_and(|(_, e)| e.index < index) {
-                    self.cache.pop_front();
-                }
-            }
-            CacheOp::Clear => self.cache.clear(),
+    /// Appends entries a batch wrote, dropping the cached suffix they replace.
+    pub(crate) fn cache_append(&mut self, seq: u64, entries: Vec<Entry>) {
+        let Some(start) = entries.first().map(|e| e.index) else {
+            return;
+        };
+        while self.cache.back().is_some_and(|(_, e)| e.index >= start) {
+            self.cache.pop_back();
+        }
+        self.cache.extend(entries.into_iter().map(|e| (seq, e)));
+    }
+
+    /// Drops the cached entries below `index` (a compaction).
+    pub(crate) fn cache_drop_below(&mut self, index: u64) {
+        while self.cache.front().is_some_and(|(_, e)| e.index < index) {
+            self.cache.pop_front();
         }
     }
 
@@ -160,7 +152,7 @@ impl GroupStorage {
     /// The staged conf state.
     #[must_use]
     pub fn conf_state(&self) -> ConfState {
-        read(&self.cell).meta.conf_state.clone()
+        ConfState::clone(&read(&self.cell).meta.conf_state)
     }
 
     /// The staged applied index.
@@ -184,7 +176,7 @@ impl GroupStorage {
     /// Metadata of the stored snapshot, if any.
     #[must_use]
     pub fn snapshot_metadata(&self) -> Option<SnapshotMetadata> {
-        read(&self.cell).meta.snapshot_meta.clone()
+        read(&self.cell).meta.snapshot_meta.as_deref().cloned()
     }
 
     /// Whether the group was deleted since this handle was taken.
@@ -230,6 +222,11 @@ struct Limited {
 impl Limited {
     /// Returns false once the limit is reached (the entry is then not added).
     fn push(&mut self, e: Entry) -> bool {
+        if self.max == u64::MAX {
+            // No limit: skip sizing the entry (a protobuf size computation per entry).
+            self.out.push(e);
+            return true;
+        }
         let s = u64::from(e.compute_size());
         if !self.out.is_empty() && self.size.saturating_add(s) > self.max {
             return false;
@@ -245,7 +242,7 @@ impl raft::Storage for GroupStorage {
         let st = self.live()?;
         Ok(RaftState::new(
             st.meta.hard_state.clone(),
-            st.meta.conf_state.clone(),
+            ConfState::clone(&st.meta.conf_state),
         ))
     }
 
@@ -265,7 +262,9 @@ impl raft::Storage for GroupStorage {
             return Err(raft::Error::Store(raft::StorageError::Unavailable));
         }
         let mut acc = Limited {
-            out: Vec::with_capacity(usize::try_from(high - low).unwrap_or(0).min(1024)),
+            // raft asks for up to a whole log with a size limit that often stops at a few
+            // entries: start small rather than reserve for the whole range.
+            out: Vec::with_capacity(usize::try_from(high - low).unwrap_or(0).min(64)),
             size: 0,
             max: max_size.into().unwrap_or(u64::MAX),
         };
@@ -341,7 +340,7 @@ impl raft::Storage for GroupStorage {
             }
             let data = self.store.read_snapshot_data(self.id)?;
             let mut snap = Snapshot::default();
-            snap.set_metadata(meta.clone());
+            snap.set_metadata(SnapshotMetadata::clone(meta));
             snap.data = data.to_vec().into();
             return Ok(snap);
         }
@@ -355,7 +354,7 @@ impl raft::Storage for GroupStorage {
         let meta = snap.mut_metadata();
         meta.index = index;
         meta.term = st.meta.bounds.trunc_term;
-        meta.set_conf_state(st.meta.conf_state.clone());
+        meta.set_conf_state(ConfState::clone(&st.meta.conf_state));
         Ok(snap)
     }
 }

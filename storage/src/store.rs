@@ -1,7 +1,7 @@
 //! [`LogStore`]: the fjall database, the groups it holds, and the stage/commit pipeline that
 //! turns a [`WriteBatch`] into one atomic, durable fjall batch with one persist.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -12,7 +12,7 @@ use routing::GroupId;
 use tracing::{debug, error, info, info_span};
 
 use crate::batch::{Op, WriteBatch};
-use crate::group::{self, CacheOp, Cell, GroupMeta, GroupState, GroupStorage};
+use crate::group::{self, Cell, GroupMeta, GroupState, GroupStorage};
 use crate::keys::{self, Bounds, LogKey, MetaKey, Tag};
 use crate::{StorageError, StoreOptions};
 
@@ -81,8 +81,8 @@ pub(crate) struct Inner {
     meta: Keyspace,
     options: StoreOptions,
     groups: RwLock<HashMap<GroupId, Cell>>,
-    /// Serializes `stage`; holds the next sequence number to hand out.
-    stage: Mutex<u64>,
+    /// Serializes `stage`.
+    stage: Mutex<StageState>,
     /// Serializes `commit`.
     commit: Mutex<()>,
     durable_seq: AtomicU64,
@@ -206,7 +206,6 @@ pub struct StagedBatch {
     seq: u64,
     batch: Option<fjall::OwnedWriteBatch>,
     info: CommitInfo,
-    touched: Vec<Cell>,
     inner: Arc<Inner>,
 }
 
@@ -244,6 +243,38 @@ impl Drop for StagedBatch {
     }
 }
 
+/// What `stage` serializes on: the next sequence number, and the groups of staged batches
+/// whose caches may hold durable entries over the cap once their batch commits. `commit`
+/// never touches a group's lock, so reads on the coordinator thread never wait for the
+/// thread that fsyncs; the trimming happens here, on the staging thread, at the next
+/// `stage` (or at the end of `write`).
+pub(crate) struct StageState {
+    next_seq: u64,
+    untrimmed: VecDeque<(u64, Vec<Cell>)>,
+}
+
+impl StageState {
+    /// Trims the caches of the groups of every batch durable by now.
+    fn trim_durable(&mut self, cap: usize, durable: u64) {
+        while self.untrimmed.front().is_some_and(|(s, _)| *s <= durable) {
+            let Some((_, cells)) = self.untrimmed.pop_front() else {
+                break;
+            };
+            for cell in cells {
+                let mut st = group::write(&cell);
+                st.trim_cache(cap, durable);
+                if st
+                    .pending_snapshot
+                    .as_ref()
+                    .is_some_and(|(s, _)| *s <= durable)
+                {
+                    st.pending_snapshot = None;
+                }
+            }
+        }
+    }
+}
+
 /// Per-group bookkeeping while staging.
 struct Sim {
     /// The group's cell when staging began, if it existed.
@@ -255,8 +286,6 @@ struct Sim {
     dirty: u8,
     /// Highest log index written for this group in this batch.
     max_written: Option<u64>,
-    cache_ops: Vec<CacheOp>,
-    pending_snapshot: Option<Snapshot>,
 }
 
 const D_BOUNDS: u8 = 1;
@@ -266,11 +295,11 @@ const D_APPLIED: u8 = 8;
 const D_SNAP: u8 = 16;
 const D_ALL: u8 = 31;
 
-/// The log writes of a batch, in op order. A batch of plain appends writes every key once,
-/// in order, so the writes go to fjall as they are; only when a key may be written twice (an
-/// append over this batch's own suffix, a compaction after an append, ...) are they sorted
-/// and deduplicated, last write winning: fjall gives every item of a batch the same seqno, so
-/// two writes of one key in one batch would be ambiguous.
+/// The log writes of a batch, group by group, each group's in op order. A batch of plain
+/// appends writes every key once, so the writes go to fjall as they are; only when a key may
+/// be written twice (an append over this batch's own suffix, a compaction after an append,
+/// ...) are they sorted and deduplicated, last write winning: fjall gives every item of a
+/// batch the same seqno, so two writes of one key in one batch would be ambiguous.
 #[derive(Default)]
 struct LogOps {
     items: Vec<(LogKey, Option<Vec<u8>>)>,
@@ -315,6 +344,74 @@ impl LogOps {
     }
 }
 
+/// Emits the meta records of one group after its ops were simulated; `snap` is the snapshot
+/// this batch stored for it, if any.
+fn emit_meta(
+    g: GroupId,
+    sim: &Sim,
+    snap: Option<&Snapshot>,
+    meta_ops: &mut Vec<(MetaKey, Option<Vec<u8>>)>,
+) {
+    let Some(m) = &sim.meta else {
+        if sim.cell.is_some() {
+            for tag in Tag::ALL {
+                meta_ops.push((keys::meta_key(g, tag), None));
+            }
+        }
+        return;
+    };
+    let mut put = |tag, v: Option<Vec<u8>>| meta_ops.push((keys::meta_key(g, tag), v));
+    if sim.dirty & D_BOUNDS != 0 {
+        put(Tag::Bounds, Some(m.bounds.encode()));
+    }
+    if sim.dirty & D_HS != 0 {
+        put(Tag::HardState, Some(keys::encode_pb(&m.hard_state)));
+    }
+    if sim.dirty & D_CS != 0 {
+        put(Tag::ConfState, Some(keys::encode_pb(&*m.conf_state)));
+    }
+    if sim.dirty & D_APPLIED != 0 {
+        put(Tag::Applied, Some(keys::encode_u64(m.applied)));
+    }
+    if sim.dirty & D_SNAP != 0 {
+        match (&m.snapshot_meta, snap) {
+            (Some(sm), Some(snap)) => {
+                put(Tag::SnapshotMeta, Some(keys::encode_pb(&**sm)));
+                put(Tag::SnapshotData, Some(snap.data.to_vec()));
+            }
+            _ => {
+                put(Tag::SnapshotMeta, None);
+                put(Tag::SnapshotData, None);
+            }
+        }
+    }
+}
+
+/// Replays a validated group's ops on its in-memory state: the entries move into the cache
+/// (they were only borrowed to encode them), snapshots into `pending_snapshot`.
+fn publish_ops(st: &mut GroupState, seq: u64, ops: Vec<Op>) {
+    let mut pending = None;
+    for op in ops {
+        match op {
+            Op::Create(_) | Op::Delete => {
+                st.cache.clear();
+                pending = None;
+            }
+            Op::Append(entries) => st.cache_append(seq, entries),
+            Op::ApplySnapshot(snap) => {
+                st.cache.clear();
+                pending = Some(snap);
+            }
+            Op::SaveSnapshot(snap) => pending = Some(snap),
+            Op::Compact(index) => st.cache_drop_below(index),
+            Op::HardState(_) | Op::ConfState(_) | Op::Applied(_) => {}
+        }
+    }
+    if let Some(snap) = pending {
+        st.pending_snapshot = Some((seq, snap));
+    }
+}
+
 impl LogStore {
     /// Opens the database in `dir`, creating it if needed, and recovers every group it holds.
     ///
@@ -350,7 +447,10 @@ impl LogStore {
                 meta,
                 options,
                 groups: RwLock::new(groups),
-                stage: Mutex::new(1),
+                stage: Mutex::new(StageState {
+                    next_seq: 1,
+                    untrimmed: VecDeque::new(),
+                }),
                 commit: Mutex::new(()),
                 durable_seq: AtomicU64::new(0),
                 poisoned: AtomicBool::new(false),
@@ -427,7 +527,11 @@ impl LogStore {
     /// As [`LogStore::stage`] and [`LogStore::commit`].
     pub fn write(&self, batch: WriteBatch) -> Result<CommitInfo, StorageError> {
         let staged = self.stage(batch)?;
-        self.commit(staged)
+        let info = self.commit(staged)?;
+        // Same thread as the stage: trim the caches this batch filled now that it is durable.
+        lock(&self.inner.stage)
+            .trim_durable(self.inner.options.entry_cache_per_group, self.durable_seq());
+        Ok(info)
     }
 
     /// Validates a batch and makes its effects visible to every [`GroupStorage`] read at
@@ -442,91 +546,54 @@ impl LogStore {
     /// [`StorageError::CompactBeyondLog`], [`StorageError::SnapshotOutOfRange`].
     pub fn stage(&self, batch: WriteBatch) -> Result<StagedBatch, StorageError> {
         self.inner.check_poison()?;
-        let mut next_seq = lock(&self.inner.stage);
-        let seq = *next_seq;
-        let mut order: Vec<GroupId> = Vec::with_capacity(batch.groups_touched());
-        let mut sims: HashMap<GroupId, Sim> = HashMap::with_capacity(batch.groups_touched());
-        let mut log_ops = LogOps::default();
-        // One entry per group and tag at most: written once per group after pass 1.
-        let mut meta_ops: Vec<(MetaKey, Option<Vec<u8>>)> = Vec::new();
+        let mut stage = lock(&self.inner.stage);
+        let seq = stage.next_seq;
+        let cap = self.inner.options.entry_cache_per_group;
+        let durable = self.durable_seq();
+        stage.trim_durable(cap, durable);
         let mut info = CommitInfo {
             seq,
             groups: batch.groups_touched(),
             entries: batch.entry_count(),
             bytes: 0,
         };
+        let mut sims: Vec<Sim> = Vec::with_capacity(batch.groups.len());
+        let mut log_ops = LogOps {
+            items: Vec::with_capacity(batch.entry_count()),
+            needs_dedup: false,
+        };
+        // One entry per group and tag at most.
+        let mut meta_ops: Vec<(MetaKey, Option<Vec<u8>>)> = Vec::with_capacity(batch.groups.len());
 
         // Pass 1: validate every op against a simulated state and collect the key writes.
         // Nothing shared changes here, so an error leaves the store as it was.
         {
             let map = self.groups_map();
-            for (g, op) in batch.ops {
-                let sim = sims.entry(g).or_insert_with(|| {
-                    order.push(g);
-                    let cell = map.get(&g).cloned();
-                    let meta = cell.as_ref().map(|c| group::read(c).meta.clone());
-                    Sim {
-                        cell,
-                        meta,
-                        replaced: false,
-                        dirty: 0,
-                        max_written: None,
-                        cache_ops: Vec::new(),
-                        pending_snapshot: None,
-                    }
-                });
-                stage_op(g, op, sim, &mut log_ops)?;
-            }
-        }
-        for g in &order {
-            let Some(sim) = sims.get(g) else { continue };
-            match &sim.meta {
-                None => {
-                    if sim.cell.is_some() {
-                        for tag in Tag::ALL {
-                            meta_ops.push((keys::meta_key(*g, tag), None));
-                        }
-                    }
+            for (g, ops) in &batch.groups {
+                let cell = map.get(g).cloned();
+                let meta = cell.as_ref().map(|c| group::read(c).meta.clone());
+                let mut sim = Sim {
+                    cell,
+                    meta,
+                    replaced: false,
+                    dirty: 0,
+                    max_written: None,
+                };
+                let mut snap = None;
+                for op in ops {
+                    stage_op(*g, op, &mut sim, &mut log_ops, &mut snap)?;
                 }
-                Some(m) => {
-                    let mut put = |tag, v: Option<Vec<u8>>| {
-                        meta_ops.push((keys::meta_key(*g, tag), v));
-                    };
-                    if sim.dirty & D_BOUNDS != 0 {
-                        put(Tag::Bounds, Some(m.bounds.encode()));
-                    }
-                    if sim.dirty & D_HS != 0 {
-                        put(Tag::HardState, Some(keys::encode_pb(&m.hard_state)));
-                    }
-                    if sim.dirty & D_CS != 0 {
-                        put(Tag::ConfState, Some(keys::encode_pb(&m.conf_state)));
-                    }
-                    if sim.dirty & D_APPLIED != 0 {
-                        put(Tag::Applied, Some(keys::encode_u64(m.applied)));
-                    }
-                    if sim.dirty & D_SNAP != 0 {
-                        match (&m.snapshot_meta, &sim.pending_snapshot) {
-                            (Some(sm), Some(snap)) => {
-                                put(Tag::SnapshotMeta, Some(keys::encode_pb(sm)));
-                                put(Tag::SnapshotData, Some(snap.data.to_vec()));
-                            }
-                            _ => {
-                                put(Tag::SnapshotMeta, None);
-                                put(Tag::SnapshotData, None);
-                            }
-                        }
-                    }
-                }
+                emit_meta(*g, &sim, snap, &mut meta_ops);
+                sims.push(sim);
             }
         }
 
-        let persist = self.inner.options.persist.to_fjall();
         let log_ops = log_ops.finish();
         let mut fb = fjall::OwnedWriteBatch::with_capacity(
             self.inner.db.clone(),
             log_ops.len() + meta_ops.len(),
         )
-        .durability(Some(persist));
+        .durability(Some(self.inner.options.persist.to_fjall()));
         for (k, v) in log_ops {
             info.bytes += k.len() + v.as_ref().map_or(0, Vec::len);
             match v {
@@ -542,17 +609,19 @@ impl LogStore {
             }
         }
 
-        // Pass 2: publish. Infallible from here on.
-        let cap = self.inner.options.entry_cache_per_group;
-        let durable = self.durable_seq();
-        let mut touched = Vec::with_capacity(order.len());
-        let mut map = self
-            .inner
-            .groups
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for g in order {
-            let Some(sim) = sims.remove(&g) else { continue };
+        // Pass 2: publish. Infallible from here on. The group map is only locked for writing
+        // when a group comes or goes; plain appends only take each group's own lock, briefly.
+        let structural = sims
+            .iter()
+            .any(|s| s.replaced || s.cell.is_none() || s.meta.is_none());
+        let mut map = structural.then(|| {
+            self.inner
+                .groups
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        });
+        let mut touched = Vec::with_capacity(sims.len());
+        for ((g, ops), sim) in batch.groups.into_iter().zip(sims) {
             let fresh = sim.replaced || sim.cell.is_none();
             if fresh && let Some(old) = &sim.cell {
                 let mut st = group::write(old);
@@ -561,44 +630,44 @@ impl LogStore {
                 st.pending_snapshot = None;
             }
             let Some(meta) = sim.meta else {
-                map.remove(&g);
+                if let Some(map) = map.as_mut() {
+                    map.remove(&g);
+                }
                 continue;
             };
-            let cell = match (&sim.cell, fresh) {
-                (Some(c), false) => c.clone(),
+            let cell = match (sim.cell, fresh) {
+                (Some(c), false) => c,
                 _ => {
                     let c: Cell = Arc::new(RwLock::new(GroupState::default()));
-                    map.insert(g, c.clone());
+                    if let Some(map) = map.as_mut() {
+                        map.insert(g, c.clone());
+                    }
                     c
                 }
             };
             {
                 let mut st = group::write(&cell);
                 st.meta = meta;
-                for op in sim.cache_ops {
-                    st.apply_cache_op(seq, op);
-                }
-                if let Some(snap) = sim.pending_snapshot {
-                    st.pending_snapshot = Some((seq, snap));
-                }
+                publish_ops(&mut st, seq, ops);
                 st.trim_cache(cap, durable);
             }
             touched.push(cell);
         }
         drop(map);
-        *next_seq += 1;
+        stage.untrimmed.push_back((seq, touched));
+        stage.next_seq += 1;
         Ok(StagedBatch {
             seq,
             batch: Some(fb),
             info,
-            touched,
             inner: self.inner.clone(),
         })
     }
 
     /// Writes a staged batch with one fjall write batch and one persist in the configured
     /// mode. When it returns `Ok`, every part of the batch is durable. Callable from another
-    /// thread than `stage`; batches must be committed in stage order.
+    /// thread than `stage`; batches must be committed in stage order. It takes no group's
+    /// lock: reads of every group proceed while it runs.
     ///
     /// # Errors
     ///
@@ -636,14 +705,6 @@ impl LogStore {
         }
         inner.stats.entries_written.inc(info.entries as u64);
         inner.stats.bytes_written.inc(info.bytes as u64);
-        let cap = inner.options.entry_cache_per_group;
-        for cell in staged.touched.drain(..) {
-            let mut st = group::write(&cell);
-            st.trim_cache(cap, seq);
-            if st.pending_snapshot.as_ref().is_some_and(|(s, _)| *s <= seq) {
-                st.pending_snapshot = None;
-            }
-        }
         debug!(
             seq,
             groups = info.groups,
@@ -656,16 +717,21 @@ impl LogStore {
 }
 
 /// Applies one op to the simulated state of its group, recording key writes.
-fn stage_op(g: GroupId, op: Op, sim: &mut Sim, log_ops: &mut LogOps) -> Result<(), StorageError> {
+fn stage_op<'b>(
+    g: GroupId,
+    op: &'b Op,
+    sim: &mut Sim,
+    log_ops: &mut LogOps,
+    snap_out: &mut Option<&'b Snapshot>,
+) -> Result<(), StorageError> {
     if let Op::Create(cs) = op {
         if sim.meta.is_some() {
             return Err(StorageError::GroupExists { group: g });
         }
-        sim.meta = Some(GroupMeta::new(cs));
+        sim.meta = Some(GroupMeta::new(cs.clone()));
         sim.replaced = sim.cell.is_some();
         sim.dirty = D_ALL;
-        sim.cache_ops.clear();
-        sim.pending_snapshot = None;
+        *snap_out = None;
         return Ok(());
     }
     let Some(m) = sim.meta.as_mut() else {
@@ -703,22 +769,21 @@ fn stage_op(g: GroupId, op: Op, sim: &mut Sim, log_ops: &mut LogOps) -> Result<(
             if m.last_index > new_last {
                 log_ops.remove_range(&mut sim.max_written, g, new_last + 1, m.last_index);
             }
-            for e in &entries {
+            for e in entries {
                 log_ops.put(&mut sim.max_written, g, e.index, Some(keys::encode_pb(e)));
             }
             m.last_index = new_last;
-            sim.cache_ops.push(CacheOp::Append(entries));
         }
         Op::HardState(hs) => {
-            m.hard_state = hs;
+            m.hard_state = hs.clone();
             sim.dirty |= D_HS;
         }
         Op::ConfState(cs) => {
-            m.conf_state = cs;
+            m.conf_state = Arc::new(cs.clone());
             sim.dirty |= D_CS;
         }
         Op::Applied(index) => {
-            m.applied = index;
+            m.applied = *index;
             sim.dirty |= D_APPLIED;
         }
         Op::ApplySnapshot(snap) => {
@@ -740,13 +805,12 @@ fn stage_op(g: GroupId, op: Op, sim: &mut Sim, log_ops: &mut LogOps) -> Result<(
                 trunc_term: sm.term,
             };
             m.last_index = sm.index;
-            m.conf_state = sm.get_conf_state().clone();
+            m.conf_state = Arc::new(sm.get_conf_state().clone());
             m.hard_state.term = m.hard_state.term.max(sm.term);
             m.hard_state.commit = sm.index;
-            m.snapshot_meta = Some(sm.clone());
+            m.snapshot_meta = Some(Arc::new(sm.clone()));
             sim.dirty |= D_BOUNDS | D_HS | D_CS | D_SNAP;
-            sim.cache_ops.push(CacheOp::Clear);
-            sim.pending_snapshot = Some(snap);
+            *snap_out = Some(snap);
         }
         Op::SaveSnapshot(snap) => {
             let sm = snap.get_metadata();
@@ -759,11 +823,12 @@ fn stage_op(g: GroupId, op: Op, sim: &mut Sim, log_ops: &mut LogOps) -> Result<(
                     last_index: m.last_index,
                 });
             }
-            m.snapshot_meta = Some(sm.clone());
+            m.snapshot_meta = Some(Arc::new(sm.clone()));
             sim.dirty |= D_SNAP;
-            sim.pending_snapshot = Some(snap);
+            *snap_out = Some(snap);
         }
         Op::Compact(index) => {
+            let index = *index;
             if index <= first {
                 return Ok(());
             }
@@ -777,7 +842,6 @@ fn stage_op(g: GroupId, op: Op, sim: &mut Sim, log_ops: &mut LogOps) -> Result<(
             log_ops.remove_range(&mut sim.max_written, g, first, index - 1);
             m.bounds.first_index = index;
             sim.dirty |= D_BOUNDS;
-            sim.cache_ops.push(CacheOp::DropBelow(index));
         }
         Op::Delete => {
             if m.last_index >= first {
@@ -786,8 +850,7 @@ fn stage_op(g: GroupId, op: Op, sim: &mut Sim, log_ops: &mut LogOps) -> Result<(
             sim.meta = None;
             sim.replaced = sim.cell.is_some();
             sim.dirty = D_ALL;
-            sim.cache_ops.clear();
-            sim.pending_snapshot = None;
+            *snap_out = None;
         }
     }
     Ok(())
@@ -831,9 +894,11 @@ fn recover(
         match tag {
             Tag::Bounds => r.bounds = Some(Bounds::decode(g, &v)?),
             Tag::HardState => r.meta.hard_state = keys::decode_hard_state(g, &v)?,
-            Tag::ConfState => r.meta.conf_state = keys::decode_conf_state(g, &v)?,
+            Tag::ConfState => r.meta.conf_state = Arc::new(keys::decode_conf_state(g, &v)?),
             Tag::Applied => r.meta.applied = keys::decode_u64(g, "applied", &v)?,
-            Tag::SnapshotMeta => r.meta.snapshot_meta = Some(keys::decode_snapshot_meta(g, &v)?),
+            Tag::SnapshotMeta => {
+                r.meta.snapshot_meta = Some(Arc::new(keys::decode_snapshot_meta(g, &v)?));
+            }
             Tag::SnapshotData => {}
         }
     }
@@ -907,4 +972,47 @@ fn recover(
         }
     }
     Ok(groups)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use raft::eraftpb::ConfState;
+
+    use super::*;
+
+    /// A reader on the coordinator thread must never wait for the thread that fsyncs: commit
+    /// takes no group's lock. Here a group's lock is held for writing while another thread
+    /// commits a batch of that group; the commit must finish regardless.
+    #[test]
+    fn commit_takes_no_group_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path(), StoreOptions::default()).unwrap();
+        let g = GroupId(1);
+        let mut b = store.batch();
+        b.create_group(g, ConfState::default());
+        b.append(
+            g,
+            &[Entry {
+                index: 1,
+                term: 1,
+                ..Default::default()
+            }],
+        );
+        let staged = store.stage(b).unwrap();
+        let cell = store.groups_map().get(&g).cloned().unwrap();
+        let held = group::write(&cell);
+        let (tx, rx) = mpsc::channel();
+        let committer = {
+            let store = store.clone();
+            std::thread::spawn(move || tx.send(store.commit(staged).map(|i| i.seq)))
+        };
+        let done = rx.recv_timeout(Duration::from_secs(30));
+        drop(held);
+        committer.join().unwrap().ok();
+        assert_eq!(done.unwrap().unwrap(), 1);
+        assert_eq!(store.durable_seq(), 1);
+    }
 }
