@@ -6,9 +6,26 @@
 //! the same hard-state records into two fjall keyspaces with one `OwnedWriteBatch` and the
 //! same persist mode, so the ratio between the two is the cost of the store itself.
 //!
+//! The baseline does exactly the work the store cannot skip, no more, no less: it encodes the
+//! same entries with the same encoder (`write_to_bytes`, as the store does), under the same
+//! keys, in a database opened with the store's default options. What it does not do is the
+//! store's own job: validate the batch against each group's state, keep the entries readable
+//! before they are durable (the entry cache), and publish the new state to readers.
+//!
 //! Throughput is in entries/s. After each pair the fsyncs per entry of both are printed.
 //! All writes go to one local disk; nothing here is replicated (a replicated entry is written
 //! once per replica, on one machine all on the same disk).
+//!
+//! The machine these run on is noisy; for a figure it cannot distort, count instructions with
+//! a fixed number of batches instead of criterion's timing loop:
+//!
+//! ```text
+//! PONTOON_STORAGE_PROFILE=raw,1024,16,40 valgrind --tool=callgrind \
+//!     --toggle-collect='*run_batches*' target/release/deps/storage-<hash>
+//! PONTOON_STORAGE_PROFILE=store,1024,16,40 valgrind ...   # same, through the store
+//! ```
+//!
+//! and divide the collected instructions by the entries written (printed at the end).
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,7 +33,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use bytes::Bytes;
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState};
@@ -66,7 +83,9 @@ struct Raw {
 impl Raw {
     fn new() -> Raw {
         let dir = tempfile::tempdir().unwrap();
+        // The options `LogStore::open` uses by default.
         let db = Database::builder(dir.path())
+            .cache_size(StoreOptions::default().block_cache_bytes)
             .manual_journal_persist(true)
             .open()
             .unwrap();
@@ -190,9 +209,44 @@ fn durable_appends(c: &mut Criterion) {
     group.finish();
 }
 
+/// A fixed number of batches of one shape, through `raw` or `store`: for instruction counts.
+#[inline(never)]
+fn run_batches(which: &str, groups: u64, per_group: u64, batches: u64, data: &Bytes) -> u64 {
+    match which {
+        "raw" => {
+            let mut raw = Raw::new();
+            for _ in 0..batches {
+                raw.append(groups, per_group, data);
+            }
+            raw.entries
+        }
+        _ => {
+            let mut store = Store::new(groups);
+            let before = store.store.stats().entries_written;
+            for _ in 0..batches {
+                store.append(groups, per_group, data);
+            }
+            store.store.stats().entries_written - before
+        }
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
     targets = durable_appends
 }
-criterion_main!(benches);
+
+fn main() {
+    // PONTOON_STORAGE_PROFILE=<raw|store>,<groups>,<entries per group>,<batches>
+    if let Ok(spec) = std::env::var("PONTOON_STORAGE_PROFILE") {
+        let parts: Vec<&str> = spec.split(',').collect();
+        let num = |i: usize| parts.get(i).and_then(|p| p.parse::<u64>().ok()).unwrap();
+        let data = Bytes::from(vec![0xA5u8; ENTRY_BYTES]);
+        let entries = run_batches(parts[0], num(1), num(2), num(3), &data);
+        println!("{spec}: {entries} entries written");
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
