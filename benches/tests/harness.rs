@@ -34,8 +34,8 @@ async fn report_of_a_short_three_node_run_is_consistent_and_complete() {
     assert!(report.fsyncs_per_proposal > 0.0);
     assert!(report.wire_bytes_per_proposal > 0.0);
     assert!(report.wire_msgs_per_proposal > 0.0);
-    // Every proposal is at least one append frame to each of two followers.
-    assert!(report.wire_msgs_per_proposal <= report.wire_bytes_per_proposal);
+    // A committed command reached at least one follower, so its bytes crossed the wire.
+    assert!(report.wire_bytes_per_proposal >= config.command_bytes as f64);
     assert!(report.latency_us.p50 <= report.latency_us.p99);
     assert!(report.latency_us.p99 <= report.latency_us.p999);
     assert!(report.latency_us.p50 > 0);
