@@ -4,13 +4,13 @@
 //! [`StreamReader`] is sans-IO: bytes in, envelopes out, or a [`Refusal`] that says why the
 //! stream must be reset.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use raft::eraftpb;
 use routing::{GroupId, NodeId};
 
 use crate::stats::Counters;
 use crate::wire::{self, StreamHeader, StreamKind, WireError};
-use crate::{Envelope, GroupFilter, SendError, convert};
+use crate::{Envelope, GroupFilter, SendError, convert, direct};
 
 /// Application error codes of `RecvStream::stop` (stream resets) and connection closes.
 pub mod codes {
@@ -133,35 +133,44 @@ pub(crate) fn encode(
     };
     match envelope {
         Envelope::Raft { group, messages } => {
-            let mut out = BytesMut::new();
-            let mut frames = 0;
-            let count = messages.len() as u64;
-            let mut batch = wire::RaftBatch {
-                from: from.get(),
-                messages: Vec::new(),
-            };
-            // Prefix, tag and length of each message inside the batch.
-            let overhead = |len: usize| len + 1 + prost::length_delimiter_len(len);
-            let mut batch_len = 16;
-            for m in &messages {
-                let w = convert::to_wire(m);
-                let len = overhead(prost::Message::encoded_len(&w));
-                if !batch.messages.is_empty() && batch_len + len > max_frame_bytes {
-                    wire::encode_frame(&batch, max_frame_bytes, &mut out).map_err(too_large)?;
-                    frames += 1;
-                    batch.messages.clear();
-                    batch_len = 16;
+            // Encoded straight from raft-rs' structs (see `direct`): the same bytes as prost
+            // on `to_wire`, without building them first.
+            let max = max_frame_bytes.min(u32::MAX as usize);
+            let lens: Vec<usize> = messages.iter().map(direct::message_len).collect();
+            // Split between messages so that every frame fits: (start, end) of each.
+            let mut cuts: Vec<(usize, usize)> = Vec::with_capacity(1);
+            let mut start = 0;
+            let mut body = direct::batch_len(from.get(), &[]);
+            for (i, &len) in lens.iter().enumerate() {
+                let add = direct::batch_len(0, &[len]);
+                if i > start && body + add > max {
+                    cuts.push((start, i));
+                    start = i;
+                    body = direct::batch_len(from.get(), &[]);
                 }
-                batch_len += len;
-                batch.messages.push(w);
+                body += add;
             }
-            wire::encode_frame(&batch, max_frame_bytes, &mut out).map_err(too_large)?;
-            frames += 1;
+            cuts.push((start, lens.len()));
+            let mut total = 0;
+            for &(a, b) in &cuts {
+                let len = direct::batch_len(from.get(), &lens[a..b]);
+                if len > max {
+                    return Err(SendError::FrameTooLarge { len, max });
+                }
+                total += wire::LENGTH_PREFIX + len;
+            }
+            let mut out = BytesMut::with_capacity(total);
+            for &(a, b) in &cuts {
+                let len = direct::batch_len(from.get(), &lens[a..b]);
+                // `len <= max <= u32::MAX`, checked above.
+                out.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+                direct::batch_put(from.get(), &messages[a..b], &lens[a..b], &mut out);
+            }
             Ok(Encoded::Frames(Frames {
                 key: StreamKey::Raft(group),
                 bytes: out.freeze(),
-                frames,
-                messages: count,
+                frames: cuts.len() as u64,
+                messages: messages.len() as u64,
             }))
         }
         Envelope::Heartbeats(mut batch) => {
@@ -312,18 +321,39 @@ impl StreamReader {
         }
     }
 
-    /// Feeds received bytes; returns the envelopes they complete.
+    /// Feeds received bytes; returns the envelopes they complete. The raft frames of one
+    /// feed come back as one envelope holding all their messages, in order: one event per
+    /// read for the coordinator, not one per frame.
     pub(crate) fn feed(
         &mut self,
-        bytes: &[u8],
+        bytes: Bytes,
         counters: &Counters,
     ) -> Result<Vec<Envelope>, Refusal> {
-        Counters::add(&counters.bytes_received, bytes.len() as u64);
-        self.dec.extend(bytes);
-        let mut out = Vec::new();
-        while let Some(body) = self.dec.next_frame().map_err(Refusal::from_wire)? {
-            if let Some(env) = self.frame(body, counters)? {
-                out.push(env);
+        self.feed_all([bytes], counters)
+    }
+
+    /// [`StreamReader::feed`] for several reads at once.
+    pub(crate) fn feed_all(
+        &mut self,
+        reads: impl IntoIterator<Item = Bytes>,
+        counters: &Counters,
+    ) -> Result<Vec<Envelope>, Refusal> {
+        let mut out: Vec<Envelope> = Vec::new();
+        for bytes in reads {
+            Counters::add(&counters.bytes_received, bytes.len() as u64);
+            self.dec.push(bytes);
+            while let Some(body) = self.dec.next_frame().map_err(Refusal::from_wire)? {
+                match self.frame(body, counters)? {
+                    Some(Envelope::Raft { group, messages }) => match out.last_mut() {
+                        Some(Envelope::Raft {
+                            group: g,
+                            messages: m,
+                        }) if *g == group => m.extend(messages),
+                        _ => out.push(Envelope::Raft { group, messages }),
+                    },
+                    Some(env) => out.push(env),
+                    None => {}
+                }
             }
         }
         Ok(out)
@@ -445,6 +475,77 @@ impl StreamReader {
             }
             State::SnapshotHead(_) => Err(Refusal::Malformed(WireError::Truncated { buffered: 0 })),
             _ => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::convert::tests::message;
+
+    fn raft(messages: Vec<eraftpb::Message>) -> Envelope {
+        Envelope::Raft {
+            group: GroupId(4),
+            messages,
+        }
+    }
+
+    /// The frames of an encoding, each checked against `max`.
+    fn frames_of(bytes: &Bytes, max: usize) -> Vec<wire::RaftBatch> {
+        let mut dec = wire::FrameDecoder::new(max);
+        dec.push(bytes.clone());
+        let mut out = Vec::new();
+        while let Some(body) = dec.next_frame().expect("within max") {
+            out.push(wire::decode_body("RaftBatch", body).expect("decodes"));
+        }
+        dec.finish().expect("whole frames");
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn raft_envelopes_split_into_fitting_frames_and_read_back_in_order(
+            mut messages in proptest::collection::vec(message(), 0..12),
+            max in 200usize..2048,
+        ) {
+            // The reader checks every sender against the peer's certificate.
+            for m in &mut messages {
+                m.from = 7;
+            }
+            let lens: Vec<usize> = messages.iter().map(direct::message_len).collect();
+            match encode(NodeId(7), raft(messages.clone()), max) {
+                Ok(Encoded::Frames(f)) => {
+                    let batches = frames_of(&f.bytes, max);
+                    prop_assert_eq!(f.frames, batches.len() as u64);
+                    prop_assert_eq!(f.messages, messages.len() as u64);
+                    // Split only where needed: two neighbours would not fit in one frame.
+                    for w in batches.windows(2) {
+                        let joined = wire::RaftBatch {
+                            from: 7,
+                            messages: [w[0].messages.clone(), w[1].messages.clone()].concat(),
+                        };
+                        prop_assert!(prost::Message::encoded_len(&joined) > max);
+                    }
+                    let mut reader = StreamReader::new(NodeId(7), max, u64::MAX, Arc::new(|_| true));
+                    let counters = Counters::default();
+                    reader.feed(header_frame(StreamKind::Raft, 4), &counters).expect("header");
+                    let envs = reader.feed(f.bytes.clone(), &counters).expect("frames");
+                    prop_assert_eq!(envs, vec![raft(messages)]);
+                }
+                Ok(Encoded::Snapshot(_)) => prop_assert!(false, "not a snapshot"),
+                Err(SendError::FrameTooLarge { len, max: m }) => {
+                    prop_assert_eq!(m, max);
+                    // Only a message that cannot fit in a frame of its own is refused.
+                    prop_assert!(len > max);
+                    prop_assert!(lens.iter().any(|&l| direct::batch_len(7, &[l]) == len));
+                }
+                Err(e) => prop_assert!(false, "unexpected {e}"),
+            }
         }
     }
 }

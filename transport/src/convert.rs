@@ -99,7 +99,7 @@ fn entry_from_wire(e: wire::Entry) -> Result<eraftpb::Entry, WireError> {
     })
 }
 
-fn snapshot_to_wire(s: &eraftpb::Snapshot) -> wire::Snapshot {
+pub(crate) fn snapshot_to_wire(s: &eraftpb::Snapshot) -> wire::Snapshot {
     wire::Snapshot {
         data: s.data.clone(),
         metadata: s.metadata.as_ref().map(|m| wire::SnapshotMetadata {

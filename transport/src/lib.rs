@@ -28,6 +28,7 @@
 mod codec;
 mod config;
 mod convert;
+mod direct;
 pub mod mem;
 mod quic;
 mod stats;

@@ -275,11 +275,11 @@ impl SimNetwork {
                         StreamReader::new(from, self.max_frame_bytes, u64::MAX, all.clone());
                     // The header travels once per stream on QUIC: count it once here too.
                     let header_counts = Counters::default();
-                    let header_ok = reader.feed(&header, &header_counts).is_ok();
+                    let header_ok = reader.feed(header.clone(), &header_counts).is_ok();
                     if self.streams_received.insert((from, to, key)) {
                         Counters::add(&self.counters.bytes_received, header.len() as u64);
                     }
-                    match reader.feed(&frames, &self.counters) {
+                    match reader.feed(frames, &self.counters) {
                         Ok(envs) if header_ok => {
                             out.extend(
                                 envs.into_iter()
@@ -303,7 +303,7 @@ impl SimNetwork {
                     let mut reader =
                         StreamReader::new(from, self.max_frame_bytes, u64::MAX, all.clone());
                     let result = reader
-                        .feed(&bytes, &self.counters)
+                        .feed(bytes, &self.counters)
                         .and_then(|_| reader.finish(&self.counters));
                     let delivered = if let Ok(Some(envelope)) = result {
                         out.push((to, Inbound::Message { from, envelope }));

@@ -353,12 +353,16 @@ pub fn decode_body<M: prost::Message + Default>(
 /// Splits a byte stream into frame bodies, refusing any frame longer than its maximum before
 /// buffering it.
 ///
-/// Feed it bytes as they arrive with [`FrameDecoder::extend`], then take complete frames with
-/// [`FrameDecoder::next_frame`]. It never holds more than one frame plus one read's worth of
-/// bytes.
+/// Feed it bytes as they arrive with [`FrameDecoder::push`] (received `Bytes`, split without
+/// copying) or [`FrameDecoder::extend`] (a slice, copied), then take complete frames with
+/// [`FrameDecoder::next_frame`]. Only the bytes of a frame that straddles two reads are
+/// copied; it never holds more than one frame plus one read's worth of bytes.
 #[derive(Debug)]
 pub struct FrameDecoder {
+    /// The start of a frame that straddles reads, and what arrived after it.
     buf: BytesMut,
+    /// Received bytes not yet split, used in place while `buf` is empty.
+    chunk: Bytes,
     max_frame_bytes: usize,
 }
 
@@ -368,6 +372,7 @@ impl FrameDecoder {
     pub fn new(max_frame_bytes: usize) -> Self {
         Self {
             buf: BytesMut::new(),
+            chunk: Bytes::new(),
             max_frame_bytes,
         }
     }
@@ -377,15 +382,51 @@ impl FrameDecoder {
         self.max_frame_bytes = max_frame_bytes;
     }
 
-    /// Appends bytes received from the stream.
+    /// Appends bytes received from the stream (copied).
     pub fn extend(&mut self, bytes: &[u8]) {
+        self.spill();
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Appends bytes received from the stream; frames wholly inside them are handed out as
+    /// slices of `bytes`, without a copy.
+    pub fn push(&mut self, bytes: Bytes) {
+        if self.buf.is_empty() && self.chunk.is_empty() {
+            self.chunk = bytes;
+        } else {
+            self.spill();
+            self.buf.extend_from_slice(&bytes);
+        }
+    }
+
+    /// Moves the unsplit received bytes behind the buffered ones.
+    fn spill(&mut self) {
+        if !self.chunk.is_empty() {
+            self.buf.extend_from_slice(&self.chunk);
+            self.chunk = Bytes::new();
+        }
     }
 
     /// Bytes buffered that do not yet form a complete frame.
     #[must_use]
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() + self.chunk.len()
+    }
+
+    /// The body length announced by the prefix at the start of `bytes`, checked against the
+    /// maximum; `None` while the prefix is incomplete.
+    fn announced(&self, bytes: &[u8]) -> Result<Option<usize>, WireError> {
+        let Some(prefix) = bytes.first_chunk::<LENGTH_PREFIX>() else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes(*prefix) as usize;
+        if len > self.max_frame_bytes {
+            return Err(WireError::FrameTooLarge {
+                len,
+                max: self.max_frame_bytes,
+            });
+        }
+        Ok(Some(len))
     }
 
     /// The next complete frame body, `None` if more bytes are needed.
@@ -393,18 +434,21 @@ impl FrameDecoder {
     /// # Errors
     /// [`WireError::FrameTooLarge`] as soon as a prefix announces too long a frame.
     pub fn next_frame(&mut self) -> Result<Option<Bytes>, WireError> {
-        if self.buf.len() < LENGTH_PREFIX {
+        if self.buf.is_empty() && !self.chunk.is_empty() {
+            if let Some(len) = self.announced(&self.chunk)?
+                && self.chunk.len() >= LENGTH_PREFIX + len
+            {
+                self.chunk.advance(LENGTH_PREFIX);
+                return Ok(Some(self.chunk.split_to(len)));
+            }
+            // A frame straddles reads: buffer its start (checked above when complete
+            // enough to tell its length).
+            self.spill();
             return Ok(None);
         }
-        let mut prefix = [0u8; LENGTH_PREFIX];
-        prefix.copy_from_slice(&self.buf[..LENGTH_PREFIX]);
-        let len = u32::from_be_bytes(prefix) as usize;
-        if len > self.max_frame_bytes {
-            return Err(WireError::FrameTooLarge {
-                len,
-                max: self.max_frame_bytes,
-            });
-        }
+        let Some(len) = self.announced(&self.buf)? else {
+            return Ok(None);
+        };
         if self.buf.len() < LENGTH_PREFIX + len {
             self.buf.reserve(LENGTH_PREFIX + len - self.buf.len());
             return Ok(None);
@@ -418,11 +462,11 @@ impl FrameDecoder {
     /// # Errors
     /// [`WireError::Truncated`] when bytes of an unfinished frame remain.
     pub fn finish(&self) -> Result<(), WireError> {
-        if self.buf.is_empty() {
+        if self.buffered() == 0 {
             Ok(())
         } else {
             Err(WireError::Truncated {
-                buffered: self.buf.len(),
+                buffered: self.buffered(),
             })
         }
     }
@@ -468,6 +512,36 @@ mod tests {
             dec.finish().unwrap();
             assert_eq!(got, (0..5).map(batch).collect::<Vec<_>>());
         }
+    }
+
+    /// Feeds `bytes` cut at `cuts`, alternating `push` and `extend`, and collects the frames
+    /// (or the first error).
+    fn split_frames(
+        bytes: &Bytes,
+        cuts: &[usize],
+        max: usize,
+    ) -> (Vec<Bytes>, Result<(), WireError>) {
+        let mut dec = FrameDecoder::new(max);
+        let mut frames = Vec::new();
+        let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        bounds.push(0);
+        bounds.push(bytes.len());
+        bounds.sort_unstable();
+        for (i, w) in bounds.windows(2).enumerate() {
+            if i % 2 == 0 {
+                dec.push(bytes.slice(w[0]..w[1]));
+            } else {
+                dec.extend(&bytes[w[0]..w[1]]);
+            }
+            loop {
+                match dec.next_frame() {
+                    Ok(Some(f)) => frames.push(f),
+                    Ok(None) => break,
+                    Err(e) => return (frames, Err(e)),
+                }
+            }
+        }
+        (frames, dec.finish())
     }
 
     #[test]
@@ -517,6 +591,46 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn frames_survive_any_cuts_and_mix_of_push_and_extend(
+            sizes in proptest::collection::vec(0usize..40, 0..8),
+            cuts in proptest::collection::vec(any::<usize>(), 0..10),
+        ) {
+            let mut out = BytesMut::new();
+            for (i, &n) in sizes.iter().enumerate() {
+                let body = vec![u8::try_from(i).unwrap_or(0); n];
+                out.put_u32(u32::try_from(n).unwrap_or(0));
+                out.extend_from_slice(&body);
+            }
+            let bytes = out.freeze();
+            let (frames, end) = split_frames(&bytes, &cuts, 64);
+            prop_assert_eq!(end, Ok(()));
+            prop_assert_eq!(frames.len(), sizes.len());
+            for (i, (f, &n)) in frames.iter().zip(&sizes).enumerate() {
+                prop_assert_eq!(f.len(), n);
+                prop_assert!(f.iter().all(|&b| usize::from(b) == i));
+            }
+            // Without the last byte, the stream ends inside a frame (unless it is empty).
+            if !bytes.is_empty() {
+                let (_, end) = split_frames(&bytes.slice(..bytes.len() - 1), &cuts, 64);
+                prop_assert!(matches!(end, Err(WireError::Truncated { .. })), "{:?}", end);
+            }
+        }
+
+        #[test]
+        fn an_oversized_prefix_is_refused_however_it_arrives(
+            cuts in proptest::collection::vec(any::<usize>(), 0..6),
+        ) {
+            let mut bytes = BytesMut::new();
+            bytes.put_u32(3);
+            bytes.extend_from_slice(b"abc");
+            bytes.put_u32(65);
+            bytes.extend_from_slice(&[0; 10]);
+            let (frames, end) = split_frames(&bytes.freeze(), &cuts, 64);
+            prop_assert_eq!(frames.len(), 1);
+            prop_assert_eq!(end, Err(WireError::FrameTooLarge { len: 65, max: 64 }));
+        }
+
         #[test]
         fn the_decoder_never_panics_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..512), max in 0usize..256) {
             let mut dec = FrameDecoder::new(max);

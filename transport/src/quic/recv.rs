@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use routing::NodeId;
 use tokio::sync::mpsc;
@@ -14,8 +16,8 @@ use crate::Inbound;
 use crate::codec::{Refusal, StreamReader};
 use crate::wire::StreamKind;
 
-/// Largest read from a stream at once.
-const READ_CHUNK: usize = 64 * 1024;
+/// Received chunks taken from a stream at once (one lock of the connection each time).
+const READ_CHUNKS: usize = 16;
 
 /// Accepts the peer's streams until the connection ends, then tells the peer task.
 pub(crate) async fn drive(
@@ -65,10 +67,12 @@ async fn read_stream(
         shared.known_groups.clone(),
     );
     let outcome: Result<(), Refusal> = async {
+        let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
         loop {
-            match recv.read_chunk(READ_CHUNK, true).await {
-                Ok(Some(chunk)) => {
-                    for envelope in reader.feed(&chunk.bytes, c)? {
+            match recv.read_chunks(&mut chunks).await {
+                Ok(Some(n)) => {
+                    let reads = chunks[..n].iter_mut().map(std::mem::take);
+                    for envelope in reader.feed_all(reads, c)? {
                         shared
                             .deliver(Inbound::Message {
                                 from: peer,
