@@ -9,7 +9,8 @@
 //! While it runs, the harness watches the safety properties it can see from the cores and
 //! records each breach as a [`Violation`]: two leaders in one term of a group, a committed
 //! entry that changed (applied with another term or other bytes on another node, or on the
-//! same node after a restart), and a node that panicked (it is then crashed, fail-stop, so the
+//! same node after a restart), a membership change that led two nodes (or one node before and
+//! after a restart) to different configurations, and a node that panicked (it is then crashed, fail-stop, so the
 //! run goes on and the seed can be reported). Client-visible properties (linearizability, no
 //! acknowledged write lost) belong to the workload: see [`crate::linearizability`].
 //!
@@ -160,6 +161,20 @@ pub enum Violation {
         /// Virtual time.
         at: u64,
     },
+    /// A committed membership change left a node with another configuration than before
+    /// (another node, or the same node replaying its log after a restart).
+    ConfigurationDiverged {
+        /// The group.
+        group: GroupId,
+        /// Log index of the conf change.
+        index: u64,
+        /// The node that applied it first, and the configuration it reached.
+        first: (NodeId, String),
+        /// The node that reached another configuration, and that configuration.
+        now: (NodeId, String),
+        /// Virtual time.
+        at: u64,
+    },
     /// A node panicked; the harness crashed it.
     NodePanicked {
         /// The node.
@@ -198,6 +213,18 @@ impl fmt::Display for Violation {
                  hash {:016x}, {} applied term {} hash {:016x}",
                 first.0, first.1, first.2, now.0, now.1, now.2
             ),
+            Self::ConfigurationDiverged {
+                group,
+                index,
+                first,
+                now,
+                at,
+            } => write!(
+                f,
+                "t={at}: conf change {group}/{index} led to different configurations: {} reached \
+                 {}, {} reached {}",
+                first.0, first.1, now.0, now.1
+            ),
             Self::NodePanicked { node, message, at } => {
                 write!(f, "t={at}: {node} panicked: {message}")
             }
@@ -210,6 +237,7 @@ impl fmt::Display for Violation {
 struct Monitor {
     leaders: BTreeMap<(GroupId, u64), NodeId>,
     applied: BTreeMap<(GroupId, u64, u32), (NodeId, u64, u64)>,
+    configurations: BTreeMap<(GroupId, u64), (NodeId, String)>,
     violations: Vec<Violation>,
 }
 
@@ -223,6 +251,23 @@ impl Monitor {
                 first,
                 second: leader,
                 seen_by,
+                at,
+            });
+        }
+    }
+
+    fn configuration(&mut self, group: GroupId, index: u64, now: (NodeId, String), at: u64) {
+        let first = self
+            .configurations
+            .entry((group, index))
+            .or_insert_with(|| now.clone())
+            .clone();
+        if first.1 != now.1 {
+            self.violations.push(Violation::ConfigurationDiverged {
+                group,
+                index,
+                first,
+                now,
                 at,
             });
         }
@@ -252,18 +297,28 @@ fn fnv(bytes: impl IntoIterator<Item = u8>) -> u64 {
     h
 }
 
-fn conf_hash(cs: &ConfState) -> u64 {
-    let parts = [
-        &cs.voters,
-        &cs.learners,
-        &cs.voters_outgoing,
-        &cs.learners_next,
-    ];
-    let ids = parts
-        .iter()
-        .flat_map(|p| p.iter().chain(std::iter::once(&u64::MAX)))
-        .flat_map(|id| id.to_le_bytes());
-    fnv(ids.chain(std::iter::once(u8::from(cs.auto_leave))))
+/// A configuration as text, ids sorted (raft-rs lists them in hash-set order).
+fn describe(cs: &ConfState) -> String {
+    let sorted = |ids: &[u64]| {
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids
+    };
+    let mut text = format!("voters {:?}", sorted(&cs.voters));
+    if !cs.voters_outgoing.is_empty() {
+        text.push_str(&format!(" outgoing {:?}", sorted(&cs.voters_outgoing)));
+    }
+    if !cs.learners.is_empty() || !cs.learners_next.is_empty() {
+        text.push_str(&format!(
+            " learners {:?}/{:?}",
+            sorted(&cs.learners),
+            sorted(&cs.learners_next)
+        ));
+    }
+    if cs.auto_leave {
+        text.push_str(" auto_leave");
+    }
+    text
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -643,7 +698,7 @@ impl<S: StateMachine> SimCluster<S> {
         let Some(cycle) = node.core.poll_cycle()? else {
             return Ok(None);
         };
-        let staged = node.store.stage(cycle.batch)?;
+        let staged = cycle.batch;
         node.unsynced.push_back((now, staged));
         // The bug: tell raft the batch is durable while it is only in memory.
         let mut messages = cycle.messages;
@@ -661,6 +716,7 @@ impl<S: StateMachine> SimCluster<S> {
             let mut outputs = Vec::new();
             let mut applied = Vec::new();
             let mut leaders = Vec::new();
+            let mut configurations = Vec::new();
             let mut messages = Vec::new();
             for _ in 0..16 {
                 let Some(output) = Self::node_cycle(node, unsynced, now)? else {
@@ -695,7 +751,7 @@ impl<S: StateMachine> SimCluster<S> {
                             conf_state,
                             proposal,
                         } => {
-                            applied.push(((*group, *index, 0), 0, conf_hash(conf_state)));
+                            configurations.push((*group, *index, describe(conf_state)));
                             Ok(proposal.map(|t| (t, Vec::new())))
                         }
                     };
@@ -742,11 +798,15 @@ impl<S: StateMachine> SimCluster<S> {
                 }
                 messages.extend(output.messages);
             }
-            Ok((outputs, applied, leaders, messages))
+            Ok((outputs, applied, leaders, configurations, messages))
         })?;
-        let Some((outputs, applied, leaders, messages)) = produced else {
+        let Some((outputs, applied, leaders, configurations, messages)) = produced else {
             return Ok(());
         };
+        for (group, index, conf) in configurations {
+            self.monitor
+                .configuration(group, index, (id, conf), self.now);
+        }
         for (to, envelope) in messages {
             self.net.send(self.now, id, to, envelope);
         }
