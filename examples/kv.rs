@@ -14,9 +14,9 @@ use pontoon::{
     GroupId, Node, NodeConfig, NodeId, ProposeError, RoutingTable, StateMachine, StateMachineError,
 };
 
-/// 1. The state machine: what your database replicates. Here a map per group; a command is
-/// `key=value`, the response the previous value. Clones share the data, so the copy the
-/// application keeps can read what the node applies.
+// 1. The state machine: what your database replicates. Here a map per group; a command is
+//    `key=value`, the response the previous value. Clones share the data, so the copy the
+//    application keeps can read what the node applies.
 #[derive(Clone, Default)]
 struct Map(Arc<Mutex<HashMap<GroupId, BTreeMap<String, String>>>>);
 

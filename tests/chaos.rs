@@ -6,6 +6,7 @@
 //!
 //! Where namespaces cannot be created (not root, no `ip`), the namespace test prints why and
 //! stops there; the crash loop runs everywhere.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
 
 mod common;
 
@@ -87,9 +88,13 @@ fn faults_in_separate_network_namespaces_lose_no_acknowledged_write() {
     cluster.start(0);
 
     // 2. Cut node 2 off the network, write on the majority side, heal.
-    cluster.netns.as_ref().map(|n| n.set_link(1, false));
+    if let Some(n) = &cluster.netns {
+        n.set_link(1, false);
+    }
     load(&cluster, &[0, 2], 2, 20, &mut acked);
-    cluster.netns.as_ref().map(|n| n.set_link(1, true));
+    if let Some(n) = &cluster.netns {
+        n.set_link(1, true);
+    }
 
     // 3. Pause node 3 (SIGSTOP), write, resume it.
     cluster.signal(2, "STOP");

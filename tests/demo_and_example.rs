@@ -1,5 +1,6 @@
 //! The README's first command, shortened, and the embedding example: both must run to the end
 //! and report success.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
 
 use std::process::Command;
 

@@ -1,6 +1,7 @@
 //! Three real `pontoon node` processes on loopback, written to and read from through
 //! `pontoon kv` with a client certificate; one is killed with SIGKILL and everything written
 //! is read back from the survivors; the killed node restarts from its data directory.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
 
 mod common;
 

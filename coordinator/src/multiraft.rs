@@ -16,7 +16,7 @@ use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use routing::{GroupId, NodeId};
-use storage::{GroupStorage, LogStore, WriteBatch};
+use storage::{GroupStorage, LogStore, StagedBatch, WriteBatch};
 use transport::Envelope;
 
 use crate::conf_change;
@@ -157,8 +157,9 @@ pub enum Event {
 pub struct Cycle {
     /// Pass back to [`MultiRaft::on_persisted`] once `batch` is durable.
     pub id: CycleId,
-    /// Everything to persist, for all groups: one commit, one fsync.
-    pub batch: WriteBatch,
+    /// Everything to persist, for all groups, already staged (raft reads it from the store
+    /// from now on): commit it with [`LogStore::commit`], one fsync.
+    pub batch: StagedBatch,
     /// Messages that may be sent before the batch is durable (the leader's appends).
     pub messages: Vec<(NodeId, Envelope)>,
     /// State-machine work, in order. Safe now: these entries were durable before this cycle.
@@ -396,9 +397,11 @@ impl MultiRaft {
             meta.set_conf_state(conf_state.clone());
             batch.create_group(group, conf_state);
             batch.apply_snapshot(group, snapshot);
-            let mut hs = raft::eraftpb::HardState::default();
-            hs.term = BOOTSTRAP_TERM;
-            hs.commit = BOOTSTRAP_INDEX;
+            let hs = raft::eraftpb::HardState {
+                term: BOOTSTRAP_TERM,
+                commit: BOOTSTRAP_INDEX,
+                ..Default::default()
+            };
             batch.set_hard_state(group, hs);
             created.push(group);
         }
@@ -800,18 +803,27 @@ impl MultiRaft {
 
     /// Groups whose log has grown past the compaction threshold since their last snapshot.
     /// For each, the driver takes a state-machine snapshot and calls [`MultiRaft::compact`].
+    /// Also the groups whose leader needs a fresher snapshot to send (a replica added after
+    /// the last one was taken).
     pub fn compaction_due(&self) -> Vec<GroupId> {
-        if self.config.compact_threshold == 0 {
-            return Vec::new();
+        let mut due: BTreeSet<GroupId> = self
+            .store
+            .take_snapshot_requests()
+            .into_iter()
+            .filter(|g| self.groups.contains_key(g))
+            .collect();
+        if self.config.compact_threshold != 0 {
+            due.extend(
+                self.groups
+                    .iter()
+                    .filter(|(_, g)| {
+                        g.applied.saturating_sub(g.raw.raft.raft_log.first_index()) + 1
+                            > self.config.compact_threshold
+                    })
+                    .map(|(id, _)| *id),
+            );
         }
-        self.groups
-            .iter()
-            .filter(|(_, g)| {
-                g.applied.saturating_sub(g.raw.raft.raft_log.first_index()) + 1
-                    > self.config.compact_threshold
-            })
-            .map(|(id, _)| *id)
-            .collect()
+        due.into_iter().collect()
     }
 
     /// Stores `data`, the state machine's snapshot of `group` at its applied index, and drops
@@ -835,16 +847,25 @@ impl MultiRaft {
             .raft_log
             .term(index)
             .map_err(|source| CoordinatorError::Raft { group, source })?;
-        let mut snapshot = Snapshot::default();
-        snapshot.data = data.into();
+        let mut snapshot = Snapshot {
+            data: data.into(),
+            ..Default::default()
+        };
         let meta = snapshot.mut_metadata();
         meta.index = index;
         meta.term = term;
-        meta.set_conf_state(g.raw.raft.prs().conf().to_conf_state());
+        let conf_state = g.raw.raft.prs().conf().to_conf_state();
+        meta.set_conf_state(conf_state.clone());
         self.pending.save_snapshot(group, snapshot);
-        let compact_to = (index + 1)
-            .saturating_sub(self.config.compact_keep)
-            .max(first);
+        // The stored conf state is always the one at the stored snapshot (see `hand_out`).
+        self.pending.set_conf_state(group, conf_state);
+        // With compaction off, a snapshot is still taken when a new replica needs one.
+        let keep = if self.config.compact_threshold == 0 {
+            u64::MAX
+        } else {
+            self.config.compact_keep
+        };
+        let compact_to = (index + 1).saturating_sub(keep).max(first);
         if compact_to > first {
             self.pending.compact(group, compact_to);
         }
@@ -928,14 +949,11 @@ impl MultiRaft {
                 g,
                 committed,
                 &mut self.proposals,
-                &mut batch,
                 &mut applies,
                 &mut events,
                 &mut self.stats,
             )?;
-            if !rd.entries().is_empty() {
-                batch.append(group, rd.entries());
-            }
+            batch.append_owned(group, rd.take_entries());
             if let Some(hs) = rd.hs() {
                 batch.set_hard_state(group, hs.clone());
             }
@@ -967,6 +985,9 @@ impl MultiRaft {
             self.peers_stale = true;
         }
 
+        // Staged before raft runs again: advance_append_async made these entries "stable",
+        // so from here on raft reads them from the store, not from its unstable log.
+        let batch = self.store.stage(batch)?;
         let mut count = CoalesceCount::default();
         let messages = now.into_envelopes(self.id, &mut count);
         self.count_sent(&messages, count);
@@ -993,7 +1014,6 @@ impl MultiRaft {
         g: &mut Group,
         entries: Vec<Entry>,
         proposals: &mut BTreeMap<(GroupId, u64), (u64, Vec<Token>)>,
-        batch: &mut WriteBatch,
         applies: &mut Vec<Apply>,
         events: &mut Vec<Event>,
         stats: &mut CoordinatorStats,
@@ -1064,7 +1084,9 @@ impl MultiRaft {
                         .raw
                         .apply_conf_change(&change)
                         .map_err(|source| CoordinatorError::Raft { group, source })?;
-                    batch.set_conf_state(group, conf_state.clone());
+                    // Not persisted here: the stored conf state is the one at the stored
+                    // snapshot, and a restart replays conf changes after it in log order.
+                    // Persisting the latest one would make the replay apply them twice.
                     applies.push(Apply::ConfChanged {
                         group,
                         index,
@@ -1146,7 +1168,7 @@ impl MultiRaft {
             applies,
             events,
         } = cycle;
-        self.store.write(batch)?;
+        self.store.commit(batch)?;
         messages.extend(self.on_persisted(id)?);
         Ok(Some(CycleOutput {
             messages,
@@ -1268,7 +1290,10 @@ impl MultiRaft {
                 lost.push(*peer);
             }
         }
-        if self.ticks % self.config.liveness_interval_ticks as u64 == 0 {
+        if self
+            .ticks
+            .is_multiple_of(self.config.liveness_interval_ticks as u64)
+        {
             for peer in self.silent_ticks.keys() {
                 self.own_messages.push_liveness(*peer);
                 self.stats.liveness_pings += 1;

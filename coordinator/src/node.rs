@@ -163,6 +163,9 @@ impl NodeStatus {
 
 type Reply<T> = oneshot::Sender<Result<T, ProposeError>>;
 
+/// What stops the coordinator task and waits for it.
+type DriverHandle = (oneshot::Sender<()>, tokio::task::JoinHandle<()>);
+
 enum Command {
     Propose {
         group: GroupId,
@@ -196,7 +199,7 @@ pub struct Node {
     commands: mpsc::Sender<Command>,
     routing: Arc<RwLock<RoutingTable>>,
     local_addr: SocketAddr,
-    shutdown: Arc<tokio::sync::Mutex<Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>>>,
+    shutdown: Arc<tokio::sync::Mutex<Option<DriverHandle>>>,
     address_book: AddressBook,
     /// The QUIC endpoint, closed by `shutdown` (absent over other transports).
     endpoint: Option<Arc<QuicTransport>>,
@@ -583,17 +586,16 @@ impl Driver {
         let mut persisting: Option<crate::multiraft::CycleId> = None;
         let result: Result<(), CoordinatorError> = async {
             loop {
-                if persisting.is_none() {
-                    if let Some(cycle) = self.core.poll_cycle()? {
-                        self.send(cycle.messages);
-                        self.apply(cycle.applies)?;
-                        self.handle_events(cycle.events);
-                        let staged = self.store.stage(cycle.batch)?;
-                        if persist_tx.send(staged).is_err() {
-                            return Err(CoordinatorError::PersisterStopped);
-                        }
-                        persisting = Some(cycle.id);
+                if persisting.is_none()
+                    && let Some(cycle) = self.core.poll_cycle()?
+                {
+                    self.send(cycle.messages);
+                    self.apply(cycle.applies)?;
+                    self.handle_events(cycle.events);
+                    if persist_tx.send(cycle.batch).is_err() {
+                        return Err(CoordinatorError::PersisterStopped);
                     }
+                    persisting = Some(cycle.id);
                 }
                 tokio::select! {
                     biased;

@@ -2,6 +2,7 @@
 //! every order of small random histories, and histories generated from a real register
 //! execution (always linearizable) with one response corrupted (never linearizable when the
 //! history is sequential).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
 
 use pontoon_coordinator::linearizability::{
     CheckError, OpKind, OpResult, Operation, Outcome, Value, check,

@@ -1,5 +1,6 @@
 //! Three real nodes in one process over QUIC with mutual TLS on loopback, 64 groups: writes,
 //! the loss of the busiest leader node, and writes on the survivors.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
 
 mod common;
 

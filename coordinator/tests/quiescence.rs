@@ -1,6 +1,7 @@
 //! Quiescence: idle groups stop ticking and heartbeating; node-level liveness pings replace
 //! per-group heartbeats; any work wakes a group at once; a quiet group's dead leader is
 //! replaced within the liveness timeout plus one election timeout.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
 
 mod common;
 

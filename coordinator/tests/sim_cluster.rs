@@ -1,6 +1,7 @@
 //! The coordinator over the in-memory network: 3 nodes × 64 groups through elections, leader
 //! loss, partitions, full restarts and snapshot catch-up. Every acknowledged write must be on
 //! every replica afterwards and state machines must agree.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
 
 mod common;
 

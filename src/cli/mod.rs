@@ -1,5 +1,6 @@
 //! Argument parsing and dispatch of the `pontoon` binary.
 
+mod bench;
 mod certs_cmd;
 mod demo;
 mod kv_cmd;
@@ -29,13 +30,15 @@ enum Command {
     Node(node::NodeArgs),
     /// Talk to the key-value service: put, get, delete, status.
     Kv(kv_cmd::KvArgs),
+    /// Measure a cluster (in-process) next to the raw fjall and quinn baselines, in one run.
+    Bench(bench::BenchArgs),
 }
 
 impl Cli {
     /// The log filter when RUST_LOG is not set: quiet for the interactive commands.
     pub fn default_log_filter(&self) -> &'static str {
         match self.command {
-            Command::Demo(_) => "error",
+            Command::Demo(_) | Command::Bench(_) => "error",
             Command::Certs(_) | Command::Kv(_) => "warn",
             Command::Node(_) => "info",
         }
@@ -52,5 +55,6 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Certs(command) => certs_cmd::run(command),
         Command::Node(args) => node::run(args),
         Command::Kv(args) => kv_cmd::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }

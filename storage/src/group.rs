@@ -12,7 +12,7 @@ use routing::GroupId;
 
 use crate::StorageError;
 use crate::keys::Bounds;
-use crate::store::Inner;
+use crate::store::{Inner, lock};
 
 /// The small, cheaply cloned part of a group's state: what `stage` simulates and validates.
 /// `stage` clones it for every group a batch touches, so the parts that own heap memory and
@@ -328,11 +328,25 @@ impl raft::Storage for GroupStorage {
         Ok(self.live()?.meta.last_index)
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let st = self.live()?;
-        let unavailable = || raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable);
+        let unavailable = || {
+            lock(&self.store.snapshot_requests).insert(self.id);
+            raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable)
+        };
         if let Some(meta) = &st.meta.snapshot_meta {
-            if meta.index < request_index {
+            // A snapshot from before `to` joined would be refused by it (raft ignores a
+            // snapshot whose configuration does not name it): ask for a fresh one.
+            let cs = meta.get_conf_state();
+            let names_receiver = to == 0
+                || cs
+                    .voters
+                    .iter()
+                    .chain(&cs.learners)
+                    .chain(&cs.voters_outgoing)
+                    .chain(&cs.learners_next)
+                    .any(|id| *id == to);
+            if meta.index < request_index || !names_receiver {
                 return Err(unavailable());
             }
             if let Some((_, snap)) = &st.pending_snapshot {

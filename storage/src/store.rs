@@ -16,7 +16,7 @@ use crate::group::{self, Cell, GroupMeta, GroupState, GroupStorage};
 use crate::keys::{self, Bounds, LogKey, MetaKey, Tag};
 use crate::{StorageError, StoreOptions};
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -89,6 +89,9 @@ pub(crate) struct Inner {
     poisoned: AtomicBool,
     poison_reason: Mutex<String>,
     pub(crate) stats: Counters,
+    /// Groups for which raft asked a snapshot the store could not give (none stored, too old,
+    /// or not naming the receiver): the coordinator takes a fresh one.
+    pub(crate) snapshot_requests: Mutex<std::collections::BTreeSet<GroupId>>,
 }
 
 impl Inner {
@@ -456,6 +459,7 @@ impl LogStore {
                 poisoned: AtomicBool::new(false),
                 poison_reason: Mutex::new(String::new()),
                 stats: Counters::default(),
+                snapshot_requests: Mutex::new(std::collections::BTreeSet::new()),
             }),
         })
     }
@@ -503,6 +507,16 @@ impl LogStore {
     /// The options the store was opened with.
     pub fn options(&self) -> &StoreOptions {
         &self.inner.options
+    }
+
+    /// Groups whose leader needed a snapshot to send that the store could not give (none
+    /// stored, older than raft asked for, or taken before the receiver joined the group).
+    /// Take a state-machine snapshot of each and save it (`WriteBatch::save_snapshot`); raft
+    /// retries the send by itself. Each request is returned once.
+    pub fn take_snapshot_requests(&self) -> Vec<GroupId> {
+        std::mem::take(&mut *lock(&self.inner.snapshot_requests))
+            .into_iter()
+            .collect()
     }
 
     /// Counters since open.
