@@ -334,8 +334,10 @@ impl MultiRaft {
             quiet: false,
             idle_ticks: 0,
         };
+        // raft-rs drew this group's first election timeout from the thread RNG: redraw it
+        // from ours, or a simulation would not replay.
         g.term = g.raw.raft.term;
-        Self::jitter_election(&mut self.rng, &self.config, &mut g);
+        Self::draw_election_timeout(&mut self.rng, &self.config, &mut g);
         // The state machine starts from the stored snapshot; raft replays the log after it.
         if let Ok(snapshot) = g.raw.store().snapshot(0, 0) {
             let index = snapshot.get_metadata().index;
@@ -515,9 +517,13 @@ impl MultiRaft {
         {
             g.term = term;
             g.role = role;
-            let timeout = rng.random_range(config.election_tick..2 * config.election_tick);
-            g.raw.raft.set_randomized_election_timeout(timeout);
+            Self::draw_election_timeout(rng, config, g);
         }
+    }
+
+    fn draw_election_timeout(rng: &mut StdRng, config: &RaftConfig, g: &mut Group) {
+        let timeout = rng.random_range(config.election_tick..2 * config.election_tick);
+        g.raw.raft.set_randomized_election_timeout(timeout);
     }
 
     /// Hands what a peer sent to the groups it is for. Coalesced heartbeats are expanded back
