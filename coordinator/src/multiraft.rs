@@ -216,6 +216,14 @@ struct Group {
     idle_ticks: usize,
 }
 
+/// An entry proposed through this node: the term it was proposed in and its commands' tokens.
+struct Proposed {
+    term: u64,
+    tokens: Vec<Token>,
+    /// A membership change (raft may replace a refused one with an empty normal entry).
+    conf_change: bool,
+}
+
 struct Inflight {
     id: CycleId,
     readies: Vec<(GroupId, u64)>,
@@ -235,7 +243,7 @@ pub struct MultiRaft {
     inflight: VecDeque<Inflight>,
     next_cycle: u64,
     /// Entries proposed here, by (group, index): the term and the tokens of their commands.
-    proposals: BTreeMap<(GroupId, u64), (u64, Vec<Token>)>,
+    proposals: BTreeMap<(GroupId, u64), Proposed>,
     /// Groups with commands queued for the next cycle's batch.
     queued_groups: BTreeSet<GroupId>,
     /// Groups touched since the last cycle (stepped, ticked, proposed to): only these can have
@@ -462,7 +470,7 @@ impl MultiRaft {
             .collect();
         keys.into_iter()
             .filter_map(|k| self.proposals.remove(&k))
-            .flat_map(|(_, tokens)| tokens)
+            .flat_map(|p| p.tokens)
             .collect()
     }
 
@@ -647,7 +655,14 @@ impl MultiRaft {
                     && g.raw.raft.raft_log.last_index() > last_before;
                 if accepted {
                     let (index, term) = (g.raw.raft.raft_log.last_index(), g.raw.raft.term);
-                    self.proposals.insert((group, index), (term, tokens));
+                    self.proposals.insert(
+                        (group, index),
+                        Proposed {
+                            term,
+                            tokens,
+                            conf_change: false,
+                        },
+                    );
                 } else {
                     events.extend(
                         tokens
@@ -679,7 +694,14 @@ impl MultiRaft {
         if index == last_before {
             return Err(ProposeError::ProposalDropped { group });
         }
-        self.proposals.insert((group, index), (term, vec![token]));
+        self.proposals.insert(
+            (group, index),
+            Proposed {
+                term,
+                tokens: vec![token],
+                conf_change: true,
+            },
+        );
         Ok(())
     }
 
@@ -940,7 +962,7 @@ impl MultiRaft {
                     .map(|(k, _)| *k)
                     .collect();
                 for key in stale {
-                    if let Some((_, tokens)) = self.proposals.remove(&key) {
+                    if let Some(Proposed { tokens, .. }) = self.proposals.remove(&key) {
                         events.extend(
                             tokens
                                 .into_iter()
@@ -1019,24 +1041,24 @@ impl MultiRaft {
         group: GroupId,
         g: &mut Group,
         entries: Vec<Entry>,
-        proposals: &mut BTreeMap<(GroupId, u64), (u64, Vec<Token>)>,
+        proposals: &mut BTreeMap<(GroupId, u64), Proposed>,
         applies: &mut Vec<Apply>,
         events: &mut Vec<Event>,
         stats: &mut CoordinatorStats,
     ) -> Result<(), CoordinatorError> {
         for entry in entries {
             let (index, term) = (entry.index, entry.term);
-            let tokens = match proposals.remove(&(group, index)) {
-                Some((proposed_term, tokens)) if proposed_term == term => tokens,
-                Some((_, tokens)) => {
+            let (tokens, conf_change) = match proposals.remove(&(group, index)) {
+                Some(p) if p.term == term => (p.tokens, p.conf_change),
+                Some(p) => {
                     events.extend(
-                        tokens
+                        p.tokens
                             .into_iter()
                             .map(|token| Event::ProposalDropped { group, token }),
                     );
-                    Vec::new()
+                    (Vec::new(), false)
                 }
-                None => Vec::new(),
+                None => (Vec::new(), false),
             };
             let proposal = tokens.first().copied();
             g.applied = index;
@@ -1064,6 +1086,16 @@ impl MultiRaft {
                     }
                 }
                 EntryType::EntryNormal => {
+                    if conf_change {
+                        // raft-rs turns a conf change it will not accept (another one is still
+                        // pending) into an empty normal entry: it did not take effect.
+                        events.extend(
+                            tokens
+                                .iter()
+                                .map(|&token| Event::ProposalDropped { group, token }),
+                        );
+                        continue;
+                    }
                     // Empty entries are the ones new leaders append; nothing to apply.
                     if !entry.data.is_empty() || proposal.is_some() {
                         applies.push(Apply::Command {
