@@ -235,3 +235,23 @@ impl StateMachine for SharedKv {
         self.0.lock().unwrap().restore(group, snapshot)
     }
 }
+
+/// How many acknowledged writes are missing from some running replica of their group.
+pub fn missing_acked(
+    cluster: &SimCluster<Kv>,
+    acked: &BTreeMap<(GroupId, String), String>,
+) -> usize {
+    let mut missing = 0;
+    for ((group, key), value) in acked {
+        for node in cluster.routing().replicas(*group).unwrap_or_default() {
+            if let Some(sm) = cluster.state_machine(*node) {
+                if sm.groups.get(group).and_then(|m| m.get(key.as_bytes()))
+                    != Some(&value.as_bytes().to_vec())
+                {
+                    missing += 1;
+                }
+            }
+        }
+    }
+    missing
+}
