@@ -40,7 +40,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=16))]
     nodes: u64,
     /// Raft groups (1..=10000).
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=harness::MAX_GROUPS))]
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     groups: u64,
     /// vShards the keys hash to (at least --groups).
     #[arg(long, default_value_t = 1024)]
@@ -66,6 +66,10 @@ pub struct BenchArgs {
     /// Print the report as one JSON object on the last line of stdout.
     #[arg(long)]
     json: bool,
+    /// Measure what idle groups cost instead: no load, quiescence on and off in the same run;
+    /// wire messages per second per node pair and CPU per node (groups up to 100000).
+    #[arg(long)]
+    idle: bool,
 }
 
 fn seconds(flag: &str, s: f64) -> Result<Duration, CliError> {
@@ -106,6 +110,9 @@ impl BenchArgs {
 /// # Errors
 /// A bad flag, or the step of the run that failed.
 pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
+    if args.idle {
+        return run_idle(&args);
+    }
     let config = args.config()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -116,6 +123,70 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
     write!(out, "{}", report.table())?;
     if args.json {
         writeln!(out, "{}", report.to_json()?)?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pontoon bench --idle`: the same idle cluster with quiescence on, then off.
+fn run_idle(args: &BenchArgs) -> Result<ExitCode, CliError> {
+    let config = harness::IdleConfig {
+        nodes: args.nodes,
+        groups: args.groups,
+        tick: Duration::from_millis(args.tick_ms.max(1)),
+        duration: seconds("duration", args.duration)?,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut results = Vec::new();
+    for quiesce in [true, false] {
+        eprintln!(
+            "idle cluster, quiescence {} ...",
+            if quiesce { "on" } else { "off" }
+        );
+        results.push(runtime.block_on(harness::run_idle(&config, quiesce))?);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "Pontoon idle bench: {} nodes × {} idle groups, {} ms ticks, {:.0} s measured each",
+        config.nodes,
+        config.groups,
+        config.tick.as_millis(),
+        config.duration.as_secs_f64()
+    )?;
+    writeln!(
+        out,
+        "  {:<34} {:>16} {:>16}",
+        "", "quiescence on", "quiescence off"
+    )?;
+    let row = |name: &str, f: &dyn Fn(&harness::IdleFigures) -> String| {
+        format!("  {name:<34} {:>16} {:>16}", f(&results[0]), f(&results[1]))
+    };
+    for line in [
+        row("wire msgs/s per node pair", &|r| {
+            format!("{:.1}", r.msgs_per_sec_per_pair)
+        }),
+        row("raft msgs/s per node (uncoalesced)", &|r| {
+            format!("{:.0}", r.raft_msgs_per_sec_per_node)
+        }),
+        row("CPU per node (share of one core)", &|r| {
+            format!("{:.1}%", r.cpu_core_fraction_per_node * 100.0)
+        }),
+        row("group replicas quiet", &|r| {
+            format!("{:.1}%", r.quiet_fraction * 100.0)
+        }),
+        row("elections took", &|r| format!("{:.1} s", r.election_s)),
+    ] {
+        writeln!(out, "{line}")?;
+    }
+    writeln!(
+        out,
+        "  (all nodes in one process on one machine; CPU is the process's, divided by the nodes)"
+    )?;
+    if args.json {
+        writeln!(out, "{}", serde_json::json!({ "idle": results }))?;
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)

@@ -20,12 +20,14 @@ mod baselines;
 mod cluster;
 mod config;
 mod counter;
+mod idle;
 mod report;
 
 pub use baselines::{fjall_append_per_sec, quinn_stream_msgs_per_sec};
 pub use cluster::{ClusterFigures, process_cpu_seconds, run_cluster, start_cluster};
 pub use config::{BenchConfig, MAX_GROUPS};
 pub use counter::CountingStateMachine;
+pub use idle::{IdleConfig, IdleFigures, run_idle};
 pub use report::{Baselines, BenchReport, LatencyUs, Ratios, ReportConfig};
 
 /// Why a benchmark could not run. Each variant names the part that failed.

@@ -1,0 +1,157 @@
+//! What idle groups cost: a cluster with no load at all, measured with quiescence on and off
+//! in the same run. Reports wire messages per second per node pair and CPU per node.
+
+use std::time::{Duration, Instant};
+
+use coordinator::RaftConfig;
+use coordinator::local::LocalCluster;
+use routing::{NodeId, RoutingTable};
+use serde::Serialize;
+
+use super::{BenchError, CountingStateMachine, process_cpu_seconds};
+
+/// One idle measurement's shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use]
+pub struct IdleConfig {
+    /// Nodes (every group has `min(3, nodes)` replicas).
+    pub nodes: u64,
+    /// Groups, all idle.
+    pub groups: u64,
+    /// Raft tick interval.
+    pub tick: Duration,
+    /// How long to measure once the cluster has settled.
+    pub duration: Duration,
+}
+
+impl Default for IdleConfig {
+    fn default() -> Self {
+        Self {
+            nodes: 3,
+            groups: 10_000,
+            tick: Duration::from_millis(100),
+            duration: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What an idle cluster cost over the measurement.
+#[derive(Clone, Debug, Serialize)]
+pub struct IdleFigures {
+    /// Quiescence on or off.
+    pub quiesce: bool,
+    /// Groups.
+    pub groups: u64,
+    /// Seconds until every group had a leader.
+    pub election_s: f64,
+    /// Seconds from then until (with quiescence) every replica of every group was quiet.
+    pub settle_s: f64,
+    /// Fraction of group replicas quiet during the measurement.
+    pub quiet_fraction: f64,
+    /// Wire messages (frames) per second per ordered node pair, all kinds.
+    pub msgs_per_sec_per_pair: f64,
+    /// Raft messages per second per node before coalescing (what one message per group per
+    /// heartbeat would have cost).
+    pub raft_msgs_per_sec_per_node: f64,
+    /// CPU of the whole process divided by the nodes in it, as a fraction of one core.
+    pub cpu_core_fraction_per_node: f64,
+    /// Seconds measured.
+    pub measured_s: f64,
+}
+
+#[derive(Default)]
+struct Sample {
+    frames: u64,
+    raft: u64,
+    quiet: u64,
+    replicas: u64,
+}
+
+async fn sample(cluster: &LocalCluster<CountingStateMachine>) -> Sample {
+    let mut s = Sample::default();
+    for node in cluster.running() {
+        if let Ok(status) = node.status().await {
+            s.frames += status.transport.frames_sent;
+            s.raft += status.coordinator.raft_messages + status.coordinator.heartbeats_coalesced;
+            s.replicas += status.groups.len() as u64;
+            s.quiet += status.groups.iter().filter(|g| g.quiet).count() as u64;
+        }
+    }
+    s
+}
+
+/// Starts an idle cluster, lets it settle, and measures it for `config.duration`.
+///
+/// # Errors
+/// [`BenchError`] naming what failed.
+pub async fn run_idle(config: &IdleConfig, quiesce: bool) -> Result<IdleFigures, BenchError> {
+    if !(1..=16).contains(&config.nodes) || config.groups == 0 {
+        return Err(BenchError::Config {
+            field: "idle",
+            problem: "nodes must be 1..=16 and groups at least 1".into(),
+        });
+    }
+    let dir = tempfile::tempdir()?;
+    let nodes: Vec<NodeId> = (1..=config.nodes).map(NodeId).collect();
+    let replication = usize::try_from(config.nodes.min(3)).unwrap_or(3);
+    let vshards = u32::try_from(config.groups.max(1024))
+        .unwrap_or(u32::MAX)
+        .min(routing::MAX_VSHARDS);
+    let routing = RoutingTable::uniform(vshards, config.groups, &nodes, replication)?;
+    let tick = config.tick;
+    let started = Instant::now();
+    let cluster = LocalCluster::start(
+        dir.path(),
+        routing,
+        move |c| {
+            c.tick_interval(tick)
+                .raft(RaftConfig::default().quiesce(quiesce))
+        },
+        |_| CountingStateMachine::new(),
+    )
+    .await?;
+    let timeout = Duration::from_secs(60) + Duration::from_millis(5 * config.groups);
+    let Some(_) = cluster.wait_for_leaders(timeout).await else {
+        cluster.shutdown().await;
+        return Err(BenchError::NoLeaders(timeout));
+    };
+    let election_s = started.elapsed().as_secs_f64();
+    // Let the cluster settle: every group quiet (quiescence) or a few heartbeat rounds.
+    let settle_start = Instant::now();
+    let settle_limit = Duration::from_secs(60);
+    loop {
+        let s = sample(&cluster).await;
+        let settled = if quiesce {
+            s.quiet == s.replicas
+        } else {
+            settle_start.elapsed() >= tick * 20
+        };
+        if settled || settle_start.elapsed() > settle_limit {
+            break;
+        }
+        tokio::time::sleep(tick * 5).await;
+    }
+    let settle_s = settle_start.elapsed().as_secs_f64();
+    let before = sample(&cluster).await;
+    let cpu_before = process_cpu_seconds().unwrap_or_default();
+    let measure_start = Instant::now();
+    tokio::time::sleep(config.duration).await;
+    let secs = measure_start.elapsed().as_secs_f64();
+    let cpu_after = process_cpu_seconds().unwrap_or_default();
+    let after = sample(&cluster).await;
+    cluster.shutdown().await;
+    let pairs = (config.nodes * config.nodes.saturating_sub(1)).max(1) as f64;
+    Ok(IdleFigures {
+        quiesce,
+        groups: config.groups,
+        election_s,
+        settle_s,
+        quiet_fraction: after.quiet as f64 / after.replicas.max(1) as f64,
+        msgs_per_sec_per_pair: after.frames.saturating_sub(before.frames) as f64 / secs / pairs,
+        raft_msgs_per_sec_per_node: after.raft.saturating_sub(before.raft) as f64
+            / secs
+            / config.nodes as f64,
+        cpu_core_fraction_per_node: (cpu_after - cpu_before) / secs / config.nodes as f64,
+        measured_s: secs,
+    })
+}
