@@ -39,6 +39,15 @@ pub enum ProposeError {
         /// The group.
         group: GroupId,
     },
+    /// This node lost track of the proposal (a snapshot from a new leader covered its entry):
+    /// it may or may not have taken effect. Retry only if the command is idempotent.
+    #[error(
+        "the outcome of the proposal to {group} is unknown (its entry was superseded by a snapshot)"
+    )]
+    OutcomeUnknown {
+        /// The group.
+        group: GroupId,
+    },
     /// The node is shutting down (or stopped after a fatal error); send the request elsewhere.
     #[error("the node is shutting down")]
     ShuttingDown,

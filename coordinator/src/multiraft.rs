@@ -150,6 +150,15 @@ pub enum Event {
         /// The proposal's token.
         token: Token,
     },
+    /// This node can no longer tell whether a proposal took effect: its entry was covered by
+    /// a snapshot installed from another leader (or its group was removed here). It may have
+    /// been committed; only an idempotent command may be retried.
+    ProposalOutcomeUnknown {
+        /// The group.
+        group: GroupId,
+        /// The proposal's token.
+        token: Token,
+    },
 }
 
 /// One coordinator cycle: what every group with a `Ready` produced.
@@ -450,6 +459,7 @@ impl MultiRaft {
     }
 
     /// Removes `group` from this node and deletes its storage (in the next cycle's batch).
+    /// Returns the tokens of its pending proposals, whose outcome is now unknown here.
     ///
     /// # Errors
     /// [`CoordinatorError::GroupNotFound`].
@@ -955,7 +965,8 @@ impl MultiRaft {
                 });
                 batch.apply_snapshot(group, snapshot);
                 g.applied = index;
-                // Proposals at or below the snapshot can no longer be told apart: drop them.
+                // Proposals at or below the snapshot may or may not be in it: say so, never
+                // "dropped" (the new leader may well have committed them).
                 let stale: Vec<_> = self
                     .proposals
                     .range((group, 0)..=(group, index))
@@ -966,7 +977,7 @@ impl MultiRaft {
                         events.extend(
                             tokens
                                 .into_iter()
-                                .map(|token| Event::ProposalDropped { group, token }),
+                                .map(|token| Event::ProposalOutcomeUnknown { group, token }),
                         );
                     }
                 }
@@ -1122,6 +1133,13 @@ impl MultiRaft {
                         .raw
                         .apply_conf_change(&change)
                         .map_err(|source| CoordinatorError::Raft { group, source })?;
+                    // A leader that removed itself steps down now: raft-rs keeps it leader
+                    // without a progress entry of its own, which it later unwraps.
+                    let me = g.raw.raft.id;
+                    if g.raw.raft.state == StateRole::Leader && g.raw.raft.prs().get(me).is_none() {
+                        let term = g.raw.raft.term;
+                        g.raw.raft.become_follower(term, raft::INVALID_ID);
+                    }
                     // Not persisted here: the stored conf state is the one at the stored
                     // snapshot, and a restart replays conf changes after it in log order.
                     // Persisting the latest one would make the replay apply them twice.

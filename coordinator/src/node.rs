@@ -822,13 +822,21 @@ impl Driver {
                     }
                 }
                 Event::ProposalDropped { group, token } => {
-                    if let Some((_, reply)) = self.proposals.remove(&token) {
-                        let _ = reply.send(Err(ProposeError::ProposalDropped { group }));
-                    } else if let Some((_, reply)) = self.conf_changes.remove(&token) {
-                        let _ = reply.send(Err(ProposeError::ProposalDropped { group }));
-                    }
+                    self.fail(token, ProposeError::ProposalDropped { group });
+                }
+                Event::ProposalOutcomeUnknown { group, token } => {
+                    self.fail(token, ProposeError::OutcomeUnknown { group });
                 }
             }
+        }
+    }
+
+    /// Answers the proposal or conf change `token` with `error`.
+    fn fail(&mut self, token: Token, error: ProposeError) {
+        if let Some((_, reply)) = self.proposals.remove(&token) {
+            let _ = reply.send(Err(error));
+        } else if let Some((_, reply)) = self.conf_changes.remove(&token) {
+            let _ = reply.send(Err(error));
         }
     }
 

@@ -794,6 +794,8 @@ impl<S: StateMachine> SimCluster<S> {
                             term,
                         } => leaders.push((*group, *term, *leader)),
                         Event::LeaderChanged { leader: None, .. } => {}
+                        // The client keeps waiting and times out: an indeterminate operation.
+                        Event::ProposalOutcomeUnknown { .. } => {}
                     }
                 }
                 messages.extend(output.messages);
