@@ -253,7 +253,8 @@ impl<S: StateMachine> LocalCluster<S> {
             if self.leaders().await.len() == groups {
                 return Some(start.elapsed());
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            // A status of every group is not free: poll large clusters less often.
+            tokio::time::sleep(Duration::from_millis(10 + groups as u64 / 100)).await;
         }
         None
     }

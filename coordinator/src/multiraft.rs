@@ -255,6 +255,10 @@ pub struct MultiRaft {
     proposals: BTreeMap<(GroupId, u64), Proposed>,
     /// Groups with commands queued for the next cycle's batch.
     queued_groups: BTreeSet<GroupId>,
+    /// Groups that are not quiet: the only ones `tick` visits (quiet ones leave lazily).
+    awake: BTreeSet<GroupId>,
+    /// Groups that applied entries since the last `compaction_due`.
+    applied_since_check: BTreeSet<GroupId>,
     /// Groups touched since the last cycle (stepped, ticked, proposed to): only these can have
     /// a `Ready`, so a cycle costs what happened, not how many groups the node holds.
     dirty: BTreeSet<GroupId>,
@@ -294,6 +298,8 @@ impl MultiRaft {
             proposals: BTreeMap::new(),
             queued_groups: BTreeSet::new(),
             dirty: BTreeSet::new(),
+            awake: BTreeSet::new(),
+            applied_since_check: BTreeSet::new(),
             own_messages: Outbox::default(),
             silent_ticks: BTreeMap::new(),
             peers_stale: true,
@@ -368,6 +374,7 @@ impl MultiRaft {
         }
         self.groups.insert(group, g);
         self.dirty.insert(group);
+        self.awake.insert(group);
         self.peers_stale = true;
         Ok(())
     }
@@ -491,7 +498,7 @@ impl MultiRaft {
             .get_mut(&group)
             .ok_or(ProposeError::GroupNotFound { group })?;
         if g.quiet {
-            Self::wake(g, &mut self.stats);
+            Self::wake(g, &mut self.stats, &mut self.awake, group);
         }
         self.dirty.insert(group);
         Ok(g)
@@ -503,10 +510,13 @@ impl MultiRaft {
         self.ticks += 1;
         let quiesce = self.config.quiesce;
         let mut to_quiesce = Vec::new();
-        for (&id, g) in &mut self.groups {
-            if g.quiet {
+        // Only awake groups tick: a quiet group costs nothing here, not even a visit.
+        let awake: Vec<GroupId> = self.awake.iter().copied().collect();
+        for id in awake {
+            let Some(g) = self.groups.get_mut(&id).filter(|g| !g.quiet) else {
+                self.awake.remove(&id);
                 continue;
-            }
+            };
             g.raw.tick();
             Self::jitter_election(&mut self.rng, &self.config, g);
             self.dirty.insert(id);
@@ -582,7 +592,7 @@ impl MultiRaft {
         // A heartbeat response changes nothing a quiet leader must act on; anything else
         // means the group has work again.
         if g.quiet && m.get_msg_type() != MessageType::MsgHeartbeatResponse && !quiesce {
-            Self::wake(g, &mut self.stats);
+            Self::wake(g, &mut self.stats, &mut self.awake, group);
         }
         if let Err(error) = g.raw.step(m) {
             tracing::debug!(%group, %from, %error, "raft rejected a message");
@@ -620,7 +630,7 @@ impl MultiRaft {
             .ok_or(ProposeError::GroupNotFound { group })?;
         Self::ensure_leader(group, g)?;
         if g.quiet {
-            Self::wake(g, &mut self.stats);
+            Self::wake(g, &mut self.stats, &mut self.awake, group);
         }
         g.queued.push((data, token));
         self.queued_groups.insert(group);
@@ -843,23 +853,23 @@ impl MultiRaft {
     /// For each, the driver takes a state-machine snapshot and calls [`MultiRaft::compact`].
     /// Also the groups whose leader needs a fresher snapshot to send (a replica added after
     /// the last one was taken).
-    pub fn compaction_due(&self) -> Vec<GroupId> {
+    ///
+    /// Only groups that applied entries since the last call are examined.
+    pub fn compaction_due(&mut self) -> Vec<GroupId> {
         let mut due: BTreeSet<GroupId> = self
             .store
             .take_snapshot_requests()
             .into_iter()
             .filter(|g| self.groups.contains_key(g))
             .collect();
+        let applied = std::mem::take(&mut self.applied_since_check);
         if self.config.compact_threshold != 0 {
-            due.extend(
-                self.groups
-                    .iter()
-                    .filter(|(_, g)| {
-                        g.applied.saturating_sub(g.raw.raft.raft_log.first_index()) + 1
-                            > self.config.compact_threshold
-                    })
-                    .map(|(id, _)| *id),
-            );
+            due.extend(applied.into_iter().filter(|id| {
+                self.groups.get(id).is_some_and(|g| {
+                    g.applied.saturating_sub(g.raw.raft.raft_log.first_index()) + 1
+                        > self.config.compact_threshold
+                })
+            }));
         }
         due.into_iter().collect()
     }
@@ -983,6 +993,9 @@ impl MultiRaft {
                 }
             }
             let committed = rd.take_committed_entries();
+            if !committed.is_empty() {
+                self.applied_since_check.insert(group);
+            }
             Self::hand_out(
                 group,
                 g,
@@ -1281,7 +1294,13 @@ impl MultiRaft {
         self.stats.quiesced += 1;
     }
 
-    fn wake(g: &mut Group, stats: &mut CoordinatorStats) {
+    fn wake(
+        g: &mut Group,
+        stats: &mut CoordinatorStats,
+        awake: &mut BTreeSet<GroupId>,
+        id: GroupId,
+    ) {
+        awake.insert(id);
         g.quiet = false;
         g.idle_ticks = 0;
         if g.raw.raft.state == StateRole::Leader {
@@ -1360,7 +1379,7 @@ impl MultiRaft {
             tracing::debug!(%peer, "peer silent past the liveness timeout; waking the groups it leads");
             for (&id, g) in &mut self.groups {
                 if g.quiet && g.raw.raft.leader_id == peer.get() {
-                    Self::wake(g, &mut self.stats);
+                    Self::wake(g, &mut self.stats, &mut self.awake, id);
                     Self::stagger_election(self.id, peer, self.config.election_tick, g);
                     self.dirty.insert(id);
                 }
