@@ -141,11 +141,17 @@ fn run_idle(args: &BenchArgs) -> Result<ExitCode, CliError> {
         .build()?;
     let mut results = Vec::new();
     for quiesce in [true, false] {
+        let label = if quiesce { "on" } else { "off" };
+        eprintln!("idle cluster, quiescence {label} ...");
+        let r = runtime.block_on(harness::run_idle(&config, quiesce))?;
+        // Printed as soon as measured: a large run's second half may take long or fail.
         eprintln!(
-            "idle cluster, quiescence {} ...",
-            if quiesce { "on" } else { "off" }
+            "  quiescence {label}: {:.1} wire msgs/s per node pair, {:.1}% of a core per node, {:.1}% quiet",
+            r.msgs_per_sec_per_pair,
+            r.cpu_core_fraction_per_node * 100.0,
+            r.quiet_fraction * 100.0
         );
-        results.push(runtime.block_on(harness::run_idle(&config, quiesce))?);
+        results.push(r);
     }
     let mut out = std::io::stdout().lock();
     writeln!(
