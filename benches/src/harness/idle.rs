@@ -105,9 +105,13 @@ pub async fn run_idle(config: &IdleConfig, quiesce: bool) -> Result<IdleFigures,
         routing,
         move |c| {
             // One stream per group and peer: let every group have one.
-            let streams = u32::try_from(groups.saturating_mul(2)).unwrap_or(u32::MAX).max(16_384);
+            let streams = u32::try_from(groups.saturating_mul(2))
+                .unwrap_or(u32::MAX)
+                .max(16_384);
             let transport = c.transport.clone().max_concurrent_uni_streams(streams);
-            c.tick_interval(tick).raft(RaftConfig::default().quiesce(quiesce)).transport(transport)
+            c.tick_interval(tick)
+                .raft(RaftConfig::default().quiesce(quiesce))
+                .transport(transport)
         },
         |_| CountingStateMachine::new(),
     )
