@@ -297,6 +297,15 @@ impl StreamReader {
         }
     }
 
+    /// Memory held for frames not yet complete (and a snapshot being reassembled).
+    pub(crate) fn held_bytes(&self) -> usize {
+        let snapshot = match &self.state {
+            State::SnapshotData { data, .. } => data.capacity(),
+            _ => 0,
+        };
+        self.dec.held_bytes() + snapshot
+    }
+
     /// The kind and group once the header is read.
     pub(crate) fn kind(&self) -> Option<(StreamKind, Option<GroupId>)> {
         match &self.state {

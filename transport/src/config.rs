@@ -22,6 +22,11 @@ pub struct TransportConfig {
     /// Frames queued toward one peer across all its streams (default 65 536). When full,
     /// `send` fails with `QueueFull` instead of blocking or growing memory.
     pub peer_queue_len: usize,
+    /// Bytes of encoded frames queued toward one peer across all its streams (default 64 MiB;
+    /// at least `max_frame_bytes`). An envelope is refused with `QueueFull` while this much is
+    /// queued, so a peer that stops reading costs at most this much memory (plus one
+    /// envelope), whatever the size of its messages.
+    pub peer_queue_bytes: usize,
     /// Frames queued on one stream (one group's raft stream, the heartbeat stream) (default
     /// 1 024), so one stalled group cannot fill the whole peer queue.
     pub stream_queue_len: usize,
@@ -44,7 +49,10 @@ pub struct TransportConfig {
     pub idle_timeout: Duration,
     /// Keep-alive interval, shorter than `idle_timeout` (default 5 s).
     pub keep_alive: Duration,
-    /// Handshakes and connections accepted at once (default 1 024).
+    /// Incoming handshakes in progress and incoming node connections held at once (default
+    /// 1 024). Attempts beyond it are refused before their handshake (no crypto is spent on
+    /// them) and counted in `connections_refused_limit`. Connections this node dials do not
+    /// count, nor client connections once handed over (their service bounds them).
     pub max_incoming_connections: usize,
     /// First delay before redialling a peer that could not be reached (default 50 ms).
     pub reconnect_backoff_min: Duration,
@@ -69,6 +77,7 @@ impl Default for TransportConfig {
         Self {
             max_frame_bytes: 16 << 20,
             peer_queue_len: 65_536,
+            peer_queue_bytes: 64 << 20,
             stream_queue_len: 1_024,
             inbound_queue_len: 65_536,
             max_concurrent_uni_streams: 16_384,
@@ -109,6 +118,8 @@ setters!(
     max_frame_bytes: usize,
     /// Sets [`TransportConfig::peer_queue_len`].
     peer_queue_len: usize,
+    /// Sets [`TransportConfig::peer_queue_bytes`].
+    peer_queue_bytes: usize,
     /// Sets [`TransportConfig::stream_queue_len`].
     stream_queue_len: usize,
     /// Sets [`TransportConfig::inbound_queue_len`].
@@ -170,6 +181,15 @@ impl TransportConfig {
             if v == 0 {
                 return err(field, "must be at least 1".into());
             }
+        }
+        if self.peer_queue_bytes < self.max_frame_bytes {
+            return err(
+                "peer_queue_bytes",
+                format!(
+                    "{} must be at least max_frame_bytes ({})",
+                    self.peer_queue_bytes, self.max_frame_bytes
+                ),
+            );
         }
         if self.max_concurrent_uni_streams == 0 {
             return err(
@@ -250,6 +270,10 @@ mod tests {
             (
                 TransportConfig::default().peer_queue_len(0),
                 "peer_queue_len",
+            ),
+            (
+                TransportConfig::default().peer_queue_bytes(1 << 20),
+                "peer_queue_bytes",
             ),
             (
                 TransportConfig::default().stream_receive_window(64 << 20),

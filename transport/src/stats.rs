@@ -68,9 +68,12 @@ stats!(
     connections_opened,
     /// Connections lost or closed.
     connections_closed,
-    /// Connections refused: failed handshake, no usable identity, duplicate, or a client
-    /// arriving while the client queue is full.
+    /// Connections refused: failed handshake, no usable identity, duplicate, a client
+    /// arriving while the client queue is full, or one beyond `max_incoming_connections`.
     connections_refused,
+    /// Incoming connections refused before their handshake because
+    /// `max_incoming_connections` were already being handshaken or held.
+    connections_refused_limit,
     /// Client connections (ALPN `pontoon-client/1`) accepted and handed over.
     client_connections,
     /// Client connections closed because the queue of connections not yet taken was full.
@@ -81,10 +84,27 @@ stats!(
     snapshots_failed,
     /// Snapshots reassembled and handed to the coordinator.
     snapshots_received,
+    /// Gauge, not a count: envelopes queued toward all peers and not yet written (raft and
+    /// heartbeat frames, and snapshot transfers in flight). Bounded by `peer_queue_len` per
+    /// peer.
+    queued_envelopes,
+    /// Gauge, not a count: encoded bytes of the raft and heartbeat frames queued toward all
+    /// peers and not yet written. Bounded by `peer_queue_bytes` per peer, plus one envelope.
+    /// Snapshot data is not copied into the queue and is not counted here.
+    queued_bytes,
+    /// Gauge, not a count: bytes held by the decoders of incoming streams (the start of
+    /// frames that straddle reads, with their buffers' capacity, and snapshots being
+    /// reassembled).
+    receive_buffered_bytes,
 );
 
 impl Counters {
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Lowers a gauge.
+    pub(crate) fn sub(gauge: &AtomicU64, n: u64) {
+        gauge.fetch_sub(n, Ordering::Relaxed);
     }
 }

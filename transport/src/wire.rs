@@ -350,6 +350,9 @@ pub fn decode_body<M: prost::Message + Default>(
     })
 }
 
+/// Most a [`FrameDecoder`] reserves ahead of the bytes it holds for an unfinished frame.
+const RESERVE_AHEAD: usize = 64 << 10;
+
 /// Splits a byte stream into frame bodies, refusing any frame longer than its maximum before
 /// buffering it.
 ///
@@ -407,6 +410,12 @@ impl FrameDecoder {
         }
     }
 
+    /// Memory the decoder holds: its buffer's capacity and the received bytes not yet split.
+    #[must_use]
+    pub fn held_bytes(&self) -> usize {
+        self.buf.capacity() + self.chunk.len()
+    }
+
     /// Bytes buffered that do not yet form a complete frame.
     #[must_use]
     pub fn buffered(&self) -> usize {
@@ -450,7 +459,10 @@ impl FrameDecoder {
             return Ok(None);
         };
         if self.buf.len() < LENGTH_PREFIX + len {
-            self.buf.reserve(LENGTH_PREFIX + len - self.buf.len());
+            // Room for what is likely to come next, never for the whole announced length:
+            // a prefix costs the peer four bytes, and must not cost us `len` bytes of memory.
+            let missing = LENGTH_PREFIX + len - self.buf.len();
+            self.buf.reserve(missing.min(RESERVE_AHEAD));
             return Ok(None);
         }
         self.buf.advance(LENGTH_PREFIX);
@@ -558,6 +570,18 @@ mod tests {
                 len: 1_000_000,
                 max: 64
             })
+        );
+    }
+
+    #[test]
+    fn an_announced_length_is_not_allocated_before_its_bytes_arrive() {
+        let mut dec = FrameDecoder::new(u32::MAX as usize);
+        dec.extend(&[(1u32 << 30).to_be_bytes().as_slice(), &[0; 10]].concat());
+        assert_eq!(dec.next_frame(), Ok(None));
+        assert!(
+            dec.buf.capacity() <= 2 * RESERVE_AHEAD,
+            "reserved {} bytes for 14 received",
+            dec.buf.capacity()
         );
     }
 

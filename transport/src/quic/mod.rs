@@ -43,7 +43,7 @@ use std::time::Duration;
 use quinn::crypto::rustls::{HandshakeData, QuicClientConfig, QuicServerConfig};
 use quinn::{Endpoint, IdleTimeout, VarInt};
 use routing::NodeId;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::codec::{self, codes};
@@ -92,6 +92,9 @@ pub(crate) struct Shared {
     pub(crate) closing: AtomicBool,
     /// Where accepted client connections go; `None` unless `accept_clients`.
     pub(crate) clients: Option<mpsc::Sender<ClientConnection>>,
+    /// One permit per incoming connection held or being handshaken
+    /// ([`TransportConfig::max_incoming_connections`]).
+    admission: Arc<Semaphore>,
 }
 
 /// A connection from a client (ALPN [`certs::CLIENT_ALPN`]), authenticated by a certificate
@@ -127,6 +130,9 @@ impl Shared {
         let _ = self.inbound.try_send(event);
     }
 }
+
+/// Connection attempts quinn holds for the accept loop beyond `max_incoming_connections`.
+const PENDING_INCOMING: usize = 1024;
 
 /// Builds quinn's transport parameters from our config.
 pub(crate) fn quinn_transport(
@@ -174,7 +180,14 @@ fn configs_offering(
         .map_err(|e| TransportError::Quic(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_tls));
     server.transport_config(transport.clone());
-    server.max_incoming(config.max_incoming_connections);
+    // quinn's own bound is on attempts not yet taken by the accept loop, which takes them at
+    // once and refuses (and counts) those beyond `max_incoming_connections` itself: quinn's
+    // is only a backstop for a burst that outruns the loop.
+    server.max_incoming(
+        config
+            .max_incoming_connections
+            .saturating_add(PENDING_INCOMING),
+    );
     let client_tls = QuicClientConfig::try_from(identity.client_config(&[alpn])?)
         .map_err(|e| TransportError::Quic(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(client_tls));
@@ -221,6 +234,7 @@ impl QuicTransport {
                 source,
             })?;
         let (tx, rx) = mpsc::channel(config.inbound_queue_len);
+        let config_max_incoming = config.max_incoming_connections;
         let (clients_tx, clients_rx) = if config.accept_clients {
             let (tx, rx) = mpsc::channel(config.client_queue_len);
             (Some(tx), Some(rx))
@@ -240,6 +254,7 @@ impl QuicTransport {
             runtime: tokio::runtime::Handle::current(),
             closing: AtomicBool::new(false),
             clients: clients_tx,
+            admission: Arc::new(Semaphore::new(config_max_incoming)),
         });
         let span = info_span!("node", node = %shared.local, %local_addr);
         tokio::spawn(accept_loop(shared.clone()).instrument(span));
@@ -370,9 +385,19 @@ impl Drop for QuicTransport {
 }
 
 /// Accepts connections, learns the peer's NodeId from its verified certificate and hands the
-/// connection to that peer's task.
+/// connection to that peer's task. Each incoming attempt takes an admission permit before its
+/// handshake and a node connection keeps it until it closes; attempts beyond them are refused
+/// before the handshake.
 async fn accept_loop(shared: Arc<Shared>) {
     while let Some(incoming) = shared.endpoint.accept().await {
+        let Ok(permit) = shared.admission.clone().try_acquire_owned() else {
+            let c = &shared.counters;
+            Counters::add(&c.connections_refused, 1);
+            Counters::add(&c.connections_refused_limit, 1);
+            debug!(remote = %incoming.remote_address(), "max_incoming_connections reached: refusing");
+            incoming.refuse();
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
@@ -385,18 +410,24 @@ async fn accept_loop(shared: Arc<Shared>) {
                 }
             };
             if negotiated_alpn(&conn).as_deref() == Some(certs::CLIENT_ALPN) {
-                // Only offered with `accept_clients`: rustls refuses it otherwise.
+                // Only offered with `accept_clients`: rustls refuses it otherwise. Its permit
+                // ends here: the service that takes it bounds its clients (holding a handle
+                // here would keep alive a connection the service dropped).
                 hand_over_client(&shared, conn);
                 return;
             }
             match peer_node_id(&conn) {
-                Some(id) if id != shared.local => shared.peer(id).incoming(conn),
+                Some(id) if id != shared.local => shared.peer(id).incoming(conn.clone()),
                 _ => {
                     Counters::add(&shared.counters.connections_refused, 1);
                     warn!(%remote, "peer certificate names no other node: closing");
                     conn.close(VarInt::from_u32(codes::NOT_A_NODE), b"not a node");
                 }
             }
+            // A node connection keeps its permit until it ends (its reader task holds it
+            // open meanwhile, so waiting here keeps nothing alive).
+            conn.closed().await;
+            drop(permit);
         });
     }
 }

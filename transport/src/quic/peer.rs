@@ -47,8 +47,10 @@ pub(crate) struct Peer {
     pub(crate) id: NodeId,
     state: watch::Sender<ConnState>,
     events: mpsc::UnboundedSender<PeerEvent>,
-    /// Frames queued across all this peer's writers.
+    /// Envelopes queued across all this peer's writers (and snapshot transfers in flight).
     queued: Arc<AtomicUsize>,
+    /// Encoded bytes of the frames queued across all this peer's writers.
+    queued_bytes: AtomicUsize,
     writers: Mutex<HashMap<StreamKey, mpsc::Sender<Frames>>>,
     task: tokio::task::AbortHandle,
 }
@@ -66,6 +68,7 @@ impl Peer {
             state,
             events,
             queued: Arc::new(AtomicUsize::new(0)),
+            queued_bytes: AtomicUsize::new(0),
             writers: Mutex::new(HashMap::new()),
             task: task.abort_handle(),
         })
@@ -97,13 +100,17 @@ impl Peer {
         encoded: Encoded,
     ) -> Result<(), SendError> {
         let c = &shared.counters;
+        let full = || {
+            Counters::add(&c.dropped_queue_full, 1);
+            SendError::QueueFull { to: self.id }
+        };
         if self.queued.fetch_add(1, Ordering::AcqRel) >= shared.config.peer_queue_len {
             self.queued.fetch_sub(1, Ordering::AcqRel);
-            Counters::add(&c.dropped_queue_full, 1);
-            return Err(SendError::QueueFull { to: self.id });
+            return Err(full());
         }
         match encoded {
             Encoded::Snapshot(t) => {
+                Counters::add(&c.queued_envelopes, 1);
                 let span = info_span!("snapshot", peer = %self.id, group = %t.group);
                 shared
                     .runtime
@@ -111,6 +118,15 @@ impl Peer {
                 Ok(())
             }
             Encoded::Frames(f) => {
+                // Admitted while under the byte bound, so any one envelope fits.
+                let len = f.bytes.len();
+                if self.queued_bytes.fetch_add(len, Ordering::AcqRel)
+                    >= shared.config.peer_queue_bytes
+                {
+                    self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                    self.queued.fetch_sub(1, Ordering::AcqRel);
+                    return Err(full());
+                }
                 let mut writers = self.writers.lock().unwrap_or_else(PoisonError::into_inner);
                 let key = f.key;
                 let tx = writers.entry(key).or_insert_with(|| {
@@ -124,13 +140,23 @@ impl Peer {
                     );
                     tx
                 });
+                // Counted before the hand-off: the writer may release it at once.
+                Counters::add(&c.queued_envelopes, 1);
+                Counters::add(&c.queued_bytes, len as u64);
                 tx.try_send(f).map_err(|_| {
-                    self.queued.fetch_sub(1, Ordering::AcqRel);
-                    Counters::add(&c.dropped_queue_full, 1);
-                    SendError::QueueFull { to: self.id }
+                    self.dequeued(c, 1, len);
+                    full()
                 })
             }
         }
+    }
+
+    /// Releases what a writer took off its queue.
+    fn dequeued(&self, c: &Counters, envelopes: usize, bytes: usize) {
+        self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        self.queued.fetch_sub(envelopes, Ordering::AcqRel);
+        Counters::sub(&c.queued_bytes, bytes as u64);
+        Counters::sub(&c.queued_envelopes, envelopes as u64);
     }
 
     /// The connection to write on; `None` when the peer is down (the caller drops and
@@ -171,6 +197,7 @@ async fn stream_writer(
     let limit = MAX_WRITE_BATCH.min(shared.config.stream_queue_len);
     while rx.recv_many(&mut batch, limit).await > 0 {
         let n = batch.len();
+        let queued_bytes: usize = batch.iter().map(|f| f.bytes.len()).sum();
         let frames: u64 = batch.iter().map(|f| f.frames).sum();
         let lost = |reason: &str| {
             Counters::add(&c.dropped_unreachable, frames);
@@ -225,7 +252,7 @@ async fn stream_writer(
             }
         }
         batch.clear();
-        peer.queued.fetch_sub(n, Ordering::AcqRel);
+        peer.dequeued(c, n, queued_bytes);
     }
 }
 
@@ -240,8 +267,8 @@ async fn send_snapshot(shared: Arc<Shared>, peer: Arc<Peer>, t: SnapshotTransfer
         }),
         None => false,
     };
-    peer.queued.fetch_sub(1, Ordering::AcqRel);
     let c = &shared.counters;
+    peer.dequeued(c, 1, 0);
     Counters::add(
         if delivered {
             &c.snapshots_sent

@@ -14,6 +14,7 @@ use super::Shared;
 use super::peer::{PeerEvent, snapshot_ack};
 use crate::Inbound;
 use crate::codec::{Refusal, StreamReader};
+use crate::stats::Counters;
 use crate::wire::StreamKind;
 
 /// Received chunks taken from a stream at once (one lock of the connection each time).
@@ -49,6 +50,16 @@ pub(crate) async fn drive(
     let _ = events.send(PeerEvent::Closed(sid));
 }
 
+/// Moves the `receive_buffered_bytes` gauge from what a stream held to what it holds now.
+fn track_held(c: &Counters, held: &mut usize, now: usize) {
+    if now > *held {
+        Counters::add(&c.receive_buffered_bytes, (now - *held) as u64);
+    } else if now < *held {
+        Counters::sub(&c.receive_buffered_bytes, (*held - now) as u64);
+    }
+    *held = now;
+}
+
 /// Reads one stream to its end. Anything wrong resets this stream only.
 async fn read_stream(
     shared: Arc<Shared>,
@@ -66,13 +77,17 @@ async fn read_stream(
         cfg.max_snapshot_bytes,
         shared.known_groups.clone(),
     );
+    // What this stream's decoder holds, as last added to `receive_buffered_bytes`.
+    let mut held = 0usize;
     let outcome: Result<(), Refusal> = async {
         let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
         loop {
             match recv.read_chunks(&mut chunks).await {
                 Ok(Some(n)) => {
                     let reads = chunks[..n].iter_mut().map(std::mem::take);
-                    for envelope in reader.feed_all(reads, c)? {
+                    let envelopes = reader.feed_all(reads, c);
+                    track_held(c, &mut held, reader.held_bytes());
+                    for envelope in envelopes? {
                         shared
                             .deliver(Inbound::Message {
                                 from: peer,
@@ -121,6 +136,7 @@ async fn read_stream(
         }
     }
     .await;
+    track_held(c, &mut held, 0);
     if let Err(refusal) = outcome {
         refusal.count(c);
         let kind = reader.kind();
