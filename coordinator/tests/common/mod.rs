@@ -244,12 +244,11 @@ pub fn missing_acked(
     let mut missing = 0;
     for ((group, key), value) in acked {
         for node in cluster.routing().replicas(*group).unwrap_or_default() {
-            if let Some(sm) = cluster.state_machine(*node) {
-                if sm.groups.get(group).and_then(|m| m.get(key.as_bytes()))
+            if let Some(sm) = cluster.state_machine(*node)
+                && sm.groups.get(group).and_then(|m| m.get(key.as_bytes()))
                     != Some(&value.as_bytes().to_vec())
-                {
-                    missing += 1;
-                }
+            {
+                missing += 1;
             }
         }
     }
