@@ -821,22 +821,25 @@ impl Driver {
                         let _ = reply.send(Ok(index));
                     }
                 }
-                Event::ProposalDropped { group, token } => {
-                    self.fail(token, ProposeError::ProposalDropped { group });
+                Event::ProposalDropped { token, .. } => {
+                    self.fail(token, |group| ProposeError::ProposalDropped { group });
                 }
-                Event::ProposalOutcomeUnknown { group, token } => {
-                    self.fail(token, ProposeError::OutcomeUnknown { group });
+                Event::ProposalOutcomeUnknown { token, .. } => {
+                    self.fail(token, |group| ProposeError::OutcomeUnknown { group });
                 }
             }
         }
     }
 
-    /// Answers the proposal or conf change `token` with `error`.
-    fn fail(&mut self, token: Token, error: ProposeError) {
-        if let Some((_, reply)) = self.proposals.remove(&token) {
-            let _ = reply.send(Err(error));
-        } else if let Some((_, reply)) = self.conf_changes.remove(&token) {
-            let _ = reply.send(Err(error));
+    /// Answers whichever request (proposal, read or conf change) holds `token` with the error
+    /// `error` makes for its group.
+    fn fail(&mut self, token: Token, error: impl Fn(GroupId) -> ProposeError) {
+        if let Some((group, reply)) = self.proposals.remove(&token) {
+            let _ = reply.send(Err(error(group)));
+        } else if let Some((group, reply)) = self.reads.remove(&token) {
+            let _ = reply.send(Err(error(group)));
+        } else if let Some((group, reply)) = self.conf_changes.remove(&token) {
+            let _ = reply.send(Err(error(group)));
         }
     }
 
@@ -847,13 +850,7 @@ impl Driver {
                 break;
             }
             self.deadlines.pop_front();
-            if let Some((group, reply)) = self.proposals.remove(&token) {
-                let _ = reply.send(Err(ProposeError::Timeout { group }));
-            } else if let Some((group, reply)) = self.reads.remove(&token) {
-                let _ = reply.send(Err(ProposeError::Timeout { group }));
-            } else if let Some((group, reply)) = self.conf_changes.remove(&token) {
-                let _ = reply.send(Err(ProposeError::Timeout { group }));
-            }
+            self.fail(token, |group| ProposeError::Timeout { group });
         }
     }
 
