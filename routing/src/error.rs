@@ -35,8 +35,8 @@ pub enum RoutingError {
     /// `NodeId(0)` is raft-rs' "no node" and can never be a replica.
     #[error("node id 0 is reserved (raft-rs uses it for \"no node\"): number nodes from 1")]
     ReservedNodeId,
-    /// `GroupId(0)` is reserved.
-    #[error("group id 0 is reserved: number groups from 1")]
+    /// `GroupId(0)` and the meta group's id (`u64::MAX`) are reserved.
+    #[error("group ids 0 and u64::MAX (the meta group) are reserved: number groups from 1")]
     ReservedGroupId,
     /// A node appears twice in a node list or replica set.
     #[error("node {node} appears more than once: list each node once")]
@@ -101,6 +101,35 @@ pub enum RoutingError {
         /// The number of vShard entries it carries.
         entries: usize,
     },
+    /// The node is not a member of the cluster.
+    #[error("{node} is not a member of the cluster: add it first")]
+    UnknownNode {
+        /// The node.
+        node: NodeId,
+    },
+    /// A member cannot leave while groups still list it as a replica.
+    #[error("{node} still holds replicas of {groups} groups: move them away before removing it")]
+    NodeStillHoldsReplicas {
+        /// The node.
+        node: NodeId,
+        /// How many groups still list it.
+        groups: usize,
+    },
+    /// A routing change was made against another version of the table.
+    #[error(
+        "the routing change expected table version {expected} but the table is at {actual}: \
+         read the current table and retry"
+    )]
+    VersionConflict {
+        /// The version the change was computed against.
+        expected: u64,
+        /// The table's version.
+        actual: u64,
+    },
+    /// Decoded routing-change bytes name no change (an unknown kind from a newer version, or
+    /// corruption).
+    #[error("routing change names no known kind: the sender is newer or the bytes are corrupt")]
+    EmptyChange,
     /// A decoded table carries version 0; versions start at 1.
     #[error("routing table version 0 is invalid (versions start at 1): the encoding is corrupt")]
     ZeroVersion,

@@ -29,16 +29,18 @@
 //! # Ok::<(), pontoon_routing::RoutingError>(())
 //! ```
 
+mod change;
 mod error;
 mod hash;
 mod ids;
 mod table;
 mod wire;
 
+pub use change::RoutingChange;
 pub use error::RoutingError;
 pub use hash::{DEFAULT_VSHARDS, vshard_for_key};
 pub use ids::{GroupId, NodeId, VShardId};
-pub use table::{GroupPlacement, MAX_VSHARDS, RoutingTable};
+pub use table::{GroupPlacement, MAX_VSHARDS, META_GROUP, RoutingTable};
 
 #[cfg(test)]
 mod tests;

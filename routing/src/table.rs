@@ -31,7 +31,13 @@ pub struct RoutingTable {
     /// Index = vShard id.
     pub(crate) vshards: Vec<GroupId>,
     pub(crate) groups: BTreeMap<GroupId, GroupPlacement>,
+    /// The cluster's nodes and the address each is reached at (empty: configured locally).
+    pub(crate) members: BTreeMap<NodeId, String>,
 }
+
+/// The group that replicates the routing table itself (see the coordinator's meta group). No
+/// vShard ever maps to it and [`RoutingTable::add_group`] refuses it.
+pub const META_GROUP: GroupId = GroupId(u64::MAX);
 
 impl RoutingTable {
     /// A table of `vshard_count` vShards spread evenly over groups `GroupId(1..=group_count)`,
@@ -121,6 +127,7 @@ impl RoutingTable {
             version: 1,
             vshards,
             groups,
+            members: nodes.iter().map(|&n| (n, String::new())).collect(),
         })
     }
 
@@ -242,13 +249,63 @@ impl RoutingTable {
             .collect()
     }
 
-    /// Every node that holds at least one replica.
+    /// Every member node and every node that holds at least one replica.
     #[must_use]
     pub fn nodes(&self) -> BTreeSet<NodeId> {
         self.groups
             .values()
             .flat_map(|p| p.replicas.iter().copied())
+            .chain(self.members.keys().copied())
             .collect()
+    }
+
+    /// The cluster's member nodes with the address each is reached at (empty when the table
+    /// does not carry it: the node's own configuration does).
+    pub fn members(&self) -> impl Iterator<Item = (NodeId, &str)> {
+        self.members.iter().map(|(&n, a)| (n, a.as_str()))
+    }
+
+    /// Whether `node` is a member of the cluster.
+    #[must_use]
+    pub fn is_member(&self, node: NodeId) -> bool {
+        self.members.contains_key(&node)
+    }
+
+    /// Adds `node` as a member reached at `address` (or changes its address) and bumps the
+    /// version.
+    ///
+    /// # Errors
+    ///
+    /// [`RoutingError::ReservedNodeId`] for `NodeId(0)`.
+    pub fn add_member(&mut self, node: NodeId, address: String) -> Result<(), RoutingError> {
+        if node == NodeId(0) {
+            return Err(RoutingError::ReservedNodeId);
+        }
+        if self.members.get(&node) == Some(&address) {
+            return Ok(());
+        }
+        self.members.insert(node, address);
+        self.bump();
+        Ok(())
+    }
+
+    /// Removes a member that holds no replica, and bumps the version.
+    ///
+    /// # Errors
+    ///
+    /// [`RoutingError::UnknownNode`] for a node that is not a member,
+    /// [`RoutingError::NodeStillHoldsReplicas`] while groups still list it.
+    pub fn remove_member(&mut self, node: NodeId) -> Result<(), RoutingError> {
+        if !self.members.contains_key(&node) {
+            return Err(RoutingError::UnknownNode { node });
+        }
+        let held = self.groups_on_node(node).len();
+        if held > 0 {
+            return Err(RoutingError::NodeStillHoldsReplicas { node, groups: held });
+        }
+        self.members.remove(&node);
+        self.bump();
+        Ok(())
     }
 
     /// The vShards a group owns, in ascending order (empty for an unknown group).
@@ -267,10 +324,10 @@ impl RoutingTable {
     ///
     /// # Errors
     ///
-    /// [`RoutingError::ReservedGroupId`] for `GroupId(0)`, [`RoutingError::GroupExists`] for
+    /// [`RoutingError::ReservedGroupId`] for `GroupId(0)` and [`META_GROUP`], [`RoutingError::GroupExists`] for
     /// a known group, and the replica set errors of [`Self::set_replicas`].
     pub fn add_group(&mut self, group: GroupId, replicas: Vec<NodeId>) -> Result<(), RoutingError> {
-        if group == GroupId(0) {
+        if group == GroupId(0) || group == META_GROUP {
             return Err(RoutingError::ReservedGroupId);
         }
         if self.groups.contains_key(&group) {

@@ -297,6 +297,7 @@ fn valid_msg() -> TableMsg {
                 leader_hint: None,
             },
         ],
+        members: Vec::new(),
     }
 }
 

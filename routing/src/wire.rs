@@ -26,6 +26,21 @@ pub(crate) struct TableMsg {
     /// Every group of the table, each once.
     #[prost(message, repeated, tag = "4")]
     pub groups: Vec<GroupMsg>,
+    /// The member nodes, each once. Absent in tables written before members existed: the
+    /// replicas' nodes are the members then.
+    #[prost(message, repeated, tag = "5")]
+    pub members: Vec<MemberMsg>,
+}
+
+/// One member node.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct MemberMsg {
+    /// The node id, nonzero.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    /// Where it is reached (may be empty).
+    #[prost(string, tag = "2")]
+    pub address: String,
 }
 
 /// One group and its placement.
@@ -68,6 +83,14 @@ impl RoutingTable {
                     leader_hint: p.leader_hint.map(NodeId::get),
                 })
                 .collect(),
+            members: self
+                .members
+                .iter()
+                .map(|(n, a)| MemberMsg {
+                    id: n.get(),
+                    address: a.clone(),
+                })
+                .collect(),
         }
         .encode_to_vec()
     }
@@ -103,7 +126,7 @@ impl RoutingTable {
         let mut groups = BTreeMap::new();
         for g in msg.groups {
             let group = GroupId(g.id);
-            if group == GroupId(0) {
+            if group == GroupId(0) || group == crate::META_GROUP {
                 return Err(RoutingError::ReservedGroupId);
             }
             let replicas: Vec<NodeId> = g.replicas.into_iter().map(NodeId).collect();
@@ -136,10 +159,29 @@ impl RoutingTable {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
+        let mut members = BTreeMap::new();
+        for m in msg.members {
+            let node = NodeId(m.id);
+            if node == NodeId(0) {
+                return Err(RoutingError::ReservedNodeId);
+            }
+            if members.insert(node, m.address).is_some() {
+                return Err(RoutingError::DuplicateNode { node });
+            }
+        }
+        if members.is_empty() {
+            for placement in groups.values() {
+                for node in &placement.replicas {
+                    members.insert(*node, String::new());
+                }
+            }
+        }
+
         Ok(Self {
             version: msg.version,
             vshards,
             groups,
+            members,
         })
     }
 }
