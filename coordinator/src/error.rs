@@ -1,7 +1,7 @@
 //! Errors of the coordinator: one enum for what a caller's request can hit ([`ProposeError`]),
 //! one for what stops the coordinator itself ([`CoordinatorError`]).
 
-use routing::{GroupId, NodeId};
+use routing::{GroupId, NodeId, VShardId};
 
 use crate::conf_change::ConfChangeDecodeError;
 use crate::config::ConfigError;
@@ -47,6 +47,32 @@ pub enum ProposeError {
     OutcomeUnknown {
         /// The group.
         group: GroupId,
+    },
+    /// The command was routed with an outdated routing table: `group` no longer serves
+    /// `vshard` (it moved, or is moving). It did not take effect; route it again with a table
+    /// newer than `table_version`. [`crate::Node::propose`] does this itself until its
+    /// deadline.
+    #[error(
+        "{vshard} is not served by {group} any more (routed with table version {table_version}); \
+         it did not take effect, retry on a newer routing table"
+    )]
+    StaleRouting {
+        /// The vShard the command was routed by.
+        vshard: VShardId,
+        /// The group that refused it.
+        group: GroupId,
+        /// The routing-table version this node held when the refusal came back.
+        table_version: u64,
+    },
+    /// The request was refused and did not take effect: a routing change computed against
+    /// another table version, or a state machine that cannot export a vShard. `reason` says
+    /// which; re-read the state and retry.
+    #[error("{group} refused the request: {reason}")]
+    Refused {
+        /// The group.
+        group: GroupId,
+        /// Why.
+        reason: String,
     },
     /// The node is shutting down (or stopped after a fatal error); send the request elsewhere.
     #[error("the node is shutting down")]

@@ -55,6 +55,7 @@ mod multiraft;
 mod node;
 mod outbox;
 mod proposal_batch;
+mod replicated;
 pub mod sim;
 mod state_machine;
 
@@ -66,4 +67,5 @@ pub use multiraft::{
     Token,
 };
 pub use node::{Node, NodeConfig, NodeError, NodeStatus};
-pub use state_machine::{StateMachine, StateMachineError};
+pub use replicated::{Replicated, Reply};
+pub use state_machine::{StateMachine, StateMachineError, VShardScope};

@@ -234,23 +234,32 @@ impl<S: StateMachine> LocalCluster<S> {
         leaders
     }
 
-    /// How many groups each running node leads.
+    /// How many data groups each running node leads (the meta group not counted).
     pub async fn leader_counts(&self) -> BTreeMap<NodeId, usize> {
         let mut counts: BTreeMap<NodeId, usize> =
             self.running().iter().map(|n| (n.id(), 0)).collect();
-        for leader in self.leaders().await.values() {
+        let leaders = self.leaders().await;
+        let data_groups = leaders.iter().filter(|(g, _)| **g != routing::META_GROUP);
+        for (_, leader) in data_groups {
             *counts.entry(*leader).or_default() += 1;
         }
         counts
     }
 
-    /// Waits until every group has a running leader; returns how long that took, or `None`
+    /// Waits until every group (and the meta group) has a running leader; returns how long that took, or `None`
     /// at the deadline.
     pub async fn wait_for_leaders(&self, timeout: Duration) -> Option<Duration> {
         let start = Instant::now();
-        let groups = self.routing.groups().count();
+        let wanted: Vec<GroupId> = self
+            .routing
+            .groups()
+            .map(|(g, _)| g)
+            .chain([routing::META_GROUP])
+            .collect();
+        let groups = wanted.len();
         while start.elapsed() < timeout {
-            if self.leaders().await.len() == groups {
+            let leaders = self.leaders().await;
+            if wanted.iter().all(|g| leaders.contains_key(g)) {
                 return Some(start.elapsed());
             }
             // A status of every group is not free: poll large clusters less often.

@@ -80,6 +80,8 @@ pub struct GroupStatus {
     pub voters: Vec<NodeId>,
     /// Learners.
     pub learners: Vec<NodeId>,
+    /// In a joint configuration (a membership change between its two steps).
+    pub joint: bool,
     /// Quiescent: idle, not ticking, kept alive by node-level liveness.
     pub quiet: bool,
 }
@@ -405,17 +407,36 @@ impl MultiRaft {
         &mut self,
         groups: impl IntoIterator<Item = (GroupId, Vec<NodeId>)>,
     ) -> Result<Vec<GroupId>, CoordinatorError> {
+        self.create_groups_with_learners(
+            groups
+                .into_iter()
+                .map(|(group, voters)| (group, voters, Vec::new())),
+        )
+    }
+
+    /// [`MultiRaft::create_groups`] with learners in the first configuration too (the meta
+    /// group keeps at most five voters and makes every other node a learner).
+    ///
+    /// # Errors
+    /// As [`MultiRaft::create_group`].
+    pub fn create_groups_with_learners(
+        &mut self,
+        groups: impl IntoIterator<Item = (GroupId, Vec<NodeId>, Vec<NodeId>)>,
+    ) -> Result<Vec<GroupId>, CoordinatorError> {
         let mut batch = self.store.batch();
         let mut created = Vec::new();
-        for (group, voters) in groups {
+        for (group, voters, learners) in groups {
             if self.groups.contains_key(&group) {
                 continue;
             }
-            if group.get() == 0 || voters.is_empty() || voters.iter().any(|v| v.get() == 0) {
+            if group.get() == 0
+                || voters.is_empty()
+                || voters.iter().chain(&learners).any(|v| v.get() == 0)
+            {
                 return Err(CoordinatorError::InvalidVoters { group });
             }
-            let conf_state =
-                ConfState::from((voters.iter().map(|v| v.get()).collect::<Vec<_>>(), vec![]));
+            let ids = |nodes: &[NodeId]| nodes.iter().map(|v| v.get()).collect::<Vec<_>>();
+            let conf_state = ConfState::from((ids(&voters), ids(&learners)));
             let mut snapshot = Snapshot::default();
             let meta = snapshot.mut_metadata();
             meta.index = BOOTSTRAP_INDEX;
@@ -828,6 +849,7 @@ impl MultiRaft {
             last_index: raft.raft_log.last_index(),
             voters,
             learners,
+            joint: !raft.prs().conf().to_conf_state().voters_outgoing.is_empty(),
             quiet: g.quiet,
         })
     }

@@ -13,9 +13,9 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState};
-use routing::{GroupId, NodeId, RoutingTable};
+use routing::{GroupId, META_GROUP, NodeId, RoutingChange, RoutingTable, VShardId};
 use storage::{LogStore, StorageStats, StoreOptions};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument as _;
 use transport::{
     AddressBook, Envelope, Inbound, QuicTransport, Transport, TransportConfig, TransportStats,
@@ -24,7 +24,11 @@ use transport::{
 use crate::config::RaftConfig;
 use crate::error::{CoordinatorError, ProposeError};
 use crate::multiraft::{Apply, CoordinatorStats, Event, GroupStatus, MultiRaft, Token};
+use crate::replicated::{Frame, Replicated, Reply as AppliedReply};
 use crate::state_machine::StateMachine;
+
+/// The most voters the meta group gets; every other member follows it as a learner.
+pub const META_VOTERS: usize = 5;
 
 /// Everything a node needs besides its identity, routing and state machine.
 #[derive(Clone, Debug)]
@@ -48,6 +52,10 @@ pub struct NodeConfig {
     pub tick_interval: Duration,
     /// How long a proposal or read may wait before it fails with `Timeout`.
     pub request_timeout: Duration,
+    /// Join a running cluster instead of bootstrapping one: the node starts with no group and
+    /// learns the routing table (and its replicas) once an operator adds it
+    /// (`add_node`). Ignored when the data directory already holds groups (a restart).
+    pub join: bool,
 }
 
 impl NodeConfig {
@@ -64,7 +72,14 @@ impl NodeConfig {
             store: StoreOptions::default(),
             tick_interval: Duration::from_millis(100),
             request_timeout: Duration::from_secs(10),
+            join: false,
         }
+    }
+
+    /// Joins a running cluster instead of bootstrapping one (see [`NodeConfig::join`]).
+    pub fn join(mut self, join: bool) -> Self {
+        self.join = join;
+        self
     }
 
     /// Adds a peer's address.
@@ -149,6 +164,8 @@ pub struct NodeStatus {
     pub transport: TransportStats,
     /// Proposals acknowledged to callers.
     pub proposals_acknowledged: u64,
+    /// The version of the routing table this node has applied.
+    pub routing_version: u64,
 }
 
 impl NodeStatus {
@@ -176,6 +193,11 @@ enum Command {
         group: GroupId,
         reply: Reply<u64>,
     },
+    Export {
+        group: GroupId,
+        vshard: VShardId,
+        reply: Reply<Vec<u8>>,
+    },
     ConfChange {
         group: GroupId,
         change: ConfChangeV2,
@@ -198,6 +220,9 @@ pub struct Node {
     id: NodeId,
     commands: mpsc::Sender<Command>,
     routing: Arc<RwLock<RoutingTable>>,
+    /// The applied routing version, for waiting on a newer table.
+    routing_version: watch::Receiver<u64>,
+    request_timeout: Duration,
     local_addr: SocketAddr,
     shutdown: Arc<tokio::sync::Mutex<Option<DriverHandle>>>,
     address_book: AddressBook,
@@ -241,9 +266,9 @@ impl Node {
         for (node, addr) in &config.peers {
             address_book.insert(*node, *addr);
         }
-        let known: Arc<RwLock<HashSet<GroupId>>> = Arc::new(RwLock::new(
-            routing.groups_on_node(config.node_id).into_iter().collect(),
-        ));
+        // Filled in by the driver with the groups the core really holds (and updated as the
+        // routing table moves replicas here or away).
+        let known: KnownGroups = Arc::new(RwLock::new(HashSet::new()));
         let filter_set = known.clone();
         let filter: transport::GroupFilter = Arc::new(move |group| {
             filter_set
@@ -262,14 +287,15 @@ impl Node {
         let local_addr = transport.local_addr();
         let transport = Arc::new(transport);
         let closer = transport.clone();
-        let mut node = Self::start_with_transport(
+        let mut node = Self::start_inner(
             config,
             transport,
             inbound,
             address_book,
             local_addr,
             routing,
-            state_machine,
+            Box::new(state_machine),
+            Some(known),
         )?;
         node.endpoint = Some(closer);
         Ok(node)
@@ -286,28 +312,62 @@ impl Node {
         address_book: AddressBook,
         local_addr: SocketAddr,
         routing: RoutingTable,
-        mut state_machine: impl StateMachine,
+        state_machine: impl StateMachine,
+    ) -> Result<Node, NodeError> {
+        Self::start_inner(
+            config,
+            transport,
+            inbound,
+            address_book,
+            local_addr,
+            routing,
+            Box::new(state_machine),
+            None,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_inner(
+        config: NodeConfig,
+        transport: Arc<dyn Transport>,
+        inbound: mpsc::Receiver<Inbound>,
+        address_book: AddressBook,
+        local_addr: SocketAddr,
+        routing: RoutingTable,
+        state_machine: Box<dyn StateMachine>,
+        known: Option<KnownGroups>,
     ) -> Result<Node, NodeError> {
         let id = config.node_id;
-        let my_groups: Vec<(GroupId, Vec<NodeId>)> = routing
-            .groups()
-            .filter(|(_, placement)| placement.replicas.contains(&id))
-            .map(|(group, placement)| (group, placement.replicas.clone()))
-            .collect();
-        if my_groups.is_empty() {
+        let store = LogStore::open(&config.data_dir, config.store.clone())?;
+        let fresh = store.groups().is_empty();
+        if fresh && !config.join && !routing.is_member(id) {
             return Err(NodeError::NoGroups(id));
         }
-        let store = LogStore::open(&config.data_dir, config.store.clone())?;
         let mut core = MultiRaft::new(id, config.raft.clone(), store.clone())?;
-        let created = core.create_groups(my_groups)?;
-        // A brand-new cluster need not wait out an election timeout per group: the routing
-        // table's leader hints are balanced, so each hinted replica campaigns at once.
-        for group in created {
-            if routing.leader_hint(group) == Some(id) {
-                let _ = core.campaign(group);
+        if fresh && config.join {
+            // Everything arrives from the cluster: first the meta group's table, then the
+            // replicas it places here.
+            core.create_joining_group(META_GROUP)?;
+        } else if fresh {
+            let created = core.create_groups_with_learners(bootstrap_groups(&routing, id))?;
+            // A brand-new cluster need not wait out an election timeout per group: the routing
+            // table's leader hints are balanced, so each hinted replica campaigns at once.
+            for group in created {
+                if routing.leader_hint(group) == Some(id) {
+                    let _ = core.campaign(group);
+                }
             }
         }
+        // A restart recovers exactly the groups its store holds; the meta group's log then
+        // replays the table (and any replica moves) from where this node left off.
+        if let Some(known) = &known
+            && let Ok(mut set) = known.write()
+        {
+            set.extend(core.groups());
+        }
         // Restores from stored snapshots come out of the first cycle; nothing else may run first.
+        let (version_tx, version_rx) = watch::channel(routing.version());
+        let state_machine = Replicated::new(state_machine, routing.clone());
         let routing = Arc::new(RwLock::new(routing));
         let (commands_tx, commands_rx) = mpsc::channel(4096);
         let (stop_tx, stop_rx) = oneshot::channel();
@@ -315,16 +375,15 @@ impl Node {
             core,
             store,
             transport,
-            state_machine: Box::new(move |op: SmOp<'_>| match op {
-                SmOp::Apply(group, index, data) => state_machine.apply(group, index, data),
-                SmOp::Snapshot(group) => state_machine.snapshot(group),
-                SmOp::Restore(group, data) => {
-                    state_machine.restore(group, data).map(|()| Vec::new())
-                }
-            }),
+            state_machine,
             routing: routing.clone(),
+            routing_version: version_tx,
+            table_pending: false,
+            known,
+            address_book: address_book.clone(),
             proposals: HashMap::new(),
             reads: HashMap::new(),
+            exports: HashMap::new(),
             conf_changes: HashMap::new(),
             deadlines: VecDeque::new(),
             next_token: 1,
@@ -341,6 +400,8 @@ impl Node {
             id,
             commands: commands_tx,
             routing,
+            routing_version: version_rx,
+            request_timeout: config.request_timeout,
             local_addr,
             shutdown: Arc::new(tokio::sync::Mutex::new(Some((stop_tx, handle)))),
             address_book,
@@ -394,12 +455,37 @@ impl Node {
     /// [`ProposeError::ProposalDropped`] (did not take effect), [`ProposeError::Timeout`]
     /// (outcome unknown), [`ProposeError::ShuttingDown`].
     pub async fn propose(&self, key: &[u8], command: Vec<u8>) -> Result<Vec<u8>, ProposeError> {
-        let group = self
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let vshard = self
             .routing
             .read()
-            .map(|r| r.group_for_key(key))
+            .map(|r| r.vshard_of_key(key))
             .map_err(|_| ProposeError::ShuttingDown)?;
-        self.propose_to_group(group, command).await
+        let framed = Frame::encode_user(Some(vshard), command);
+        loop {
+            let (group, version) = self
+                .routing
+                .read()
+                .map(|r| (r.group_of_vshard(vshard).unwrap_or(GroupId(0)), r.version()))
+                .map_err(|_| ProposeError::ShuttingDown)?;
+            let result = self
+                .call(|reply| Command::Propose {
+                    group,
+                    data: framed.clone(),
+                    reply,
+                })
+                .await;
+            // Refused by a fence: it did not take effect, so routing it again is safe once
+            // this node has a newer table.
+            let Err(ProposeError::StaleRouting { .. }) = &result else {
+                return result;
+            };
+            let mut versions = self.routing_version.clone();
+            let newer = tokio::time::timeout_at(deadline, versions.wait_for(|v| *v > version));
+            if !matches!(newer.await, Ok(Ok(_))) {
+                return result;
+            }
+        }
     }
 
     /// [`Node::propose`] to a group named directly.
@@ -411,12 +497,111 @@ impl Node {
         group: GroupId,
         command: Vec<u8>,
     ) -> Result<Vec<u8>, ProposeError> {
-        self.call(|reply| Command::Propose {
+        self.propose_frame(group, Frame::encode_user(None, command))
+            .await
+    }
+
+    async fn propose_frame(&self, group: GroupId, data: Vec<u8>) -> Result<Vec<u8>, ProposeError> {
+        self.call(|reply| Command::Propose { group, data, reply })
+            .await
+    }
+
+    /// Applies `change` to the cluster's routing table through the meta group, if the table is
+    /// still at `expected_version`. Must run on the meta group's leader. Resolves with the new
+    /// table once this node has applied it.
+    ///
+    /// # Errors
+    /// [`ProposeError::NotLeader`] (retry on the meta group's leader),
+    /// [`ProposeError::Refused`] (another version, or an invalid change), and those of
+    /// [`Node::propose`].
+    pub async fn propose_routing(
+        &self,
+        change: &RoutingChange,
+        expected_version: u64,
+    ) -> Result<RoutingTable, ProposeError> {
+        let frame = Frame::Routing(change.encode(expected_version)).encode();
+        let bytes = self.propose_frame(META_GROUP, frame).await?;
+        RoutingTable::decode(&bytes).map_err(|e| ProposeError::Refused {
+            group: META_GROUP,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Fences `vshard` in `group` (the first step of moving it away): every command for it
+    /// ordered after this one is refused with [`ProposeError::StaleRouting`]. Its data stays.
+    ///
+    /// # Errors
+    /// As [`Node::propose`].
+    pub async fn release_vshard(&self, group: GroupId, vshard: VShardId) -> Result<(), ProposeError> {
+        self.propose_frame(group, Frame::Release { vshard }.encode())
+            .await
+            .map(drop)
+    }
+
+    /// Makes `group` serve `vshard`, importing `data` (from [`Node::export_vshard`] on its old
+    /// group) through [`StateMachine::import_vshard`]; `None` takes back a vShard this group
+    /// released (a move rolled back). Idempotent: importing twice replaces the data.
+    ///
+    /// # Errors
+    /// As [`Node::propose`].
+    pub async fn acquire_vshard(
+        &self,
+        group: GroupId,
+        vshard: VShardId,
+        data: Option<Vec<u8>>,
+    ) -> Result<(), ProposeError> {
+        self.propose_frame(group, Frame::Acquire { vshard, data }.encode())
+            .await
+            .map(drop)
+    }
+
+    /// Drops the data of a vShard `group` released (when it is still fenced there).
+    ///
+    /// # Errors
+    /// As [`Node::propose`].
+    pub async fn purge_vshard(&self, group: GroupId, vshard: VShardId) -> Result<(), ProposeError> {
+        self.propose_frame(group, Frame::Purge { vshard }.encode())
+            .await
+            .map(drop)
+    }
+
+    /// `vshard`'s data in `group`, read from this node's replica after a linearizable read
+    /// barrier, through [`StateMachine::export_vshard`].
+    ///
+    /// # Errors
+    /// As [`Node::read_index`], or [`ProposeError::Refused`] when the state machine cannot
+    /// export.
+    pub async fn export_vshard(
+        &self,
+        group: GroupId,
+        vshard: VShardId,
+    ) -> Result<Vec<u8>, ProposeError> {
+        self.call(|reply| Command::Export {
             group,
-            data: command,
+            vshard,
             reply,
         })
         .await
+    }
+
+    /// One group's status on this node (`None`: it holds no replica of it).
+    ///
+    /// # Errors
+    /// [`ProposeError::ShuttingDown`].
+    pub async fn group_status(&self, group: GroupId) -> Result<Option<GroupStatus>, ProposeError> {
+        let status = self.status().await?;
+        Ok(status.groups.into_iter().find(|g| g.group == group))
+    }
+
+    /// Waits until this node has applied a routing table of at least `version`, up to the
+    /// request timeout; returns the version it has.
+    pub async fn wait_for_routing(&self, version: u64) -> u64 {
+        let mut versions = self.routing_version.clone();
+        let reached = tokio::time::timeout(self.request_timeout, versions.wait_for(|v| *v >= version));
+        match reached.await {
+            Ok(Ok(v)) => *v,
+            _ => *self.routing_version.borrow(),
+        }
     }
 
     /// A linearizable read barrier: resolves once this node's state machine for `group` has
@@ -520,6 +705,30 @@ impl Node {
     }
 }
 
+/// The groups a brand-new cluster starts with on `node`: its replicas of the data groups, and
+/// the meta group (the first [`META_VOTERS`] members vote, the rest learn).
+fn bootstrap_groups(routing: &RoutingTable, node: NodeId) -> Vec<(GroupId, Vec<NodeId>, Vec<NodeId>)> {
+    let mut groups: Vec<_> = routing
+        .groups()
+        .filter(|(_, placement)| placement.replicas.contains(&node))
+        .map(|(group, placement)| (group, placement.replicas.clone(), Vec::new()))
+        .collect();
+    let (voters, learners) = meta_membership(routing);
+    if voters.contains(&node) || learners.contains(&node) {
+        groups.push((META_GROUP, voters, learners));
+    }
+    groups
+}
+
+/// The meta group's first configuration: the lowest-numbered members vote.
+pub(crate) fn meta_membership(routing: &RoutingTable) -> (Vec<NodeId>, Vec<NodeId>) {
+    let mut members: Vec<NodeId> = routing.members().map(|(n, _)| n).collect();
+    let learners = members.split_off(members.len().min(META_VOTERS));
+    (members, learners)
+}
+
+type KnownGroups = Arc<RwLock<HashSet<GroupId>>>;
+
 fn single_change(kind: ConfChangeType, node: NodeId) -> ConfChangeV2 {
     let mut single = ConfChangeSingle::default();
     single.set_change_type(kind);
@@ -529,22 +738,21 @@ fn single_change(kind: ConfChangeType, node: NodeId) -> ConfChangeV2 {
     change
 }
 
-enum SmOp<'a> {
-    Apply(GroupId, u64, &'a [u8]),
-    Snapshot(GroupId),
-    Restore(GroupId, &'a [u8]),
-}
-
-type SmFn = Box<dyn FnMut(SmOp<'_>) -> Result<Vec<u8>, crate::StateMachineError> + Send>;
-
 struct Driver {
     core: MultiRaft,
     store: LogStore,
     transport: Arc<dyn Transport>,
-    state_machine: SmFn,
+    state_machine: Replicated<Box<dyn StateMachine>>,
     routing: Arc<RwLock<RoutingTable>>,
+    routing_version: watch::Sender<u64>,
+    /// The meta group applied a new table that this node has not acted on yet.
+    table_pending: bool,
+    /// The groups the transport accepts streams for (QUIC only).
+    known: Option<KnownGroups>,
+    address_book: AddressBook,
     proposals: HashMap<Token, (GroupId, Reply<Vec<u8>>)>,
     reads: HashMap<Token, (GroupId, Reply<u64>)>,
+    exports: HashMap<Token, (GroupId, VShardId, Reply<Vec<u8>>)>,
     conf_changes: HashMap<Token, (GroupId, Reply<ConfState>)>,
     /// Tokens in the order they were issued; their deadlines grow in the same order.
     deadlines: VecDeque<(Instant, Token)>,
@@ -592,6 +800,7 @@ impl Driver {
                     self.send(cycle.messages);
                     self.apply(cycle.applies)?;
                     self.handle_events(cycle.events);
+                    self.reconcile()?;
                     if persist_tx.send(cycle.batch).is_err() {
                         return Err(CoordinatorError::PersisterStopped);
                     }
@@ -707,6 +916,21 @@ impl Driver {
                     }
                 }
             }
+            Command::Export {
+                group,
+                vshard,
+                reply,
+            } => {
+                let token = self.token();
+                match self.core.read_index(group, token) {
+                    Ok(()) => {
+                        self.exports.insert(token, (group, vshard, reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
             Command::ConfChange {
                 group,
                 change,
@@ -738,6 +962,7 @@ impl Driver {
                     storage: self.store.stats(),
                     transport: self.transport.stats(),
                     proposals_acknowledged: self.acknowledged,
+                    routing_version: self.state_machine.table().version(),
                 });
             }
         }
@@ -763,7 +988,7 @@ impl Driver {
         for apply in applies {
             match apply {
                 Apply::Restore { group, data, .. } => {
-                    (self.state_machine)(SmOp::Restore(group, &data)).map_err(|e| {
+                    self.state_machine.restore(group, &data).map_err(|e| {
                         CoordinatorError::StateMachine {
                             group,
                             message: e.to_string(),
@@ -777,16 +1002,28 @@ impl Driver {
                     proposal,
                     ..
                 } => {
-                    let response =
-                        (self.state_machine)(SmOp::Apply(group, index, &data)).map_err(|e| {
-                            CoordinatorError::StateMachine {
-                                group,
-                                message: e.to_string(),
-                            }
-                        })?;
+                    let response = self.state_machine.apply(group, index, &data).map_err(|e| {
+                        CoordinatorError::StateMachine {
+                            group,
+                            message: e.to_string(),
+                        }
+                    })?;
                     if let Some((_, reply)) = proposal.and_then(|t| self.proposals.remove(&t)) {
-                        self.acknowledged += 1;
-                        let _ = reply.send(Ok(response));
+                        let result = match AppliedReply::decode(&response) {
+                            AppliedReply::Applied(bytes) => {
+                                self.acknowledged += 1;
+                                Ok(bytes)
+                            }
+                            AppliedReply::StaleRouting(vshard) => Err(ProposeError::StaleRouting {
+                                vshard,
+                                group,
+                                table_version: self.state_machine.table().version(),
+                            }),
+                            AppliedReply::Refused(reason) => {
+                                Err(ProposeError::Refused { group, reason })
+                            }
+                        };
+                        let _ = reply.send(result);
                     }
                 }
                 Apply::ConfChanged {
@@ -819,6 +1056,15 @@ impl Driver {
                 Event::ReadReady { token, index, .. } => {
                     if let Some((_, reply)) = self.reads.remove(&token) {
                         let _ = reply.send(Ok(index));
+                    } else if let Some((group, vshard, reply)) = self.exports.remove(&token) {
+                        let exported = self
+                            .state_machine
+                            .export_vshard(group, vshard)
+                            .map_err(|e| ProposeError::Refused {
+                                group,
+                                reason: e.to_string(),
+                            });
+                        let _ = reply.send(exported);
                     }
                 }
                 Event::ProposalDropped { token, .. } => {
@@ -840,6 +1086,8 @@ impl Driver {
             let _ = reply.send(Err(error(group)));
         } else if let Some((group, reply)) = self.conf_changes.remove(&token) {
             let _ = reply.send(Err(error(group)));
+        } else if let Some((group, _, reply)) = self.exports.remove(&token) {
+            let _ = reply.send(Err(error(group)));
         }
     }
 
@@ -856,7 +1104,7 @@ impl Driver {
 
     fn compact(&mut self) -> Result<(), CoordinatorError> {
         for group in self.core.compaction_due() {
-            let data = (self.state_machine)(SmOp::Snapshot(group)).map_err(|e| {
+            let data = self.state_machine.snapshot(group).map_err(|e| {
                 CoordinatorError::StateMachine {
                     group,
                     message: e.to_string(),
@@ -877,5 +1125,85 @@ impl Driver {
         for (_, (_, reply)) in self.conf_changes.drain() {
             let _ = reply.send(Err(ProposeError::ShuttingDown));
         }
+        for (_, (_, _, reply)) in self.exports.drain() {
+            let _ = reply.send(Err(ProposeError::ShuttingDown));
+        }
+    }
+
+    /// Acts on a new routing table from the meta group: publishes it, learns addresses, and
+    /// creates or removes this node's replicas as it places them.
+    ///
+    /// Only once the meta group has applied everything this node knows committed: a node
+    /// replaying its meta log after a restart must not act on an old table (it would delete a
+    /// replica that a later version placed here again).
+    fn reconcile(&mut self) -> Result<(), CoordinatorError> {
+        if let Some(table) = self.state_machine.take_table_change() {
+            self.table_pending = true;
+            self.publish(table);
+        }
+        let caught_up = self
+            .core
+            .status(META_GROUP)
+            .is_some_and(|s| s.applied >= s.commit);
+        if !self.table_pending || !caught_up {
+            return Ok(());
+        }
+        self.table_pending = false;
+        let me = self.core.id();
+        let table = self.state_machine.table().clone();
+        for (node, address) in table.members() {
+            if node == me || address.is_empty() {
+                continue;
+            }
+            match address.parse() {
+                Ok(addr) => {
+                    self.address_book.insert(node, addr);
+                }
+                Err(error) => tracing::warn!(%node, address, %error, "unusable member address"),
+            }
+        }
+        let placed: HashSet<GroupId> = table.groups_on_node(me).into_iter().collect();
+        for group in &placed {
+            if !self.core.has_group(*group) {
+                tracing::info!(%group, "routing places a replica here; joining the group");
+                self.core.create_joining_group(*group)?;
+            }
+        }
+        let gone: Vec<GroupId> = self
+            .core
+            .groups()
+            .filter(|g| *g != META_GROUP && !placed.contains(g))
+            .collect();
+        for group in gone {
+            tracing::info!(%group, "routing moved this replica away; deleting it");
+            for token in self.core.remove_group(group)? {
+                self.fail(token, |group| ProposeError::OutcomeUnknown { group });
+            }
+        }
+        if !table.is_member(me) && self.core.has_group(META_GROUP) {
+            tracing::info!("this node left the cluster; leaving the meta group");
+            for token in self.core.remove_group(META_GROUP)? {
+                self.fail(token, |group| ProposeError::OutcomeUnknown { group });
+            }
+        }
+        if let Some(known) = &self.known
+            && let Ok(mut set) = known.write()
+        {
+            *set = self.core.groups().collect();
+        }
+        Ok(())
+    }
+
+    /// Makes `table` the one proposals are routed by, keeping the leader hints this node saw.
+    fn publish(&mut self, mut table: RoutingTable) {
+        if let Ok(mut routing) = self.routing.write() {
+            for (group, placement) in routing.groups() {
+                if let Some(leader) = placement.leader_hint {
+                    let _ = table.set_leader_hint(group, Some(leader));
+                }
+            }
+            *routing = table.clone();
+        }
+        self.routing_version.send_replace(table.version());
     }
 }
