@@ -146,6 +146,13 @@ pub enum CoordinatorError {
         /// What it said.
         message: String,
     },
+    /// A group was created while a cycle's batch was not yet durable (a driver bug): create
+    /// groups between cycles.
+    #[error("cannot create a group while cycle {cycle} is being persisted; create it between cycles")]
+    CycleInFlight {
+        /// The cycle still in flight.
+        cycle: u64,
+    },
     /// The persister thread ended unexpectedly; nothing more can be made durable.
     #[error("the persister thread stopped; the node cannot make writes durable")]
     PersisterStopped,

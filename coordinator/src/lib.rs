@@ -56,6 +56,7 @@ mod node;
 mod outbox;
 mod proposal_batch;
 mod replicated;
+pub mod reshape;
 pub mod sim;
 mod state_machine;
 

@@ -19,8 +19,8 @@ pub type ConfigFn = Box<dyn Fn(NodeConfig) -> NodeConfig + Send + Sync>;
 
 /// N nodes of one cluster in this process. See the [module docs](self).
 pub struct LocalCluster<S: StateMachine> {
-    identities: BTreeMap<NodeId, NodeIdentity>,
-    addrs: BTreeMap<NodeId, SocketAddr>,
+    identities: Mutex<BTreeMap<NodeId, NodeIdentity>>,
+    addrs: Mutex<BTreeMap<NodeId, SocketAddr>>,
     nodes: Mutex<BTreeMap<NodeId, Option<Node>>>,
     dir: PathBuf,
     routing: RoutingTable,
@@ -138,8 +138,8 @@ impl<S: StateMachine> LocalCluster<S> {
         }
         let this = Self {
             nodes: Mutex::new(identities.keys().map(|n| (*n, None)).collect()),
-            identities,
-            addrs,
+            identities: Mutex::new(identities),
+            addrs: Mutex::new(addrs),
             dir: dir.to_path_buf(),
             routing,
             configure: Box::new(configure),
@@ -153,7 +153,46 @@ impl<S: StateMachine> LocalCluster<S> {
     }
 
     fn nodes(&self) -> MutexGuard<'_, BTreeMap<NodeId, Option<Node>>> {
-        self.nodes.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.nodes)
+    }
+
+    /// Starts a new node `node` that joins the running cluster (a certificate of the
+    /// cluster CA, a loopback port, an empty data directory), and returns its address. It holds
+    /// nothing until [`crate::reshape::Reshaper::add_node`] adds it.
+    ///
+    /// # Errors
+    /// [`LocalClusterError`] naming what failed.
+    pub async fn join_node(&self, node: NodeId) -> Result<SocketAddr, LocalClusterError> {
+        let cert_dir = self.dir.join("certs");
+        let identity =
+            certs::files::issue_node_files(&cert_dir, node, &["127.0.0.1".to_string()], true)?;
+        let addr = free_udp_port()?;
+        lock(&self.identities).insert(node, identity);
+        lock(&self.addrs).insert(node, addr);
+        self.nodes().insert(node, None);
+        self.start_node(node, true).await?;
+        Ok(addr)
+    }
+
+    /// Forgets a node that left the cluster (after [`crate::reshape::Reshaper::remove_node`]):
+    /// stops it if it runs.
+    pub async fn forget_node(&self, node: NodeId) {
+        self.kill(node).await;
+        self.nodes().remove(&node);
+        lock(&self.addrs).remove(&node);
+    }
+
+    /// A [`crate::reshape::Reshaper`] over the running nodes, waiting up to `patience` pauses of
+    /// 20 ms per step.
+    pub fn reshaper(&self, patience: u32) -> crate::reshape::Reshaper<NodeSet> {
+        let nodes = self.running().into_iter().map(|n| (n.id(), n)).collect();
+        crate::reshape::Reshaper::new(
+            NodeSet {
+                nodes,
+                pause: Duration::from_millis(20),
+            },
+            patience,
+        )
     }
 
     /// Every node id, running or not.
@@ -166,27 +205,32 @@ impl<S: StateMachine> LocalCluster<S> {
     /// # Errors
     /// [`LocalClusterError::Node`].
     pub async fn restart(&self, node: NodeId) -> Result<(), LocalClusterError> {
-        let Some(identity) = self.identities.get(&node) else {
+        self.start_node(node, false).await
+    }
+
+    async fn start_node(&self, node: NodeId, join: bool) -> Result<(), LocalClusterError> {
+        let identity = lock(&self.identities).get(&node).cloned();
+        let Some(identity) = identity else {
             return Err(LocalClusterError::Node {
                 node,
                 source: NodeError::NoGroups(node),
             });
         };
-        let listen = self
-            .addrs
+        let addrs = lock(&self.addrs).clone();
+        let listen = addrs
             .get(&node)
             .copied()
             .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
         let mut config = NodeConfig::new(node, listen, self.dir.join(format!("node-{node}")));
-        for (peer, addr) in &self.addrs {
+        for (peer, addr) in &addrs {
             if *peer != node {
                 config = config.peer(*peer, *addr);
             }
         }
-        let config = (self.configure)(config);
+        let config = (self.configure)(config).join(join);
         let started = Node::start(
             config,
-            identity,
+            &identity,
             self.routing.clone(),
             (self.make_state_machine)(node),
         )
@@ -279,8 +323,17 @@ impl<S: StateMachine> LocalCluster<S> {
         command: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>, ProposeError> {
-        let group = self.routing.group_for_key(key);
-        self.propose_to_group(group, command, timeout).await
+        let group = self
+            .running()
+            .first()
+            .map_or_else(|| self.routing.group_for_key(key), |n| n.group_for_key(key));
+        // Through `Node::propose`, so the command carries its vShard: a group the vShard
+        // moved away from refuses it, and the node routes it again on its newer table.
+        self.on_leader(group, timeout, |node| {
+            let command = command.clone();
+            async move { node.propose(key, command).await }
+        })
+        .await
     }
 
     /// [`LocalCluster::propose`] to a group named directly.
@@ -293,6 +346,25 @@ impl<S: StateMachine> LocalCluster<S> {
         command: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>, ProposeError> {
+        self.on_leader(group, timeout, |node| {
+            let command = command.clone();
+            async move { node.propose_to_group(group, command).await }
+        })
+        .await
+    }
+
+    /// Runs `request` on the leader of `group`, following `NotLeader` hints and retrying
+    /// dropped requests, until `timeout`.
+    async fn on_leader<F, Fut>(
+        &self,
+        group: GroupId,
+        timeout: Duration,
+        request: F,
+    ) -> Result<Vec<u8>, ProposeError>
+    where
+        F: Fn(Node) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<u8>, ProposeError>>,
+    {
         let deadline = Instant::now() + timeout;
         let cached = self
             .leader_cache
@@ -318,15 +390,16 @@ impl<S: StateMachine> LocalCluster<S> {
                     }
                 }
             };
-            match node.propose_to_group(group, command.clone()).await {
+            let id = node.id();
+            match request(node).await {
                 Ok(response) => {
                     self.leader_cache
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
-                        .insert(group, node.id());
+                        .insert(group, id);
                     return Ok(response);
                 }
-                Err(ProposeError::NotLeader { leader, .. }) => {
+                Err(ProposeError::NotLeader { leader, group }) => {
                     last = ProposeError::NotLeader { group, leader };
                     if leader.is_none() || leader == target {
                         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -393,5 +466,108 @@ impl<S: StateMachine> LocalCluster<S> {
         for node in self.node_ids() {
             self.kill(node).await;
         }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// [`crate::reshape::ClusterControl`] over in-process [`Node`] handles.
+pub struct NodeSet {
+    nodes: BTreeMap<NodeId, Node>,
+    pause: Duration,
+}
+
+impl NodeSet {
+    /// Control over `nodes`, pausing `pause` between looks.
+    pub fn new(nodes: impl IntoIterator<Item = Node>, pause: Duration) -> Self {
+        Self {
+            nodes: nodes.into_iter().map(|n| (n.id(), n)).collect(),
+            pause,
+        }
+    }
+
+    fn node(&self, node: NodeId) -> Result<&Node, ProposeError> {
+        self.nodes.get(&node).ok_or(ProposeError::ShuttingDown)
+    }
+}
+
+impl crate::reshape::ClusterControl for NodeSet {
+    async fn table(&self, node: NodeId) -> Option<RoutingTable> {
+        let node = self.nodes.get(&node)?;
+        // A stopped node answers nothing.
+        node.status().await.ok()?;
+        Some(node.routing())
+    }
+
+    async fn change_routing(
+        &self,
+        node: NodeId,
+        change: routing::RoutingChange,
+        expected_version: u64,
+    ) -> Result<RoutingTable, ProposeError> {
+        self.node(node)?
+            .propose_routing(&change, expected_version)
+            .await
+    }
+
+    async fn status(&self, node: NodeId, group: GroupId) -> Option<crate::GroupStatus> {
+        self.nodes.get(&node)?.group_status(group).await.ok()?
+    }
+
+    async fn change_membership(
+        &self,
+        node: NodeId,
+        group: GroupId,
+        change: raft::eraftpb::ConfChangeV2,
+    ) -> Result<(), ProposeError> {
+        self.node(node)?
+            .change_membership(group, change)
+            .await
+            .map(drop)
+    }
+
+    async fn transfer_leader(
+        &self,
+        node: NodeId,
+        group: GroupId,
+        to: NodeId,
+    ) -> Result<(), ProposeError> {
+        self.node(node)?.transfer_leader(group, to).await
+    }
+
+    async fn vshard_step(
+        &self,
+        node: NodeId,
+        group: GroupId,
+        vshard: routing::VShardId,
+        step: crate::reshape::VShardStep,
+    ) -> Result<(), ProposeError> {
+        let node = self.node(node)?;
+        match step {
+            crate::reshape::VShardStep::Release => node.release_vshard(group, vshard).await,
+            crate::reshape::VShardStep::Acquire(data) => {
+                node.acquire_vshard(group, vshard, data).await
+            }
+            crate::reshape::VShardStep::Purge => node.purge_vshard(group, vshard).await,
+        }
+    }
+
+    async fn export_vshard(
+        &self,
+        node: NodeId,
+        group: GroupId,
+        vshard: routing::VShardId,
+    ) -> Result<Vec<u8>, ProposeError> {
+        self.node(node)?.export_vshard(group, vshard).await
+    }
+
+    async fn pause(&self) {
+        tokio::time::sleep(self.pause).await;
+    }
+
+    fn contact_points(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
     }
 }

@@ -477,6 +477,10 @@ impl MultiRaft {
         if created.is_empty() {
             return Ok(created);
         }
+        if let Some(cycle) = self.inflight.front() {
+            // Written on its own, the batch would overtake the cycle's (and poison the store).
+            return Err(CoordinatorError::CycleInFlight { cycle: cycle.id.0 });
+        }
         // Durable before raft runs on it: a group must never exist in memory only.
         self.store.write(batch)?;
         for group in &created {

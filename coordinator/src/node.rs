@@ -433,6 +433,14 @@ impl Node {
             .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
     }
 
+    /// The group that serves `key` by this node's routing table.
+    pub fn group_for_key(&self, key: &[u8]) -> GroupId {
+        self.routing
+            .read()
+            .map(|r| r.group_for_key(key))
+            .unwrap_or_else(|poisoned| poisoned.into_inner().group_for_key(key))
+    }
+
     /// Changes where `node` is reached (it moved, or a new node joined).
     pub fn set_peer_address(&self, node: NodeId, addr: SocketAddr) {
         self.address_book.insert(node, addr);
@@ -532,7 +540,11 @@ impl Node {
     ///
     /// # Errors
     /// As [`Node::propose`].
-    pub async fn release_vshard(&self, group: GroupId, vshard: VShardId) -> Result<(), ProposeError> {
+    pub async fn release_vshard(
+        &self,
+        group: GroupId,
+        vshard: VShardId,
+    ) -> Result<(), ProposeError> {
         self.propose_frame(group, Frame::Release { vshard }.encode())
             .await
             .map(drop)
@@ -597,7 +609,8 @@ impl Node {
     /// request timeout; returns the version it has.
     pub async fn wait_for_routing(&self, version: u64) -> u64 {
         let mut versions = self.routing_version.clone();
-        let reached = tokio::time::timeout(self.request_timeout, versions.wait_for(|v| *v >= version));
+        let reached =
+            tokio::time::timeout(self.request_timeout, versions.wait_for(|v| *v >= version));
         match reached.await {
             Ok(Ok(v)) => *v,
             _ => *self.routing_version.borrow(),
@@ -707,7 +720,10 @@ impl Node {
 
 /// The groups a brand-new cluster starts with on `node`: its replicas of the data groups, and
 /// the meta group (the first [`META_VOTERS`] members vote, the rest learn).
-fn bootstrap_groups(routing: &RoutingTable, node: NodeId) -> Vec<(GroupId, Vec<NodeId>, Vec<NodeId>)> {
+fn bootstrap_groups(
+    routing: &RoutingTable,
+    node: NodeId,
+) -> Vec<(GroupId, Vec<NodeId>, Vec<NodeId>)> {
     let mut groups: Vec<_> = routing
         .groups()
         .filter(|(_, placement)| placement.replicas.contains(&node))
@@ -794,13 +810,17 @@ impl Driver {
         let mut persisting: Option<crate::multiraft::CycleId> = None;
         let result: Result<(), CoordinatorError> = async {
             loop {
+                if persisting.is_none() {
+                    // Between cycles: creating a replica writes to the store on its own,
+                    // which must not overtake a cycle's batch still being made durable.
+                    self.reconcile()?;
+                }
                 if persisting.is_none()
                     && let Some(cycle) = self.core.poll_cycle()?
                 {
                     self.send(cycle.messages);
                     self.apply(cycle.applies)?;
                     self.handle_events(cycle.events);
-                    self.reconcile()?;
                     if persist_tx.send(cycle.batch).is_err() {
                         return Err(CoordinatorError::PersisterStopped);
                     }
@@ -1057,13 +1077,13 @@ impl Driver {
                     if let Some((_, reply)) = self.reads.remove(&token) {
                         let _ = reply.send(Ok(index));
                     } else if let Some((group, vshard, reply)) = self.exports.remove(&token) {
-                        let exported = self
-                            .state_machine
-                            .export_vshard(group, vshard)
-                            .map_err(|e| ProposeError::Refused {
-                                group,
-                                reason: e.to_string(),
-                            });
+                        let exported =
+                            self.state_machine
+                                .export_vshard(group, vshard)
+                                .map_err(|e| ProposeError::Refused {
+                                    group,
+                                    reason: e.to_string(),
+                                });
                         let _ = reply.send(exported);
                     }
                 }
@@ -1104,12 +1124,13 @@ impl Driver {
 
     fn compact(&mut self) -> Result<(), CoordinatorError> {
         for group in self.core.compaction_due() {
-            let data = self.state_machine.snapshot(group).map_err(|e| {
-                CoordinatorError::StateMachine {
-                    group,
-                    message: e.to_string(),
-                }
-            })?;
+            let data =
+                self.state_machine
+                    .snapshot(group)
+                    .map_err(|e| CoordinatorError::StateMachine {
+                        group,
+                        message: e.to_string(),
+                    })?;
             self.core.compact(group, data)?;
         }
         Ok(())

@@ -449,7 +449,14 @@ mod tests {
         fresh.restore(GroupId(1), &snapshot).unwrap();
         assert_eq!(apply(&mut fresh, 1, &put), Reply::StaleRouting(v));
         // Taken back without data (a rolled-back move), it serves again; purge then no-ops.
-        apply(&mut fresh, 1, &Frame::Acquire { vshard: v, data: None });
+        apply(
+            &mut fresh,
+            1,
+            &Frame::Acquire {
+                vshard: v,
+                data: None,
+            },
+        );
         apply(&mut fresh, 1, &Frame::Purge { vshard: v });
         assert!(fresh.inner().dropped.is_empty());
         assert_eq!(apply(&mut fresh, 1, &put), Reply::Applied(b"ok".to_vec()));

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use pontoon_coordinator::sim::{Completion, SimCluster};
-use pontoon_coordinator::{StateMachine, StateMachineError};
+use pontoon_coordinator::{StateMachine, StateMachineError, VShardScope};
 use routing::{GroupId, NodeId};
 
 /// Each group holds a map; a command is `key=value`; the response is the previous value.
@@ -40,19 +40,60 @@ impl StateMachine for Kv {
     }
 
     fn snapshot(&mut self, group: GroupId) -> Result<Vec<u8>, StateMachineError> {
-        let mut out = Vec::new();
-        for (k, v) in self.groups.get(&group).into_iter().flatten() {
-            for part in [k, v] {
-                out.extend_from_slice(&(part.len() as u32).to_be_bytes());
-                out.extend_from_slice(part);
-            }
-        }
-        Ok(out)
+        Ok(encode_pairs(self.groups.get(&group).into_iter().flatten()))
     }
 
     fn restore(&mut self, group: GroupId, snapshot: &[u8]) -> Result<(), StateMachineError> {
+        let map = decode_pairs(snapshot)?;
+        self.groups.insert(group, map);
+        Ok(())
+    }
+
+    fn export_vshard(
+        &mut self,
+        group: GroupId,
+        scope: VShardScope,
+    ) -> Result<Vec<u8>, StateMachineError> {
+        let pairs = self.groups.get(&group).into_iter().flatten();
+        Ok(encode_pairs(pairs.filter(|(k, _)| scope.contains(k))))
+    }
+
+    fn import_vshard(
+        &mut self,
+        group: GroupId,
+        scope: VShardScope,
+        data: &[u8],
+    ) -> Result<(), StateMachineError> {
+        let imported = decode_pairs(data)?;
+        let map = self.groups.entry(group).or_default();
+        map.retain(|k, _| !scope.contains(k));
+        map.extend(imported);
+        Ok(())
+    }
+
+    fn drop_vshard(&mut self, group: GroupId, scope: VShardScope) -> Result<(), StateMachineError> {
+        if let Some(map) = self.groups.get_mut(&group) {
+            map.retain(|k, _| !scope.contains(k));
+        }
+        Ok(())
+    }
+}
+
+fn encode_pairs<'a>(pairs: impl Iterator<Item = (&'a Vec<u8>, &'a Vec<u8>)>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in pairs {
+        for part in [k, v] {
+            out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            out.extend_from_slice(part);
+        }
+    }
+    out
+}
+
+fn decode_pairs(bytes: &[u8]) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, StateMachineError> {
+    {
         let mut map = BTreeMap::new();
-        let mut rest = snapshot;
+        let mut rest = bytes;
         let take = |rest: &mut &[u8]| -> Result<Vec<u8>, StateMachineError> {
             if rest.len() < 4 {
                 return Err("truncated snapshot".into());
@@ -70,8 +111,7 @@ impl StateMachine for Kv {
             let v = take(&mut rest)?;
             map.insert(k, v);
         }
-        self.groups.insert(group, map);
-        Ok(())
+        Ok(map)
     }
 }
 
@@ -233,6 +273,24 @@ impl StateMachine for SharedKv {
     }
     fn restore(&mut self, group: GroupId, snapshot: &[u8]) -> Result<(), StateMachineError> {
         self.0.lock().unwrap().restore(group, snapshot)
+    }
+    fn export_vshard(
+        &mut self,
+        group: GroupId,
+        scope: VShardScope,
+    ) -> Result<Vec<u8>, StateMachineError> {
+        self.0.lock().unwrap().export_vshard(group, scope)
+    }
+    fn import_vshard(
+        &mut self,
+        group: GroupId,
+        scope: VShardScope,
+        data: &[u8],
+    ) -> Result<(), StateMachineError> {
+        self.0.lock().unwrap().import_vshard(group, scope, data)
+    }
+    fn drop_vshard(&mut self, group: GroupId, scope: VShardScope) -> Result<(), StateMachineError> {
+        self.0.lock().unwrap().drop_vshard(group, scope)
     }
 }
 

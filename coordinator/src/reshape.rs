@@ -1,0 +1,858 @@
+//! Changing a running cluster's shape: add and remove nodes, move replicas and vShards, and
+//! balance leadership, while it serves writes.
+//!
+//! Every operation is written once, as an async plan over [`ClusterControl`]: the handful of
+//! primitives it needs (read the routing table, change it through the meta group, a group's
+//! status on a node, membership changes, leader transfers, vShard fences and export). The
+//! same plan runs against in-process [`crate::Node`]s ([`NodeSet`]), against remote nodes
+//! over the client protocol (the `pontoon cluster` CLI), and inside the deterministic
+//! simulation, where faults hit it between any two steps.
+//!
+//! Each step is idempotent and checks the state first, so a plan that fails half-way can
+//! be re-run to finish; steps that fail before a change is committed are rolled back.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use raft::eraftpb::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2};
+use routing::{GroupId, META_GROUP, NodeId, RoutingChange, RoutingError, RoutingTable, VShardId};
+
+use crate::error::ProposeError;
+use crate::multiraft::{GroupStatus, Role};
+use crate::node::META_VOTERS;
+
+/// A vShard step proposed to a group's leader.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VShardStep {
+    /// Fence the vShard in the group (it leaves).
+    Release,
+    /// Serve the vShard, importing its data (`None`: take back a released vShard).
+    Acquire(Option<Vec<u8>>),
+    /// Drop the released vShard's data.
+    Purge,
+}
+
+/// The primitives a reshaping plan needs. Every method talks to one node; the plan finds the
+/// right node itself (the leader of a group, a node that holds a replica).
+pub trait ClusterControl {
+    /// The routing table as `node` has applied it (`None`: the node is unreachable).
+    fn table(&self, node: NodeId) -> impl Future<Output = Option<RoutingTable>>;
+    /// Proposes a routing change on `node` (the meta group's leader).
+    fn change_routing(
+        &self,
+        node: NodeId,
+        change: RoutingChange,
+        expected_version: u64,
+    ) -> impl Future<Output = Result<RoutingTable, ProposeError>>;
+    /// `group` as `node` sees it (`None`: unreachable, or it holds no replica).
+    fn status(&self, node: NodeId, group: GroupId) -> impl Future<Output = Option<GroupStatus>>;
+    /// Proposes a membership change of `group` on `node` (its leader).
+    fn change_membership(
+        &self,
+        node: NodeId,
+        group: GroupId,
+        change: ConfChangeV2,
+    ) -> impl Future<Output = Result<(), ProposeError>>;
+    /// Asks `node`, leader of `group`, to hand leadership to `to`.
+    fn transfer_leader(
+        &self,
+        node: NodeId,
+        group: GroupId,
+        to: NodeId,
+    ) -> impl Future<Output = Result<(), ProposeError>>;
+    /// Proposes a vShard step to `group` on `node` (its leader).
+    fn vshard_step(
+        &self,
+        node: NodeId,
+        group: GroupId,
+        vshard: VShardId,
+        step: VShardStep,
+    ) -> impl Future<Output = Result<(), ProposeError>>;
+    /// Exports `vshard` from `node`'s replica of `group` after a read barrier.
+    fn export_vshard(
+        &self,
+        node: NodeId,
+        group: GroupId,
+        vshard: VShardId,
+    ) -> impl Future<Output = Result<Vec<u8>, ProposeError>>;
+    /// Waits a little before looking again (a tick in a simulation, tens of ms for real).
+    fn pause(&self) -> impl Future<Output = ()>;
+    /// Nodes to ask when looking for leaders, besides the table's members (a node being
+    /// added is not in every table yet).
+    fn contact_points(&self) -> Vec<NodeId>;
+}
+
+/// Why a reshaping operation stopped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReshapeError {
+    /// The request does not fit the cluster (unknown node, a node added twice, too few nodes
+    /// left for the replication factor, ...). Nothing was changed.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The routing table refused a change.
+    #[error("routing change refused: {0}")]
+    Routing(#[from] RoutingError),
+    /// A step did not complete within the operation's patience; the cluster is in a valid
+    /// intermediate state and re-running the same operation finishes it.
+    #[error("{step} did not complete ({last}); re-run the operation to finish it")]
+    Stalled {
+        /// The step.
+        step: String,
+        /// The last error or state seen.
+        last: String,
+    },
+    /// A step failed and what it had done was undone; the cluster is as before the operation.
+    #[error("{step} failed ({cause}); rolled back")]
+    RolledBack {
+        /// The step.
+        step: String,
+        /// Why it failed.
+        cause: String,
+    },
+}
+
+/// What one operation did, for reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReshapeReport {
+    /// Replicas moved (group, from, to).
+    pub replicas_moved: Vec<(GroupId, NodeId, NodeId)>,
+    /// Leader transfers made (group, from, to).
+    pub leaders_moved: Vec<(GroupId, NodeId, NodeId)>,
+    /// The routing version at the end.
+    pub routing_version: u64,
+}
+
+/// Runs reshaping plans over a [`ClusterControl`].
+pub struct Reshaper<C> {
+    control: C,
+    /// How many pauses a step may wait before it gives up.
+    patience: u32,
+}
+
+impl<C: ClusterControl> Reshaper<C> {
+    /// Plans over `control`; a step waits at most `patience` pauses.
+    pub fn new(control: C, patience: u32) -> Self {
+        Self { control, patience }
+    }
+
+    /// The control it runs over.
+    pub fn control(&self) -> &C {
+        &self.control
+    }
+
+    fn nodes(&self, table: &RoutingTable) -> Vec<NodeId> {
+        let mut nodes: Vec<NodeId> = table.nodes().into_iter().collect();
+        for n in self.control.contact_points() {
+            if !nodes.contains(&n) {
+                nodes.push(n);
+            }
+        }
+        nodes
+    }
+
+    /// The newest routing table any reachable node has applied.
+    ///
+    /// # Errors
+    /// [`ReshapeError::Stalled`] when no node answers.
+    pub async fn table(&self) -> Result<RoutingTable, ReshapeError> {
+        for _ in 0..=self.patience {
+            let mut best: Option<RoutingTable> = None;
+            for node in self.control.contact_points() {
+                if let Some(t) = self.control.table(node).await
+                    && best.as_ref().is_none_or(|b| t.version() > b.version())
+                {
+                    best = Some(t);
+                }
+            }
+            if let Some(best) = best {
+                // Members the contact points did not list may have seen newer versions.
+                let mut newest = best.clone();
+                for node in best.nodes() {
+                    if let Some(t) = self.control.table(node).await
+                        && t.version() > newest.version()
+                    {
+                        newest = t;
+                    }
+                }
+                return Ok(newest);
+            }
+            self.control.pause().await;
+        }
+        Err(stalled("reading the routing table", "no node answered"))
+    }
+
+    /// The leader of `group` with the highest term among reachable nodes, and its status.
+    async fn find_leader(&self, table: &RoutingTable, group: GroupId) -> Option<GroupStatus> {
+        let mut best: Option<GroupStatus> = None;
+        for node in self.nodes(table) {
+            if let Some(s) = self.control.status(node, group).await
+                && s.role == Role::Leader
+                && s.leader == Some(node)
+                && best.as_ref().is_none_or(|b| s.term > b.term)
+            {
+                best = Some(s);
+            }
+        }
+        best
+    }
+
+    async fn leader(&self, group: GroupId) -> Result<GroupStatus, ReshapeError> {
+        for _ in 0..=self.patience {
+            let table = self.table().await?;
+            if let Some(s) = self.find_leader(&table, group).await {
+                return Ok(s);
+            }
+            self.control.pause().await;
+        }
+        Err(stalled(
+            format!("finding the leader of {group}"),
+            "no leader",
+        ))
+    }
+
+    /// Applies the change `plan` computes from the current table (`None`: already done),
+    /// retrying on version conflicts and on leadership changes of the meta group.
+    async fn route(
+        &self,
+        what: &str,
+        plan: impl Fn(&RoutingTable) -> Result<Option<RoutingChange>, ReshapeError>,
+    ) -> Result<RoutingTable, ReshapeError> {
+        let mut last = String::from("no attempt");
+        for _ in 0..=self.patience {
+            let table = self.table().await?;
+            let Some(change) = plan(&table)? else {
+                return Ok(table);
+            };
+            let Some(meta) = self.find_leader(&table, META_GROUP).await else {
+                last = "the meta group has no leader".into();
+                self.control.pause().await;
+                continue;
+            };
+            let node = meta.leader.unwrap_or(NodeId(0));
+            match self
+                .control
+                .change_routing(node, change.clone(), table.version())
+                .await
+            {
+                Ok(table) => return Ok(table),
+                // Everything else (conflict, lost leadership, timeout) is retried from a fresh
+                // read of the table, where a change that did land plans to `None`.
+                Err(e) => last = e.to_string(),
+            }
+            self.control.pause().await;
+        }
+        Err(stalled(what, last))
+    }
+
+    /// Runs a membership change of `group` until `done` holds for its leader's view.
+    async fn reconfigure(
+        &self,
+        what: &str,
+        group: GroupId,
+        done: impl Fn(&GroupStatus) -> bool,
+        change: impl Fn(&GroupStatus) -> ConfChangeV2,
+    ) -> Result<(), ReshapeError> {
+        let mut last = String::from("no attempt");
+        for _ in 0..=self.patience {
+            let status = self.leader(group).await?;
+            if done(&status) && !status.joint {
+                return Ok(());
+            }
+            let node = status.leader.unwrap_or(NodeId(0));
+            // A joint configuration is left on its own (auto transition); wait for it.
+            if !status.joint
+                && let Err(e) = self
+                    .control
+                    .change_membership(node, group, change(&status))
+                    .await
+            {
+                last = e.to_string();
+            }
+            self.control.pause().await;
+        }
+        Err(stalled(what, last))
+    }
+
+    /// Waits until `node`'s replica of `group` has applied what the leader had committed
+    /// when the wait began.
+    async fn catch_up(&self, group: GroupId, node: NodeId) -> Result<(), ReshapeError> {
+        let target = self.leader(group).await?.commit;
+        let mut last = String::from("no status");
+        for _ in 0..=self.patience {
+            match self.control.status(node, group).await {
+                Some(s) if s.applied >= target => return Ok(()),
+                Some(s) => last = format!("applied {} of {target}", s.applied),
+                None => last = "no replica yet".into(),
+            }
+            self.control.pause().await;
+        }
+        Err(stalled(format!("{node} catching up on {group}"), last))
+    }
+
+    /// Moves leadership of `group` away from `from` to another voter (`prefer` first).
+    async fn lead_elsewhere(
+        &self,
+        group: GroupId,
+        from: NodeId,
+        prefer: Option<NodeId>,
+    ) -> Result<(), ReshapeError> {
+        let mut last = String::from("no attempt");
+        for _ in 0..=self.patience {
+            let status = self.leader(group).await?;
+            if status.leader != Some(from) {
+                return Ok(());
+            }
+            let to = prefer
+                .filter(|p| status.voters.contains(p))
+                .or_else(|| status.voters.iter().copied().find(|v| *v != from));
+            let Some(to) = to else {
+                // A lone voter: the membership change that removes it makes it step down.
+                return Ok(());
+            };
+            if let Err(e) = self.control.transfer_leader(from, group, to).await {
+                last = e.to_string();
+            }
+            self.control.pause().await;
+        }
+        Err(stalled(
+            format!("moving leadership of {group} off {from}"),
+            last,
+        ))
+    }
+
+    /// Moves `group`'s replica from `from` to `to`: the routing table lists `to`, `to` joins
+    /// as a learner and catches up (by snapshot if need be), a joint change swaps the two
+    /// voters, and the table drops `from`, which then deletes its replica. Before the swap
+    /// commits, a failure rolls the learner back out.
+    ///
+    /// # Errors
+    /// [`ReshapeError`].
+    pub async fn move_replica(
+        &self,
+        group: GroupId,
+        from: NodeId,
+        to: NodeId,
+    ) -> Result<(), ReshapeError> {
+        let table = self.table().await?;
+        let replicas = table
+            .replicas(group)
+            .ok_or(RoutingError::UnknownGroup { group })?
+            .to_vec();
+        if !table.is_member(to) {
+            return Err(RoutingError::UnknownNode { node: to }.into());
+        }
+        if !replicas.contains(&from) && replicas.contains(&to) {
+            return Ok(()); // Done by an earlier run.
+        }
+        if !replicas.contains(&from) {
+            return Err(ReshapeError::Invalid(format!(
+                "{from} holds no replica of {group}"
+            )));
+        }
+        tracing::info!(%group, %from, %to, "move replica: starting");
+        self.route("listing the new replica", |t| {
+            let mut r = t.replicas(group).unwrap_or_default().to_vec();
+            if r.contains(&to) {
+                return Ok(None);
+            }
+            r.push(to);
+            Ok(Some(RoutingChange::SetReplicas { group, replicas: r }))
+        })
+        .await?;
+        let joined = async {
+            self.reconfigure(
+                "adding the learner",
+                group,
+                |s| s.learners.contains(&to) || s.voters.contains(&to),
+                |_| changes(&[(ConfChangeType::AddLearnerNode, to)]),
+            )
+            .await?;
+            self.catch_up(group, to).await
+        }
+        .await;
+        if let Err(cause) = joined {
+            self.undo_join(group, to).await;
+            return Err(rolled_back("joining the new replica", &cause));
+        }
+        self.lead_elsewhere(group, from, Some(to)).await?;
+        self.reconfigure(
+            "swapping the voters",
+            group,
+            |s| s.voters.contains(&to) && !s.voters.contains(&from) && !s.learners.contains(&from),
+            |s| {
+                if s.voters.contains(&from) {
+                    changes(&[
+                        (ConfChangeType::AddNode, to),
+                        (ConfChangeType::RemoveNode, from),
+                    ])
+                } else {
+                    changes(&[(ConfChangeType::AddNode, to)])
+                }
+            },
+        )
+        .await?;
+        self.route("dropping the old replica", |t| {
+            let r = t.replicas(group).unwrap_or_default();
+            if !r.contains(&from) {
+                return Ok(None);
+            }
+            let replicas = r.iter().copied().filter(|n| *n != from).collect();
+            Ok(Some(RoutingChange::SetReplicas { group, replicas }))
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Best effort: takes `to` back out of `group` after a failed join.
+    async fn undo_join(&self, group: GroupId, to: NodeId) {
+        let _ = self
+            .reconfigure(
+                "removing the learner",
+                group,
+                |s| !s.learners.contains(&to) && !s.voters.contains(&to),
+                |_| changes(&[(ConfChangeType::RemoveNode, to)]),
+            )
+            .await;
+        let _ = self
+            .route("unlisting the new replica", |t| {
+                let r = t.replicas(group).unwrap_or_default();
+                if !r.contains(&to) {
+                    return Ok(None);
+                }
+                let replicas = r.iter().copied().filter(|n| *n != to).collect();
+                Ok(Some(RoutingChange::SetReplicas { group, replicas }))
+            })
+            .await;
+    }
+
+    /// Adds `node` (already started with `join`, reachable at `address`): it becomes a
+    /// member, joins the meta group (voting while it has fewer than five voters), then takes
+    /// an even share of replicas, one replica move at a time, and of leaders.
+    ///
+    /// # Errors
+    /// [`ReshapeError`]; [`ReshapeError::Invalid`] for a node that is already a member.
+    pub async fn add_node(
+        &self,
+        node: NodeId,
+        address: &str,
+    ) -> Result<ReshapeReport, ReshapeError> {
+        let table = self.table().await?;
+        if table.is_member(node) && !table.groups_on_node(node).is_empty() {
+            return Err(ReshapeError::Invalid(format!("{node} is already a member")));
+        }
+        tracing::info!(%node, "add node: starting");
+        self.route("adding the member", |t| {
+            Ok((!t.is_member(node)).then(|| RoutingChange::AddMember {
+                node,
+                address: address.to_string(),
+            }))
+        })
+        .await?;
+        self.reconfigure(
+            "adding the node to the meta group",
+            META_GROUP,
+            |s| s.learners.contains(&node) || s.voters.contains(&node),
+            |_| changes(&[(ConfChangeType::AddLearnerNode, node)]),
+        )
+        .await?;
+        self.catch_up(META_GROUP, node).await?;
+        let meta = self.leader(META_GROUP).await?;
+        if meta.voters.len() < META_VOTERS && !meta.voters.contains(&node) {
+            self.reconfigure(
+                "promoting the node in the meta group",
+                META_GROUP,
+                |s| s.voters.contains(&node),
+                |_| changes(&[(ConfChangeType::AddNode, node)]),
+            )
+            .await?;
+        }
+        let mut report = self.spread_replicas(None).await?;
+        let leaders = self.balance_leaders().await?;
+        report.leaders_moved = leaders.leaders_moved;
+        report.routing_version = self.table().await?.version();
+        Ok(report)
+    }
+
+    /// Removes `node`: its replicas move to the least-loaded other members first, then it
+    /// leaves the meta group and the member list. The node's process can be stopped after.
+    ///
+    /// # Errors
+    /// [`ReshapeError`]; [`ReshapeError::Invalid`] when too few nodes would remain for a
+    /// group's replicas.
+    pub async fn remove_node(&self, node: NodeId) -> Result<ReshapeReport, ReshapeError> {
+        let table = self.table().await?;
+        if !table.is_member(node) {
+            return Err(RoutingError::UnknownNode { node }.into());
+        }
+        let others = table.members().filter(|(n, _)| *n != node).count();
+        let widest = table
+            .groups()
+            .map(|(_, p)| p.replicas.len())
+            .max()
+            .unwrap_or(0);
+        if others < widest || others == 0 {
+            return Err(ReshapeError::Invalid(format!(
+                "removing {node} leaves {others} nodes for groups of {widest} replicas"
+            )));
+        }
+        tracing::info!(%node, "remove node: starting");
+        let mut report = self.spread_replicas(Some(node)).await?;
+        // The meta group: hand over leadership, bring in a learner as voter if one waits.
+        self.lead_elsewhere(META_GROUP, node, None).await?;
+        self.reconfigure(
+            "removing the node from the meta group",
+            META_GROUP,
+            |s| !s.voters.contains(&node) && !s.learners.contains(&node),
+            |s| {
+                let standby = s.learners.iter().copied().find(|l| *l != node);
+                match standby {
+                    Some(l) if s.voters.contains(&node) => changes(&[
+                        (ConfChangeType::AddNode, l),
+                        (ConfChangeType::RemoveNode, node),
+                    ]),
+                    _ => changes(&[(ConfChangeType::RemoveNode, node)]),
+                }
+            },
+        )
+        .await?;
+        let table = self
+            .route("removing the member", |t| {
+                Ok(t.is_member(node)
+                    .then_some(RoutingChange::RemoveMember { node }))
+            })
+            .await?;
+        report.leaders_moved = self.balance_leaders().await?.leaders_moved;
+        report.routing_version = table.version();
+        Ok(report)
+    }
+
+    /// Moves replicas until every member holds an even share (`draining`: that node ends
+    /// with none).
+    async fn spread_replicas(
+        &self,
+        draining: Option<NodeId>,
+    ) -> Result<ReshapeReport, ReshapeError> {
+        let mut report = ReshapeReport::default();
+        loop {
+            let table = self.table().await?;
+            let Some((group, from, to)) = next_move(&table, draining) else {
+                break;
+            };
+            self.move_replica(group, from, to).await?;
+            report.replicas_moved.push((group, from, to));
+        }
+        Ok(report)
+    }
+
+    /// Transfers leadership until no node leads more than its share (rounded up) of the
+    /// groups it holds replicas of.
+    ///
+    /// # Errors
+    /// [`ReshapeError`].
+    pub async fn balance_leaders(&self) -> Result<ReshapeReport, ReshapeError> {
+        let mut report = ReshapeReport::default();
+        let table = self.table().await?;
+        let mut leaders: BTreeMap<GroupId, (NodeId, Vec<NodeId>)> = BTreeMap::new();
+        for (group, _) in table.groups() {
+            if let Some(s) = self.find_leader(&table, group).await
+                && let Some(l) = s.leader
+            {
+                leaders.insert(group, (l, s.voters));
+            }
+        }
+        let members: Vec<NodeId> = table.members().map(|(n, _)| n).collect();
+        let mut counts: BTreeMap<NodeId, usize> = members.iter().map(|n| (*n, 0)).collect();
+        for (leader, _) in leaders.values() {
+            *counts.entry(*leader).or_default() += 1;
+        }
+        let share = leaders.len().div_ceil(members.len().max(1));
+        for (group, (leader, voters)) in &leaders {
+            if counts.get(leader).copied().unwrap_or(0) <= share {
+                continue;
+            }
+            let target = voters
+                .iter()
+                .filter(|v| *v != leader)
+                .min_by_key(|v| counts.get(v).copied().unwrap_or(0))
+                .copied();
+            let Some(to) = target.filter(|t| counts.get(t).copied().unwrap_or(0) < share) else {
+                continue;
+            };
+            if self
+                .control
+                .transfer_leader(*leader, *group, to)
+                .await
+                .is_ok()
+            {
+                *counts.entry(*leader).or_default() -= 1;
+                *counts.entry(to).or_default() += 1;
+                report.leaders_moved.push((*group, *leader, to));
+            }
+        }
+        // Transfers take an election round trip: wait for them to show (best effort).
+        for _ in 0..self.patience.min(200) {
+            let mut pending = 0;
+            for (group, _, to) in &report.leaders_moved {
+                if self
+                    .control
+                    .status(*to, *group)
+                    .await
+                    .is_none_or(|s| s.role != Role::Leader)
+                {
+                    pending += 1;
+                }
+            }
+            if pending == 0 {
+                break;
+            }
+            self.control.pause().await;
+        }
+        report.routing_version = table.version();
+        Ok(report)
+    }
+
+    /// Moves `vshard` to `to`: its group fences it (commands for it are refused from then
+    /// on), its data is exported from a current replica and imported by `to` through the
+    /// state machine's hooks, the routing table maps it to `to`, and the old group drops the
+    /// data. Proposers holding the old table get `StaleRouting` and retry on the new one.
+    /// If `to` cannot take the vShard, the old group takes it back (rolled back).
+    ///
+    /// # Errors
+    /// [`ReshapeError`].
+    pub async fn move_vshard(&self, vshard: VShardId, to: GroupId) -> Result<(), ReshapeError> {
+        let table = self.table().await?;
+        let from = table.group_of_vshard(vshard)?;
+        if table.placement(to).is_none() {
+            return Err(RoutingError::UnknownGroup { group: to }.into());
+        }
+        if from == to {
+            return Ok(());
+        }
+        tracing::info!(%vshard, %from, %to, "move vshard: starting");
+        self.vshard_step("fencing the vShard", from, vshard, &VShardStep::Release)
+            .await?;
+        let moved = async {
+            let data = self.export(from, vshard).await?;
+            self.vshard_step(
+                "importing the vShard",
+                to,
+                vshard,
+                &VShardStep::Acquire(Some(data)),
+            )
+            .await
+        }
+        .await;
+        if let Err(cause) = moved {
+            // `to` may or may not have imported it: fence it there too, then take it back.
+            let undone = async {
+                self.vshard_step("fencing the new group", to, vshard, &VShardStep::Release)
+                    .await?;
+                self.vshard_step(
+                    "taking the vShard back",
+                    from,
+                    vshard,
+                    &VShardStep::Acquire(None),
+                )
+                .await
+            }
+            .await;
+            return match undone {
+                Ok(()) => Err(rolled_back("moving the vShard's data", &cause)),
+                Err(e) => Err(e),
+            };
+        }
+        self.route("mapping the vShard to its new group", |t| {
+            Ok((t.group_of_vshard(vshard)? != to)
+                .then_some(RoutingChange::AssignVShard { vshard, group: to }))
+        })
+        .await?;
+        // The old copy is unreachable now; dropping it is housekeeping, and a failure here
+        // leaves only garbage behind.
+        if let Err(e) = self
+            .vshard_step("dropping the old copy", from, vshard, &VShardStep::Purge)
+            .await
+        {
+            tracing::warn!(%vshard, %from, error = %e, "old vShard data not purged");
+        }
+        Ok(())
+    }
+
+    async fn vshard_step(
+        &self,
+        what: &str,
+        group: GroupId,
+        vshard: VShardId,
+        step: &VShardStep,
+    ) -> Result<(), ReshapeError> {
+        let mut last = String::from("no attempt");
+        for _ in 0..=self.patience {
+            let leader = self.leader(group).await?;
+            let node = leader.leader.unwrap_or(NodeId(0));
+            // Every step is idempotent, so an unknown outcome is simply tried again.
+            match self
+                .control
+                .vshard_step(node, group, vshard, step.clone())
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(ProposeError::Refused { reason, .. }) => {
+                    return Err(ReshapeError::Invalid(reason));
+                }
+                Err(e) => last = e.to_string(),
+            }
+            self.control.pause().await;
+        }
+        Err(stalled(what, last))
+    }
+
+    async fn export(&self, group: GroupId, vshard: VShardId) -> Result<Vec<u8>, ReshapeError> {
+        let mut last = String::from("no attempt");
+        for _ in 0..=self.patience {
+            let leader = self.leader(group).await?;
+            let node = leader.leader.unwrap_or(NodeId(0));
+            match self.control.export_vshard(node, group, vshard).await {
+                Ok(data) => return Ok(data),
+                Err(ProposeError::Refused { reason, .. }) => {
+                    return Err(ReshapeError::Invalid(reason));
+                }
+                Err(e) => last = e.to_string(),
+            }
+            self.control.pause().await;
+        }
+        Err(stalled("exporting the vShard", last))
+    }
+}
+
+/// The next replica move that evens out replica counts: from the fullest member (or the
+/// draining node) to the emptiest member that lacks the group.
+fn next_move(table: &RoutingTable, draining: Option<NodeId>) -> Option<(GroupId, NodeId, NodeId)> {
+    let mut counts: BTreeMap<NodeId, usize> = table
+        .members()
+        .filter(|(n, _)| Some(*n) != draining)
+        .map(|(n, _)| (n, 0))
+        .collect();
+    for (_, p) in table.groups() {
+        for r in &p.replicas {
+            if let Some(c) = counts.get_mut(r) {
+                *c += 1;
+            }
+        }
+    }
+    let emptiest_lacking = |replicas: &[NodeId]| {
+        counts
+            .iter()
+            .filter(|(n, _)| !replicas.contains(n))
+            .min_by_key(|(n, c)| (**c, **n))
+            .map(|(n, c)| (*n, *c))
+    };
+    if let Some(d) = draining {
+        return table
+            .groups()
+            .filter(|(_, p)| p.replicas.contains(&d))
+            .find_map(|(g, p)| emptiest_lacking(&p.replicas).map(|(to, _)| (g, d, to)));
+    }
+    let (&fullest, &most) = counts
+        .iter()
+        .max_by_key(|(n, c)| (**c, std::cmp::Reverse(**n)))?;
+    table
+        .groups()
+        .filter(|(_, p)| p.replicas.contains(&fullest))
+        .filter_map(|(g, p)| emptiest_lacking(&p.replicas).map(|(to, c)| (g, to, c)))
+        .filter(|(_, _, c)| c + 1 < most)
+        .min_by_key(|(g, _, c)| (*c, *g))
+        .map(|(g, to, _)| (g, fullest, to))
+}
+
+fn changes(steps: &[(ConfChangeType, NodeId)]) -> ConfChangeV2 {
+    let mut change = ConfChangeV2::default();
+    for (kind, node) in steps {
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(*kind);
+        single.node_id = node.get();
+        change.mut_changes().push(single);
+    }
+    if steps.len() > 1 {
+        // Enter the joint configuration and let raft leave it on its own.
+        change.set_transition(ConfChangeTransition::Auto);
+    }
+    change
+}
+
+fn stalled(step: impl Into<String>, last: impl Into<String>) -> ReshapeError {
+    ReshapeError::Stalled {
+        step: step.into(),
+        last: last.into(),
+    }
+}
+
+fn rolled_back(step: &str, cause: &ReshapeError) -> ReshapeError {
+    ReshapeError::RolledBack {
+        step: step.into(),
+        cause: cause.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(nodes: u64, groups: u64) -> RoutingTable {
+        let ids: Vec<NodeId> = (1..=nodes).map(NodeId).collect();
+        RoutingTable::uniform(64, groups, &ids, 3).unwrap()
+    }
+
+    /// Plays `next_move` to its end on a table alone.
+    fn settle(mut t: RoutingTable, draining: Option<NodeId>) -> RoutingTable {
+        let mut moves = 0;
+        while let Some((g, from, to)) = next_move(&t, draining) {
+            let mut r: Vec<NodeId> = t.replicas(g).unwrap().to_vec();
+            r.retain(|n| *n != from);
+            r.push(to);
+            t.set_replicas(g, r).unwrap();
+            moves += 1;
+            assert!(moves < 1000, "next_move does not converge");
+        }
+        t
+    }
+
+    fn load(t: &RoutingTable) -> Vec<usize> {
+        t.members()
+            .map(|(n, _)| t.groups_on_node(n).len())
+            .collect()
+    }
+
+    #[test]
+    fn a_new_node_gets_an_even_share_and_a_drained_node_none() {
+        let mut t = table(3, 10);
+        t.add_member(NodeId(4), String::new()).unwrap();
+        t.add_member(NodeId(5), String::new()).unwrap();
+        let grown = settle(t, None);
+        let l = load(&grown);
+        assert!(
+            l.iter().max().unwrap() - l.iter().min().unwrap() <= 1,
+            "{l:?}"
+        );
+        assert_eq!(l.iter().sum::<usize>(), 30);
+        let shrunk = settle(grown, Some(NodeId(5)));
+        assert!(shrunk.groups_on_node(NodeId(5)).is_empty());
+        for (_, p) in shrunk.groups() {
+            assert_eq!(p.replicas.len(), 3);
+        }
+    }
+
+    #[test]
+    fn several_changes_make_a_joint_change_and_one_a_simple_change() {
+        let joint = changes(&[
+            (ConfChangeType::AddNode, NodeId(4)),
+            (ConfChangeType::RemoveNode, NodeId(1)),
+        ]);
+        assert_eq!(joint.get_transition(), ConfChangeTransition::Auto);
+        assert_eq!(joint.changes.len(), 2);
+        assert_eq!(
+            changes(&[(ConfChangeType::AddLearnerNode, NodeId(4))])
+                .changes
+                .len(),
+            1
+        );
+    }
+}

@@ -1,0 +1,239 @@
+//! Reshaping a real cluster (QUIC + mutual TLS, in one process) while clients write: grow 3
+//! nodes to 4, move a vShard to another group, balance leaders, shrink back to 3. Every
+//! acknowledged write must be on every replica of its key's current group at the end.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::SharedKv;
+use pontoon_coordinator::ProposeError;
+use pontoon_coordinator::local::LocalCluster;
+use routing::{META_GROUP, NodeId, RoutingTable, VShardId};
+
+type Machines = Arc<Mutex<BTreeMap<NodeId, SharedKv>>>;
+
+async fn start(dir: &std::path::Path, machines: Machines) -> Arc<LocalCluster<SharedKv>> {
+    let nodes: Vec<NodeId> = (1..=3).map(NodeId).collect();
+    let routing = RoutingTable::uniform(64, 6, &nodes, 3).unwrap();
+    let cluster = LocalCluster::start(
+        dir,
+        routing,
+        |c| {
+            c.tick_interval(Duration::from_millis(20))
+                .request_timeout(Duration::from_secs(5))
+        },
+        move |node| {
+            let kv = SharedKv::default();
+            machines.lock().unwrap().insert(node, kv.clone());
+            kv
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        cluster
+            .wait_for_leaders(Duration::from_secs(20))
+            .await
+            .is_some()
+    );
+    Arc::new(cluster)
+}
+
+/// Writers that keep putting `w<i>=<seq>` until stopped, recording what was acknowledged.
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<BTreeMap<String, String>>>,
+    failed: Arc<AtomicU64>,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn load(cluster: &Arc<LocalCluster<SharedKv>>, writers: usize) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<BTreeMap<String, String>>> = Default::default();
+    let failed = Arc::new(AtomicU64::new(0));
+    let handles = (0..writers)
+        .map(|w| {
+            let (cluster, stop, acked, failed) =
+                (cluster.clone(), stop.clone(), acked.clone(), failed.clone());
+            tokio::spawn(async move {
+                let mut seq = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("w{w}-{}", seq % 16);
+                    let value = format!("{seq}");
+                    let command = format!("{key}={value}").into_bytes();
+                    match cluster
+                        .propose(key.as_bytes(), command, Duration::from_secs(10))
+                        .await
+                    {
+                        // The previous value must be the one we last acknowledged for it:
+                        // nothing lost, nothing applied twice.
+                        Ok(_) => {
+                            acked.lock().unwrap().insert(key, value);
+                        }
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    seq += 1;
+                }
+            })
+        })
+        .collect();
+    Load {
+        stop,
+        acked,
+        failed,
+        handles,
+    }
+}
+
+impl Load {
+    async fn finish(self) -> (BTreeMap<String, String>, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.handles {
+            h.await.unwrap();
+        }
+        let acked = self.acked.lock().unwrap().clone();
+        (acked, self.failed.load(Ordering::Relaxed))
+    }
+}
+
+/// Every acknowledged value is on every replica of its key's group, by the newest table.
+async fn verify(
+    cluster: &LocalCluster<SharedKv>,
+    machines: &Machines,
+    acked: &BTreeMap<String, String>,
+) {
+    let table = cluster
+        .running()
+        .iter()
+        .map(|n| n.routing())
+        .max_by_key(RoutingTable::version)
+        .unwrap();
+    for node in cluster.running() {
+        assert_eq!(
+            node.routing().version(),
+            table.version(),
+            "{} has the newest table",
+            node.id()
+        );
+        let kv = machines.lock().unwrap().get(&node.id()).cloned().unwrap();
+        for (key, value) in acked {
+            let group = table.group_for_key(key.as_bytes());
+            if !table.replicas(group).unwrap().contains(&node.id()) {
+                continue;
+            }
+            node.read_index(group).await.unwrap();
+            assert_eq!(
+                kv.get(group, key).as_deref(),
+                Some(value.as_str()),
+                "{key} on {}",
+                node.id()
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grow_move_a_vshard_balance_and_shrink_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let machines: Machines = Default::default();
+    let cluster = start(dir.path(), machines.clone()).await;
+    let writers = load(&cluster, 8);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Grow: node 4 joins empty, then takes its share of replicas.
+    let addr = cluster.join_node(NodeId(4)).await.unwrap();
+    let report = cluster
+        .reshaper(500)
+        .add_node(NodeId(4), &addr.to_string())
+        .await
+        .unwrap();
+    let table = cluster.node(NodeId(1)).unwrap().routing();
+    assert!(table.is_member(NodeId(4)));
+    let held = table.groups_on_node(NodeId(4)).len();
+    assert!(!report.replicas_moved.is_empty());
+    assert!(
+        (4..=5).contains(&held),
+        "node 4 holds {held} of 18 replicas"
+    );
+    let meta = cluster
+        .node(NodeId(4))
+        .unwrap()
+        .group_status(META_GROUP)
+        .await
+        .unwrap();
+    assert!(meta.is_some(), "node 4 follows the meta group");
+
+    // Move a vShard whose keys are being written to another group.
+    let vshard: VShardId = table.vshard_of_key(b"w0-0");
+    let from = table.group_of_vshard(vshard).unwrap();
+    let to = table.groups().map(|(g, _)| g).find(|g| *g != from).unwrap();
+    cluster.reshaper(500).move_vshard(vshard, to).await.unwrap();
+    let moved = cluster.node(NodeId(2)).unwrap().routing();
+    assert_eq!(moved.group_of_vshard(vshard).unwrap(), to);
+    assert_eq!(moved.version(), table.version() + 1);
+
+    cluster.reshaper(500).balance_leaders().await.unwrap();
+
+    // Shrink: node 1 hands everything over and leaves.
+    let report = cluster.reshaper(500).remove_node(NodeId(1)).await.unwrap();
+    assert!(!report.replicas_moved.is_empty());
+    let table = cluster.node(NodeId(2)).unwrap().routing();
+    assert!(!table.is_member(NodeId(1)));
+    assert!(table.groups_on_node(NodeId(1)).is_empty());
+    cluster.forget_node(NodeId(1)).await;
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (acked, failed) = writers.finish().await;
+    assert!(
+        acked.len() >= 100,
+        "writes kept flowing: {} keys",
+        acked.len()
+    );
+    eprintln!(
+        "acknowledged keys {}, failed proposals {failed}",
+        acked.len()
+    );
+    verify(&cluster, &machines, &acked).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_routing_is_refused_and_retried_on_the_new_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let machines: Machines = Default::default();
+    let cluster = start(dir.path(), machines.clone()).await;
+    let node = cluster.node(NodeId(1)).unwrap();
+    let table = node.routing();
+    let vshard = table.vshard_of_key(b"k");
+    let from = table.group_of_vshard(vshard).unwrap();
+    cluster
+        .propose(b"k", b"k=1".to_vec(), Duration::from_secs(5))
+        .await
+        .unwrap();
+
+    // Fence the vShard by hand: proposals routed to the old group are refused, typed.
+    let leader = cluster.node(cluster.leaders().await[&from]).unwrap();
+    leader.release_vshard(from, vshard).await.unwrap();
+    let stale = tokio::time::timeout(
+        Duration::from_secs(8),
+        leader.propose(b"k", b"k=2".to_vec()),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(stale, Err(ProposeError::StaleRouting { vshard: v, group, .. }) if v == vshard && group == from),
+        "{stale:?}"
+    );
+    // Taking it back makes it serve again; the refused write never took effect.
+    leader.acquire_vshard(from, vshard, None).await.unwrap();
+    let previous = leader.propose(b"k", b"k=3".to_vec()).await.unwrap();
+    assert_eq!(previous, b"1");
+    cluster.shutdown().await;
+}
