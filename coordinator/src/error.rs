@@ -148,7 +148,9 @@ pub enum CoordinatorError {
     },
     /// A group was created while a cycle's batch was not yet durable (a driver bug): create
     /// groups between cycles.
-    #[error("cannot create a group while cycle {cycle} is being persisted; create it between cycles")]
+    #[error(
+        "cannot create a group while cycle {cycle} is being persisted; create it between cycles"
+    )]
     CycleInFlight {
         /// The cycle still in flight.
         cycle: u64,

@@ -67,6 +67,6 @@ pub use multiraft::{
     Apply, CoordinatorStats, Cycle, CycleId, CycleOutput, Event, GroupStatus, MultiRaft, Role,
     Token,
 };
-pub use node::{Node, NodeConfig, NodeError, NodeStatus};
-pub use replicated::{Replicated, Reply};
+pub use node::{KeyRead, META_VOTERS, Node, NodeConfig, NodeError, NodeStatus};
+pub use replicated::{Fences, Replicated, Reply};
 pub use state_machine::{StateMachine, StateMachineError, VShardScope};

@@ -24,7 +24,7 @@ use transport::{
 use crate::config::RaftConfig;
 use crate::error::{CoordinatorError, ProposeError};
 use crate::multiraft::{Apply, CoordinatorStats, Event, GroupStatus, MultiRaft, Token};
-use crate::replicated::{Frame, Replicated, Reply as AppliedReply};
+use crate::replicated::{Fences, Frame, Replicated, Reply as AppliedReply};
 use crate::state_machine::StateMachine;
 
 /// The most voters the meta group gets; every other member follows it as a learner.
@@ -222,6 +222,7 @@ pub struct Node {
     routing: Arc<RwLock<RoutingTable>>,
     /// The applied routing version, for waiting on a newer table.
     routing_version: watch::Receiver<u64>,
+    fences: Fences,
     request_timeout: Duration,
     local_addr: SocketAddr,
     shutdown: Arc<tokio::sync::Mutex<Option<DriverHandle>>>,
@@ -368,6 +369,7 @@ impl Node {
         // Restores from stored snapshots come out of the first cycle; nothing else may run first.
         let (version_tx, version_rx) = watch::channel(routing.version());
         let state_machine = Replicated::new(state_machine, routing.clone());
+        let fences = state_machine.fences();
         let routing = Arc::new(RwLock::new(routing));
         let (commands_tx, commands_rx) = mpsc::channel(4096);
         let (stop_tx, stop_rx) = oneshot::channel();
@@ -401,6 +403,7 @@ impl Node {
             commands: commands_tx,
             routing,
             routing_version: version_rx,
+            fences,
             request_timeout: config.request_timeout,
             local_addr,
             shutdown: Arc::new(tokio::sync::Mutex::new(Some((stop_tx, handle)))),
@@ -617,6 +620,52 @@ impl Node {
         }
     }
 
+    /// A linearizable read barrier for `key`: resolves once this node's replica of the key's
+    /// group has applied everything committed before the call and still serves the key's
+    /// vShard, retrying on a newer routing table when the vShard moved. Read the local state
+    /// machine for `read.group` afterwards, then confirm with [`Node::serves`] that the
+    /// vShard did not leave while reading (if it did, read again).
+    ///
+    /// # Errors
+    /// As [`Node::read_index`], and [`ProposeError::StaleRouting`] when no newer table came
+    /// before the deadline.
+    pub async fn read_key(&self, key: &[u8]) -> Result<KeyRead, ProposeError> {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        loop {
+            let (vshard, group, version) = self
+                .routing
+                .read()
+                .map(|r| {
+                    let v = r.vshard_of_key(key);
+                    (v, r.group_of_vshard(v).unwrap_or(GroupId(0)), r.version())
+                })
+                .map_err(|_| ProposeError::ShuttingDown)?;
+            let index = self.read_index(group).await?;
+            if self.serves(group, vshard) {
+                return Ok(KeyRead {
+                    group,
+                    vshard,
+                    index,
+                });
+            }
+            let stale = ProposeError::StaleRouting {
+                vshard,
+                group,
+                table_version: version,
+            };
+            let mut versions = self.routing_version.clone();
+            let newer = tokio::time::timeout_at(deadline, versions.wait_for(|v| *v > version));
+            if !matches!(newer.await, Ok(Ok(_))) {
+                return Err(stale);
+            }
+        }
+    }
+
+    /// Whether this node's replica of `group` serves `vshard` (it has not released it).
+    pub fn serves(&self, group: GroupId, vshard: VShardId) -> bool {
+        self.fences.serves(group, vshard)
+    }
+
     /// A linearizable read barrier: resolves once this node's state machine for `group` has
     /// applied everything committed before the call, confirmed by a quorum. Read the local
     /// state machine afterwards. Returns the applied index reached.
@@ -744,6 +793,17 @@ pub(crate) fn meta_membership(routing: &RoutingTable) -> (Vec<NodeId>, Vec<NodeI
 }
 
 type KnownGroups = Arc<RwLock<HashSet<GroupId>>>;
+
+/// Where a linearizable read of a key may be served: see [`Node::read_key`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyRead {
+    /// The group to read the key from.
+    pub group: GroupId,
+    /// The key's vShard (check [`Node::serves`] after reading).
+    pub vshard: VShardId,
+    /// The applied index the read reflects.
+    pub index: u64,
+}
 
 fn single_change(kind: ConfChangeType, node: NodeId) -> ConfChangeV2 {
     let mut single = ConfChangeSingle::default();

@@ -13,6 +13,7 @@
 //! snapshot is the encoded table, so a node that was away catches up like any raft replica.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use prost::Message as _;
 use routing::{GroupId, META_GROUP, RoutingChange, RoutingTable, VShardId};
@@ -195,7 +196,25 @@ pub struct Replicated<S> {
     initial: RoutingTable,
     table: RoutingTable,
     table_changed: bool,
-    fences: BTreeMap<GroupId, BTreeSet<VShardId>>,
+    fences: Fences,
+}
+
+/// The vShards each group has released, shared with readers (see [`Fences::serves`]).
+#[derive(Clone, Debug, Default)]
+pub struct Fences(Arc<RwLock<BTreeMap<GroupId, BTreeSet<VShardId>>>>);
+
+impl Fences {
+    /// Whether this node's replica of `group` still serves `vshard` (it has not applied a
+    /// release of it, or has taken it back since). A read served from a replica must check
+    /// this after reading: a released vShard's data there is frozen and may be dropped.
+    pub fn serves(&self, group: GroupId, vshard: VShardId) -> bool {
+        let fences = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        !fences.get(&group).is_some_and(|f| f.contains(&vshard))
+    }
+
+    fn update<R>(&self, f: impl FnOnce(&mut BTreeMap<GroupId, BTreeSet<VShardId>>) -> R) -> R {
+        f(&mut self.0.write().unwrap_or_else(PoisonError::into_inner))
+    }
 }
 
 impl<S: StateMachine> Replicated<S> {
@@ -206,8 +225,13 @@ impl<S: StateMachine> Replicated<S> {
             table: initial.clone(),
             initial,
             table_changed: false,
-            fences: BTreeMap::new(),
+            fences: Fences::default(),
         }
+    }
+
+    /// A handle on the fences, for readers on other threads.
+    pub fn fences(&self) -> Fences {
+        self.fences.clone()
     }
 
     /// The database's state machine.
@@ -232,7 +256,7 @@ impl<S: StateMachine> Replicated<S> {
 
     /// Whether `group` refuses commands for `vshard` (released and not taken back).
     pub fn is_fenced(&self, group: GroupId, vshard: VShardId) -> bool {
-        self.fences.get(&group).is_some_and(|f| f.contains(&vshard))
+        !self.fences.serves(group, vshard)
     }
 
     /// Exports `vshard`'s data from `group` (the caller made sure the replica is current).
@@ -288,7 +312,8 @@ impl<S: StateMachine> Replicated<S> {
                 Reply::Applied(self.inner.apply(group, index, &data)?)
             }
             Frame::Release { vshard } => {
-                self.fences.entry(group).or_default().insert(vshard);
+                self.fences
+                    .update(|f| f.entry(group).or_default().insert(vshard));
                 Reply::Applied(Vec::new())
             }
             Frame::Acquire { vshard, data } => {
@@ -296,9 +321,11 @@ impl<S: StateMachine> Replicated<S> {
                     let scope = self.scope(vshard);
                     self.inner.import_vshard(group, scope, &data)?;
                 }
-                if let Some(f) = self.fences.get_mut(&group) {
-                    f.remove(&vshard);
-                }
+                self.fences.update(|f| {
+                    if let Some(set) = f.get_mut(&group) {
+                        set.remove(&vshard);
+                    }
+                });
                 Reply::Applied(Vec::new())
             }
             Frame::Purge { vshard } => {
@@ -336,11 +363,11 @@ impl<S: StateMachine> StateMachine for Replicated<S> {
         if group == META_GROUP {
             return Ok(self.table.encode());
         }
-        let fenced = self
-            .fences
-            .get(&group)
-            .map(|f| f.iter().map(|v| v.get()).collect())
-            .unwrap_or_default();
+        let fenced = self.fences.update(|f| {
+            f.get(&group)
+                .map(|set| set.iter().map(|v| v.get()).collect())
+                .unwrap_or_default()
+        });
         Ok(SnapshotMsg {
             user: self.inner.snapshot(group)?,
             fenced,
@@ -362,17 +389,19 @@ impl<S: StateMachine> StateMachine for Replicated<S> {
             return Ok(());
         }
         if snapshot.is_empty() {
-            self.fences.remove(&group);
+            self.fences.update(|f| f.remove(&group));
             return self.inner.restore(group, snapshot);
         }
         let msg = SnapshotMsg::decode(snapshot)?;
         self.inner.restore(group, &msg.user)?;
         let fenced: BTreeSet<VShardId> = msg.fenced.into_iter().map(VShardId).collect();
-        if fenced.is_empty() {
-            self.fences.remove(&group);
-        } else {
-            self.fences.insert(group, fenced);
-        }
+        self.fences.update(|f| {
+            if fenced.is_empty() {
+                f.remove(&group)
+            } else {
+                f.insert(group, fenced)
+            }
+        });
         Ok(())
     }
 }
