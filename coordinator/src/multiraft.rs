@@ -503,6 +503,52 @@ impl MultiRaft {
         Ok(self.take_proposals(group, u64::MAX))
     }
 
+    /// Whether the meta group has applied everything this node knows committed (the only
+    /// time a node may act on the routing table it holds: see [`MultiRaft::place_replicas`]).
+    pub fn meta_caught_up(&self) -> bool {
+        self.status(routing::META_GROUP)
+            .is_some_and(|s| s.applied >= s.commit)
+    }
+
+    /// Makes this node hold exactly the replicas `table` places on it: joins the groups it
+    /// lists this node in (empty, to be filled by the leader's snapshot), deletes the ones it
+    /// no longer lists, and leaves the meta group when this node is no longer a member.
+    /// Returns the tokens of proposals pending in deleted groups (their outcome is unknown
+    /// here). Call between cycles, with a table the meta group applied once
+    /// [`MultiRaft::meta_caught_up`]: an older table could delete a replica a later one
+    /// placed here again.
+    ///
+    /// # Errors
+    /// Storage failures, or [`CoordinatorError::CycleInFlight`].
+    pub fn place_replicas(
+        &mut self,
+        table: &routing::RoutingTable,
+    ) -> Result<Vec<Token>, CoordinatorError> {
+        let me = self.id;
+        let placed: BTreeSet<GroupId> = table.groups_on_node(me).into_iter().collect();
+        for group in &placed {
+            if !self.groups.contains_key(group) {
+                tracing::info!(%group, "routing places a replica here; joining the group");
+                self.create_joining_group(*group)?;
+            }
+        }
+        let mut gone: Vec<GroupId> = self
+            .groups
+            .keys()
+            .copied()
+            .filter(|g| *g != routing::META_GROUP && !placed.contains(g))
+            .collect();
+        if !table.is_member(me) && self.groups.contains_key(&routing::META_GROUP) {
+            gone.push(routing::META_GROUP);
+        }
+        let mut tokens = Vec::new();
+        for group in gone {
+            tracing::info!(%group, "routing moved this replica away; deleting it");
+            tokens.extend(self.remove_group(group)?);
+        }
+        Ok(tokens)
+    }
+
     /// Forgets the proposals of `group` at indexes up to `up_to`, returning their tokens.
     fn take_proposals(&mut self, group: GroupId, up_to: u64) -> Vec<Token> {
         let keys: Vec<_> = self

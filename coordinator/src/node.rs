@@ -769,7 +769,7 @@ impl Node {
 
 /// The groups a brand-new cluster starts with on `node`: its replicas of the data groups, and
 /// the meta group (the first [`META_VOTERS`] members vote, the rest learn).
-fn bootstrap_groups(
+pub(crate) fn bootstrap_groups(
     routing: &RoutingTable,
     node: NodeId,
 ) -> Vec<(GroupId, Vec<NodeId>, Vec<NodeId>)> {
@@ -1222,11 +1222,7 @@ impl Driver {
             self.table_pending = true;
             self.publish(table);
         }
-        let caught_up = self
-            .core
-            .status(META_GROUP)
-            .is_some_and(|s| s.applied >= s.commit);
-        if !self.table_pending || !caught_up {
+        if !self.table_pending || !self.core.meta_caught_up() {
             return Ok(());
         }
         self.table_pending = false;
@@ -1243,29 +1239,8 @@ impl Driver {
                 Err(error) => tracing::warn!(%node, address, %error, "unusable member address"),
             }
         }
-        let placed: HashSet<GroupId> = table.groups_on_node(me).into_iter().collect();
-        for group in &placed {
-            if !self.core.has_group(*group) {
-                tracing::info!(%group, "routing places a replica here; joining the group");
-                self.core.create_joining_group(*group)?;
-            }
-        }
-        let gone: Vec<GroupId> = self
-            .core
-            .groups()
-            .filter(|g| *g != META_GROUP && !placed.contains(g))
-            .collect();
-        for group in gone {
-            tracing::info!(%group, "routing moved this replica away; deleting it");
-            for token in self.core.remove_group(group)? {
-                self.fail(token, |group| ProposeError::OutcomeUnknown { group });
-            }
-        }
-        if !table.is_member(me) && self.core.has_group(META_GROUP) {
-            tracing::info!("this node left the cluster; leaving the meta group");
-            for token in self.core.remove_group(META_GROUP)? {
-                self.fail(token, |group| ProposeError::OutcomeUnknown { group });
-            }
+        for token in self.core.place_replicas(&table)? {
+            self.fail(token, |group| ProposeError::OutcomeUnknown { group });
         }
         if let Some(known) = &self.known
             && let Ok(mut set) = known.write()

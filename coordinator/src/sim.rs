@@ -23,11 +23,12 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
 use raft::eraftpb::{ConfChangeV2, ConfState};
-use routing::{GroupId, NodeId, RoutingTable};
+use routing::{GroupId, META_GROUP, NodeId, RoutingTable, VShardId};
 use storage::{LogStore, Persist, StagedBatch, StoreOptions};
 use transport::mem::{FaultConfig, SimNetwork};
 use transport::{Envelope, Inbound};
 
+use crate::replicated::{Frame, Replicated, Reply};
 use crate::{
     Apply, CoordinatorError, CycleOutput, Event, GroupStatus, MultiRaft, ProposeError, RaftConfig,
     Role, StateMachine, Token,
@@ -62,6 +63,10 @@ pub struct SimConfig {
     /// without fsync that the OS flushes when it pleases; a crash loses what was not flushed.
     /// Off by default; never turn it on outside a test that expects failures.
     pub unsynced_log: bool,
+    /// Run the meta group: the routing table is replicated, nodes act on its changes
+    /// (joining and deleting replicas), and restarted nodes recover only what their store
+    /// holds. Off by default (the routing table is then fixed, as in the older scenarios).
+    pub meta: bool,
 }
 
 /// How long a batch stays unflushed under [`SimConfig::unsynced_log`], in time units.
@@ -86,7 +91,14 @@ impl SimConfig {
             tick_every: 5,
             persist: Persist::Buffer,
             unsynced_log: false,
+            meta: false,
         }
+    }
+
+    /// Runs the meta group (see [`SimConfig::meta`]).
+    pub fn meta(mut self, on: bool) -> Self {
+        self.meta = on;
+        self
     }
 
     /// Sets the number of replicas per group.
@@ -333,7 +345,9 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 struct SimNode<S> {
     core: MultiRaft,
-    state_machine: S,
+    state_machine: Replicated<S>,
+    /// The meta group applied a table this node has not acted on yet.
+    table_pending: bool,
     store: LogStore,
     /// Under [`SimConfig::unsynced_log`]: staged batches not yet written, with their time.
     unsynced: VecDeque<(u64, StagedBatch)>,
@@ -348,8 +362,12 @@ pub struct SimCluster<S: StateMachine> {
     now: u64,
     nodes: BTreeMap<NodeId, Option<SimNode<S>>>,
     make_state_machine: Box<dyn Fn(NodeId) -> S>,
-    pending: BTreeMap<Token, (NodeId, GroupId)>,
+    /// Requests waiting for an outcome: node, group, and for reads of a key its vShard.
+    pending: BTreeMap<Token, (NodeId, GroupId, Option<VShardId>)>,
     completions: Vec<Completion>,
+    /// Requests made by a reshaping plan: their outcomes wait for [`SimCluster::take_completion`].
+    reserved: std::collections::BTreeSet<Token>,
+    reserved_done: BTreeMap<Token, Completion>,
     next_token: Token,
     trace: u64,
     monitor: Monitor,
@@ -381,6 +399,8 @@ impl<S: StateMachine> SimCluster<S> {
             make_state_machine: Box::new(make_state_machine),
             pending: BTreeMap::new(),
             completions: Vec::new(),
+            reserved: std::collections::BTreeSet::new(),
+            reserved_done: BTreeMap::new(),
             next_token: 1,
             trace: 0xcbf2_9ce4_8422_2325,
             monitor: Monitor::default(),
@@ -401,24 +421,54 @@ impl<S: StateMachine> SimCluster<S> {
             .clone()
             .seed(self.config.seed.wrapping_mul(31).wrapping_add(node.get()));
         let mut core = MultiRaft::new(node, raft, store.clone())?;
-        let groups: Vec<_> = self
-            .routing
-            .groups()
-            .filter(|(_, p)| p.replicas.contains(&node))
-            .map(|(g, p)| (g, p.replicas.clone()))
-            .collect();
-        core.create_groups(groups)?;
-        let state_machine = (self.make_state_machine)(node);
+        if !self.config.meta {
+            let groups: Vec<_> = self
+                .routing
+                .groups()
+                .filter(|(_, p)| p.replicas.contains(&node))
+                .map(|(g, p)| (g, p.replicas.clone()))
+                .collect();
+            core.create_groups(groups)?;
+        } else if store.groups().is_empty() && self.routing.is_member(node) {
+            core.create_groups_with_learners(crate::node::bootstrap_groups(&self.routing, node))?;
+        } else if store.groups().is_empty() {
+            core.create_joining_group(META_GROUP)?;
+        }
+        let state_machine = Replicated::new((self.make_state_machine)(node), self.routing.clone());
         self.nodes.insert(
             node,
             Some(SimNode {
                 core,
                 state_machine,
+                table_pending: false,
                 store,
                 unsynced: VecDeque::new(),
             }),
         );
         Ok(())
+    }
+
+    /// Starts a brand-new node `node` that joins the cluster (it holds nothing until a
+    /// reshaping plan adds it). Needs [`SimConfig::meta`].
+    ///
+    /// # Errors
+    /// Its store cannot be opened.
+    pub fn add_node(&mut self, node: NodeId) -> Result<(), CoordinatorError> {
+        self.mix(&[4, self.now, node.get()]);
+        self.start(node)
+    }
+
+    /// The routing table `node` has applied (the meta group's), when it runs.
+    pub fn table(&self, node: NodeId) -> Option<&RoutingTable> {
+        Some(self.nodes.get(&node)?.as_ref()?.state_machine.table())
+    }
+
+    /// Whether `node`'s replica of `group` serves `vshard` (has not released it).
+    pub fn serves(&self, node: NodeId, group: GroupId, vshard: VShardId) -> bool {
+        self.nodes
+            .get(&node)
+            .and_then(Option::as_ref)
+            .is_some_and(|n| !n.state_machine.is_fenced(group, vshard))
     }
 
     /// Current virtual time.
@@ -473,7 +523,10 @@ impl<S: StateMachine> SimCluster<S> {
 
     /// The state machine of a running node.
     pub fn state_machine(&self, node: NodeId) -> Option<&S> {
-        self.nodes.get(&node)?.as_ref().map(|n| &n.state_machine)
+        self.nodes
+            .get(&node)?
+            .as_ref()
+            .map(|n| n.state_machine.inner())
     }
 
     /// `group`'s status on `node`, when it runs and holds the group.
@@ -499,7 +552,7 @@ impl<S: StateMachine> SimCluster<S> {
     /// Stops `node` at once: its memory is gone, its store keeps what was persisted.
     pub fn crash(&mut self, node: NodeId) {
         self.nodes.insert(node, None);
-        self.pending.retain(|_, (n, _)| *n != node);
+        self.pending.retain(|_, (n, _, _)| *n != node);
         self.mix(&[1, self.now, node.get()]);
     }
 
@@ -513,9 +566,13 @@ impl<S: StateMachine> SimCluster<S> {
     }
 
     fn token(&mut self, node: NodeId, group: GroupId) -> Token {
+        self.token_for(node, group, None)
+    }
+
+    fn token_for(&mut self, node: NodeId, group: GroupId, vshard: Option<VShardId>) -> Token {
         let token = self.next_token;
         self.next_token += 1;
-        self.pending.insert(token, (node, group));
+        self.pending.insert(token, (node, group, vshard));
         token
     }
 
@@ -530,14 +587,114 @@ impl<S: StateMachine> SimCluster<S> {
         group: GroupId,
         data: Vec<u8>,
     ) -> Result<Token, ProposeError> {
+        self.propose_frame(node, group, Frame::encode_user(None, data))
+    }
+
+    /// Proposes `data` for `key` on `node`, routed by the table `node` has applied: the
+    /// command carries the key's vShard, so a group the vShard left refuses it with
+    /// [`ProposeError::StaleRouting`]. Returns the token and the group it went to.
+    ///
+    /// # Errors
+    /// As [`SimCluster::propose`].
+    pub fn propose_key(
+        &mut self,
+        node: NodeId,
+        key: &[u8],
+        data: Vec<u8>,
+    ) -> Result<(Token, GroupId), ProposeError> {
+        let (group, vshard) = self.route(node, key)?;
+        self.propose_frame(node, group, Frame::encode_user(Some(vshard), data))
+            .map(|t| (t, group))
+    }
+
+    /// A linearizable read of `key` on `node`, routed by its table: completes once the node
+    /// may serve it from its state machine, or with [`ProposeError::StaleRouting`] when its
+    /// replica no longer serves the key's vShard at that point.
+    ///
+    /// # Errors
+    /// As [`SimCluster::propose`].
+    pub fn read_key(&mut self, node: NodeId, key: &[u8]) -> Result<(Token, GroupId), ProposeError> {
+        let (group, vshard) = self.route(node, key)?;
+        let token = self.token_for(node, group, Some(vshard));
+        let result = match self.nodes.get_mut(&node) {
+            Some(Some(n)) => n.core.read_index(group, token),
+            _ => Err(ProposeError::ShuttingDown),
+        };
+        result.map(|()| (token, group)).inspect_err(|_| {
+            self.pending.remove(&token);
+        })
+    }
+
+    fn route(&self, node: NodeId, key: &[u8]) -> Result<(GroupId, VShardId), ProposeError> {
+        let table = self.table(node).ok_or(ProposeError::ShuttingDown)?;
+        let vshard = table.vshard_of_key(key);
+        let group = table
+            .group_of_vshard(vshard)
+            .map_err(|_| ProposeError::ShuttingDown)?;
+        Ok((group, vshard))
+    }
+
+    pub(crate) fn propose_frame(
+        &mut self,
+        node: NodeId,
+        group: GroupId,
+        framed: Vec<u8>,
+    ) -> Result<Token, ProposeError> {
         let token = self.token(node, group);
         let result = match self.nodes.get_mut(&node) {
-            Some(Some(n)) => n.core.propose(group, data, token),
+            Some(Some(n)) => n.core.propose(group, framed, token),
             _ => Err(ProposeError::ShuttingDown),
         };
         result.map(|()| token).inspect_err(|_| {
             self.pending.remove(&token);
         })
+    }
+
+    /// Keeps `token`'s outcome out of [`SimCluster::take_completions`]: it is for
+    /// [`SimCluster::take_completion`] (a reshaping plan's own request).
+    pub(crate) fn reserve(&mut self, token: Token) {
+        self.reserved.insert(token);
+    }
+
+    /// The outcome of a reserved request, once there is one.
+    pub(crate) fn take_completion(&mut self, token: Token) -> Option<Completion> {
+        let done = self.reserved_done.remove(&token);
+        if done.is_some() {
+            self.reserved.remove(&token);
+        }
+        done
+    }
+
+    /// Whether `token` still waits for an outcome.
+    pub(crate) fn is_pending(&self, token: Token) -> bool {
+        self.pending.contains_key(&token) || self.reserved_done.contains_key(&token)
+    }
+
+    /// Gives up on a reserved request.
+    pub(crate) fn forget(&mut self, token: Token) {
+        self.reserved.remove(&token);
+        self.reserved_done.remove(&token);
+        self.pending.remove(&token);
+    }
+
+    /// Exports `vshard` from `node`'s replica of `group` (after a read barrier the caller made).
+    pub(crate) fn export_vshard(
+        &mut self,
+        node: NodeId,
+        group: GroupId,
+        vshard: VShardId,
+    ) -> Result<Vec<u8>, ProposeError> {
+        match self.nodes.get_mut(&node) {
+            Some(Some(n)) => {
+                n.state_machine
+                    .export_vshard(group, vshard)
+                    .map_err(|e| ProposeError::Refused {
+                        group,
+                        reason: e.to_string(),
+                    })
+            }
+            _ => Err(ProposeError::ShuttingDown),
+        }
     }
 
     /// Starts a linearizable read of `group` on `node`; a [`Completion`] follows once the
@@ -564,6 +721,37 @@ impl<S: StateMachine> SimCluster<S> {
     /// Takes the outcomes gathered so far.
     pub fn take_completions(&mut self) -> Vec<Completion> {
         std::mem::take(&mut self.completions)
+    }
+
+    /// Between cycles: a node whose meta group applied a new table joins and deletes
+    /// replicas as it says (as [`crate::Node`] does).
+    fn place_replicas(&mut self, id: NodeId) -> Result<(), CoordinatorError> {
+        if !self.config.meta {
+            return Ok(());
+        }
+        let Some(Some(node)) = self.nodes.get_mut(&id) else {
+            return Ok(());
+        };
+        if node.state_machine.take_table_change().is_some() {
+            node.table_pending = true;
+        }
+        if !node.table_pending || !node.core.meta_caught_up() {
+            return Ok(());
+        }
+        // Group creation writes to the store directly: staged batches go first.
+        self.flush_unsynced(Some(id))?;
+        let Some(Some(node)) = self.nodes.get_mut(&id) else {
+            return Ok(());
+        };
+        node.table_pending = false;
+        let table = node.state_machine.table().clone();
+        let tokens = node.core.place_replicas(&table)?;
+        self.mix(&[5, self.now, id.get(), table.version()]);
+        for token in tokens {
+            // Their outcome is unknown here: the client keeps waiting and times out.
+            self.pending.remove(&token);
+        }
+        Ok(())
     }
 
     /// Advances virtual time by one unit: delivers what is due, ticks on tick boundaries, and
@@ -610,6 +798,7 @@ impl<S: StateMachine> SimCluster<S> {
         }
         for id in ids {
             self.run_node(id)?;
+            self.place_replicas(id)?;
         }
         self.flush_unsynced(None)?;
         self.observe_leaders();
@@ -725,9 +914,10 @@ impl<S: StateMachine> SimCluster<S> {
                 let mut position: Option<((GroupId, u64), u32)> = None;
                 for apply in &output.applies {
                     let result = match apply {
-                        Apply::Restore { group, data, .. } => {
-                            node.state_machine.restore(*group, data).map(|()| None)
-                        }
+                        Apply::Restore { group, data, .. } => node
+                            .state_machine
+                            .restore(*group, data)
+                            .map(|()| (None, None)),
                         Apply::Command {
                             group,
                             index,
@@ -741,9 +931,36 @@ impl<S: StateMachine> SimCluster<S> {
                             };
                             position = Some(((*group, *index), pos));
                             applied.push(((*group, *index, pos), *term, fnv(data.iter().copied())));
-                            node.state_machine
-                                .apply(*group, *index, data)
-                                .map(|r| proposal.map(|t| (t, r)))
+                            let table_version = node.state_machine.table().version();
+                            node.state_machine.apply(*group, *index, data).map(|r| {
+                                let Some(t) = *proposal else {
+                                    return (None, None);
+                                };
+                                match Reply::decode(&r) {
+                                    Reply::Applied(bytes) => (Some((t, bytes)), None),
+                                    Reply::StaleRouting(vshard) => (
+                                        None,
+                                        Some((
+                                            t,
+                                            ProposeError::StaleRouting {
+                                                vshard,
+                                                group: *group,
+                                                table_version,
+                                            },
+                                        )),
+                                    ),
+                                    Reply::Refused(reason) => (
+                                        None,
+                                        Some((
+                                            t,
+                                            ProposeError::Refused {
+                                                group: *group,
+                                                reason,
+                                            },
+                                        )),
+                                    ),
+                                }
+                            })
                         }
                         Apply::ConfChanged {
                             group,
@@ -752,12 +969,14 @@ impl<S: StateMachine> SimCluster<S> {
                             proposal,
                         } => {
                             configurations.push((*group, *index, describe(conf_state)));
-                            Ok(proposal.map(|t| (t, Vec::new())))
+                            Ok((proposal.map(|t| (t, Vec::new())), None))
                         }
                     };
                     let group = apply_group(apply);
                     match result {
-                        Ok(done) => outputs.push((group, apply_index(apply), done, None)),
+                        Ok((done, failed)) => {
+                            outputs.push((group, apply_index(apply), done, failed));
+                        }
                         Err(e) => {
                             return Err(CoordinatorError::StateMachine {
                                 group,
@@ -823,15 +1042,33 @@ impl<S: StateMachine> SimCluster<S> {
             let result = done
                 .map(|(token, response)| (token, Ok(response)))
                 .or(failed.map(|(token, error)| (token, Err(error))));
-            if let Some((token, result)) = result
-                && self.pending.remove(&token).is_some()
+            let Some((token, mut result)) = result else {
+                continue;
+            };
+            let Some((_, _, vshard)) = self.pending.remove(&token) else {
+                continue;
+            };
+            // A read of a key: its replica must still serve the key's vShard.
+            if let Some(vshard) = vshard
+                && result.is_ok()
+                && !self.serves(id, group, vshard)
             {
-                self.completions.push(Completion {
-                    node: id,
+                result = Err(ProposeError::StaleRouting {
+                    vshard,
                     group,
-                    token,
-                    result,
+                    table_version: self.table(id).map_or(0, RoutingTable::version),
                 });
+            }
+            let completion = Completion {
+                node: id,
+                group,
+                token,
+                result,
+            };
+            if self.reserved.contains(&token) {
+                self.reserved_done.insert(token, completion);
+            } else {
+                self.completions.push(completion);
             }
         }
         Ok(())
@@ -921,5 +1158,170 @@ fn apply_index(apply: &Apply) -> u64 {
         Apply::Restore { index, .. }
         | Apply::Command { index, .. }
         | Apply::ConfChanged { index, .. } => *index,
+    }
+}
+
+/// [`crate::reshape::ClusterControl`] inside the simulation: a reshaping plan's requests go
+/// through the same cores and network as the workload's, and every wait is a simulation step,
+/// so faults hit the plan between any two of its steps and a seed replays it exactly.
+///
+/// Poll the plan's future once per [`SimCluster::step`] (with a no-op waker): each `await`
+/// of a request yields until the step that completes it.
+pub struct SimControl<S: StateMachine> {
+    cluster: std::rc::Rc<std::cell::RefCell<SimCluster<S>>>,
+    /// How many steps a request may wait for its outcome.
+    wait_steps: u64,
+}
+
+impl<S: StateMachine> SimControl<S> {
+    /// Control over `cluster`; a request gives up after `wait_steps` steps (a timeout).
+    pub fn new(cluster: std::rc::Rc<std::cell::RefCell<SimCluster<S>>>, wait_steps: u64) -> Self {
+        Self {
+            cluster,
+            wait_steps,
+        }
+    }
+
+    async fn wait(
+        &self,
+        group: GroupId,
+        issued: Result<Token, ProposeError>,
+    ) -> Result<Vec<u8>, ProposeError> {
+        let token = issued?;
+        self.cluster.borrow_mut().reserve(token);
+        for _ in 0..self.wait_steps {
+            {
+                let mut cluster = self.cluster.borrow_mut();
+                if let Some(done) = cluster.take_completion(token) {
+                    return done.result;
+                }
+                if !cluster.is_pending(token) {
+                    cluster.forget(token);
+                    return Err(ProposeError::ShuttingDown);
+                }
+            }
+            YieldOnce::default().await;
+        }
+        self.cluster.borrow_mut().forget(token);
+        Err(ProposeError::Timeout { group })
+    }
+}
+
+/// A future that is pending once: the harness steps the simulation before polling again.
+#[derive(Default)]
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
+
+impl<S: StateMachine> crate::reshape::ClusterControl for SimControl<S> {
+    async fn table(&self, node: NodeId) -> Option<RoutingTable> {
+        self.cluster.borrow().table(node).cloned()
+    }
+
+    async fn change_routing(
+        &self,
+        node: NodeId,
+        change: routing::RoutingChange,
+        expected_version: u64,
+    ) -> Result<RoutingTable, ProposeError> {
+        let frame = Frame::Routing(change.encode(expected_version)).encode();
+        let issued = self
+            .cluster
+            .borrow_mut()
+            .propose_frame(node, META_GROUP, frame);
+        let bytes = self.wait(META_GROUP, issued).await?;
+        RoutingTable::decode(&bytes).map_err(|e| ProposeError::Refused {
+            group: META_GROUP,
+            reason: e.to_string(),
+        })
+    }
+
+    async fn status(&self, node: NodeId, group: GroupId) -> Option<GroupStatus> {
+        self.cluster.borrow().status(node, group)
+    }
+
+    async fn change_membership(
+        &self,
+        node: NodeId,
+        group: GroupId,
+        change: ConfChangeV2,
+    ) -> Result<(), ProposeError> {
+        let issued = self
+            .cluster
+            .borrow_mut()
+            .propose_conf_change(node, group, &change);
+        self.wait(group, issued).await.map(drop)
+    }
+
+    async fn transfer_leader(
+        &self,
+        node: NodeId,
+        group: GroupId,
+        to: NodeId,
+    ) -> Result<(), ProposeError> {
+        let mut cluster = self.cluster.borrow_mut();
+        match cluster.core_mut(node) {
+            Some(core) => core.transfer_leader(group, to),
+            None => Err(ProposeError::ShuttingDown),
+        }
+    }
+
+    async fn vshard_step(
+        &self,
+        node: NodeId,
+        group: GroupId,
+        vshard: VShardId,
+        step: crate::reshape::VShardStep,
+    ) -> Result<(), ProposeError> {
+        let frame = match step {
+            crate::reshape::VShardStep::Release => Frame::Release { vshard },
+            crate::reshape::VShardStep::Acquire(data) => Frame::Acquire { vshard, data },
+            crate::reshape::VShardStep::Purge => Frame::Purge { vshard },
+        };
+        let issued = self
+            .cluster
+            .borrow_mut()
+            .propose_frame(node, group, frame.encode());
+        self.wait(group, issued).await.map(drop)
+    }
+
+    async fn export_vshard(
+        &self,
+        node: NodeId,
+        group: GroupId,
+        vshard: VShardId,
+    ) -> Result<Vec<u8>, ProposeError> {
+        let issued = self.cluster.borrow_mut().read_index(node, group);
+        self.wait(group, issued).await?;
+        self.cluster.borrow_mut().export_vshard(node, group, vshard)
+    }
+
+    async fn pause(&self) {
+        let steps = self.cluster.borrow().config.tick_every;
+        for _ in 0..steps {
+            YieldOnce::default().await;
+        }
+    }
+
+    fn contact_points(&self) -> Vec<NodeId> {
+        let cluster = self.cluster.borrow();
+        cluster
+            .node_ids()
+            .into_iter()
+            .filter(|n| cluster.is_up(*n))
+            .collect()
     }
 }
