@@ -512,7 +512,7 @@ impl MultiRaft {
 
     /// Makes this node hold exactly the replicas `table` places on it: joins the groups it
     /// lists this node in (empty, to be filled by the leader's snapshot), deletes the ones it
-    /// no longer lists, and leaves the meta group when this node is no longer a member.
+    /// no longer lists.
     /// Returns the tokens of proposals pending in deleted groups (their outcome is unknown
     /// here). Call between cycles, with a table the meta group applied once
     /// [`MultiRaft::meta_caught_up`]: an older table could delete a replica a later one
@@ -532,14 +532,17 @@ impl MultiRaft {
                 self.create_joining_group(*group)?;
             }
         }
-        let mut gone: Vec<GroupId> = self
+        // The meta replica stays, even on a node that left: it is out of the meta group's
+        // configuration (so it never campaigns), and it marks the data directory as one that
+        // belonged to a cluster, so a restart never bootstraps groups from a config file again.
+        let gone: Vec<GroupId> = self
             .groups
             .keys()
             .copied()
             .filter(|g| *g != routing::META_GROUP && !placed.contains(g))
             .collect();
-        if !table.is_member(me) && self.groups.contains_key(&routing::META_GROUP) {
-            gone.push(routing::META_GROUP);
+        if !table.is_member(me) {
+            tracing::info!("this node is no longer a member; stop it and delete its data directory");
         }
         let mut tokens = Vec::new();
         for group in gone {
