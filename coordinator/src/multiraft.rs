@@ -585,15 +585,19 @@ impl MultiRaft {
         let quiesce = self.config.quiesce;
         let mut to_quiesce = Vec::new();
         // Only awake groups tick: a quiet group costs nothing here, not even a visit.
-        let awake: Vec<GroupId> = self.awake.iter().copied().collect();
-        for id in awake {
+        let mut asleep = Vec::new();
+        for &id in &self.awake {
             let Some(g) = self.groups.get_mut(&id).filter(|g| !g.quiet) else {
-                self.awake.remove(&id);
+                asleep.push(id);
                 continue;
             };
-            g.raw.tick();
+            // Most ticks only advance a counter (a follower waiting, a leader between
+            // heartbeats): only a tick that stepped raft can have made a `Ready`, so only
+            // that one puts the group in the next cycle.
+            if g.raw.tick() {
+                self.dirty.insert(id);
+            }
             Self::jitter_election(&mut self.rng, &self.config, g);
-            self.dirty.insert(id);
             if quiesce && Self::can_quiesce(self.id, g) {
                 g.idle_ticks += 1;
                 if g.idle_ticks >= self.config.quiesce_after_ticks {
@@ -602,6 +606,9 @@ impl MultiRaft {
             } else {
                 g.idle_ticks = 0;
             }
+        }
+        for id in asleep {
+            self.awake.remove(&id);
         }
         for id in to_quiesce {
             self.quiesce_leader(id);
