@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
-use coordinator::{StateMachine, StateMachineError};
+use coordinator::{StateMachine, StateMachineError, VShardScope};
 use prost::Message as _;
 use routing::GroupId;
 
@@ -321,6 +321,63 @@ impl StateMachine for KvStateMachine {
         self.write().insert(group, map);
         Ok(())
     }
+
+    fn export_vshard(
+        &mut self,
+        group: GroupId,
+        scope: VShardScope,
+    ) -> Result<Vec<u8>, StateMachineError> {
+        let maps = self.read();
+        let pairs = maps
+            .get(&group)
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| scope.contains(k))
+            .map(|(k, v)| WirePair {
+                key: k.clone(),
+                value: v.clone(),
+            })
+            .collect();
+        Ok(WireSnapshot { pairs }.encode_to_vec())
+    }
+
+    fn import_vshard(
+        &mut self,
+        group: GroupId,
+        scope: VShardScope,
+        data: &[u8],
+    ) -> Result<(), StateMachineError> {
+        let wire = WireSnapshot::decode(data).map_err(|e| KvDecodeError {
+            what: "vShard export",
+            reason: e.to_string(),
+        })?;
+        // Checked before anything changes: every replica rejects the same bytes the same way,
+        // and a key of another vShard would be unreachable here (or shadow the real one).
+        if let Some(stray) = wire.pairs.iter().find(|p| !scope.contains(&p.key)) {
+            return Err(KvDecodeError {
+                what: "vShard export",
+                reason: format!(
+                    "key {:?} does not belong to {}",
+                    String::from_utf8_lossy(&stray.key),
+                    scope.vshard
+                ),
+            }
+            .into());
+        }
+        let mut maps = self.write();
+        let map = maps.entry(group).or_default();
+        // Replace, not merge: importing twice (a retried step) leaves exactly the export.
+        map.retain(|k, _| !scope.contains(k));
+        map.extend(wire.pairs.into_iter().map(|p| (p.key, p.value)));
+        Ok(())
+    }
+
+    fn drop_vshard(&mut self, group: GroupId, scope: VShardScope) -> Result<(), StateMachineError> {
+        if let Some(map) = self.write().get_mut(&group) {
+            map.retain(|k, _| !scope.contains(k));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -409,5 +466,112 @@ mod tests {
         assert!(b.restore(g, &[0x0a, 0xff]).is_err());
         b.restore(g, &[]).unwrap();
         assert!(b.is_empty(g));
+    }
+
+    fn put(sm: &mut KvStateMachine, g: GroupId, key: &str, value: &str) {
+        sm.apply(
+            g,
+            0,
+            &KvCommand::Put {
+                key: key.as_bytes().to_vec(),
+                value: value.as_bytes().to_vec(),
+            }
+            .encode(),
+        )
+        .unwrap();
+    }
+
+    /// 200 keys over 8 vShards: the scope of the vShard of `key-0`, and the keys it covers.
+    fn filled(g: GroupId) -> (KvStateMachine, VShardScope, Vec<String>) {
+        let mut sm = KvStateMachine::new();
+        let keys: Vec<String> = (0..200).map(|i| format!("key-{i}")).collect();
+        for k in &keys {
+            put(&mut sm, g, k, &format!("v-{k}"));
+        }
+        let scope = VShardScope {
+            vshard: routing::vshard_for_key(b"key-0", 8),
+            vshard_count: 8,
+        };
+        let inside = keys
+            .iter()
+            .filter(|k| scope.contains(k.as_bytes()))
+            .cloned()
+            .collect();
+        (sm, scope, inside)
+    }
+
+    #[test]
+    fn a_vshard_moves_between_groups_whole_and_is_dropped_from_the_old_one() {
+        let (from, to) = (GroupId(1), GroupId(2));
+        let (mut sm, scope, inside) = filled(from);
+        assert!(!inside.is_empty() && inside.len() < 200);
+        let data = sm.export_vshard(from, scope).unwrap();
+        // The new group had a stale copy of one key and a key of another vShard.
+        put(&mut sm, to, "key-0", "stale");
+        let outsider = (0..)
+            .map(|i| format!("other-{i}"))
+            .find(|k| !scope.contains(k.as_bytes()))
+            .unwrap();
+        put(&mut sm, to, &outsider, "kept");
+        sm.import_vshard(to, scope, &data).unwrap();
+        for k in &inside {
+            assert_eq!(
+                sm.get(to, k.as_bytes()),
+                Some(format!("v-{k}").into_bytes())
+            );
+        }
+        assert_eq!(sm.get(to, outsider.as_bytes()), Some(b"kept".to_vec()));
+        // Importing again (a retried step) changes nothing.
+        sm.import_vshard(to, scope, &data).unwrap();
+        assert_eq!(sm.len(to), inside.len() + 1);
+
+        sm.drop_vshard(from, scope).unwrap();
+        assert_eq!(sm.len(from), 200 - inside.len());
+        assert!(inside.iter().all(|k| sm.get(from, k.as_bytes()).is_none()));
+        // Dropping from a group that holds nothing is fine.
+        sm.drop_vshard(GroupId(9), scope).unwrap();
+    }
+
+    #[test]
+    fn an_empty_export_clears_the_vshard_in_the_importing_group() {
+        let (mut sm, scope, inside) = filled(GroupId(1));
+        let empty = KvStateMachine::new()
+            .export_vshard(GroupId(1), scope)
+            .unwrap();
+        sm.import_vshard(GroupId(1), scope, &empty).unwrap();
+        assert_eq!(sm.len(GroupId(1)), 200 - inside.len());
+    }
+
+    #[test]
+    fn malformed_or_foreign_imports_are_errors_and_change_nothing() {
+        let (mut sm, scope, inside) = filled(GroupId(1));
+        let before = sm.len(GroupId(1));
+        for garbage in [&[0x0a, 0xff][..], &[0xff; 7], &[0x0a, 0x02, 0x0a, 0x05]] {
+            assert!(sm.import_vshard(GroupId(1), scope, garbage).is_err());
+        }
+        // Well-formed, but holding a key of another vShard.
+        let foreign = WireSnapshot {
+            pairs: vec![
+                WirePair {
+                    key: inside[0].clone().into_bytes(),
+                    value: b"new".to_vec(),
+                },
+                WirePair {
+                    key: (0..)
+                        .map(|i| format!("other-{i}"))
+                        .find(|k| !scope.contains(k.as_bytes()))
+                        .unwrap()
+                        .into_bytes(),
+                    value: b"x".to_vec(),
+                },
+            ],
+        }
+        .encode_to_vec();
+        assert!(sm.import_vshard(GroupId(1), scope, &foreign).is_err());
+        assert_eq!(sm.len(GroupId(1)), before);
+        assert_eq!(
+            sm.get(GroupId(1), inside[0].as_bytes()),
+            Some(format!("v-{}", inside[0]).into_bytes())
+        );
     }
 }
