@@ -9,11 +9,13 @@
 //! [`routing`] (ids, key hashing, the routing table), [`certs`] (cluster CA and node
 //! certificates), [`storage`] (the log store), [`transport`] (QUIC and the in-memory network)
 //! and [`coordinator`] (the [`Node`] API and the [`StateMachine`] trait). [`kv`] is a small
-//! replicated key-value state machine to copy from.
+//! replicated key-value state machine to copy from; [`service`] serves it to clients over
+//! the node's QUIC endpoint.
 //!
 //! Start with `examples/kv.rs`, or run `cargo run --release -- demo`.
 #![warn(missing_docs)]
 
+mod client;
 pub mod kv;
 pub mod service;
 

@@ -48,6 +48,7 @@ pub fn run(args: KvArgs) -> Result<ExitCode, CliError> {
                 op: op::PUT,
                 key: key.clone().into_bytes(),
                 value: value.clone().into_bytes(),
+                ..Request::default()
             },
             KvOp::Get { key } => Request {
                 op: op::GET,
@@ -64,7 +65,9 @@ pub fn run(args: KvArgs) -> Result<ExitCode, CliError> {
                 ..Request::default()
             },
         };
-        let reply = client.call(args.node, None, request).await?;
+        let reply = client.call(args.node, None, request).await;
+        client.close().await;
+        let reply = reply?;
         match args.op {
             KvOp::Status => println!("{}", reply.message),
             KvOp::Get { .. } => match reply.value {

@@ -1,0 +1,249 @@
+//! [`KvClient`]: the client side of the protocol in [`crate::service`]. It keeps one QUIC
+//! connection per node and opens one stream per request, so a request costs one round trip,
+//! not a TLS handshake.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use routing::NodeId;
+
+use crate::ProposeError;
+use crate::service::{MAX_MESSAGE_BYTES, Reply, Request, decode, encode, outcome, reply_error};
+
+/// How long the client waits for a silent node before it counts it as gone (QUIC idle timeout).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The longest one request may take, answer included. A node answers within its own request
+/// timeout (10 s by default); this bounds the rest.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many `NotLeader` redirects [`KvClient::call`] follows.
+const MAX_REDIRECTS: usize = 8;
+
+/// Errors of the key-value client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The client's TLS config could not be built.
+    #[error("client certificate: {0}")]
+    Certs(#[from] certs::CertError),
+    /// QUIC could not connect: the request was not sent.
+    #[error("connecting to {addr}: {reason}")]
+    Connect {
+        /// The node.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The request or reply could not be exchanged: the request may or may not have taken
+    /// effect.
+    #[error("talking to {addr}: {reason}")]
+    Io {
+        /// The node.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The node answered with an error of its own (a malformed request, an unknown op).
+    #[error("{0}")]
+    Server(String),
+    /// The node answered with a typed error: the same one an in-process caller gets.
+    #[error("{0}")]
+    Rejected(ProposeError),
+    /// Redirected more often than a leader change explains.
+    #[error("gave up after {0} NotLeader redirects")]
+    TooManyRedirects(usize),
+}
+
+/// A client of the key-value service, authenticated by a client certificate.
+pub struct KvClient {
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    /// Open connections by address and the server name they were verified against.
+    connections: Mutex<HashMap<(SocketAddr, String), quinn::Connection>>,
+}
+
+impl KvClient {
+    /// A client presenting `identity`.
+    ///
+    /// # Errors
+    /// A TLS config or socket that cannot be made.
+    pub fn new(identity: &certs::ClientIdentity) -> Result<Self, ClientError> {
+        let tls = identity.client_config(&[certs::CLIENT_ALPN])?;
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .map_err(|e| ClientError::Server(format!("TLS config unusable for QUIC: {e}")))?;
+        let mut client_config = quinn::ClientConfig::new(Arc::new(quic));
+        // A dead node must not hold a request for quinn's default 30 s: give up on it quickly
+        // and let `call` go back to a node that answered. Keep-alives hold a connection open
+        // between requests, so it is reused rather than timed out.
+        let mut transport = quinn::TransportConfig::default();
+        let idle = quinn::IdleTimeout::try_from(CONNECT_TIMEOUT)
+            .map_err(|e| ClientError::Server(format!("idle timeout: {e}")))?;
+        transport.max_idle_timeout(Some(idle));
+        transport.keep_alive_interval(Some(CONNECT_TIMEOUT / 3));
+        client_config.transport_config(Arc::new(transport));
+        let bind = SocketAddr::from(([0, 0, 0, 0], 0));
+        let endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect {
+            addr: bind,
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            endpoint,
+            client_config,
+            connections: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Sends `request` to the node at `first`, following `NotLeader` redirects, and returns
+    /// the reply once a node answers OK.
+    ///
+    /// # Errors
+    /// [`ClientError`]; [`ClientError::Rejected`] carries the node's typed error.
+    pub async fn call(
+        &self,
+        first: SocketAddr,
+        node_hint: Option<NodeId>,
+        request: Request,
+    ) -> Result<Reply, ClientError> {
+        let (mut addr, mut server) = (first, node_hint);
+        for _ in 0..MAX_REDIRECTS {
+            let reply = match self.request(addr, server, &request).await {
+                Ok(reply) => reply,
+                // A redirect to a node that does not answer (it may just have died): go back
+                // to the node we were given, which will know the new leader soon.
+                Err(ClientError::Connect { .. }) if addr != first => {
+                    (addr, server) = (first, node_hint);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match (
+                reply.outcome,
+                reply.leader_addr.as_deref().map(str::parse::<SocketAddr>),
+            ) {
+                (outcome::OK, _) => return Ok(reply),
+                (outcome::NOT_LEADER, Some(Ok(leader))) if leader != addr => {
+                    addr = leader;
+                    server = reply.leader.map(NodeId);
+                }
+                (outcome::NOT_LEADER, _) => tokio::time::sleep(Duration::from_millis(200)).await,
+                (outcome::ERROR, _) => return Err(ClientError::Server(reply.message)),
+                _ => {
+                    return Err(reply_error(&reply).map_or_else(
+                        || ClientError::Server(reply.message.clone()),
+                        ClientError::Rejected,
+                    ));
+                }
+            }
+        }
+        Err(ClientError::TooManyRedirects(MAX_REDIRECTS))
+    }
+
+    /// Sends `request` to the node at `addr` only (no redirects) and returns its reply,
+    /// whatever the outcome. With `node`, the node's certificate must name it.
+    ///
+    /// # Errors
+    /// [`ClientError::Connect`] (not sent), [`ClientError::Io`] (outcome unknown).
+    pub async fn request(
+        &self,
+        addr: SocketAddr,
+        node: Option<NodeId>,
+        request: &Request,
+    ) -> Result<Reply, ClientError> {
+        let bytes = encode(request).map_err(|e| ClientError::Server(e.to_string()))?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(addr, node, &bytes)).await {
+            Ok(reply) => reply,
+            Err(_) => Err(ClientError::Io {
+                addr,
+                reason: format!("no reply within {REQUEST_TIMEOUT:?}"),
+            }),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        addr: SocketAddr,
+        node: Option<NodeId>,
+        request: &[u8],
+    ) -> Result<Reply, ClientError> {
+        let io = |reason: String| ClientError::Io { addr, reason };
+        // The server name proves which node answered when the caller knows it; otherwise any
+        // node of the cluster will do, so we accept the generic name every node holds.
+        let server_name = node.map_or_else(
+            || certs::CLUSTER_SERVER_NAME.to_string(),
+            certs::node_server_name,
+        );
+        let key = (addr, server_name);
+        let (mut send, mut recv) = match self.cached(&key) {
+            // A cached connection may have died since; nothing was sent on it yet, so a
+            // fresh connection may safely carry the request instead.
+            Some(connection) => match connection.open_bi().await {
+                Ok(streams) => streams,
+                Err(_) => self.open(&key).await?,
+            },
+            None => self.open(&key).await?,
+        };
+        send.write_all(request)
+            .await
+            .map_err(|e| io(e.to_string()))?;
+        send.finish().map_err(|e| io(e.to_string()))?;
+        let reply = recv
+            .read_to_end(MAX_MESSAGE_BYTES + 4)
+            .await
+            .map_err(|e| io(e.to_string()))?;
+        decode::<Reply>("reply", &reply).map_err(|e| io(e.to_string()))
+    }
+
+    fn cached(&self, key: &(SocketAddr, String)) -> Option<quinn::Connection> {
+        let connections = self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        connections
+            .get(key)
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
+    }
+
+    /// A new connection to `key`, cached, with a stream opened on it.
+    async fn open(
+        &self,
+        key: &(SocketAddr, String),
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), ClientError> {
+        let addr = key.0;
+        let connect = |reason: String| ClientError::Connect { addr, reason };
+        let connection = self
+            .endpoint
+            .connect_with(self.client_config.clone(), addr, &key.1)
+            .map_err(|e| connect(e.to_string()))?
+            .await
+            .map_err(|e| connect(e.to_string()))?;
+        let streams = connection
+            .open_bi()
+            .await
+            .map_err(|e| connect(e.to_string()))?;
+        self.connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.clone(), connection);
+        Ok(streams)
+    }
+
+    /// Closes every connection and waits briefly for the nodes to hear it, so they free their
+    /// side at once instead of after an idle timeout.
+    pub async fn close(&self) {
+        let connections: Vec<quinn::Connection> = self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+            .map(|(_, c)| c)
+            .collect();
+        for connection in connections {
+            connection.close(0u32.into(), b"done");
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), self.endpoint.wait_idle()).await;
+    }
+}
