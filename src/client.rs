@@ -19,7 +19,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// timeout (10 s by default); this bounds the rest.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How many `NotLeader` redirects [`KvClient::call`] follows.
+/// How many `NotLeader` redirects and safe retries [`KvClient::call`] makes.
 const MAX_REDIRECTS: usize = 8;
 
 /// Errors of the key-value client.
@@ -51,8 +51,8 @@ pub enum ClientError {
     /// The node answered with a typed error: the same one an in-process caller gets.
     #[error("{0}")]
     Rejected(ProposeError),
-    /// Redirected more often than a leader change explains.
-    #[error("gave up after {0} NotLeader redirects")]
+    /// Redirected (or retried) more often than a leader change explains.
+    #[error("gave up after {0} NotLeader redirects and retries")]
     TooManyRedirects(usize),
 }
 
@@ -95,8 +95,9 @@ impl KvClient {
         })
     }
 
-    /// Sends `request` to the node at `first`, following `NotLeader` redirects, and returns
-    /// the reply once a node answers OK.
+    /// Sends `request` to the node at `first`, following `NotLeader` redirects and sending it
+    /// again when it did not take effect (`ProposalDropped`, `StaleRouting`), and returns the
+    /// reply once a node answers OK.
     ///
     /// # Errors
     /// [`ClientError`]; [`ClientError::Rejected`] carries the node's typed error.
@@ -129,6 +130,11 @@ impl KvClient {
                     server = reply.leader.map(NodeId);
                 }
                 (outcome::NOT_LEADER, _) => tokio::time::sleep(Duration::from_millis(200)).await,
+                // It did not take effect (leadership changed under it, or it was routed by a
+                // table that just changed): sending it again is safe.
+                (outcome::PROPOSAL_DROPPED | outcome::STALE_ROUTING, _) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
                 (outcome::ERROR, _) => return Err(ClientError::Server(reply.message)),
                 _ => {
                     return Err(reply_error(&reply).map_or_else(

@@ -643,8 +643,28 @@ impl KvService {
                 Ok(other) => error_reply(format!("unexpected response {other:?}")),
                 Err(e) => error_reply(e.to_string()),
             },
-            Err(e) => self.propose_error(&e),
+            Err(e) => self.kv_error(&e),
         }
+    }
+
+    /// [`KvService::propose_error`] for key-value requests: a group this node holds no replica
+    /// of (the cluster changed shape) is a redirect to a node that holds one, which the client
+    /// follows like any `NotLeader`.
+    fn kv_error(&self, error: &ProposeError) -> Reply {
+        if let ProposeError::GroupNotFound { group } = error {
+            let table = self.node.routing();
+            let replica = table
+                .leader_hint(*group)
+                .or_else(|| table.replicas(*group).and_then(|r| r.first().copied()))
+                .filter(|r| *r != self.node.id());
+            if let Some(replica) = replica {
+                return self.propose_error(&ProposeError::NotLeader {
+                    group: *group,
+                    leader: Some(replica),
+                });
+            }
+        }
+        self.propose_error(error)
     }
 
     /// A linearizable read that honours vShard moves: the barrier says which group serves the
@@ -655,7 +675,7 @@ impl KvService {
         for _ in 0..READ_ATTEMPTS {
             let read = match self.node.read_key(key).await {
                 Ok(read) => read,
-                Err(e) => return self.propose_error(&e),
+                Err(e) => return self.kv_error(&e),
             };
             let value = self.state.get(read.group, key);
             if self.node.serves(read.group, read.vshard) {
@@ -672,7 +692,7 @@ impl KvService {
         }
         last.map_or_else(
             || error_reply("no read attempt".into()),
-            |e| self.propose_error(&e),
+            |e| self.kv_error(&e),
         )
     }
 
