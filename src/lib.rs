@@ -10,12 +10,13 @@
 //! certificates), [`storage`] (the log store), [`transport`] (QUIC and the in-memory network)
 //! and [`coordinator`] (the [`Node`] API and the [`StateMachine`] trait). [`kv`] is a small
 //! replicated key-value state machine to copy from; [`service`] serves it to clients over
-//! the node's QUIC endpoint.
+//! the node's QUIC endpoint, and [`cluster`] reshapes a running cluster through that service.
 //!
 //! Start with `examples/kv.rs`, or run `cargo run --release -- demo`.
 #![warn(missing_docs)]
 
 mod client;
+pub mod cluster;
 pub mod kv;
 pub mod service;
 

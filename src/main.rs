@@ -1,4 +1,4 @@
-//! The `pontoon` command line: `demo`, `certs`, `node`, `kv` and `bench`.
+//! The `pontoon` command line: `demo`, `certs`, `node`, `kv`, `cluster` and `bench`.
 
 mod cli;
 

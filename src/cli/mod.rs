@@ -2,6 +2,7 @@
 
 mod bench;
 mod certs_cmd;
+mod cluster_cmd;
 mod demo;
 mod kv_cmd;
 mod node;
@@ -30,6 +31,8 @@ enum Command {
     Node(node::NodeArgs),
     /// Talk to the key-value service: put, get, delete, status.
     Kv(kv_cmd::KvArgs),
+    /// Change a running cluster's shape: status, add-node, remove-node, balance, move-vshard.
+    Cluster(cluster_cmd::ClusterArgs),
     /// Measure a cluster (in-process) next to the raw fjall and quinn baselines, in one run.
     Bench(bench::BenchArgs),
 }
@@ -39,7 +42,7 @@ impl Cli {
     pub fn default_log_filter(&self) -> &'static str {
         match self.command {
             Command::Demo(_) | Command::Bench(_) => "error",
-            Command::Certs(_) | Command::Kv(_) => "warn",
+            Command::Certs(_) | Command::Kv(_) | Command::Cluster(_) => "warn",
             Command::Node(_) => "info",
         }
     }
@@ -55,6 +58,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Certs(command) => certs_cmd::run(command),
         Command::Node(args) => node::run(args),
         Command::Kv(args) => kv_cmd::run(args),
+        Command::Cluster(args) => cluster_cmd::run(args),
         Command::Bench(args) => bench::run(args),
     }
 }

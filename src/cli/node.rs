@@ -21,8 +21,10 @@ pub struct NodeArgs {
     config: PathBuf,
 }
 
-/// The TOML config of one node. Every node of a cluster lists the same nodes and routing
-/// settings, so each computes the same routing table.
+/// The TOML config of one node. Every node of a new cluster lists the same nodes and routing
+/// settings, so each computes the same routing table. A node with `join = true` joins a
+/// running cluster instead (`pontoon cluster add-node` then adds it): it lists the nodes it can
+/// reach, itself not required, and receives the routing table from the cluster.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeFile {
@@ -35,7 +37,12 @@ pub struct NodeFile {
     /// Certificate files.
     pub certs: CertPaths,
     /// Every node of the cluster, this one included: id and the address others reach it at.
+    /// With `join`, the running nodes this one can reach (itself may be left out).
     pub nodes: Vec<PeerEntry>,
+    /// Join a running cluster rather than bootstrap one from `nodes` (ignored on a restart:
+    /// the data directory then says what the node holds).
+    #[serde(default)]
+    pub join: bool,
     /// Routing settings.
     #[serde(default)]
     pub routing: RoutingSettings,
@@ -100,7 +107,15 @@ impl NodeFile {
             .map_err(|e| format!("reading {}: {e}", path.display()))?;
         let file: NodeFile =
             toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        if !file.nodes.iter().any(|n| n.id == file.node_id) {
+        if file.join {
+            if !file.nodes.iter().any(|n| n.id != file.node_id) {
+                return Err(format!(
+                    "{}: a joining node lists at least one running node in [[nodes]]",
+                    path.display()
+                )
+                .into());
+            }
+        } else if !file.nodes.iter().any(|n| n.id == file.node_id) {
             return Err(format!(
                 "{}: node_id {} is not listed in [[nodes]]",
                 path.display(),
@@ -114,9 +129,15 @@ impl NodeFile {
         Ok(file)
     }
 
-    /// The routing table every node computes from the same settings.
+    /// The routing table every node computes from the same settings. A joining node's is
+    /// only a placeholder until the cluster's arrives, so it leaves itself out of it.
     pub fn routing(&self) -> Result<RoutingTable, CliError> {
-        let nodes: Vec<NodeId> = self.nodes.iter().map(|n| NodeId(n.id)).collect();
+        let nodes: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|n| !self.join || n.id != self.node_id)
+            .map(|n| NodeId(n.id))
+            .collect();
         Ok(RoutingTable::uniform(
             self.routing.vshards,
             self.routing.groups,
@@ -148,7 +169,8 @@ async fn serve(file: NodeFile) -> Result<ExitCode, CliError> {
     let routing = file.routing()?;
     let addresses = file.addresses();
     let mut config = NodeConfig::new(id, file.listen, &file.data_dir)
-        .tick_interval(Duration::from_millis(file.tick_ms));
+        .tick_interval(Duration::from_millis(file.tick_ms))
+        .join(file.join);
     config.transport = config.transport.accept_clients(true);
     for (peer, addr) in &addresses {
         if *peer != id {
@@ -160,12 +182,20 @@ async fn serve(file: NodeFile) -> Result<ExitCode, CliError> {
     let Some(mut clients) = node.take_client_connections() else {
         return Err("the transport does not hand over client connections".into());
     };
-    println!(
-        "node {id} serving {} groups on {} (data in {})",
-        routing.groups_on_node(id).len(),
-        node.local_addr(),
-        file.data_dir.display()
-    );
+    if file.join {
+        println!(
+            "node {id} waiting to be added on {} (data in {})",
+            node.local_addr(),
+            file.data_dir.display()
+        );
+    } else {
+        println!(
+            "node {id} serving {} groups on {} (data in {})",
+            routing.groups_on_node(id).len(),
+            node.local_addr(),
+            file.data_dir.display()
+        );
+    }
     let service = KvService::new(node.clone(), state, addresses);
     loop {
         tokio::select! {
@@ -182,4 +212,43 @@ async fn serve(file: NodeFile) -> Result<ExitCode, CliError> {
     println!("node {id} shutting down");
     node.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<NodeFile, CliError> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, text)?;
+        NodeFile::load(&path)
+    }
+
+    const HEAD: &str = "listen = \"127.0.0.1:7004\"\ndata_dir = \"d\"\n\
+        [certs]\nca = \"ca.pem\"\ncert = \"n.pem\"\nkey = \"n.key\"\n";
+    const RUNNING: &str = "[[nodes]]\nid = 1\naddr = \"127.0.0.1:7001\"\n\
+        [[nodes]]\nid = 2\naddr = \"127.0.0.1:7002\"\n";
+
+    #[test]
+    fn a_joining_node_lists_only_the_running_nodes_and_leaves_itself_out_of_the_table() {
+        let file = load(&format!("node_id = 4\njoin = true\n{HEAD}{RUNNING}")).unwrap();
+        assert!(file.join);
+        let table = file.routing().unwrap();
+        assert!(!table.is_member(NodeId(4)));
+        assert!(table.is_member(NodeId(1)) && table.is_member(NodeId(2)));
+        // Listing itself is fine too; it stays out of the placeholder table.
+        let listed = format!("{RUNNING}[[nodes]]\nid = 4\naddr = \"127.0.0.1:7004\"\n");
+        let file = load(&format!("node_id = 4\njoin = true\n{HEAD}{listed}")).unwrap();
+        assert!(!file.routing().unwrap().is_member(NodeId(4)));
+    }
+
+    #[test]
+    fn a_bootstrapping_node_must_list_itself_and_a_joining_one_someone_else() {
+        let missing = load(&format!("node_id = 4\n{HEAD}{RUNNING}")).unwrap_err();
+        assert!(missing.to_string().contains("not listed"), "{missing}");
+        let alone = "[[nodes]]\nid = 4\naddr = \"127.0.0.1:7004\"\n";
+        let lonely = load(&format!("node_id = 4\njoin = true\n{HEAD}{alone}")).unwrap_err();
+        assert!(lonely.to_string().contains("running node"), "{lonely}");
+    }
 }
