@@ -152,6 +152,15 @@ impl Cluster {
 
     /// Nodes each in their own namespace of `netns` (or on loopback with `None`).
     pub fn with_netns(nodes: usize, netns: Option<Netns>) -> Self {
+        Self::build(nodes, netns, 8)
+    }
+
+    /// Nodes on loopback whose routing table has `groups` groups.
+    pub fn with_groups(nodes: usize, groups: u64) -> Self {
+        Self::build(nodes, None, groups)
+    }
+
+    fn build(nodes: usize, netns: Option<Netns>, groups: u64) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let addrs: Vec<SocketAddr> = match &netns {
             Some(n) => (0..nodes).map(|i| n.addr(i)).collect(),
@@ -175,31 +184,64 @@ impl Cluster {
                 .status
                 .success()
         );
-        let node_list: String = this
-            .addrs
+        let node_list = this.node_list();
+        for i in 0..this.addrs.len() {
+            this.write_config(i, &node_list, groups, false);
+        }
+        this
+    }
+
+    /// `[[nodes]]` entries for every node so far.
+    fn node_list(&self) -> String {
+        self.addrs
             .iter()
             .enumerate()
             .map(|(i, a)| format!("[[nodes]]\nid = {}\naddr = \"{a}\"\n", i + 1))
-            .collect();
-        for (i, addr) in this.addrs.iter().enumerate() {
-            let id = (i + 1).to_string();
-            let san = addr.ip().to_string();
-            let out = pontoon(&[
-                "certs", "issue", "--dir", certs_arg, "--node", &id, "--san", &san,
-            ]);
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let config = format!(
-                "node_id = {id}\nlisten = \"{addr}\"\ndata_dir = \"{data}\"\ntick_ms = 20\n\n[certs]\nca = \"{c}/ca.pem\"\ncert = \"{c}/node-{id}.pem\"\nkey = \"{c}/node-{id}.key\"\n\n[routing]\nvshards = 256\ngroups = 8\nreplication = 3\n\n{node_list}",
-                data = this.dir.path().join(format!("data-{id}")).display(),
-                c = certs.display(),
-            );
-            std::fs::write(this.config(i), config).expect("config written");
-        }
-        this
+            .collect()
+    }
+
+    /// Issues node `i`'s certificate and writes its config listing `node_list`.
+    fn write_config(&self, i: usize, node_list: &str, groups: u64, join: bool) {
+        let certs = self.certs();
+        let certs_arg = certs.to_str().expect("utf-8 path");
+        let addr = self.addrs[i];
+        let id = (i + 1).to_string();
+        let san = addr.ip().to_string();
+        let out = pontoon(&[
+            "certs", "issue", "--dir", certs_arg, "--node", &id, "--san", &san,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let config = format!(
+            "node_id = {id}\nlisten = \"{addr}\"\ndata_dir = \"{data}\"\ntick_ms = 20\njoin = {join}\n\n[certs]\nca = \"{c}/ca.pem\"\ncert = \"{c}/node-{id}.pem\"\nkey = \"{c}/node-{id}.key\"\n\n[routing]\nvshards = 256\ngroups = {groups}\nreplication = 3\n\n{node_list}",
+            data = self.dir.path().join(format!("data-{id}")).display(),
+            c = certs.display(),
+        );
+        std::fs::write(self.config(i), config).expect("config written");
+    }
+
+    /// Prepares one more node (loopback only) that joins the running cluster: its certificate,
+    /// and a config with `join = true` that lists only the nodes before it. Returns its index;
+    /// start it with [`Cluster::start`], add it with `pontoon cluster add-node`.
+    pub fn add_joiner(&mut self) -> usize {
+        assert!(self.netns.is_none(), "joiners run on loopback");
+        let node_list = self.node_list();
+        self.addrs.push(free_port());
+        let i = self.addrs.len() - 1;
+        self.write_config(i, &node_list, 1, true);
+        i
+    }
+
+    /// Node `i`'s log so far (its stderr).
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.log_path(i)).unwrap_or_default()
+    }
+
+    fn log_path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node-{}.log", i + 1))
     }
 
     /// A command for the `pontoon` binary, run inside namespace `ns` when there are any.
@@ -216,6 +258,12 @@ impl Cluster {
 
     pub fn start(&mut self, i: usize) {
         let ns = self.netns.as_ref().map(|n| n.nodes[i].clone());
+        // Kept for a failing test to show (appended across restarts).
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))
+            .expect("node log opens");
         let child = self
             .command(ns.as_deref())
             .args([
@@ -224,7 +272,7 @@ impl Cluster {
                 self.config(i).to_str().expect("utf-8 path"),
             ])
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("node starts");
         if self.children.len() <= i {
@@ -272,6 +320,25 @@ impl Cluster {
             .args(&all)
             .output()
             .expect("pontoon kv runs")
+    }
+
+    /// `pontoon cluster ARGS --node <node's address> --certs DIR`.
+    pub fn cluster(&self, node: usize, args: &[&str]) -> Output {
+        let addr = self.addrs[node].to_string();
+        let certs = self.certs();
+        let mut all = vec!["cluster"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&[
+            "--node",
+            &addr,
+            "--certs",
+            certs.to_str().expect("utf-8 path"),
+        ]);
+        let hub = self.netns.as_ref().map(|n| n.hub.clone());
+        self.command(hub.as_deref())
+            .args(&all)
+            .output()
+            .expect("pontoon cluster runs")
     }
 
     /// One put attempt; `true` when the cluster acknowledged it.
