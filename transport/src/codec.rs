@@ -136,9 +136,34 @@ pub(crate) fn encode(
             // Encoded straight from raft-rs' structs (see `direct`): the same bytes as prost
             // on `to_wire`, without building them first.
             let max = max_frame_bytes.min(u32::MAX as usize);
-            let lens: Vec<usize> = messages.iter().map(direct::message_len).collect();
+            // Most envelopes hold a message or a few: their lengths stay on the stack.
+            let mut inline = [0usize; 8];
+            let heap: Vec<usize>;
+            let lens: &[usize] = if messages.len() <= inline.len() {
+                for (len, m) in inline.iter_mut().zip(&messages) {
+                    *len = direct::message_len(m);
+                }
+                &inline[..messages.len()]
+            } else {
+                heap = messages.iter().map(direct::message_len).collect();
+                &heap
+            };
+            let whole = direct::batch_len(from.get(), lens);
+            if whole <= max {
+                // The common case: one frame.
+                let mut out = BytesMut::with_capacity(wire::LENGTH_PREFIX + whole);
+                // `whole <= max <= u32::MAX`.
+                out.put_u32(u32::try_from(whole).unwrap_or(u32::MAX));
+                direct::batch_put(from.get(), &messages, lens, &mut out);
+                return Ok(Encoded::Frames(Frames {
+                    key: StreamKey::Raft(group),
+                    bytes: out.freeze(),
+                    frames: 1,
+                    messages: messages.len() as u64,
+                }));
+            }
             // Split between messages so that every frame fits: (start, end) of each.
-            let mut cuts: Vec<(usize, usize)> = Vec::with_capacity(1);
+            let mut cuts: Vec<(usize, usize)> = Vec::new();
             let mut start = 0;
             let mut body = direct::batch_len(from.get(), &[]);
             for (i, &len) in lens.iter().enumerate() {

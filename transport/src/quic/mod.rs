@@ -13,13 +13,15 @@
 //! connection before both sides agree to keep it.
 //!
 //! # Head-of-line blocking
-//! Every (peer, stream) pair has its own writer task and its own bounded queue
-//! ([`TransportConfig::stream_queue_len`]), under a per-peer bound
-//! ([`TransportConfig::peer_queue_len`]); `send` only `try_send`s. A group whose stream is
-//! out of flow-control credit stalls only its own writer: its queue fills, `send` refuses
-//! its envelopes with [`SendError::QueueFull`], and every other group keeps moving. On the
-//! receiving side every stream has its own reader task. Heartbeats get a higher stream
-//! priority than raft data and snapshots a lower one.
+//! Every peer has one bounded queue ([`TransportConfig::peer_queue_len`],
+//! [`TransportConfig::peer_queue_bytes`]) with a bound per stream within it
+//! ([`TransportConfig::stream_queue_len`]), and one writer task that owns all the streams
+//! toward the peer; `send` never waits. The writer never waits on a stream either: it polls
+//! each write once, and a stream out of flow-control credit keeps its frames and is woken by
+//! quinn when credit returns. So a stalled group holds only its own frames: its bound fills,
+//! `send` refuses its envelopes with [`SendError::QueueFull`], and every other group keeps
+//! moving. On the receiving side every stream has its own reader task. Heartbeats get a
+//! higher stream priority than raft data and snapshots a lower one.
 //!
 //! # Clients on the same endpoint
 //! With [`TransportConfig::accept_clients`] the endpoint also offers
@@ -33,6 +35,7 @@
 
 mod peer;
 mod recv;
+mod send;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -346,19 +349,21 @@ impl Transport for QuicTransport {
         if shared.closing.load(Ordering::Relaxed) {
             return Err(SendError::Shutdown);
         }
-        if to == shared.local
-            || shared.book.get(to).is_none()
-                && !shared
-                    .peers
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .contains_key(&to)
-        {
+        // A peer already known is one lookup; the address book is asked only for a new one.
+        let known = shared
+            .peers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&to)
+            .cloned();
+        if known.is_none() && (to == shared.local || shared.book.get(to).is_none()) {
             Counters::add(&c.dropped_unknown_peer, 1);
             return Err(SendError::UnknownPeer(to));
         }
         let encoded = codec::encode(shared.local, envelope, shared.config.max_frame_bytes)?;
-        shared.peer(to).enqueue(shared, encoded)
+        known
+            .unwrap_or_else(|| shared.peer(to))
+            .enqueue(shared, encoded)
     }
 
     fn stats(&self) -> TransportStats {

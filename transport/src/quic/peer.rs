@@ -1,10 +1,8 @@
-//! One peer: its connection (the single one between the two nodes), its stream writers and
-//! their bounded queues.
+//! One peer: its connection (the single one between the two nodes), its bounded queue and
+//! the writer task that drains it (see [`send`](super::send)).
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -12,10 +10,11 @@ use quinn::{Connection, VarInt};
 use routing::NodeId;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, info, info_span, warn};
 
+use super::send::{self, Queue};
 use super::{Shared, recv};
-use crate::codec::{Encoded, Frames, SnapshotTransfer, StreamKey, codes, header_frame};
+use crate::codec::{Encoded, SnapshotTransfer, codes, header_frame};
 use crate::stats::Counters;
 use crate::wire::{self, StreamKind};
 use crate::{Inbound, SendError};
@@ -33,7 +32,7 @@ pub(crate) enum ConnState {
 
 /// Events for the peer's connection task.
 pub(crate) enum PeerEvent {
-    /// A writer needs a connection.
+    /// The writer has frames and needs a connection.
     Want,
     /// The peer dialled us.
     Incoming(Connection),
@@ -47,12 +46,10 @@ pub(crate) struct Peer {
     pub(crate) id: NodeId,
     state: watch::Sender<ConnState>,
     events: mpsc::UnboundedSender<PeerEvent>,
-    /// Envelopes queued across all this peer's writers (and snapshot transfers in flight).
-    queued: Arc<AtomicUsize>,
-    /// Encoded bytes of the frames queued across all this peer's writers.
-    queued_bytes: AtomicUsize,
-    writers: Mutex<HashMap<StreamKey, mpsc::Sender<Frames>>>,
+    /// Frames toward the peer, bounded; drained by its one writer task.
+    queue: Arc<Queue>,
     task: tokio::task::AbortHandle,
+    writer: tokio::task::AbortHandle,
 }
 
 impl Peer {
@@ -61,16 +58,27 @@ impl Peer {
         let (events, rx) = mpsc::unbounded_channel();
         let span = info_span!("peer", node = %shared.local, peer = %id);
         let task = shared.runtime.spawn(
-            connection_task(shared.clone(), id, state.clone(), events.clone(), rx).instrument(span),
+            connection_task(shared.clone(), id, state.clone(), events.clone(), rx)
+                .instrument(span.clone()),
+        );
+        let queue = Arc::new(Queue::new());
+        let writer = shared.runtime.spawn(
+            send::writer(
+                shared.clone(),
+                id,
+                queue.clone(),
+                state.subscribe(),
+                events.clone(),
+            )
+            .instrument(span),
         );
         Arc::new(Self {
             id,
             state,
             events,
-            queued: Arc::new(AtomicUsize::new(0)),
-            queued_bytes: AtomicUsize::new(0),
-            writers: Mutex::new(HashMap::new()),
+            queue,
             task: task.abort_handle(),
+            writer: writer.abort_handle(),
         })
     }
 
@@ -84,13 +92,10 @@ impl Peer {
 
     pub(crate) fn stop(&self) {
         self.task.abort();
+        self.writer.abort();
         if let ConnState::Up(c) = &*self.state.borrow() {
             c.close(VarInt::from_u32(codes::SHUTDOWN), b"shutdown");
         }
-        self.writers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
     }
 
     /// Queues encoded frames without blocking.
@@ -100,13 +105,9 @@ impl Peer {
         encoded: Encoded,
     ) -> Result<(), SendError> {
         let c = &shared.counters;
-        let full = || {
+        if !self.queue.admit(shared.config.peer_queue_len) {
             Counters::add(&c.dropped_queue_full, 1);
-            SendError::QueueFull { to: self.id }
-        };
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= shared.config.peer_queue_len {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            return Err(full());
+            return Err(SendError::QueueFull { to: self.id });
         }
         match encoded {
             Encoded::Snapshot(t) => {
@@ -117,46 +118,8 @@ impl Peer {
                     .spawn(send_snapshot(shared.clone(), self.clone(), t).instrument(span));
                 Ok(())
             }
-            Encoded::Frames(f) => {
-                // Admitted while under the byte bound, so any one envelope fits.
-                let len = f.bytes.len();
-                if self.queued_bytes.fetch_add(len, Ordering::AcqRel)
-                    >= shared.config.peer_queue_bytes
-                {
-                    self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-                    self.queued.fetch_sub(1, Ordering::AcqRel);
-                    return Err(full());
-                }
-                let mut writers = self.writers.lock().unwrap_or_else(PoisonError::into_inner);
-                let key = f.key;
-                let tx = writers.entry(key).or_insert_with(|| {
-                    let (tx, rx) = mpsc::channel(shared.config.stream_queue_len);
-                    let span = match key {
-                        StreamKey::Raft(g) => info_span!("group", peer = %self.id, group = %g),
-                        StreamKey::Heartbeats => info_span!("heartbeats", peer = %self.id),
-                    };
-                    shared.runtime.spawn(
-                        stream_writer(shared.clone(), self.clone(), key, rx).instrument(span),
-                    );
-                    tx
-                });
-                // Counted before the hand-off: the writer may release it at once.
-                Counters::add(&c.queued_envelopes, 1);
-                Counters::add(&c.queued_bytes, len as u64);
-                tx.try_send(f).map_err(|_| {
-                    self.dequeued(c, 1, len);
-                    full()
-                })
-            }
+            Encoded::Frames(f) => self.queue.push(shared, self.id, f),
         }
-    }
-
-    /// Releases what a writer took off its queue.
-    fn dequeued(&self, c: &Counters, envelopes: usize, bytes: usize) {
-        self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
-        self.queued.fetch_sub(envelopes, Ordering::AcqRel);
-        Counters::sub(&c.queued_bytes, bytes as u64);
-        Counters::sub(&c.queued_envelopes, envelopes as u64);
     }
 
     /// The connection to write on; `None` when the peer is down (the caller drops and
@@ -178,84 +141,6 @@ impl Peer {
     }
 }
 
-/// Longest run of frames written in one call: bounds the time one stream holds the
-/// connection's send path.
-const MAX_WRITE_BATCH: usize = 256;
-
-/// Writes one stream's frames in order: the header once per connection, then frames as they
-/// come, coalescing whatever is queued into one write.
-async fn stream_writer(
-    shared: Arc<Shared>,
-    peer: Arc<Peer>,
-    key: StreamKey,
-    mut rx: mpsc::Receiver<Frames>,
-) {
-    let c = &shared.counters;
-    let mut conn_rx = peer.state.subscribe();
-    let mut stream: Option<(usize, quinn::SendStream)> = None;
-    let mut batch: Vec<Frames> = Vec::with_capacity(MAX_WRITE_BATCH);
-    let limit = MAX_WRITE_BATCH.min(shared.config.stream_queue_len);
-    while rx.recv_many(&mut batch, limit).await > 0 {
-        let n = batch.len();
-        let queued_bytes: usize = batch.iter().map(|f| f.bytes.len()).sum();
-        let frames: u64 = batch.iter().map(|f| f.frames).sum();
-        let lost = |reason: &str| {
-            Counters::add(&c.dropped_unreachable, frames);
-            debug!(reason, frames, "frames lost");
-            shared.report(Inbound::Unreachable {
-                to: peer.id,
-                group: key.group(),
-            });
-        };
-        match peer.connection(&mut conn_rx).await {
-            None => lost("peer down"),
-            Some(conn) => {
-                let mut chunks: Vec<Bytes> = Vec::with_capacity(n + 1);
-                if stream
-                    .as_ref()
-                    .is_none_or(|(id, _)| *id != conn.stable_id())
-                {
-                    stream = match conn.open_uni().await {
-                        Ok(s) => {
-                            let _ = s.set_priority(match key {
-                                StreamKey::Heartbeats => 1,
-                                StreamKey::Raft(_) => 0,
-                            });
-                            Counters::add(&c.streams_opened, 1);
-                            chunks.push(key.header());
-                            Some((conn.stable_id(), s))
-                        }
-                        Err(_) => None,
-                    };
-                }
-                let bytes: u64 = batch.iter().map(|f| f.bytes.len() as u64).sum::<u64>()
-                    + chunks.first().map_or(0, |h| h.len() as u64);
-                let messages: u64 = batch.iter().map(|f| f.messages).sum();
-                chunks.extend(batch.iter().map(|f| f.bytes.clone()));
-                match stream.as_mut() {
-                    None => lost("cannot open stream"),
-                    Some((_, s)) => match s.write_all_chunks(&mut chunks).await {
-                        Ok(()) => {
-                            Counters::add(&c.frames_sent, frames);
-                            Counters::add(&c.bytes_sent, bytes);
-                            Counters::add(&c.messages_sent, messages);
-                        }
-                        Err(e) => {
-                            if let quinn::WriteError::Stopped(code) = e {
-                                warn!(%code, "peer reset the stream");
-                            }
-                            stream = None;
-                            lost("write failed");
-                        }
-                    },
-                }
-            }
-        }
-        batch.clear();
-        peer.dequeued(c, n, queued_bytes);
-    }
-}
-
 /// One snapshot transfer on its own bidirectional stream; reports its fate to the
 /// coordinator.
 async fn send_snapshot(shared: Arc<Shared>, peer: Arc<Peer>, t: SnapshotTransfer) {
@@ -268,7 +153,7 @@ async fn send_snapshot(shared: Arc<Shared>, peer: Arc<Peer>, t: SnapshotTransfer
         None => false,
     };
     let c = &shared.counters;
-    peer.dequeued(c, 1, 0);
+    peer.queue.release(c, 1, 0);
     Counters::add(
         if delivered {
             &c.snapshots_sent

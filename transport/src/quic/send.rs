@@ -1,0 +1,781 @@
+//! The sending side of a connection: ONE writer task per peer owns every stream toward it.
+//!
+//! `send` puts encoded frames on the peer's [`Queue`] (bounded per peer in envelopes and
+//! bytes, and per stream in frames) and wakes the writer only when it sleeps. The writer
+//! takes everything queued at once, appends each frame to its stream's pending chunks, and
+//! hands each stream's pending chunks to quinn in one `write_chunks` call: consecutive frames
+//! of a group cost one write, and the connection is locked once per stream per pass, not once
+//! per frame.
+//!
+//! Every write is polled once, never awaited. A stream out of flow-control credit keeps its
+//! chunks and leaves a waker of its own with quinn; when credit returns, that waker puts the
+//! stream on the queue's writable list and wakes the writer. So a stalled stream only holds
+//! its own frames (until its per-stream bound refuses more), never the writer, and the other
+//! streams keep moving: no head-of-line blocking across groups.
+//!
+//! Per-stream state is created on a stream's first frame and is small (a quinn `SendStream`,
+//! two empty deques, a few flags): a node with 100k groups holds no task per group.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
+
+use bytes::{Buf, Bytes, BytesMut};
+use quinn::{Connection, ConnectionError, SendStream};
+use routing::NodeId;
+use tokio::sync::{Notify, mpsc, watch};
+use tracing::{debug, warn};
+
+use super::Shared;
+use super::peer::{ConnState, PeerEvent};
+use crate::codec::{Frames, StreamKey};
+use crate::stats::Counters;
+use crate::{Inbound, SendError};
+
+/// Chunks handed to quinn in one call: bounds the time one stream holds the connection lock.
+const MAX_WRITE_CHUNKS: usize = 1024;
+
+/// Neighbouring pending chunks shorter than this are copied into one before a write: quinn
+/// keeps every chunk as a segment until it is acknowledged and walks its segments to build
+/// each packet, so a few large segments cost it far less than many frame-sized ones. Longer
+/// chunks are handed over as they are (no copy).
+const COALESCE_BELOW: usize = 4096;
+
+/// Deque capacity kept by a stream that has drained: a burst does not pin its peak memory
+/// on each of many idle groups.
+const KEEP_CAPACITY: usize = 16;
+
+/// A map by stream: hashed with a multiply, not SipHash, as it is looked up once per frame
+/// and its keys are group ids our own coordinator picks (nothing a peer can choose).
+type KeyMap<V> = HashMap<StreamKey, V, BuildHasherDefault<KeyHasher>>;
+
+/// FxHash's mix: enough to spread group ids over a table.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn write_isize(&mut self, n: isize) {
+        self.write_u64(n as u64);
+    }
+}
+
+/// Frames queued toward one peer, shared by `send` and the peer's writer.
+pub(crate) struct Queue {
+    /// Envelopes queued and not yet written, and snapshot transfers in flight.
+    envelopes: AtomicUsize,
+    /// Encoded bytes of the queued frames.
+    bytes: AtomicUsize,
+    handoff: Mutex<Handoff>,
+    /// Wakes the writer; used only when it sleeps (`Handoff::parked`).
+    notify: Notify,
+}
+
+/// What `send` and quinn's wakers leave for the writer.
+#[derive(Default)]
+struct Handoff {
+    /// Frames in the order they were queued, not yet taken by the writer.
+    frames: Vec<Frames>,
+    /// Streams quinn said are writable again since the writer last looked.
+    writable: Vec<StreamKey>,
+    /// Frames queued or held by the writer, per stream (no entry at zero).
+    per_stream: KeyMap<usize>,
+    /// The writer found nothing to do and waits for `notify`.
+    parked: bool,
+}
+
+impl Queue {
+    pub(crate) fn new() -> Self {
+        Self {
+            envelopes: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+            handoff: Mutex::new(Handoff::default()),
+            notify: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Handoff> {
+        self.handoff.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes one envelope slot under the peer's bound, or `false` when it is full.
+    pub(crate) fn admit(&self, limit: usize) -> bool {
+        if self.envelopes.fetch_add(1, Ordering::AcqRel) >= limit {
+            self.envelopes.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Queues frames for the writer, under the byte bound and the stream's bound. The
+    /// envelope slot was taken by [`Queue::admit`]; it is given back on refusal.
+    pub(crate) fn push(&self, shared: &Shared, peer: NodeId, f: Frames) -> Result<(), SendError> {
+        let c = &shared.counters;
+        let len = f.bytes.len();
+        let refuse = || {
+            self.envelopes.fetch_sub(1, Ordering::AcqRel);
+            Counters::add(&c.dropped_queue_full, 1);
+            SendError::QueueFull { to: peer }
+        };
+        // Admitted while under the byte bound, so any one envelope fits.
+        if self.bytes.fetch_add(len, Ordering::AcqRel) >= shared.config.peer_queue_bytes {
+            self.bytes.fetch_sub(len, Ordering::AcqRel);
+            return Err(refuse());
+        }
+        let wake = {
+            let mut h = self.lock();
+            let n = h.per_stream.entry(f.key).or_insert(0);
+            if *n >= shared.config.stream_queue_len {
+                drop(h);
+                self.bytes.fetch_sub(len, Ordering::AcqRel);
+                return Err(refuse());
+            }
+            *n += 1;
+            // Counted before the hand-off: the writer may release it at once.
+            Counters::add(&c.queued_envelopes, 1);
+            Counters::add(&c.queued_bytes, len as u64);
+            h.frames.push(f);
+            std::mem::take(&mut h.parked)
+        };
+        if wake {
+            self.notify.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Releases what left the queue (written, dropped, or a snapshot transfer that ended).
+    pub(crate) fn release(&self, c: &Counters, envelopes: usize, bytes: usize) {
+        if envelopes == 0 && bytes == 0 {
+            return;
+        }
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        self.envelopes.fetch_sub(envelopes, Ordering::AcqRel);
+        Counters::sub(&c.queued_bytes, bytes as u64);
+        Counters::sub(&c.queued_envelopes, envelopes as u64);
+    }
+
+    /// quinn's wake-up for a stream that was out of credit.
+    fn writable(&self, key: StreamKey) {
+        let wake = {
+            let mut h = self.lock();
+            h.writable.push(key);
+            std::mem::take(&mut h.parked)
+        };
+        if wake {
+            self.notify.notify_one();
+        }
+    }
+}
+
+/// The waker a blocked stream leaves with quinn.
+struct StreamWaker {
+    key: StreamKey,
+    queue: Arc<Queue>,
+}
+
+impl Wake for StreamWaker {
+    fn wake(self: Arc<Self>) {
+        self.queue.writable(self.key);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.queue.writable(self.key);
+    }
+}
+
+/// What a run of pending bytes is: a stream header, or one queued envelope's frames.
+#[derive(Clone, Copy)]
+struct Meta {
+    len: usize,
+    frames: u64,
+    messages: u64,
+    /// A stream header, not a queued envelope (holds no place in the queue).
+    header: bool,
+}
+
+/// One stream toward the peer, as the writer sees it.
+#[derive(Default)]
+struct Stream {
+    /// The quinn stream and the `stable_id` of the connection it belongs to.
+    send: Option<(usize, SendStream)>,
+    /// Bytes not yet handed to quinn, oldest first: the stream header after an open, then
+    /// the frames (small neighbours copied into one before a write; quinn empties the chunks
+    /// it takes and trims a partly taken one in place).
+    chunks: VecDeque<Bytes>,
+    /// What those bytes are, in order.
+    meta: VecDeque<Meta>,
+    /// Bytes of the first `meta` entry already handed to quinn.
+    head_written: usize,
+    /// Created when the stream first runs out of credit.
+    waker: Option<Waker>,
+    /// quinn holds our waker: nothing to try until it fires.
+    blocked: bool,
+    /// On the writer's list of streams to write this pass.
+    scheduled: bool,
+    /// Waiting for the connection to allow one more stream.
+    waiting_open: bool,
+}
+
+impl Stream {
+    /// Removes what is left of the first entry (it cannot be completed on another stream).
+    fn drop_head(&mut self) -> Option<Meta> {
+        let m = self.meta.pop_front()?;
+        let mut left = m.len - std::mem::take(&mut self.head_written);
+        while left > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
+            if front.len() <= left {
+                left -= front.len();
+                self.chunks.pop_front();
+            } else {
+                front.advance(left);
+                left = 0;
+            }
+        }
+        Some(m)
+    }
+
+    /// Accounts `n` more bytes handed to quinn: calls `done` for each entry now wholly
+    /// written, and drops the chunks quinn emptied.
+    fn consume(&mut self, mut n: usize, mut done: impl FnMut(Meta)) {
+        while n > 0 {
+            let Some(m) = self.meta.front() else {
+                break;
+            };
+            let left = m.len - self.head_written;
+            if n < left {
+                self.head_written += n;
+                break;
+            }
+            n -= left;
+            self.head_written = 0;
+            if let Some(m) = self.meta.pop_front() {
+                done(m);
+            }
+        }
+        while self.chunks.front().is_some_and(Bytes::is_empty) {
+            self.chunks.pop_front();
+        }
+    }
+
+    /// Copies each run of small neighbouring chunks into one (see [`COALESCE_BELOW`]).
+    fn coalesce(&mut self) {
+        let small = |c: &Bytes| c.len() < COALESCE_BELOW;
+        let chunks = self.chunks.make_contiguous();
+        if !chunks.windows(2).any(|w| small(&w[0]) && small(&w[1])) {
+            return;
+        }
+        // Compacted in place: `kept` chunks are final, `i` is the next to look at.
+        let (mut kept, mut i) = (0, 0);
+        while i < chunks.len() {
+            let run = chunks[i..].iter().take_while(|c| small(c)).count();
+            let merged = if run < 2 {
+                i += 1;
+                std::mem::take(&mut chunks[i - 1])
+            } else {
+                let len = chunks[i..i + run].iter().map(Bytes::len).sum();
+                let mut b = BytesMut::with_capacity(len);
+                for c in &chunks[i..i + run] {
+                    b.extend_from_slice(c);
+                }
+                i += run;
+                b.freeze()
+            };
+            chunks[kept] = merged;
+            kept += 1;
+        }
+        self.chunks.truncate(kept);
+    }
+
+    fn shrink(&mut self) {
+        if self.chunks.is_empty() && self.chunks.capacity() > KEEP_CAPACITY {
+            self.chunks = VecDeque::new();
+            self.meta = VecDeque::new();
+        }
+    }
+}
+
+type Opening = Pin<Box<dyn Future<Output = Result<SendStream, ConnectionError>> + Send>>;
+
+/// What the writer may do with the connection right now.
+enum Link {
+    Up(Connection),
+    /// Being (re)established: keep the frames.
+    Wait,
+    /// The last dial failed: drop the frames and report.
+    Down,
+}
+
+/// The last [`Link`] a pass saw.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    Up(usize),
+    Wait,
+    Down,
+}
+
+/// Releases and counts accumulated during one pass, applied together (the counters are
+/// shared with every other task of the endpoint: one update per pass, not per stream).
+#[derive(Default)]
+struct Released {
+    envelopes: usize,
+    bytes: usize,
+    per_stream: Vec<(StreamKey, usize)>,
+    frames_sent: u64,
+    messages_sent: u64,
+    bytes_sent: u64,
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    peer: NodeId,
+    queue: Arc<Queue>,
+    events: mpsc::UnboundedSender<PeerEvent>,
+    streams: KeyMap<Stream>,
+    /// Streams to write this pass, each once.
+    ready: Vec<StreamKey>,
+    /// Streams waiting for the stream budget, in the order they asked.
+    waiting_open: VecDeque<StreamKey>,
+    /// The one open waiting for the connection's stream budget, and that connection's id.
+    opening: Option<(usize, Opening)>,
+    /// The connection changed: every stream with pending chunks must be looked at.
+    rescan: bool,
+    seen: Seen,
+    released: Released,
+}
+
+/// The peer's writer task; runs until the peer is stopped (its task is aborted).
+pub(crate) async fn writer(
+    shared: Arc<Shared>,
+    peer: NodeId,
+    queue: Arc<Queue>,
+    mut conn_rx: watch::Receiver<ConnState>,
+    events: mpsc::UnboundedSender<PeerEvent>,
+) {
+    let mut w = Writer {
+        shared,
+        peer,
+        queue,
+        events,
+        streams: KeyMap::default(),
+        ready: Vec::new(),
+        waiting_open: VecDeque::new(),
+        opening: None,
+        rescan: false,
+        seen: Seen::Wait,
+        released: Released::default(),
+    };
+    let mut frames: Vec<Frames> = Vec::new();
+    let mut writable: Vec<StreamKey> = Vec::new();
+    loop {
+        let parked = w.take(&mut frames, &mut writable);
+        if !parked {
+            let link = w.link(&mut conn_rx);
+            w.pass(&link, &mut frames, &mut writable);
+            continue;
+        }
+        let waiting = w.opening.is_some();
+        let opening = w.opening.as_mut().map(|(_, o)| o);
+        tokio::select! {
+            () = w.queue.notify.notified() => {}
+            changed = conn_rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                w.rescan = true;
+            }
+            opened = async {
+                match opening {
+                    Some(o) => o.await,
+                    None => std::future::pending().await,
+                }
+            }, if waiting => w.opened(opened),
+        }
+    }
+}
+
+impl Writer {
+    /// Applies the last pass's releases and takes what `send` and quinn left; `true` when
+    /// there is nothing to do (the writer then sleeps until notified).
+    fn take(&mut self, frames: &mut Vec<Frames>, writable: &mut Vec<StreamKey>) -> bool {
+        let r = &mut self.released;
+        let c = &self.shared.counters;
+        self.queue.release(c, r.envelopes, r.bytes);
+        for (counter, n) in [
+            (&c.frames_sent, &mut r.frames_sent),
+            (&c.messages_sent, &mut r.messages_sent),
+            (&c.bytes_sent, &mut r.bytes_sent),
+        ] {
+            if *n > 0 {
+                Counters::add(counter, std::mem::take(n));
+            }
+        }
+        (r.envelopes, r.bytes) = (0, 0);
+        let mut h = self.queue.lock();
+        for (key, n) in r.per_stream.drain(..) {
+            if let Some(left) = h.per_stream.get_mut(&key) {
+                *left = left.saturating_sub(n);
+                if *left == 0 {
+                    h.per_stream.remove(&key);
+                }
+            }
+        }
+        std::mem::swap(&mut h.frames, frames);
+        std::mem::swap(&mut h.writable, writable);
+        let idle =
+            frames.is_empty() && writable.is_empty() && self.ready.is_empty() && !self.rescan;
+        h.parked = idle;
+        idle
+    }
+
+    /// The connection as it is now; a change since the last pass makes this pass look at
+    /// every stream (those that waited for a connection, those on a lost one).
+    fn link(&mut self, conn_rx: &mut watch::Receiver<ConnState>) -> Link {
+        let link = match &*conn_rx.borrow_and_update() {
+            ConnState::Up(c) if c.close_reason().is_none() => Link::Up(c.clone()),
+            ConnState::Down => Link::Down,
+            _ => Link::Wait,
+        };
+        let seen = match &link {
+            Link::Up(c) => Seen::Up(c.stable_id()),
+            Link::Wait => Seen::Wait,
+            Link::Down => Seen::Down,
+        };
+        if seen != self.seen {
+            self.seen = seen;
+            self.rescan = true;
+        }
+        link
+    }
+
+    fn schedule(ready: &mut Vec<StreamKey>, key: StreamKey, st: &mut Stream) {
+        if !st.scheduled && !st.blocked && !st.waiting_open {
+            st.scheduled = true;
+            ready.push(key);
+        }
+    }
+
+    /// One pass: files the new frames under their streams, then writes every stream that has
+    /// something to write and credit to write it.
+    fn pass(&mut self, link: &Link, frames: &mut Vec<Frames>, writable: &mut Vec<StreamKey>) {
+        for f in frames.drain(..) {
+            let st = self.streams.entry(f.key).or_default();
+            st.meta.push_back(Meta {
+                len: f.bytes.len(),
+                frames: f.frames,
+                messages: f.messages,
+                header: false,
+            });
+            st.chunks.push_back(f.bytes);
+            Self::schedule(&mut self.ready, f.key, st);
+        }
+        if frames.capacity() > 4096 {
+            frames.shrink_to(4096);
+        }
+        for key in writable.drain(..) {
+            if let Some(st) = self.streams.get_mut(&key) {
+                st.blocked = false;
+                if !st.chunks.is_empty() {
+                    Self::schedule(&mut self.ready, key, st);
+                }
+            }
+        }
+        if std::mem::take(&mut self.rescan) {
+            // An open waiting on a connection now gone waits for nothing: try them all again.
+            self.opening = None;
+            self.waiting_open.clear();
+            for (key, st) in &mut self.streams {
+                st.blocked = false;
+                st.waiting_open = false;
+                if !st.chunks.is_empty() {
+                    Self::schedule(&mut self.ready, *key, st);
+                }
+            }
+        }
+        if self.ready.is_empty() {
+            return;
+        }
+        let mut ready = std::mem::take(&mut self.ready);
+        match link {
+            Link::Up(conn) => {
+                for &key in &ready {
+                    if let Some(st) = self.streams.get_mut(&key) {
+                        st.scheduled = false;
+                    }
+                    self.flush(key, conn);
+                }
+            }
+            Link::Wait => {
+                // Kept: the connection change that ends the wait rescans every stream.
+                let _ = self.events.send(PeerEvent::Want);
+                for key in &ready {
+                    if let Some(st) = self.streams.get_mut(key) {
+                        st.scheduled = false;
+                    }
+                }
+            }
+            Link::Down => {
+                let _ = self.events.send(PeerEvent::Want);
+                for &key in &ready {
+                    if let Some(st) = self.streams.get_mut(&key) {
+                        st.scheduled = false;
+                    }
+                    self.lose(key, "peer down");
+                }
+            }
+        }
+        // Nothing schedules during a pass: keep the list's capacity.
+        ready.clear();
+        self.ready = ready;
+    }
+
+    /// Hands a stream's pending chunks to quinn, opening the stream on this connection first
+    /// if needed.
+    fn flush(&mut self, key: StreamKey, conn: &Connection) {
+        let cid = conn.stable_id();
+        let Some(st) = self.streams.get_mut(&key) else {
+            return;
+        };
+        if st.chunks.is_empty() || st.waiting_open {
+            return;
+        }
+        if st.send.as_ref().is_none_or(|(id, _)| *id != cid) {
+            if st.send.take().is_some() {
+                if st.meta.front().is_some_and(|m| m.header) {
+                    // The old stream's header: the new stream gets its own.
+                    st.drop_head();
+                } else if st.head_written > 0 {
+                    // Its start went on a stream of a lost connection: the rest cannot
+                    // follow on a new stream.
+                    self.lose_head(key);
+                }
+            }
+            if !self.open(key, conn) {
+                return;
+            }
+        }
+        self.write(key);
+    }
+
+    /// Opens the stream's quinn stream on `conn`; `false` when it has to wait for the
+    /// connection's stream budget (or failed and dropped its frames).
+    fn open(&mut self, key: StreamKey, conn: &Connection) -> bool {
+        if self.opening.is_some() {
+            // Streams are opened in the order they asked.
+            self.wait_open(key);
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match pin!(conn.open_uni()).poll(&mut cx) {
+            Poll::Ready(Ok(s)) => {
+                self.opened_stream(key, conn.stable_id(), s);
+                true
+            }
+            Poll::Ready(Err(e)) => {
+                debug!(error = %e, "cannot open stream");
+                self.lose(key, "cannot open stream");
+                false
+            }
+            Poll::Pending => {
+                let c = conn.clone();
+                self.opening = Some((
+                    conn.stable_id(),
+                    Box::pin(async move { c.open_uni().await }),
+                ));
+                self.wait_open(key);
+                false
+            }
+        }
+    }
+
+    fn wait_open(&mut self, key: StreamKey) {
+        if let Some(st) = self.streams.get_mut(&key)
+            && !st.waiting_open
+        {
+            st.waiting_open = true;
+            self.waiting_open.push_back(key);
+        }
+    }
+
+    /// The open that waited for the stream budget completed.
+    fn opened(&mut self, result: Result<SendStream, ConnectionError>) {
+        let Some((cid, _)) = self.opening.take() else {
+            return;
+        };
+        let waiting: Vec<StreamKey> = self.waiting_open.drain(..).collect();
+        for key in &waiting {
+            if let Some(st) = self.streams.get_mut(key) {
+                st.waiting_open = false;
+            }
+        }
+        match result {
+            Ok(s) => {
+                if let Some(&first) = waiting.first() {
+                    self.opened_stream(first, cid, s);
+                }
+                // The others try again in order (on whatever connection is current then).
+                for key in waiting {
+                    if let Some(st) = self.streams.get_mut(&key) {
+                        Self::schedule(&mut self.ready, key, st);
+                    }
+                }
+            }
+            Err(e) => {
+                debug!(error = %e, "connection lost while opening streams");
+                self.rescan = true;
+            }
+        }
+    }
+
+    fn opened_stream(&mut self, key: StreamKey, cid: usize, s: SendStream) {
+        let _ = s.set_priority(match key {
+            StreamKey::Heartbeats => 1,
+            StreamKey::Raft(_) => 0,
+        });
+        Counters::add(&self.shared.counters.streams_opened, 1);
+        let Some(st) = self.streams.get_mut(&key) else {
+            return;
+        };
+        let header = key.header();
+        st.meta.push_front(Meta {
+            len: header.len(),
+            frames: 0,
+            messages: 0,
+            header: true,
+        });
+        st.chunks.push_front(header);
+        st.send = Some((cid, s));
+        st.blocked = false;
+    }
+
+    /// Writes what quinn takes now; leaves the stream's waker with quinn if it takes less.
+    fn write(&mut self, key: StreamKey) {
+        let Some(st) = self.streams.get_mut(&key) else {
+            return;
+        };
+        let mut sent = (0u64, 0u64, 0u64); // frames, messages, bytes
+        let mut gone = (0usize, 0usize); // envelopes, their queued bytes
+        let mut failed = None;
+        st.coalesce();
+        while !st.chunks.is_empty() {
+            let Some((_, send)) = st.send.as_mut() else {
+                break;
+            };
+            let waker = st.waker.get_or_insert_with(|| {
+                Waker::from(Arc::new(StreamWaker {
+                    key,
+                    queue: self.queue.clone(),
+                }))
+            });
+            let mut cx = Context::from_waker(waker);
+            let n = st.chunks.len().min(MAX_WRITE_CHUNKS);
+            let polled = {
+                let chunks = &mut st.chunks.make_contiguous()[..n];
+                pin!(send.write_chunks(chunks)).poll(&mut cx)
+            };
+            match polled {
+                Poll::Pending => {
+                    st.blocked = true;
+                    break;
+                }
+                Poll::Ready(Err(e)) => {
+                    failed = Some(e);
+                    break;
+                }
+                Poll::Ready(Ok(written)) => {
+                    sent.2 += written.bytes as u64;
+                    st.consume(written.bytes, |m| {
+                        if !m.header {
+                            sent.0 += m.frames;
+                            sent.1 += m.messages;
+                            gone.0 += 1;
+                            gone.1 += m.len;
+                        }
+                    });
+                }
+            }
+        }
+        let r = &mut self.released;
+        r.frames_sent += sent.0;
+        r.messages_sent += sent.1;
+        r.bytes_sent += sent.2;
+        self.released.envelopes += gone.0;
+        self.released.bytes += gone.1;
+        if gone.0 > 0 {
+            self.released.per_stream.push((key, gone.0));
+        }
+        st.shrink();
+        if let Some(e) = failed {
+            if let quinn::WriteError::Stopped(code) = e {
+                warn!(%code, group = ?key.group(), "peer reset the stream");
+            }
+            st.send = None;
+            self.lose(key, "write failed");
+        }
+    }
+
+    /// Drops a partly written first frame.
+    fn lose_head(&mut self, key: StreamKey) {
+        let Some(st) = self.streams.get_mut(&key) else {
+            return;
+        };
+        if let Some(m) = st.drop_head()
+            && !m.header
+        {
+            Counters::add(&self.shared.counters.dropped_unreachable, m.frames);
+            self.released.envelopes += 1;
+            self.released.bytes += m.len;
+            self.released.per_stream.push((key, 1));
+            self.shared.report(Inbound::Unreachable {
+                to: self.peer,
+                group: key.group(),
+            });
+        }
+    }
+
+    /// Drops every pending frame of a stream and tells the coordinator.
+    fn lose(&mut self, key: StreamKey, reason: &str) {
+        let Some(st) = self.streams.get_mut(&key) else {
+            return;
+        };
+        st.chunks.clear();
+        st.head_written = 0;
+        let (mut envelopes, mut bytes, mut frames) = (0usize, 0usize, 0u64);
+        for m in st.meta.drain(..).filter(|m| !m.header) {
+            envelopes += 1;
+            bytes += m.len;
+            frames += m.frames;
+        }
+        st.shrink();
+        if envelopes == 0 {
+            return;
+        }
+        Counters::add(&self.shared.counters.dropped_unreachable, frames);
+        debug!(reason, frames, group = ?key.group(), "frames lost");
+        self.released.envelopes += envelopes;
+        self.released.bytes += bytes;
+        self.released.per_stream.push((key, envelopes));
+        self.shared.report(Inbound::Unreachable {
+            to: self.peer,
+            group: key.group(),
+        });
+    }
+}
