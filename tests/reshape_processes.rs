@@ -318,6 +318,77 @@ fn verify(cluster: &Cluster, entry: SocketAddr, acked: Vec<(String, String)>) {
     });
 }
 
+/// Admin requests that cannot succeed come back typed, as they would in process: an unknown
+/// op and a malformed change are errors, a group nobody holds is `GroupNotFound`, and a
+/// request sent to a follower is `NotLeader` naming the leader.
+fn misdirected_and_malformed_requests_fail_typed(cluster: &Cluster, entry: SocketAddr) {
+    use pontoon::cluster::RemoteControl;
+    use pontoon::coordinator::reshape::ClusterControl as _;
+    use pontoon::service::outcome;
+    use pontoon::{GroupId, NodeId, ProposeError};
+
+    let identity = pontoon::certs::files::load_client(&cluster.certs(), "admin").unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = KvClient::new(&identity).unwrap();
+        let client = &client;
+        let ask =
+            |request: Request| async move { client.request(entry, None, &request).await.unwrap() };
+        let unknown = ask(Request {
+            op: 99,
+            ..Request::default()
+        })
+        .await;
+        assert_eq!(unknown.outcome, outcome::ERROR, "{unknown:?}");
+        assert!(unknown.message.contains("unknown op"), "{unknown:?}");
+        let empty_change = ask(Request {
+            op: op::CHANGE_MEMBERSHIP,
+            group: 1,
+            ..Request::default()
+        })
+        .await;
+        assert_eq!(empty_change.outcome, outcome::ERROR, "{empty_change:?}");
+        let garbage_routing = ask(Request {
+            op: op::CHANGE_ROUTING,
+            routing_change: vec![0xff; 9],
+            ..Request::default()
+        })
+        .await;
+        assert_eq!(
+            garbage_routing.outcome,
+            outcome::ERROR,
+            "{garbage_routing:?}"
+        );
+        client.close().await;
+
+        let client = KvClient::new(&identity).unwrap();
+        let control = RemoteControl::connect(client, &[entry], Duration::from_millis(50))
+            .await
+            .unwrap();
+        let me = control.contact_points()[0];
+        assert!(control.status(me, GroupId(999)).await.is_none());
+        let group = GroupId(1);
+        let leader = control.status(me, group).await.unwrap().leader.unwrap();
+        let follower = [3, 4, 5]
+            .map(NodeId)
+            .into_iter()
+            .find(|n| *n != leader)
+            .unwrap();
+        let refused = control.transfer_leader(follower, group, leader).await;
+        assert_eq!(
+            refused,
+            Err(ProposeError::NotLeader {
+                group,
+                leader: Some(leader)
+            })
+        );
+        control.client().close().await;
+    });
+}
+
 #[test]
 fn grow_to_five_move_a_vshard_and_shrink_to_three_under_client_load() {
     let test_started = Instant::now();
@@ -422,6 +493,7 @@ fn grow_to_five_move_a_vshard_and_shrink_to_three_under_client_load() {
         started.elapsed().as_secs_f64(),
         test_started.elapsed().as_secs_f64()
     );
+    misdirected_and_malformed_requests_fail_typed(&cluster, cluster.addrs[via]);
     eprintln!("\nstep                          seconds   writes/s  failed");
     for s in &steps {
         eprintln!(
