@@ -29,7 +29,7 @@ pub struct ClusterArgs {
 #[derive(Args, Debug)]
 struct Connect {
     /// Address of a running member (repeat for more); the others are found from it.
-    #[arg(long = "node", required = true)]
+    #[arg(long = "node", value_name = "ADDR", required = true)]
     nodes: Vec<SocketAddr>,
     /// Directory holding ca.pem and the client certificate (`pontoon certs issue --client NAME`).
     #[arg(long)]
