@@ -1,13 +1,23 @@
-//! The receiving side of a connection: one task per incoming stream, so a stream stuck
-//! mid-frame or out of credit holds up nobody else.
+//! The receiving side of a connection: ONE task per connection reads every unidirectional
+//! stream, so a node holds no task per group stream, and a stream stuck mid-frame or out of
+//! data holds up nobody else.
+//!
+//! Each stream is polled once, never awaited. A stream with nothing to read leaves a waker
+//! of its own with quinn; when data arrives, that waker puts the stream on the connection's
+//! ready list and wakes the task, which reads only the streams on that list (a bounded number
+//! of reads each per round, so one busy stream cannot starve the others). Snapshot transfers
+//! (bidirectional streams, rare and large) keep a task each.
 
-use std::sync::Arc;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
 
 use bytes::Bytes;
 
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use routing::NodeId;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::Shared;
@@ -20,7 +30,148 @@ use crate::wire::StreamKind;
 /// Received chunks taken from a stream at once (one lock of the connection each time).
 const READ_CHUNKS: usize = 16;
 
-/// Accepts the peer's streams until the connection ends, then tells the peer task.
+/// Reads of one stream per round before the others get their turn.
+const READS_PER_ROUND: usize = 4;
+
+/// Streams with data to read, filled by their wakers.
+struct Ready {
+    slots: Mutex<Vec<usize>>,
+    notify: Notify,
+}
+
+impl Ready {
+    fn lock(&self) -> MutexGuard<'_, Vec<usize>> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The waker a stream leaves with quinn while it has nothing to read.
+struct SlotWaker {
+    slot: usize,
+    /// On the ready list already (a burst of wake-ups files it once).
+    queued: AtomicBool,
+    ready: Arc<Ready>,
+}
+
+impl SlotWaker {
+    fn file(&self) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            self.ready.lock().push(self.slot);
+            self.ready.notify.notify_one();
+        }
+    }
+}
+
+impl Wake for SlotWaker {
+    fn wake(self: Arc<Self>) {
+        self.file();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.file();
+    }
+}
+
+/// One incoming unidirectional stream.
+struct Incoming {
+    recv: RecvStream,
+    reader: StreamReader,
+    /// What this stream's decoder holds, as last added to `receive_buffered_bytes`.
+    held: usize,
+    slot_waker: Arc<SlotWaker>,
+    waker: Waker,
+}
+
+/// What reading a stream came to.
+enum Step {
+    /// Nothing more now: quinn holds the stream's waker.
+    Wait,
+    /// Still readable after its reads of this round.
+    More,
+    /// Finished, reset or refused: the stream is done.
+    Done,
+}
+
+/// The connection's unidirectional streams, by slot.
+struct Streams {
+    slots: Vec<Option<Incoming>>,
+    free: Vec<usize>,
+    ready: Arc<Ready>,
+}
+
+impl Streams {
+    fn add(&mut self, shared: &Shared, peer: NodeId, recv: RecvStream) {
+        let slot = self.free.pop().unwrap_or(self.slots.len());
+        let slot_waker = Arc::new(SlotWaker {
+            slot,
+            queued: AtomicBool::new(false),
+            ready: self.ready.clone(),
+        });
+        let cfg = &shared.config;
+        let incoming = Incoming {
+            recv,
+            reader: StreamReader::new(
+                peer,
+                cfg.max_frame_bytes,
+                cfg.max_snapshot_bytes,
+                shared.known_groups.clone(),
+            ),
+            held: 0,
+            waker: Waker::from(slot_waker.clone()),
+            slot_waker: slot_waker.clone(),
+        };
+        if slot == self.slots.len() {
+            self.slots.push(Some(incoming));
+        } else {
+            self.slots[slot] = Some(incoming);
+        }
+        // Read it at once: it was accepted because data arrived.
+        slot_waker.file();
+    }
+
+    fn remove(&mut self, c: &Counters, slot: usize) {
+        if let Some(mut s) = self.slots.get_mut(slot).and_then(Option::take) {
+            track_held(c, &mut s.held, 0);
+            self.free.push(slot);
+        }
+        if self.free.len() == self.slots.len() {
+            // No stream left: give the memory of a past burst back.
+            self.slots = Vec::new();
+            self.free = Vec::new();
+        }
+    }
+
+    /// Reads every stream on the ready list, delivering what they complete.
+    async fn read_ready(
+        &mut self,
+        shared: &Shared,
+        peer: NodeId,
+        events: &mpsc::UnboundedSender<PeerEvent>,
+        conn_id: usize,
+    ) {
+        let ready = std::mem::take(&mut *self.ready.lock());
+        let mut again = Vec::new();
+        for slot in ready {
+            let Some(s) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
+                continue;
+            };
+            s.slot_waker.queued.store(false, Ordering::Release);
+            match read_some(shared, peer, s, events, conn_id).await {
+                Step::Wait => {}
+                Step::More => again.push(slot),
+                Step::Done => self.remove(&shared.counters, slot),
+            }
+        }
+        for slot in again {
+            if let Some(s) = self.slots.get(slot).and_then(Option::as_ref) {
+                s.slot_waker.file();
+            }
+        }
+    }
+}
+
+/// Accepts the peer's streams and reads them until the connection ends, then tells the peer
+/// task.
 pub(crate) async fn drive(
     shared: Arc<Shared>,
     peer: NodeId,
@@ -28,24 +179,34 @@ pub(crate) async fn drive(
     events: mpsc::UnboundedSender<PeerEvent>,
 ) {
     let sid = conn.stable_id();
+    let mut streams = Streams {
+        slots: Vec::new(),
+        free: Vec::new(),
+        ready: Arc::new(Ready {
+            slots: Mutex::new(Vec::new()),
+            notify: Notify::new(),
+        }),
+    };
+    let ready = streams.ready.clone();
     let reason = loop {
         tokio::select! {
             uni = conn.accept_uni() => match uni {
-                Ok(recv) => {
-                    let span = info_span!("stream", id = %recv.id(), group = tracing::field::Empty);
-                    tokio::spawn(read_stream(shared.clone(), peer, recv, None, events.clone(), sid).instrument(span));
-                }
+                Ok(recv) => streams.add(&shared, peer, recv),
                 Err(e) => break e,
             },
             bi = conn.accept_bi() => match bi {
                 Ok((send, recv)) => {
                     let span = info_span!("snapshot_stream", id = %recv.id(), group = tracing::field::Empty);
-                    tokio::spawn(read_stream(shared.clone(), peer, recv, Some(send), events.clone(), sid).instrument(span));
+                    tokio::spawn(read_snapshot(shared.clone(), peer, recv, send).instrument(span));
                 }
                 Err(e) => break e,
             },
+            () = ready.notify.notified() => streams.read_ready(&shared, peer, &events, sid).await,
         }
     };
+    for slot in 0..streams.slots.len() {
+        streams.remove(&shared.counters, slot);
+    }
     debug!(%reason, "connection ended");
     let _ = events.send(PeerEvent::Closed(sid));
 }
@@ -60,14 +221,89 @@ fn track_held(c: &Counters, held: &mut usize, now: usize) {
     *held = now;
 }
 
-/// Reads one stream to its end. Anything wrong resets this stream only.
-async fn read_stream(
+/// Reads what a unidirectional stream has now (a few reads at most) and delivers it.
+async fn read_some(
+    shared: &Shared,
+    peer: NodeId,
+    s: &mut Incoming,
+    events: &mpsc::UnboundedSender<PeerEvent>,
+    conn_id: usize,
+) -> Step {
+    let c = &shared.counters;
+    let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
+    for _ in 0..READS_PER_ROUND {
+        let polled = {
+            let mut cx = Context::from_waker(&s.waker);
+            pin!(s.recv.read_chunks(&mut chunks)).poll(&mut cx)
+        };
+        let outcome = match polled {
+            Poll::Pending => return Step::Wait,
+            Poll::Ready(Ok(Some(n))) => {
+                let reads = chunks[..n].iter_mut().map(std::mem::take);
+                let envelopes = s.reader.feed_all(reads, c);
+                track_held(c, &mut s.held, s.reader.held_bytes());
+                match envelopes {
+                    Ok(envelopes) => {
+                        for envelope in envelopes {
+                            shared
+                                .deliver(Inbound::Message {
+                                    from: peer,
+                                    envelope,
+                                })
+                                .await;
+                        }
+                        match s.reader.kind() {
+                            // The snapshot kind travels only on a bidirectional stream.
+                            Some((StreamKind::Snapshot, _)) => Err(Refusal::UnknownKind(
+                                crate::WireError::UnknownStreamKind(StreamKind::Snapshot as i32),
+                            )),
+                            _ => Ok(()),
+                        }
+                    }
+                    Err(refusal) => Err(refusal),
+                }
+            }
+            Poll::Ready(Ok(None)) => {
+                if let Some((StreamKind::Control, _)) = s.reader.kind() {
+                    let _ = events.send(PeerEvent::Confirmed(conn_id));
+                }
+                // No snapshot on a unidirectional stream: nothing to complete, only to check.
+                return match s.reader.finish(c) {
+                    Ok(_) => Step::Done,
+                    Err(refusal) => {
+                        refuse(c, peer, s, &refusal);
+                        Step::Done
+                    }
+                };
+            }
+            // Reset by the sender or the connection ended: nothing to answer.
+            Poll::Ready(Err(e)) => {
+                debug!(error = %e, stream = %s.recv.id(), "stream ended early");
+                return Step::Done;
+            }
+        };
+        if let Err(refusal) = outcome {
+            refuse(c, peer, s, &refusal);
+            return Step::Done;
+        }
+    }
+    Step::More
+}
+
+/// Resets a stream that broke the protocol; the others carry on.
+fn refuse(c: &Counters, peer: NodeId, s: &mut Incoming, refusal: &Refusal) {
+    refusal.count(c);
+    let kind = s.reader.kind();
+    warn!(%peer, stream = %s.recv.id(), ?kind, reason = %refusal, code = refusal.code(), "resetting stream");
+    let _ = s.recv.stop(VarInt::from_u32(refusal.code()));
+}
+
+/// Reads a snapshot transfer (a bidirectional stream) to its end and answers on it.
+async fn read_snapshot(
     shared: Arc<Shared>,
     peer: NodeId,
     mut recv: RecvStream,
-    mut answer: Option<SendStream>,
-    events: mpsc::UnboundedSender<PeerEvent>,
-    conn_id: usize,
+    mut answer: SendStream,
 ) {
     let c = &shared.counters;
     let cfg = &shared.config;
@@ -79,6 +315,7 @@ async fn read_stream(
     );
     // What this stream's decoder holds, as last added to `receive_buffered_bytes`.
     let mut held = 0usize;
+    let mut recorded = false;
     let outcome: Result<(), Refusal> = async {
         let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
         loop {
@@ -96,23 +333,22 @@ async fn read_stream(
                             .await;
                     }
                     if let Some((kind, group)) = reader.kind() {
-                        // Only the snapshot kind travels on a bidirectional stream, and the
-                        // snapshot kind only there.
-                        if (kind == StreamKind::Snapshot) != answer.is_some() {
+                        // Only the snapshot kind travels on a bidirectional stream.
+                        if kind != StreamKind::Snapshot {
                             return Err(Refusal::UnknownKind(crate::WireError::UnknownStreamKind(
                                 kind as i32,
                             )));
                         }
-                        tracing::Span::current().record(
-                            "group",
-                            tracing::field::display(group.map_or(0, |g| g.get())),
-                        );
+                        if !recorded {
+                            recorded = true;
+                            tracing::Span::current().record(
+                                "group",
+                                tracing::field::display(group.map_or(0, |g| g.get())),
+                            );
+                        }
                     }
                 }
                 Ok(None) => {
-                    if let Some((StreamKind::Control, _)) = reader.kind() {
-                        let _ = events.send(PeerEvent::Confirmed(conn_id));
-                    }
                     if let Some(envelope) = reader.finish(c)? {
                         shared
                             .deliver(Inbound::Message {
@@ -120,10 +356,8 @@ async fn read_stream(
                                 envelope,
                             })
                             .await;
-                        if let Some(send) = answer.as_mut() {
-                            let _ = send.write_all(&snapshot_ack(true)).await;
-                            let _ = send.finish();
-                        }
+                        let _ = answer.write_all(&snapshot_ack(true)).await;
+                        let _ = answer.finish();
                     }
                     return Ok(());
                 }
@@ -142,9 +376,7 @@ async fn read_stream(
         let kind = reader.kind();
         warn!(%peer, ?kind, reason = %refusal, code = refusal.code(), "resetting stream");
         let _ = recv.stop(VarInt::from_u32(refusal.code()));
-        if let Some(send) = answer.as_mut() {
-            let _ = send.write_all(&snapshot_ack(false)).await;
-            let _ = send.finish();
-        }
+        let _ = answer.write_all(&snapshot_ack(false)).await;
+        let _ = answer.finish();
     }
 }
