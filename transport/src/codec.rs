@@ -377,23 +377,20 @@ impl StreamReader {
             Counters::add(&counters.bytes_received, bytes.len() as u64);
             self.dec.push(bytes);
             while let Some(body) = self.dec.next_frame().map_err(Refusal::from_wire)? {
-                match self.frame(body, counters)? {
-                    Some(Envelope::Raft { group, messages }) => match out.last_mut() {
-                        Some(Envelope::Raft {
-                            group: g,
-                            messages: m,
-                        }) if *g == group => m.extend(messages),
-                        _ => out.push(Envelope::Raft { group, messages }),
-                    },
-                    Some(env) => out.push(env),
-                    None => {}
-                }
+                self.frame(body, counters, &mut out)?;
             }
         }
         Ok(out)
     }
 
-    fn frame(&mut self, body: Bytes, counters: &Counters) -> Result<Option<Envelope>, Refusal> {
+    /// Decodes one frame; what it completes goes to `out` (a raft frame's messages to the
+    /// raft envelope `out` ends with, if any).
+    fn frame(
+        &mut self,
+        body: Bytes,
+        counters: &Counters,
+        out: &mut Vec<Envelope>,
+    ) -> Result<(), Refusal> {
         match &mut self.state {
             State::Header => {
                 let header: StreamHeader =
@@ -412,21 +409,31 @@ impl StreamReader {
                     _ => State::SnapshotHead(group),
                 };
                 self.dec.set_max_frame_bytes(self.max_frame_bytes);
-                Ok(None)
+                Ok(())
             }
             State::Raft(group) => {
                 let group = *group;
-                let batch: wire::RaftBatch =
-                    wire::decode_body("RaftBatch", body).map_err(Refusal::Malformed)?;
-                self.check_from(batch.from)?;
-                let mut messages = Vec::with_capacity(batch.messages.len());
-                for m in batch.messages {
-                    self.check_from(m.from)?;
-                    messages.push(convert::from_wire(m).map_err(Refusal::Malformed)?);
+                if !matches!(out.last(), Some(Envelope::Raft { group: g, .. }) if *g == group) {
+                    out.push(Envelope::Raft {
+                        group,
+                        messages: Vec::new(),
+                    });
                 }
-                Counters::add(&counters.frames_received, 1);
-                Counters::add(&counters.messages_received, messages.len() as u64);
-                Ok(Some(Envelope::Raft { group, messages }))
+                if let Some(Envelope::Raft { messages, .. }) = out.last_mut() {
+                    // Decoded straight into raft-rs' types, appended to the envelope.
+                    let before = messages.len();
+                    let from = direct::batch_decode(body, messages).map_err(Refusal::Malformed)?;
+                    self.check_from(from)?;
+                    for m in &messages[before..] {
+                        self.check_from(m.from)?;
+                    }
+                    Counters::add(&counters.frames_received, 1);
+                    Counters::add(
+                        &counters.messages_received,
+                        (messages.len() - before) as u64,
+                    );
+                }
+                Ok(())
             }
             State::Heartbeats => {
                 let batch: wire::HeartbeatBatch =
@@ -434,7 +441,8 @@ impl StreamReader {
                 self.check_from(batch.from)?;
                 Counters::add(&counters.frames_received, 1);
                 Counters::add(&counters.messages_received, batch.heartbeats.len() as u64);
-                Ok(Some(Envelope::Heartbeats(batch)))
+                out.push(Envelope::Heartbeats(batch));
+                Ok(())
             }
             State::Control => Err(Refusal::Malformed(WireError::Malformed {
                 what: "control stream",
@@ -466,7 +474,7 @@ impl StreamReader {
                     total: head.total_len,
                     data: BytesMut::new(),
                 };
-                Ok(None)
+                Ok(())
             }
             State::SnapshotData { total, data, .. } => {
                 let chunk: wire::SnapshotChunk =
@@ -479,7 +487,7 @@ impl StreamReader {
                 }
                 data.extend_from_slice(&chunk.data);
                 Counters::add(&counters.frames_received, 1);
-                Ok(None)
+                Ok(())
             }
         }
     }

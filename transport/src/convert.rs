@@ -76,8 +76,8 @@ fn entry_to_wire(e: &eraftpb::Entry) -> wire::Entry {
     }
 }
 
-fn entry_from_wire(e: wire::Entry) -> Result<eraftpb::Entry, WireError> {
-    let entry_type = match e.entry_type {
+pub(crate) fn entry_type(value: i32) -> Result<eraftpb::EntryType, WireError> {
+    Ok(match value {
         0 => eraftpb::EntryType::EntryNormal,
         1 => eraftpb::EntryType::EntryConfChange,
         2 => eraftpb::EntryType::EntryConfChangeV2,
@@ -87,9 +87,12 @@ fn entry_from_wire(e: wire::Entry) -> Result<eraftpb::Entry, WireError> {
                 value,
             });
         }
-    };
+    })
+}
+
+fn entry_from_wire(e: wire::Entry) -> Result<eraftpb::Entry, WireError> {
     Ok(eraftpb::Entry {
-        entry_type,
+        entry_type: entry_type(e.entry_type)?,
         term: e.term,
         index: e.index,
         data: e.data,
@@ -116,7 +119,7 @@ pub(crate) fn snapshot_to_wire(s: &eraftpb::Snapshot) -> wire::Snapshot {
     }
 }
 
-fn snapshot_from_wire(s: wire::Snapshot) -> eraftpb::Snapshot {
+pub(crate) fn snapshot_from_wire(s: wire::Snapshot) -> eraftpb::Snapshot {
     let mut out = eraftpb::Snapshot {
         data: s.data,
         ..Default::default()
@@ -142,7 +145,7 @@ fn snapshot_from_wire(s: wire::Snapshot) -> eraftpb::Snapshot {
     out
 }
 
-fn message_type(value: i32) -> Result<eraftpb::MessageType, WireError> {
+pub(crate) fn message_type(value: i32) -> Result<eraftpb::MessageType, WireError> {
     use eraftpb::MessageType as T;
     Ok(match value {
         0 => T::MsgHup,
