@@ -186,10 +186,16 @@ async fn demo(args: DemoArgs) -> Result<ExitCode, CliError> {
         }
         if let (Some((victim, _, at)), None) = (killed, failover) {
             let leaders = cluster.leaders().await;
-            if leaders.len() == routing.groups().count() {
+            // Every data group and the meta group (which `leaders` lists too) led again.
+            let groups: Vec<GroupId> = routing.groups().map(|(g, _)| g).collect();
+            let mut wanted = groups.iter().chain([&pontoon::routing::META_GROUP]);
+            if wanted.all(|g| leaders.contains_key(g)) {
                 let took = at.elapsed();
                 failover = Some(took);
-                let moved = leaders.values().filter(|l| **l != victim).count();
+                let moved = groups
+                    .iter()
+                    .filter(|g| leaders.get(g) != Some(&victim))
+                    .count();
                 println!(
                     "{}  ✓ every group has a leader again {:.2} s after the kill ({moved} groups led by survivors)",
                     if interactive { "\r\x1b[2K" } else { "" },
