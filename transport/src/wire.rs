@@ -392,9 +392,10 @@ impl FrameDecoder {
     }
 
     /// Appends bytes received from the stream; frames wholly inside them are handed out as
-    /// slices of `bytes`, without a copy.
+    /// slices of `bytes`, without a copy. Of a frame that straddles reads only its own bytes
+    /// are copied, not the reads that follow it.
     pub fn push(&mut self, bytes: Bytes) {
-        if self.buf.is_empty() && self.chunk.is_empty() {
+        if self.chunk.is_empty() {
             self.chunk = bytes;
         } else {
             self.spill();
@@ -443,6 +444,21 @@ impl FrameDecoder {
     /// # Errors
     /// [`WireError::FrameTooLarge`] as soon as a prefix announces too long a frame.
     pub fn next_frame(&mut self) -> Result<Option<Bytes>, WireError> {
+        if !self.buf.is_empty() && !self.chunk.is_empty() {
+            // Complete the buffered frame start from the received bytes, copying only what
+            // it lacks: the prefix first, then the body it announces.
+            if self.buf.len() < LENGTH_PREFIX {
+                let take = (LENGTH_PREFIX - self.buf.len()).min(self.chunk.len());
+                self.buf.extend_from_slice(&self.chunk[..take]);
+                self.chunk.advance(take);
+            }
+            if let Some(len) = self.announced(&self.buf)? {
+                let missing = (LENGTH_PREFIX + len).saturating_sub(self.buf.len());
+                let take = missing.min(self.chunk.len());
+                self.buf.extend_from_slice(&self.chunk[..take]);
+                self.chunk.advance(take);
+            }
+        }
         if self.buf.is_empty() && !self.chunk.is_empty() {
             if let Some(len) = self.announced(&self.chunk)?
                 && self.chunk.len() >= LENGTH_PREFIX + len
@@ -503,6 +519,36 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn of_a_frame_straddling_reads_only_its_own_bytes_are_copied() {
+        let mut out = BytesMut::new();
+        for n in 0..4 {
+            encode_frame(&batch(n), 1 << 20, &mut out).unwrap();
+        }
+        let bytes = out.freeze();
+        // Cut inside the second frame.
+        let cut = LENGTH_PREFIX + prost::Message::encoded_len(&batch(0)) + 3;
+        let (first, second) = (bytes.slice(..cut), bytes.slice(cut..));
+        let mut dec = FrameDecoder::new(1 << 20);
+        dec.push(first);
+        assert!(dec.next_frame().unwrap().is_some());
+        assert!(dec.next_frame().unwrap().is_none());
+        dec.push(second.clone());
+        let straddling = dec.next_frame().unwrap().unwrap();
+        assert_eq!(decode_body::<RaftBatch>("b", straddling).unwrap(), batch(1));
+        let read = second.as_ptr() as usize..second.as_ptr() as usize + second.len();
+        for n in 2..4 {
+            let body = dec.next_frame().unwrap().unwrap();
+            assert!(
+                read.contains(&(body.as_ptr() as usize)),
+                "frame {n} was copied"
+            );
+            assert_eq!(decode_body::<RaftBatch>("b", body).unwrap(), batch(n));
+        }
+        assert!(dec.next_frame().unwrap().is_none());
+        dec.finish().unwrap();
     }
 
     #[test]
