@@ -2,6 +2,11 @@
 //! loopback, spread over 1, 64 and 1024 group streams, NEXT TO a raw quinn baseline that
 //! writes the same frame bytes on one stream with the same TLS configs, in the same run.
 //!
+//! `raw_quinn_1024_streams` is a reference, not the baseline: the same raw writes spread
+//! round-robin over 1024 streams, one reader task per stream. It shows what quinn itself
+//! charges for many small streams (per-stream frames, acknowledgements and buffers), a cost
+//! pontoon's one-stream-per-group design pays in full at 1024 groups.
+//!
 //! The baseline does the receiving work any reader of these bytes must do: it splits frames
 //! by their length prefix AND decodes every body with prost (`wire::RaftBatch`), as pontoon
 //! does (pontoon additionally converts to raft-rs' types and routes by group). Its sender
@@ -106,17 +111,24 @@ async fn run_pontoon(p: &mut Pontoon, groups: u64) -> Duration {
         .collect();
     let target = *p.received.borrow() + MESSAGES;
     let start = Instant::now();
-    for env in envelopes {
-        // `send` consumes the envelope: keep a copy only for a retry after `QueueFull`.
+    for (i, env) in (0..MESSAGES).zip(envelopes) {
         let mut next = env;
         loop {
-            let retry = next.clone();
             match p.sender.send(NodeId(2), next) {
                 Ok(()) => break,
-                Err(SendError::QueueFull { .. }) => tokio::task::yield_now().await,
+                // `send` never blocks: a full queue is refused and the envelope is gone. Build
+                // it again for the retry: rare, where a copy kept of every envelope just in
+                // case cost an allocation per message that neither the raw baseline nor a
+                // coordinator pays.
+                Err(SendError::QueueFull { .. }) => {
+                    tokio::task::yield_now().await;
+                    next = Envelope::Raft {
+                        group: GroupId(i % groups),
+                        messages: vec![message(i)],
+                    };
+                }
                 Err(e) => panic!("{e}"),
             }
-            next = retry;
         }
     }
     p.received.wait_for(|&n| n >= target).await.unwrap();
@@ -209,6 +221,107 @@ async fn run_raw(r: &mut Raw) -> Duration {
     start.elapsed()
 }
 
+/// Raw quinn over `streams` streams, the frames written round-robin as pontoon's groups get
+/// them; one reader task per stream decodes with prost. Not what pontoon is measured against
+/// (that is the single stream): it shows what quinn itself charges for many streams.
+struct RawMany {
+    streams: Vec<quinn::SendStream>,
+    _conn: quinn::Connection,
+    received: Arc<std::sync::atomic::AtomicU64>,
+    progress: Arc<tokio::sync::Notify>,
+    frame: bytes::Bytes,
+    _endpoints: (quinn::Endpoint, quinn::Endpoint),
+}
+
+async fn raw_many(ca: &certs::ClusterCa, streams: usize) -> RawMany {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let config = TransportConfig::default();
+    let any = "127.0.0.1:0".parse().unwrap();
+    let (s1, c1) = transport::quinn_configs(
+        &ca.issue_node(NodeId(1), &[]).unwrap(),
+        &config,
+        certs::ALPN,
+    )
+    .unwrap();
+    let (s2, _) = transport::quinn_configs(
+        &ca.issue_node(NodeId(2), &[]).unwrap(),
+        &config,
+        certs::ALPN,
+    )
+    .unwrap();
+    let mut a = quinn::Endpoint::server(s1, any).unwrap();
+    a.set_default_client_config(c1);
+    let b = quinn::Endpoint::server(s2, any).unwrap();
+    let target = b.local_addr().unwrap();
+    let (conn, accepted) = tokio::join!(
+        async {
+            a.connect(target, &certs::node_server_name(NodeId(2)))
+                .unwrap()
+                .await
+                .unwrap()
+        },
+        async { b.accept().await.unwrap().await.unwrap() },
+    );
+    let received = Arc::new(AtomicU64::new(0));
+    let progress = Arc::new(tokio::sync::Notify::new());
+    let (n, p) = (received.clone(), progress.clone());
+    tokio::spawn(async move {
+        while let Ok(mut recv) = accepted.accept_uni().await {
+            let (n, p) = (n.clone(), p.clone());
+            tokio::spawn(async move {
+                let mut dec = FrameDecoder::new(1 << 20);
+                let mut first = true;
+                while let Ok(Some(chunk)) = recv.read_chunk(64 * 1024, true).await {
+                    let bytes = if first { &chunk.bytes[1..] } else { &chunk.bytes[..] };
+                    first = false;
+                    dec.extend(bytes);
+                    let mut got = 0;
+                    while let Ok(Some(body)) = dec.next_frame() {
+                        let batch: wire::RaftBatch = wire::decode_body("RaftBatch", body).unwrap();
+                        got += batch.messages.len() as u64;
+                    }
+                    n.fetch_add(got, Ordering::AcqRel);
+                    p.notify_one();
+                }
+            });
+        }
+    });
+    let mut out = Vec::with_capacity(streams);
+    for _ in 0..streams {
+        let mut s = conn.open_uni().await.unwrap();
+        s.write_all(&[0]).await.unwrap();
+        out.push(s);
+    }
+    let batch = wire::RaftBatch {
+        from: 1,
+        messages: vec![transport::to_wire(&message(0))],
+    };
+    let mut frame = BytesMut::new();
+    wire::encode_frame(&batch, 1 << 20, &mut frame).unwrap();
+    RawMany {
+        streams: out,
+        _conn: conn,
+        received,
+        progress,
+        frame: frame.freeze(),
+        _endpoints: (a, b),
+    }
+}
+
+async fn run_raw_many(r: &mut RawMany) -> Duration {
+    use std::sync::atomic::Ordering;
+    let target = r.received.load(Ordering::Acquire) + MESSAGES;
+    let start = Instant::now();
+    let n = r.streams.len();
+    for i in 0..MESSAGES as usize {
+        r.streams[i % n].write_all(&r.frame).await.unwrap();
+    }
+    while r.received.load(Ordering::Acquire) < target {
+        r.progress.notified().await;
+    }
+    start.elapsed()
+}
+
 fn bench(c: &mut Criterion) {
     let rt = Runtime::new().unwrap();
     let ca = certs::ClusterCa::generate("bench").unwrap();
@@ -226,6 +339,18 @@ fn bench(c: &mut Criterion) {
                 let mut t = Duration::ZERO;
                 for _ in 0..iters {
                     t += run_raw(&mut r).await;
+                }
+                t
+            })
+        });
+    });
+    let mut many = rt.block_on(raw_many(&ca, 1024));
+    group.bench_function("raw_quinn_1024_streams", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut t = Duration::ZERO;
+                for _ in 0..iters {
+                    t += run_raw_many(&mut many).await;
                 }
                 t
             })
