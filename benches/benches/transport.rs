@@ -272,7 +272,11 @@ async fn raw_many(ca: &certs::ClusterCa, streams: usize) -> RawMany {
                 let mut dec = FrameDecoder::new(1 << 20);
                 let mut first = true;
                 while let Ok(Some(chunk)) = recv.read_chunk(64 * 1024, true).await {
-                    let bytes = if first { &chunk.bytes[1..] } else { &chunk.bytes[..] };
+                    let bytes = if first {
+                        &chunk.bytes[1..]
+                    } else {
+                        &chunk.bytes[..]
+                    };
                     first = false;
                     dec.extend(bytes);
                     let mut got = 0;
