@@ -150,10 +150,18 @@ impl RaftConfig {
             },
             check_quorum: self.check_quorum,
             pre_vote: self.pre_vote,
+            // The coordinator draws every timeout itself (seeded, in [election_tick,
+            // 2 * election_tick) but for the spread-out first elections of many groups
+            // loaded at once): raft only needs to accept the widest of them.
+            max_election_tick: self.election_tick.saturating_mul(MAX_ELECTION_SPREAD),
             ..raft::Config::default()
         }
     }
 }
+
+/// The first election of a group loaded with many others may wait up to this many election
+/// timeouts (see `MultiRaft::spread_first_elections`).
+pub(crate) const MAX_ELECTION_SPREAD: usize = 32;
 
 #[cfg(test)]
 mod tests {

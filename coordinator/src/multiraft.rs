@@ -225,6 +225,8 @@ struct Group {
     quiet: bool,
     /// Ticks this group has led with nothing to do.
     idle_ticks: usize,
+    /// Its first election timeout was spread out (see `spread_first_elections`).
+    first_spread: bool,
 }
 
 /// An entry proposed through this node: the term it was proposed in and its commands' tokens.
@@ -268,6 +270,8 @@ pub struct MultiRaft {
     own_messages: Outbox,
     /// Ticks since each peer was last heard from, for node-level liveness.
     silent_ticks: BTreeMap<NodeId, usize>,
+    /// The tick at which each peer was last reported unreachable to every group.
+    unreachable_reported: BTreeMap<NodeId, u64>,
     /// The peer set must be recomputed (groups or configurations changed).
     peers_stale: bool,
     ticks: u64,
@@ -275,6 +279,8 @@ pub struct MultiRaft {
 }
 
 const BOOTSTRAP_INDEX: u64 = 1;
+/// How many groups' first elections one election window takes (see `spread_first_elections`).
+const GROUPS_PER_ELECTION_WINDOW: usize = 4096;
 const BOOTSTRAP_TERM: u64 = 1;
 
 impl MultiRaft {
@@ -304,14 +310,17 @@ impl MultiRaft {
             applied_since_check: BTreeSet::new(),
             own_messages: Outbox::default(),
             silent_ticks: BTreeMap::new(),
+            unreachable_reported: BTreeMap::new(),
             peers_stale: true,
             ticks: 0,
             stats: CoordinatorStats::default(),
         };
-        for group in this.store.groups() {
-            let storage = this.store.group(group)?;
-            this.load_group(group, storage)?;
+        let stored = this.store.groups();
+        for group in &stored {
+            let storage = this.store.group(*group)?;
+            this.load_group(*group, storage)?;
         }
+        this.spread_first_elections(&stored);
         Ok(this)
     }
 
@@ -358,6 +367,7 @@ impl MultiRaft {
             queued: Vec::new(),
             quiet: false,
             idle_ticks: 0,
+            first_spread: false,
         };
         // raft-rs drew this group's first election timeout from the thread RNG: redraw it
         // from ours, or a simulation would not replay.
@@ -487,6 +497,7 @@ impl MultiRaft {
             let storage = self.store.group(*group)?;
             self.load_group(*group, storage)?;
         }
+        self.spread_first_elections(&created);
         Ok(created)
     }
 
@@ -542,7 +553,9 @@ impl MultiRaft {
             .filter(|g| *g != routing::META_GROUP && !placed.contains(g))
             .collect();
         if !table.is_member(me) {
-            tracing::info!("this node is no longer a member; stop it and delete its data directory");
+            tracing::info!(
+                "this node is no longer a member; stop it and delete its data directory"
+            );
         }
         let mut tokens = Vec::new();
         for group in gone {
@@ -620,13 +633,38 @@ impl MultiRaft {
     /// whenever raft reset them (a new term or role), so a simulation replays exactly.
     fn jitter_election(rng: &mut StdRng, config: &RaftConfig, g: &mut Group) {
         let (term, role) = (g.raw.raft.term, g.raw.raft.state);
-        if term != g.term
-            || role != g.role
-            || g.raw.raft.randomized_election_timeout() < config.election_tick
-        {
+        let timeout = g.raw.raft.randomized_election_timeout();
+        // raft redraws from its own (wide) range whenever it resets: bring any timeout back
+        // into the normal window, except a spread-out first election still waiting.
+        let out_of_range = timeout < config.election_tick
+            || (timeout >= 2 * config.election_tick && !g.first_spread);
+        if term != g.term || role != g.role || out_of_range {
             g.term = term;
             g.role = role;
+            g.first_spread = false;
             Self::draw_election_timeout(rng, config, g);
+        }
+    }
+
+    /// Groups loaded together (a restart, a new cluster) would all time out within the same
+    /// election window and campaign at once: tens of thousands of elections whose votes
+    /// cannot all be processed within one timeout, so candidates time out again before
+    /// their answers arrive and nothing converges. Their first timeouts are spread over one
+    /// window per [`GROUPS_PER_ELECTION_WINDOW`] groups instead; later ones are normal.
+    fn spread_first_elections(&mut self, loaded: &[GroupId]) {
+        let windows =
+            (loaded.len() / GROUPS_PER_ELECTION_WINDOW).min(crate::config::MAX_ELECTION_SPREAD - 2);
+        if windows == 0 {
+            return;
+        }
+        let tick = self.config.election_tick;
+        let span = tick.saturating_mul(windows + 1);
+        for group in loaded {
+            if let Some(g) = self.groups.get_mut(group) {
+                let timeout = self.rng.random_range(tick..tick + span);
+                g.raw.raft.set_randomized_election_timeout(timeout);
+                g.first_spread = true;
+            }
         }
     }
 
@@ -847,17 +885,24 @@ impl MultiRaft {
     /// The transport could not reach `to`: raft probes it again instead of streaming appends.
     pub fn report_unreachable(&mut self, to: NodeId, group: Option<GroupId>) {
         match group {
+            // Only a progress state changes (replicate -> probe): no `Ready` follows, so the
+            // group need not be in the next cycle.
             Some(group) => {
                 if let Some(g) = self.groups.get_mut(&group) {
                     g.raw.report_unreachable(to.get());
-                    self.dirty.insert(group);
                 }
             }
+            // A coalesced message (or the connection) failed: every group led here hears it,
+            // but once per tick per peer, or a burst of failures would walk every group
+            // for each one.
             None => {
-                for (&id, g) in &mut self.groups {
+                if self.unreachable_reported.get(&to) == Some(&self.ticks) {
+                    return;
+                }
+                self.unreachable_reported.insert(to, self.ticks);
+                for g in self.groups.values_mut() {
                     if g.raw.raft.state == StateRole::Leader && !g.quiet {
                         g.raw.report_unreachable(to.get());
-                        self.dirty.insert(id);
                     }
                 }
             }

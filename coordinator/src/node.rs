@@ -27,6 +27,10 @@ use crate::multiraft::{Apply, CoordinatorStats, Event, GroupStatus, MultiRaft, T
 use crate::replicated::{Fences, Frame, Replicated, Reply as AppliedReply};
 use crate::state_machine::StateMachine;
 
+/// Up to this many new groups, a node campaigns at once for those the routing table hints it
+/// leads.
+const CAMPAIGN_AT_ONCE_MAX: usize = 4096;
+
 /// The most voters the meta group gets; every other member follows it as a learner.
 pub const META_VOTERS: usize = 5;
 
@@ -267,9 +271,21 @@ impl Node {
         for (node, addr) in &config.peers {
             address_book.insert(*node, *addr);
         }
-        // Filled in by the driver with the groups the core really holds (and updated as the
-        // routing table moves replicas here or away).
-        let known: KnownGroups = Arc::new(RwLock::new(HashSet::new()));
+        // Before the endpoint accepts anything: a peer's stream for a group this node is about
+        // to load would otherwise be reset while thousands of groups load. The driver keeps
+        // the set current as the routing table moves replicas here or away.
+        let store = LogStore::open(&config.data_dir, config.store.clone())?;
+        let initial: HashSet<GroupId> = if !store.groups().is_empty() {
+            store.groups().into_iter().collect()
+        } else if config.join {
+            HashSet::from([META_GROUP])
+        } else {
+            bootstrap_groups(&routing, config.node_id)
+                .into_iter()
+                .map(|(g, _, _)| g)
+                .collect()
+        };
+        let known: KnownGroups = Arc::new(RwLock::new(initial));
         let filter_set = known.clone();
         let filter: transport::GroupFilter = Arc::new(move |group| {
             filter_set
@@ -290,6 +306,7 @@ impl Node {
         let closer = transport.clone();
         let mut node = Self::start_inner(
             config,
+            store,
             transport,
             inbound,
             address_book,
@@ -315,8 +332,10 @@ impl Node {
         routing: RoutingTable,
         state_machine: impl StateMachine,
     ) -> Result<Node, NodeError> {
+        let store = LogStore::open(&config.data_dir, config.store.clone())?;
         Self::start_inner(
             config,
+            store,
             transport,
             inbound,
             address_book,
@@ -330,6 +349,7 @@ impl Node {
     #[allow(clippy::too_many_arguments)]
     fn start_inner(
         config: NodeConfig,
+        store: LogStore,
         transport: Arc<dyn Transport>,
         inbound: mpsc::Receiver<Inbound>,
         address_book: AddressBook,
@@ -339,7 +359,6 @@ impl Node {
         known: Option<KnownGroups>,
     ) -> Result<Node, NodeError> {
         let id = config.node_id;
-        let store = LogStore::open(&config.data_dir, config.store.clone())?;
         let fresh = store.groups().is_empty();
         if fresh && !config.join && !routing.is_member(id) {
             return Err(NodeError::NoGroups(id));
@@ -353,9 +372,14 @@ impl Node {
             let created = core.create_groups_with_learners(bootstrap_groups(&routing, id))?;
             // A brand-new cluster need not wait out an election timeout per group: the routing
             // table's leader hints are balanced, so each hinted replica campaigns at once.
-            for group in created {
-                if routing.leader_hint(group) == Some(id) {
-                    let _ = core.campaign(group);
+            // Not with thousands of groups: their campaigns (retried every timeout while the
+            // other nodes come up) would swamp the nodes; their spread-out first elections
+            // (see MultiRaft) elect them instead.
+            if created.len() <= CAMPAIGN_AT_ONCE_MAX {
+                for group in created {
+                    if routing.leader_hint(group) == Some(id) {
+                        let _ = core.campaign(group);
+                    }
                 }
             }
         }
