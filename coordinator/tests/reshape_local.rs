@@ -117,7 +117,7 @@ async fn verify(
         .unwrap();
     for node in cluster.running() {
         assert_eq!(
-            node.routing().version(),
+            node.wait_for_routing(table.version()).await,
             table.version(),
             "{} has the newest table",
             node.id()
@@ -154,7 +154,7 @@ async fn grow_move_a_vshard_balance_and_shrink_under_load() {
         .add_node(NodeId(4), &addr.to_string())
         .await
         .unwrap();
-    let table = cluster.node(NodeId(1)).unwrap().routing();
+    let table = cluster.reshaper(500).table().await.unwrap();
     assert!(table.is_member(NodeId(4)));
     let held = table.groups_on_node(NodeId(4)).len();
     assert!(!report.replicas_moved.is_empty());
@@ -175,7 +175,13 @@ async fn grow_move_a_vshard_balance_and_shrink_under_load() {
     let from = table.group_of_vshard(vshard).unwrap();
     let to = table.groups().map(|(g, _)| g).find(|g| *g != from).unwrap();
     cluster.reshaper(500).move_vshard(vshard, to).await.unwrap();
-    let moved = cluster.node(NodeId(2)).unwrap().routing();
+    // Every node learns the new version (node 2 need not be the meta leader).
+    let node2 = cluster.node(NodeId(2)).unwrap();
+    assert_eq!(
+        node2.wait_for_routing(table.version() + 1).await,
+        table.version() + 1
+    );
+    let moved = node2.routing();
     assert_eq!(moved.group_of_vshard(vshard).unwrap(), to);
     assert_eq!(moved.version(), table.version() + 1);
 
@@ -184,7 +190,7 @@ async fn grow_move_a_vshard_balance_and_shrink_under_load() {
     // Shrink: node 1 hands everything over and leaves.
     let report = cluster.reshaper(500).remove_node(NodeId(1)).await.unwrap();
     assert!(!report.replicas_moved.is_empty());
-    let table = cluster.node(NodeId(2)).unwrap().routing();
+    let table = cluster.reshaper(500).table().await.unwrap();
     assert!(!table.is_member(NodeId(1)));
     assert!(table.groups_on_node(NodeId(1)).is_empty());
     cluster.forget_node(NodeId(1)).await;
