@@ -117,10 +117,32 @@ pub async fn run_idle(config: &IdleConfig, quiesce: bool) -> Result<IdleFigures,
     )
     .await?;
     let timeout = Duration::from_secs(60) + Duration::from_millis(5 * config.groups);
-    let Some(_) = cluster.wait_for_leaders(timeout).await else {
-        cluster.shutdown().await;
-        return Err(BenchError::NoLeaders(timeout));
-    };
+    let mut last_report = Instant::now();
+    loop {
+        let leaders = cluster.leaders().await;
+        // Every data group and the meta group.
+        if leaders.len() as u64 > config.groups {
+            break;
+        }
+        if started.elapsed() > timeout {
+            cluster.shutdown().await;
+            return Err(BenchError::NoLeaders(timeout));
+        }
+        if last_report.elapsed() >= Duration::from_secs(10) {
+            last_report = Instant::now();
+            let s = sample(&cluster).await;
+            eprintln!(
+                "  {:.0} s: {} of {} groups led, {} raft messages so far, {} of {} replicas quiet",
+                started.elapsed().as_secs_f64(),
+                leaders.len(),
+                config.groups + 1,
+                s.raft,
+                s.quiet,
+                s.replicas
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200 + config.groups / 100)).await;
+    }
     let election_s = started.elapsed().as_secs_f64();
     // Let the cluster settle: every group quiet (quiescence) or a few heartbeat rounds.
     let settle_start = Instant::now();
