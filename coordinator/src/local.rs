@@ -544,14 +544,7 @@ impl crate::reshape::ClusterControl for NodeSet {
         vshard: routing::VShardId,
         step: crate::reshape::VShardStep,
     ) -> Result<(), ProposeError> {
-        let node = self.node(node)?;
-        match step {
-            crate::reshape::VShardStep::Release => node.release_vshard(group, vshard).await,
-            crate::reshape::VShardStep::Acquire(data) => {
-                node.acquire_vshard(group, vshard, data).await
-            }
-            crate::reshape::VShardStep::Purge => node.purge_vshard(group, vshard).await,
-        }
+        self.node(node)?.vshard_step(group, vshard, step).await
     }
 
     async fn export_vshard(

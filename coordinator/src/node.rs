@@ -25,6 +25,7 @@ use crate::config::RaftConfig;
 use crate::error::{CoordinatorError, ProposeError};
 use crate::multiraft::{Apply, CoordinatorStats, Event, GroupStatus, MultiRaft, Token};
 use crate::replicated::{Fences, Frame, Replicated, Reply as AppliedReply};
+use crate::reshape::VShardStep;
 use crate::state_machine::StateMachine;
 
 /// Up to this many new groups, a node campaigns at once for those the routing table hints it
@@ -572,7 +573,21 @@ impl Node {
         group: GroupId,
         vshard: VShardId,
     ) -> Result<(), ProposeError> {
-        self.propose_frame(group, Frame::Release { vshard }.encode())
+        self.vshard_step(group, vshard, VShardStep::Release).await
+    }
+
+    /// Proposes one step of a vShard move to `group` (this node must lead it): see
+    /// [`Node::release_vshard`], [`Node::acquire_vshard`], [`Node::purge_vshard`].
+    ///
+    /// # Errors
+    /// As [`Node::propose`].
+    pub async fn vshard_step(
+        &self,
+        group: GroupId,
+        vshard: VShardId,
+        step: VShardStep,
+    ) -> Result<(), ProposeError> {
+        self.propose_frame(group, step.frame(vshard).encode())
             .await
             .map(drop)
     }
@@ -589,9 +604,8 @@ impl Node {
         vshard: VShardId,
         data: Option<Vec<u8>>,
     ) -> Result<(), ProposeError> {
-        self.propose_frame(group, Frame::Acquire { vshard, data }.encode())
+        self.vshard_step(group, vshard, VShardStep::Acquire(data))
             .await
-            .map(drop)
     }
 
     /// Drops the data of a vShard `group` released (when it is still fenced there).
@@ -599,9 +613,7 @@ impl Node {
     /// # Errors
     /// As [`Node::propose`].
     pub async fn purge_vshard(&self, group: GroupId, vshard: VShardId) -> Result<(), ProposeError> {
-        self.propose_frame(group, Frame::Purge { vshard }.encode())
-            .await
-            .map(drop)
+        self.vshard_step(group, vshard, VShardStep::Purge).await
     }
 
     /// `vshard`'s data in `group`, read from this node's replica after a linearizable read

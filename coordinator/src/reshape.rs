@@ -32,6 +32,18 @@ pub enum VShardStep {
     Purge,
 }
 
+impl VShardStep {
+    /// The log entry that makes this step.
+    pub(crate) fn frame(self, vshard: VShardId) -> crate::replicated::Frame {
+        use crate::replicated::Frame;
+        match self {
+            Self::Release => Frame::Release { vshard },
+            Self::Acquire(data) => Frame::Acquire { vshard, data },
+            Self::Purge => Frame::Purge { vshard },
+        }
+    }
+}
+
 /// The primitives a reshaping plan needs. Every method talks to one node; the plan finds the
 /// right node itself (the leader of a group, a node that holds a replica).
 pub trait ClusterControl {

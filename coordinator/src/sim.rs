@@ -1286,15 +1286,8 @@ impl<S: StateMachine> crate::reshape::ClusterControl for SimControl<S> {
         vshard: VShardId,
         step: crate::reshape::VShardStep,
     ) -> Result<(), ProposeError> {
-        let frame = match step {
-            crate::reshape::VShardStep::Release => Frame::Release { vshard },
-            crate::reshape::VShardStep::Acquire(data) => Frame::Acquire { vshard, data },
-            crate::reshape::VShardStep::Purge => Frame::Purge { vshard },
-        };
-        let issued = self
-            .cluster
-            .borrow_mut()
-            .propose_frame(node, group, frame.encode());
+        let frame = step.frame(vshard).encode();
+        let issued = self.cluster.borrow_mut().propose_frame(node, group, frame);
         self.wait(group, issued).await.map(drop)
     }
 
