@@ -206,6 +206,28 @@ struct EntryIn {
     unknown_type: Option<i32>,
 }
 
+/// Merges an enum field: a value raft-rs knows sets `target`; an unknown one is remembered in
+/// `unknown` (the last value on the wire counts, as for any scalar field).
+fn merge_enum<T>(
+    wire_type: WireType,
+    buf: &mut impl Buf,
+    ctx: DecodeContext,
+    known: fn(i32) -> Result<T, WireError>,
+    target: &mut T,
+    unknown: &mut Option<i32>,
+) -> Result<(), DecodeError> {
+    let mut v = 0i32;
+    encoding::int32::merge(wire_type, &mut v, buf, ctx)?;
+    match known(v) {
+        Ok(t) => {
+            *target = t;
+            *unknown = None;
+        }
+        Err(_) => *unknown = Some(v),
+    }
+    Ok(())
+}
+
 impl prost::Message for EntryIn {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         entry_put(&self.entry, buf);
@@ -220,18 +242,14 @@ impl prost::Message for EntryIn {
     ) -> Result<(), DecodeError> {
         let e = &mut self.entry;
         match tag {
-            1 => {
-                let mut v = 0i32;
-                encoding::int32::merge(wire_type, &mut v, buf, ctx)?;
-                match convert::entry_type(v) {
-                    Ok(t) => {
-                        e.entry_type = t;
-                        self.unknown_type = None;
-                    }
-                    Err(_) => self.unknown_type = Some(v),
-                }
-                Ok(())
-            }
+            1 => merge_enum(
+                wire_type,
+                buf,
+                ctx,
+                convert::entry_type,
+                &mut e.entry_type,
+                &mut self.unknown_type,
+            ),
             2 => encoding::uint64::merge(wire_type, &mut e.term, buf, ctx),
             3 => encoding::uint64::merge(wire_type, &mut e.index, buf, ctx),
             4 => encoding::bytes::merge(wire_type, &mut e.data, buf, ctx),
@@ -288,18 +306,14 @@ impl prost::Message for MessageIn {
     ) -> Result<(), DecodeError> {
         let m = &mut self.msg;
         match tag {
-            1 => {
-                let mut v = 0i32;
-                encoding::int32::merge(wire_type, &mut v, buf, ctx)?;
-                match convert::message_type(v) {
-                    Ok(t) => {
-                        m.msg_type = t;
-                        self.unknown_type = None;
-                    }
-                    Err(_) => self.unknown_type = Some(v),
-                }
-                Ok(())
-            }
+            1 => merge_enum(
+                wire_type,
+                buf,
+                ctx,
+                convert::message_type,
+                &mut m.msg_type,
+                &mut self.unknown_type,
+            ),
             2 => encoding::uint64::merge(wire_type, &mut m.to, buf, ctx),
             3 => encoding::uint64::merge(wire_type, &mut m.from, buf, ctx),
             4 => encoding::uint64::merge(wire_type, &mut m.term, buf, ctx),
