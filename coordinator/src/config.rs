@@ -51,6 +51,13 @@ pub struct RaftConfig {
     /// Ticks of silence after which a peer counts as down and the quiet groups it leads wake
     /// (and elect a new leader). Failover of a quiet group takes this plus one election timeout.
     pub liveness_timeout_ticks: usize,
+    /// Most groups of this node campaigning (pre-vote or vote) at once. A group whose
+    /// election timeout fires while this many campaign waits, tick by tick, for one of them
+    /// to finish. Without a bound, tens of thousands of groups electing together (a new
+    /// cluster, a restart, a lost node that led many) send more votes than the nodes can
+    /// answer within one election timeout, every candidate times out and starts over, and
+    /// none is ever elected.
+    pub max_campaigns: usize,
 }
 
 impl Default for RaftConfig {
@@ -70,6 +77,7 @@ impl Default for RaftConfig {
             quiesce_after_ticks: 10,
             liveness_interval_ticks: 3,
             liveness_timeout_ticks: 10,
+            max_campaigns: 1024,
         }
     }
 }
@@ -94,6 +102,11 @@ impl RaftConfig {
     /// Turns quiescence on or off.
     pub fn quiesce(mut self, on: bool) -> Self {
         self.quiesce = on;
+        self
+    }
+    /// Sets [`RaftConfig::max_campaigns`].
+    pub fn max_campaigns(mut self, groups: usize) -> Self {
+        self.max_campaigns = groups;
         self
     }
     /// Sets [`RaftConfig::seed`].
@@ -128,6 +141,9 @@ impl RaftConfig {
                 "liveness_timeout_ticks",
                 "must be greater than liveness_interval_ticks",
             );
+        }
+        if self.max_campaigns == 0 {
+            return invalid("max_campaigns", "must be at least 1");
         }
         if self.compact_threshold != 0 && self.compact_keep >= self.compact_threshold {
             return invalid("compact_keep", "must be smaller than compact_threshold");
@@ -193,6 +209,14 @@ mod tests {
             err,
             Err(ConfigError::Invalid {
                 field: "compact_keep",
+                ..
+            })
+        ));
+        let err = RaftConfig::default().max_campaigns(0).validate();
+        assert!(matches!(
+            err,
+            Err(ConfigError::Invalid {
+                field: "max_campaigns",
                 ..
             })
         ));

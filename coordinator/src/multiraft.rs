@@ -208,6 +208,9 @@ pub struct CoordinatorStats {
     pub liveness_pings: u64,
     /// Peers declared unresponsive by node-level liveness.
     pub peers_lost: u64,
+    /// Ticks on which a group's election timeout had fired but it had to wait, because
+    /// [`crate::RaftConfig::max_campaigns`] groups were campaigning already.
+    pub campaigns_deferred: u64,
 }
 
 struct Group {
@@ -274,8 +277,14 @@ pub struct MultiRaft {
     unreachable_reported: BTreeMap<NodeId, u64>,
     /// The peer set must be recomputed (groups or configurations changed).
     peers_stale: bool,
+    /// Groups whose last observed role is pre-candidate or candidate (see `observe_role`).
+    campaigning: usize,
     ticks: u64,
     stats: CoordinatorStats,
+}
+
+fn is_campaigning(role: StateRole) -> bool {
+    matches!(role, StateRole::PreCandidate | StateRole::Candidate)
 }
 
 const BOOTSTRAP_INDEX: u64 = 1;
@@ -312,6 +321,7 @@ impl MultiRaft {
             silent_ticks: BTreeMap::new(),
             unreachable_reported: BTreeMap::new(),
             peers_stale: true,
+            campaigning: 0,
             ticks: 0,
             stats: CoordinatorStats::default(),
         };
@@ -507,8 +517,11 @@ impl MultiRaft {
     /// # Errors
     /// [`CoordinatorError::GroupNotFound`].
     pub fn remove_group(&mut self, group: GroupId) -> Result<Vec<Token>, CoordinatorError> {
-        if self.groups.remove(&group).is_none() {
+        let Some(removed) = self.groups.remove(&group) else {
             return Err(CoordinatorError::GroupNotFound { group });
+        };
+        if is_campaigning(removed.role) {
+            self.campaigning -= 1;
         }
         self.pending.delete_group(group);
         Ok(self.take_proposals(group, u64::MAX))
@@ -604,13 +617,25 @@ impl MultiRaft {
                 asleep.push(id);
                 continue;
             };
+            // A follower whose timeout fires now waits while the node is campaigning for as
+            // many groups as it may (see `RaftConfig::max_campaigns`): its timer stays at the
+            // brink, so it campaigns on the first tick with room.
+            let raft = &g.raw.raft;
+            if raft.state == StateRole::Follower
+                && raft.promotable()
+                && raft.election_elapsed + 1 >= raft.randomized_election_timeout()
+                && self.campaigning >= self.config.max_campaigns
+            {
+                self.stats.campaigns_deferred += 1;
+                continue;
+            }
             // Most ticks only advance a counter (a follower waiting, a leader between
             // heartbeats): only a tick that stepped raft can have made a `Ready`, so only
             // that one puts the group in the next cycle.
             if g.raw.tick() {
                 self.dirty.insert(id);
             }
-            Self::jitter_election(&mut self.rng, &self.config, g);
+            Self::jitter_election(&mut self.rng, &self.config, &mut self.campaigning, g);
             if quiesce && Self::can_quiesce(self.id, g) {
                 g.idle_ticks += 1;
                 if g.idle_ticks >= self.config.quiesce_after_ticks {
@@ -631,8 +656,20 @@ impl MultiRaft {
 
     /// raft-rs draws election timeouts from the thread RNG; we redraw them from our seeded RNG
     /// whenever raft reset them (a new term or role), so a simulation replays exactly.
-    fn jitter_election(rng: &mut StdRng, config: &RaftConfig, g: &mut Group) {
+    /// Also where a role change is observed, for the count of groups campaigning: every step
+    /// and tick passes here, and removing a group subtracts its last observed role.
+    fn jitter_election(
+        rng: &mut StdRng,
+        config: &RaftConfig,
+        campaigning: &mut usize,
+        g: &mut Group,
+    ) {
         let (term, role) = (g.raw.raft.term, g.raw.raft.state);
+        match (is_campaigning(g.role), is_campaigning(role)) {
+            (false, true) => *campaigning += 1,
+            (true, false) => *campaigning -= 1,
+            _ => {}
+        }
         let timeout = g.raw.raft.randomized_election_timeout();
         // raft redraws from its own (wide) range whenever it resets: bring any timeout back
         // into the normal window, except a spread-out first election still waiting.
@@ -716,7 +753,7 @@ impl MultiRaft {
         if let Err(error) = g.raw.step(m) {
             tracing::debug!(%group, %from, %error, "raft rejected a message");
         }
-        Self::jitter_election(&mut self.rng, &self.config, g);
+        Self::jitter_election(&mut self.rng, &self.config, &mut self.campaigning, g);
         self.dirty.insert(group);
         let raft = &g.raw.raft;
         if quiesce
@@ -877,8 +914,23 @@ impl MultiRaft {
     /// # Errors
     /// [`ProposeError::GroupNotFound`].
     pub fn campaign(&mut self, group: GroupId) -> Result<(), ProposeError> {
-        let g = self.group_mut(group)?;
-        let _ = g.raw.campaign();
+        let _ = self.group_mut(group)?.raw.campaign();
+        if let Some(g) = self.groups.get_mut(&group) {
+            Self::jitter_election(&mut self.rng, &self.config, &mut self.campaigning, g);
+        }
+        Ok(())
+    }
+
+    /// Makes `group` campaign on the next tick with room under
+    /// [`RaftConfig::max_campaigns`]: how a new cluster elects the leaders its routing table
+    /// hints at without a storm of elections, however many groups it has.
+    ///
+    /// # Errors
+    /// [`ProposeError::GroupNotFound`].
+    pub fn campaign_soon(&mut self, group: GroupId) -> Result<(), ProposeError> {
+        let raft = &mut self.group_mut(group)?.raw.raft;
+        raft.election_elapsed = raft.randomized_election_timeout().saturating_sub(1);
+        self.awake.insert(group);
         Ok(())
     }
 
@@ -957,6 +1009,12 @@ impl MultiRaft {
             joint: !raft.prs().conf().to_conf_state().voters_outgoing.is_empty(),
             quiet: g.quiet,
         })
+    }
+
+    /// How many groups are campaigning (pre-vote or vote) now; never more than
+    /// [`RaftConfig::max_campaigns`] start on their own.
+    pub fn campaigning(&self) -> usize {
+        self.campaigning
     }
 
     /// How many groups are quiet now.
@@ -1384,9 +1442,12 @@ impl MultiRaft {
 impl MultiRaft {
     fn can_quiesce(me: NodeId, g: &Group) -> bool {
         let raft = &g.raw.raft;
+        if raft.state != StateRole::Leader {
+            return false;
+        }
+        // Reading the last index takes the group's storage lock: followers, the many, skip it.
         let last = raft.raft_log.last_index();
-        raft.state == StateRole::Leader
-            && g.queued.is_empty()
+        g.queued.is_empty()
             && g.reads.is_empty()
             && raft.pending_read_count() == 0
             && raft.lead_transferee.is_none()

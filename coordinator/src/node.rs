@@ -28,10 +28,6 @@ use crate::replicated::{Fences, Frame, Replicated, Reply as AppliedReply};
 use crate::reshape::VShardStep;
 use crate::state_machine::StateMachine;
 
-/// Up to this many new groups, a node campaigns at once for those the routing table hints it
-/// leads.
-const CAMPAIGN_AT_ONCE_MAX: usize = 4096;
-
 /// The most voters the meta group gets; every other member follows it as a learner.
 pub const META_VOTERS: usize = 5;
 
@@ -372,15 +368,12 @@ impl Node {
         } else if fresh {
             let created = core.create_groups_with_learners(bootstrap_groups(&routing, id))?;
             // A brand-new cluster need not wait out an election timeout per group: the routing
-            // table's leader hints are balanced, so each hinted replica campaigns at once.
-            // Not with thousands of groups: their campaigns (retried every timeout while the
-            // other nodes come up) would swamp the nodes; their spread-out first elections
-            // (see MultiRaft) elect them instead.
-            if created.len() <= CAMPAIGN_AT_ONCE_MAX {
-                for group in created {
-                    if routing.leader_hint(group) == Some(id) {
-                        let _ = core.campaign(group);
-                    }
+            // table's leader hints are balanced, so each hinted replica campaigns on the first
+            // tick, as many at a time as `RaftConfig::max_campaigns` lets it (the others'
+            // first elections are spread out, see MultiRaft).
+            for group in created {
+                if routing.leader_hint(group) == Some(id) {
+                    let _ = core.campaign_soon(group);
                 }
             }
         }

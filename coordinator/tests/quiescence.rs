@@ -6,8 +6,8 @@
 mod common;
 
 use common::{Kv, Workload, assert_acked_everywhere, assert_replicas_agree, elect_all, groups};
-use pontoon_coordinator::RaftConfig;
 use pontoon_coordinator::sim::{SimCluster, SimConfig};
+use pontoon_coordinator::{RaftConfig, Role};
 use routing::NodeId;
 
 const TICK: u64 = 5; // SimConfig's steps per tick
@@ -154,4 +154,98 @@ fn a_partition_that_heals_while_groups_are_quiet_loses_nothing() {
         w.acked.keys().filter(|(_, k)| k == "k9").count() == 16,
         "every group takes writes after the heal"
     );
+}
+
+fn campaigning_by_status(c: &SimCluster<Kv>, node: NodeId) -> usize {
+    groups(c)
+        .iter()
+        .filter_map(|g| c.status(node, *g))
+        .filter(|s| matches!(s.role, Role::Candidate | Role::PreCandidate))
+        .count()
+}
+
+/// Steps until every group has a leader, checking after each step that no node campaigns for
+/// more groups than its budget (and, now and then, that its count matches the groups' roles).
+fn elect_within_budget(c: &mut SimCluster<Kv>, budget: usize, max_steps: u64) -> u64 {
+    let start = c.now();
+    let mut peak = 0;
+    while !c.all_groups_have_leaders() {
+        assert!(
+            c.now() - start < max_steps,
+            "not every group elected within {max_steps} steps"
+        );
+        c.step().unwrap();
+        for n in c.node_ids() {
+            let Some(core) = c.core(n) else { continue };
+            peak = peak.max(core.campaigning());
+            assert!(
+                core.campaigning() <= budget,
+                "{n} campaigns for {} groups, budget {budget}",
+                core.campaigning()
+            );
+            if c.now().is_multiple_of(97) {
+                assert_eq!(core.campaigning(), campaigning_by_status(c, n));
+            }
+        }
+    }
+    assert!(peak > budget / 2, "the budget was exercised (peak {peak})");
+    c.now() - start
+}
+
+#[test]
+fn groups_electing_all_at_once_campaign_within_the_budget_and_all_elect() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget = 8;
+    let config = SimConfig::new(3, 300, 15).raft(RaftConfig::default().max_campaigns(budget));
+    let mut c = SimCluster::new(dir.path(), config, |_| Kv::default()).unwrap();
+    // The worst start: every replica of every group times out on the first tick.
+    for n in c.node_ids() {
+        for g in groups(&c) {
+            if c.status(n, g).is_some() {
+                c.core_mut(n).unwrap().campaign_soon(g).unwrap();
+            }
+        }
+    }
+    let steps = elect_within_budget(&mut c, budget, 20_000);
+    eprintln!("300 groups elected in {} ticks", steps / TICK);
+    let deferred: u64 = c
+        .node_ids()
+        .iter()
+        .map(|n| c.core(*n).unwrap().stats().campaigns_deferred)
+        .sum();
+    assert!(deferred > 0, "groups waited for room to campaign");
+    let mut w = Workload::default();
+    let gs = groups(&c);
+    w.round(&mut c, gs, 0);
+    w.settle(&mut c, 3_000);
+    c.run(1_000).unwrap();
+    assert_acked_everywhere(&c, &w.acked);
+    assert_replicas_agree(&c);
+}
+
+#[test]
+fn a_dead_node_that_led_many_quiet_groups_is_replaced_within_the_campaign_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget = 8;
+    let config = SimConfig::new(3, 120, 16).raft(RaftConfig::default().max_campaigns(budget));
+    let mut c = SimCluster::new(dir.path(), config, |_| Kv::default()).unwrap();
+    elect_all(&mut c, 10_000);
+    assert!(c.run_until(5_000, all_quiet).unwrap());
+    let victim = NodeId(1);
+    let led = groups(&c)
+        .iter()
+        .filter(|g| c.leader(**g) == Some(victim))
+        .count();
+    assert!(led > 2 * budget, "the victim leads {led} quiet groups");
+    c.crash(victim);
+    let steps = elect_within_budget(&mut c, budget, 20_000);
+    eprintln!("{led} groups failed over in {} ticks", steps / TICK);
+    let mut w = Workload::default();
+    let gs = groups(&c);
+    w.round(&mut c, gs, 0);
+    w.settle(&mut c, 3_000);
+    c.restart(victim).unwrap();
+    c.run(2_000).unwrap();
+    assert_acked_everywhere(&c, &w.acked);
+    assert_replicas_agree(&c);
 }
