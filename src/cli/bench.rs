@@ -187,6 +187,7 @@ fn run_idle(args: &BenchArgs) -> Result<ExitCode, CliError> {
         config.tick.as_millis(),
         config.duration.as_secs_f64()
     )?;
+    let micros = |us: Option<u64>| us.map_or("-".to_string(), |us| format!("{us} µs"));
     let mut header = format!("  {:<34}", "");
     for r in &results {
         let label = if r.quiesce {
@@ -194,13 +195,13 @@ fn run_idle(args: &BenchArgs) -> Result<ExitCode, CliError> {
         } else {
             "quiescence off"
         };
-        header.push_str(&format!(" {label:>16}"));
+        header.push_str(&format!(" {label:>20}"));
     }
     writeln!(out, "{header}")?;
     let row = |name: &str, f: &dyn Fn(&harness::IdleFigures) -> String| {
         let mut line = format!("  {name:<34}");
         for r in &results {
-            line.push_str(&format!(" {:>16}", f(r)));
+            line.push_str(&format!(" {:>20}", f(r)));
         }
         line
     };
@@ -216,6 +217,12 @@ fn run_idle(args: &BenchArgs) -> Result<ExitCode, CliError> {
         }),
         row("group replicas quiet", &|r| {
             format!("{:.1}%", r.quiet_fraction * 100.0)
+        }),
+        row("first proposal to a group (p50)", &|r| {
+            micros(r.first_proposal_p50_us)
+        }),
+        row("the proposal after it (p50)", &|r| {
+            micros(r.next_proposal_p50_us)
         }),
         row("elections took", &|r| match r.election_s {
             Some(s) => format!("{s:.1} s"),

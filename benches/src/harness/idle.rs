@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use coordinator::RaftConfig;
 use coordinator::local::LocalCluster;
-use routing::{NodeId, RoutingTable};
+use routing::{GroupId, NodeId, RoutingTable};
 use serde::Serialize;
 
 use super::{BenchError, CountingStateMachine, process_cpu_seconds};
@@ -64,6 +64,44 @@ pub struct IdleFigures {
     pub cpu_core_fraction_per_node: f64,
     /// Seconds measured.
     pub measured_s: f64,
+    /// Median microseconds to commit and apply the first proposal to a group after the
+    /// measurement (quiet with quiescence on: the proposal wakes it), on its leader.
+    pub first_proposal_p50_us: Option<u64>,
+    /// Median microseconds of the proposal right after it, to the same (now awake) group.
+    pub next_proposal_p50_us: Option<u64>,
+}
+
+/// Groups whose first (waking) and second proposal are timed after the measurement.
+const PROBED_GROUPS: u64 = 32;
+
+/// Proposes twice to each of up to [`PROBED_GROUPS`] groups spread over the id range, on their
+/// leaders, one at a time; returns the median microseconds of the first and of the second.
+async fn probe_proposals(
+    cluster: &LocalCluster<CountingStateMachine>,
+    groups: u64,
+) -> (Option<u64>, Option<u64>) {
+    let leaders = cluster.leaders().await;
+    let step = (groups / PROBED_GROUPS).max(1);
+    let (mut first, mut next) = (Vec::new(), Vec::new());
+    for group in (0..groups)
+        .step_by(usize::try_from(step).unwrap_or(1))
+        .map(GroupId)
+    {
+        let Some(node) = leaders.get(&group).and_then(|id| cluster.node(*id)) else {
+            continue;
+        };
+        for latencies in [&mut first, &mut next] {
+            let start = Instant::now();
+            if node.propose_to_group(group, b"wake".to_vec()).await.is_ok() {
+                latencies.push(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX));
+            }
+        }
+    }
+    let median = |mut v: Vec<u64>| {
+        v.sort_unstable();
+        v.get(v.len() / 2).copied()
+    };
+    (median(first), median(next))
 }
 
 #[derive(Default)]
@@ -210,6 +248,8 @@ pub async fn run_idle(config: &IdleConfig, quiesce: bool) -> Result<IdleFigures,
     let cpu_after = process_cpu_seconds().unwrap_or_default();
     let after = sample(&cluster).await;
     let led = cluster.leaders().await.len() as u64;
+    let (first_proposal_p50_us, next_proposal_p50_us) =
+        probe_proposals(&cluster, config.groups).await;
     cluster.shutdown().await;
     let pairs = (config.nodes * config.nodes.saturating_sub(1)).max(1) as f64;
     Ok(IdleFigures {
@@ -225,5 +265,7 @@ pub async fn run_idle(config: &IdleConfig, quiesce: bool) -> Result<IdleFigures,
             / config.nodes as f64,
         cpu_core_fraction_per_node: (cpu_after - cpu_before) / secs / config.nodes as f64,
         measured_s: secs,
+        first_proposal_p50_us,
+        next_proposal_p50_us,
     })
 }
