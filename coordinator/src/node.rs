@@ -293,7 +293,7 @@ impl Node {
         let (transport, inbound) = QuicTransport::bind(
             config.listen,
             identity,
-            config.transport.clone(),
+            transport_for(&config.transport, &routing),
             address_book.clone(),
             filter,
         )
@@ -798,6 +798,23 @@ impl Node {
 
 /// The groups a brand-new cluster starts with on `node`: its replicas of the data groups, and
 /// the meta group (the first [`META_VOTERS`] members vote, the rest learn).
+/// Streams kept beyond one per group: the heartbeat stream and the meta group's.
+const STREAM_HEADROOM: u32 = 64;
+
+/// `config` with room for one stream per group of `routing` from each peer: quinn never lets
+/// a peer open more than `max_concurrent_uni_streams`, and a group stream stays open, so a
+/// node holding more groups than that would leave the rest silent, their messages queued
+/// until refused. Only ever raised.
+fn transport_for(config: &TransportConfig, routing: &RoutingTable) -> TransportConfig {
+    let groups = u32::try_from(routing.groups().count()).unwrap_or(u32::MAX);
+    let needed = groups.saturating_add(STREAM_HEADROOM);
+    let mut config = config.clone();
+    if config.max_concurrent_uni_streams < needed {
+        config.max_concurrent_uni_streams = needed;
+    }
+    config
+}
+
 pub(crate) fn bootstrap_groups(
     routing: &RoutingTable,
     node: NodeId,
@@ -1290,5 +1307,24 @@ impl Driver {
             *routing = table.clone();
         }
         self.routing_version.send_replace(table.version());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_transport_has_room_for_a_stream_per_group_and_is_never_narrowed() {
+        let nodes = [NodeId(1), NodeId(2), NodeId(3)];
+        let many = RoutingTable::uniform(1024, 100_000, &nodes, 3).expect("table");
+        let raised = transport_for(&TransportConfig::default(), &many);
+        assert_eq!(raised.max_concurrent_uni_streams, 100_000 + STREAM_HEADROOM);
+        let few = RoutingTable::uniform(1024, 64, &nodes, 3).expect("table");
+        let wide = TransportConfig::default().max_concurrent_uni_streams(500_000);
+        assert_eq!(
+            transport_for(&wide, &few).max_concurrent_uni_streams,
+            500_000
+        );
     }
 }

@@ -163,20 +163,15 @@ pub async fn run_idle(config: &IdleConfig, quiesce: bool) -> Result<IdleFigures,
         .unwrap_or(u32::MAX)
         .min(routing::MAX_VSHARDS);
     let routing = RoutingTable::uniform(vshards, config.groups, &nodes, replication)?;
-    let (tick, groups) = (config.tick, config.groups);
+    let tick = config.tick;
     let started = Instant::now();
     let cluster = LocalCluster::start(
         dir.path(),
         routing,
+        // Node::start sizes the stream limits for this many groups itself.
         move |c| {
-            // One stream per group and peer: let every group have one.
-            let streams = u32::try_from(groups.saturating_mul(2))
-                .unwrap_or(u32::MAX)
-                .max(16_384);
-            let transport = c.transport.clone().max_concurrent_uni_streams(streams);
             c.tick_interval(tick)
                 .raft(RaftConfig::default().quiesce(quiesce))
-                .transport(transport)
         },
         |_| CountingStateMachine::new(),
     )
