@@ -33,7 +33,9 @@ pub struct TransportConfig {
     /// Capacity of the channel of [`crate::Inbound`] events to the coordinator (default 65 536).
     /// When full, stream readers wait: backpressure reaches the sender through flow control.
     pub inbound_queue_len: usize,
-    /// Concurrent unidirectional streams a peer may open (default 16 384): one per group.
+    /// Concurrent unidirectional streams a peer may open (default 16 384): one per group it
+    /// shares with this node, and they stay open. The coordinator's `Node::start` raises it
+    /// to its routing table's group count plus a little headroom.
     pub max_concurrent_uni_streams: u32,
     /// Concurrent bidirectional streams a peer may open (default 256): one per snapshot
     /// transfer in flight.
@@ -45,6 +47,12 @@ pub struct TransportConfig {
     pub connection_receive_window: u32,
     /// Bytes in flight unacknowledged per connection (default 32 MiB).
     pub send_window: u64,
+    /// quinn's round-robin among streams of one priority (default `false`). Off, a stream
+    /// with data goes out whole before the next: far fewer, larger stream frames when
+    /// hundreds of group streams each carry a few small messages. A busy stream can then
+    /// go ahead of the others by at most its flow-control window (`stream_receive_window`);
+    /// heartbeats go first and snapshots last either way (stream priorities).
+    pub send_fairness: bool,
     /// A connection silent this long is closed (default 30 s).
     pub idle_timeout: Duration,
     /// Keep-alive interval, shorter than `idle_timeout` (default 5 s).
@@ -85,6 +93,7 @@ impl Default for TransportConfig {
             stream_receive_window: 1 << 20,
             connection_receive_window: 32 << 20,
             send_window: 32 << 20,
+            send_fairness: false,
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
             max_incoming_connections: 1_024,
@@ -134,6 +143,8 @@ setters!(
     connection_receive_window: u32,
     /// Sets [`TransportConfig::send_window`].
     send_window: u64,
+    /// Sets [`TransportConfig::send_fairness`].
+    send_fairness: bool,
     /// Sets [`TransportConfig::idle_timeout`].
     idle_timeout: Duration,
     /// Sets [`TransportConfig::keep_alive`].

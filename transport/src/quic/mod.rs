@@ -151,6 +151,7 @@ pub(crate) fn quinn_transport(
         .stream_receive_window(VarInt::from_u32(c.stream_receive_window))
         .receive_window(VarInt::from_u32(c.connection_receive_window))
         .send_window(c.send_window)
+        .send_fairness(c.send_fairness)
         .max_idle_timeout(Some(
             IdleTimeout::try_from(c.idle_timeout).map_err(|e| err("idle_timeout", &e))?,
         ))
