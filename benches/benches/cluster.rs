@@ -18,6 +18,11 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pontoon_benches::harness::{self, BenchConfig, CountingStateMachine};
 use tokio::runtime::Runtime;
 
+/// The allocator the `pontoon` binary uses; `--no-default-features` measures the system one.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Proposals per measured iteration of the throughput bench.
 const PROPOSALS: u64 = 2_000;
 const CONCURRENCY: u64 = 256;

@@ -39,6 +39,11 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState};
 use storage::{GroupId, LogStore, Persist, StoreOptions};
 
+/// The allocator the `pontoon` binary uses; `--no-default-features` measures the system one.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ENTRY_BYTES: usize = 256;
 /// (groups, entries per group per batch)
 const SHAPES: &[(u64, u64)] = &[
