@@ -224,6 +224,10 @@ fn run_idle(args: &BenchArgs) -> Result<ExitCode, CliError> {
         row("the proposal after it (p50)", &|r| {
             micros(r.next_proposal_p50_us)
         }),
+        row("memory per group replica", &|r| {
+            r.rss_bytes_per_replica
+                .map_or("-".to_string(), |b| format!("{:.1} KiB", b as f64 / 1024.0))
+        }),
         row("elections took", &|r| match r.election_s {
             Some(s) => format!("{s:.1} s"),
             None => format!("{} of {} led", r.led, r.groups + 1),

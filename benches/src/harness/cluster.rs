@@ -124,6 +124,14 @@ pub fn process_cpu_seconds() -> Option<f64> {
     Some((utime + stime) as f64 / 100.0)
 }
 
+/// Resident memory of this process in bytes (Linux; `None` elsewhere).
+pub fn process_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// The key of proposal `n`: distinct keys spread over every vShard.
 fn key_of(n: u64) -> Vec<u8> {
     format!("bench-{n:016x}").into_bytes()
@@ -250,6 +258,14 @@ async fn measure(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_rss_reads_this_process() {
+        if cfg!(target_os = "linux") {
+            let rss = process_rss_bytes().unwrap();
+            assert!(rss > 1 << 20, "a test process holds more than 1 MiB: {rss}");
+        }
+    }
 
     #[test]
     fn process_cpu_seconds_reads_this_process() {

@@ -8,7 +8,7 @@ use coordinator::local::LocalCluster;
 use routing::{GroupId, NodeId, RoutingTable};
 use serde::Serialize;
 
-use super::{BenchError, CountingStateMachine, process_cpu_seconds};
+use super::{BenchError, CountingStateMachine, process_cpu_seconds, process_rss_bytes};
 
 /// One idle measurement's shape.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,6 +69,10 @@ pub struct IdleFigures {
     pub first_proposal_p50_us: Option<u64>,
     /// Median microseconds of the proposal right after it, to the same (now awake) group.
     pub next_proposal_p50_us: Option<u64>,
+    /// Resident memory of the whole process after the measurement, divided by the group
+    /// replicas in it (every node's log store, raft state, streams and caches), and whatever
+    /// an earlier run in the same process left to the allocator.
+    pub rss_bytes_per_replica: Option<u64>,
 }
 
 /// Groups whose first (waking) and second proposal are timed after the measurement.
@@ -243,6 +247,7 @@ pub async fn run_idle(config: &IdleConfig, quiesce: bool) -> Result<IdleFigures,
     let cpu_after = process_cpu_seconds().unwrap_or_default();
     let after = sample(&cluster).await;
     let led = cluster.leaders().await.len() as u64;
+    let rss_bytes_per_replica = process_rss_bytes().map(|rss| rss / after.replicas.max(1));
     let (first_proposal_p50_us, next_proposal_p50_us) =
         probe_proposals(&cluster, config.groups).await;
     cluster.shutdown().await;
@@ -262,5 +267,6 @@ pub async fn run_idle(config: &IdleConfig, quiesce: bool) -> Result<IdleFigures,
         measured_s: secs,
         first_proposal_p50_us,
         next_proposal_p50_us,
+        rss_bytes_per_replica,
     })
 }

@@ -24,7 +24,9 @@ mod idle;
 mod report;
 
 pub use baselines::{fjall_append_per_sec, quinn_stream_msgs_per_sec};
-pub use cluster::{ClusterFigures, process_cpu_seconds, run_cluster, start_cluster};
+pub use cluster::{
+    ClusterFigures, process_cpu_seconds, process_rss_bytes, run_cluster, start_cluster,
+};
 pub use config::{BenchConfig, MAX_GROUPS};
 pub use counter::CountingStateMachine;
 pub use idle::{IdleConfig, IdleFigures, run_idle};
