@@ -51,12 +51,14 @@ pub struct RaftConfig {
     /// Ticks of silence after which a peer counts as down and the quiet groups it leads wake
     /// (and elect a new leader). Failover of a quiet group takes this plus one election timeout.
     pub liveness_timeout_ticks: usize,
-    /// Most groups of this node campaigning (pre-vote or vote) at once. A group whose
-    /// election timeout fires while this many campaign waits, tick by tick, for one of them
-    /// to finish. Without a bound, tens of thousands of groups electing together (a new
-    /// cluster, a restart, a lost node that led many) send more votes than the nodes can
-    /// answer within one election timeout, every candidate times out and starts over, and
-    /// none is ever elected.
+    /// Most elections this node starts by timeout at once; then `max_campaigns /
+    /// election_tick` more per tick (at least one). A group whose election timeout fires
+    /// with none left waits, tick by tick. Without a bound, tens of thousands of groups
+    /// electing together (a new cluster, a restart, a lost node that led many) send more
+    /// votes than the nodes can answer within one election timeout, every candidate times
+    /// out and starts over, and none is ever elected. A rate, not a count of campaigns in
+    /// flight: a campaign that can never win (a replica cut off one way) must not hold a
+    /// place that another group needs.
     pub max_campaigns: usize,
 }
 

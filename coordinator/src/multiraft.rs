@@ -208,8 +208,10 @@ pub struct CoordinatorStats {
     pub liveness_pings: u64,
     /// Peers declared unresponsive by node-level liveness.
     pub peers_lost: u64,
-    /// Ticks on which a group's election timeout had fired but it had to wait, because
-    /// [`crate::RaftConfig::max_campaigns`] groups were campaigning already.
+    /// Elections started by a timeout (a group's first, or a candidate's next round).
+    pub campaigns_started: u64,
+    /// Ticks on which a group's election timeout had fired but it had to wait: the node had
+    /// started as many elections as [`crate::RaftConfig::max_campaigns`] lets it.
     pub campaigns_deferred: u64,
 }
 
@@ -277,8 +279,10 @@ pub struct MultiRaft {
     unreachable_reported: BTreeMap<NodeId, u64>,
     /// The peer set must be recomputed (groups or configurations changed).
     peers_stale: bool,
-    /// Groups whose last observed role is pre-candidate or candidate (see `observe_role`).
+    /// Groups whose last observed role is pre-candidate or candidate (see `jitter_election`).
     campaigning: usize,
+    /// Elections this node may still start now (see [`RaftConfig::max_campaigns`]).
+    campaign_tokens: usize,
     ticks: u64,
     stats: CoordinatorStats,
 }
@@ -302,6 +306,7 @@ impl MultiRaft {
         if id.get() == 0 {
             return Err(CoordinatorError::InvalidNodeId);
         }
+        let campaign_tokens = config.max_campaigns;
         let mut this = Self {
             id,
             rng: StdRng::seed_from_u64(config.seed ^ id.get().rotate_left(32)),
@@ -322,6 +327,7 @@ impl MultiRaft {
             unreachable_reported: BTreeMap::new(),
             peers_stale: true,
             campaigning: 0,
+            campaign_tokens,
             ticks: 0,
             stats: CoordinatorStats::default(),
         };
@@ -608,6 +614,8 @@ impl MultiRaft {
     /// groups cost nothing. Node-level liveness is tracked here too.
     pub fn tick(&mut self) {
         self.ticks += 1;
+        let refill = (self.config.max_campaigns / self.config.election_tick).max(1);
+        self.campaign_tokens = (self.campaign_tokens + refill).min(self.config.max_campaigns);
         let quiesce = self.config.quiesce;
         let mut to_quiesce = Vec::new();
         // Only awake groups tick: a quiet group costs nothing here, not even a visit.
@@ -617,17 +625,20 @@ impl MultiRaft {
                 asleep.push(id);
                 continue;
             };
-            // A follower whose timeout fires now waits while the node is campaigning for as
-            // many groups as it may (see `RaftConfig::max_campaigns`): its timer stays at the
-            // brink, so it campaigns on the first tick with room.
+            // A group whose timeout fires now (a follower's first round, a candidate's next)
+            // needs a token (see `RaftConfig::max_campaigns`); without one its timer stays at
+            // the brink and it tries again next tick.
             let raft = &g.raw.raft;
-            if raft.state == StateRole::Follower
+            if raft.state != StateRole::Leader
                 && raft.promotable()
                 && raft.election_elapsed + 1 >= raft.randomized_election_timeout()
-                && self.campaigning >= self.config.max_campaigns
             {
-                self.stats.campaigns_deferred += 1;
-                continue;
+                if self.campaign_tokens == 0 {
+                    self.stats.campaigns_deferred += 1;
+                    continue;
+                }
+                self.campaign_tokens -= 1;
+                self.stats.campaigns_started += 1;
             }
             // Most ticks only advance a counter (a follower waiting, a leader between
             // heartbeats): only a tick that stepped raft can have made a `Ready`, so only
@@ -921,8 +932,7 @@ impl MultiRaft {
         Ok(())
     }
 
-    /// Makes `group` campaign on the next tick with room under
-    /// [`RaftConfig::max_campaigns`]: how a new cluster elects the leaders its routing table
+    /// Makes `group` campaign on the next tick [`RaftConfig::max_campaigns`] lets it: how a new cluster elects the leaders its routing table
     /// hints at without a storm of elections, however many groups it has.
     ///
     /// # Errors
@@ -1011,8 +1021,7 @@ impl MultiRaft {
         })
     }
 
-    /// How many groups are campaigning (pre-vote or vote) now; never more than
-    /// [`RaftConfig::max_campaigns`] start on their own.
+    /// How many groups are campaigning (pre-vote or vote) now.
     pub fn campaigning(&self) -> usize {
         self.campaigning
     }

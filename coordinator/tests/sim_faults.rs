@@ -227,6 +227,9 @@ struct Scenario {
     max_duplicate: f64,
     max_delay: u64,
     unsynced_log: bool,
+    /// `RaftConfig::max_campaigns`: 1 in half the seeds, so elections wait for room under
+    /// every fault.
+    max_campaigns: usize,
 }
 
 impl Scenario {
@@ -249,6 +252,8 @@ impl Scenario {
             max_duplicate: rng.range(0, 5) as f64 / 100.0,
             max_delay: rng.range(1, 8),
             unsynced_log: false,
+            // Drawn last: every other field keeps the value it had for this seed.
+            max_campaigns: if rng.chance(0.5) { 1 } else { 1024 },
         }
     }
 
@@ -333,13 +338,14 @@ impl Report {
     fn summary(&self) -> String {
         let s = &self.scenario;
         format!(
-            "seed {} ({} nodes, {} groups, compaction {}, unsynced_log {}): {} steps, {} ops checked \
+            "seed {} ({} nodes, {} groups, compaction {}, unsynced_log {}, max_campaigns {}): {} steps, {} ops checked \
              ({} answered, {} indeterminate, {} reads), faults {:?}, trace {:016x}",
             s.seed,
             s.nodes,
             s.groups,
             s.compaction,
             s.unsynced_log,
+            s.max_campaigns,
             self.steps,
             self.ops,
             self.returned,
@@ -395,7 +401,8 @@ impl Run {
             RaftConfig::default().compaction(40, 10)
         } else {
             RaftConfig::default().compaction(0, 0)
-        };
+        }
+        .max_campaigns(scenario.max_campaigns);
         let mut rng = Rng(scenario.seed);
         let faults = FaultConfig {
             drop: scenario.max_drop,
