@@ -527,7 +527,7 @@ impl MultiRaft {
             return Err(CoordinatorError::GroupNotFound { group });
         };
         if is_campaigning(removed.role) {
-            self.campaigning -= 1;
+            self.campaigning = self.campaigning.saturating_sub(1);
         }
         self.pending.delete_group(group);
         Ok(self.take_proposals(group, u64::MAX))
@@ -678,7 +678,7 @@ impl MultiRaft {
         let (term, role) = (g.raw.raft.term, g.raw.raft.state);
         match (is_campaigning(g.role), is_campaigning(role)) {
             (false, true) => *campaigning += 1,
-            (true, false) => *campaigning -= 1,
+            (true, false) => *campaigning = campaigning.saturating_sub(1),
             _ => {}
         }
         let timeout = g.raw.raft.randomized_election_timeout();
@@ -932,8 +932,9 @@ impl MultiRaft {
         Ok(())
     }
 
-    /// Makes `group` campaign on the next tick [`RaftConfig::max_campaigns`] lets it: how a new cluster elects the leaders its routing table
-    /// hints at without a storm of elections, however many groups it has.
+    /// Makes `group` campaign on the next tick [`RaftConfig::max_campaigns`] lets it: how a
+    /// new cluster elects the leaders its routing table hints at without a storm of
+    /// elections, however many groups it has.
     ///
     /// # Errors
     /// [`ProposeError::GroupNotFound`].

@@ -796,8 +796,6 @@ impl Node {
     }
 }
 
-/// The groups a brand-new cluster starts with on `node`: its replicas of the data groups, and
-/// the meta group (the first [`META_VOTERS`] members vote, the rest learn).
 /// Streams kept beyond one per group: the heartbeat stream and the meta group's.
 const STREAM_HEADROOM: u32 = 64;
 
@@ -815,6 +813,8 @@ fn transport_for(config: &TransportConfig, routing: &RoutingTable) -> TransportC
     config
 }
 
+/// The groups a brand-new cluster starts with on `node`: its replicas of the data groups, and
+/// the meta group (the first [`META_VOTERS`] members vote, the rest learn).
 pub(crate) fn bootstrap_groups(
     routing: &RoutingTable,
     node: NodeId,
