@@ -279,16 +279,10 @@ pub struct MultiRaft {
     unreachable_reported: BTreeMap<NodeId, u64>,
     /// The peer set must be recomputed (groups or configurations changed).
     peers_stale: bool,
-    /// Groups whose last observed role is pre-candidate or candidate (see `jitter_election`).
-    campaigning: usize,
     /// Elections this node may still start now (see [`RaftConfig::max_campaigns`]).
     campaign_tokens: usize,
     ticks: u64,
     stats: CoordinatorStats,
-}
-
-fn is_campaigning(role: StateRole) -> bool {
-    matches!(role, StateRole::PreCandidate | StateRole::Candidate)
 }
 
 const BOOTSTRAP_INDEX: u64 = 1;
@@ -326,7 +320,6 @@ impl MultiRaft {
             silent_ticks: BTreeMap::new(),
             unreachable_reported: BTreeMap::new(),
             peers_stale: true,
-            campaigning: 0,
             campaign_tokens,
             ticks: 0,
             stats: CoordinatorStats::default(),
@@ -523,11 +516,8 @@ impl MultiRaft {
     /// # Errors
     /// [`CoordinatorError::GroupNotFound`].
     pub fn remove_group(&mut self, group: GroupId) -> Result<Vec<Token>, CoordinatorError> {
-        let Some(removed) = self.groups.remove(&group) else {
+        if self.groups.remove(&group).is_none() {
             return Err(CoordinatorError::GroupNotFound { group });
-        };
-        if is_campaigning(removed.role) {
-            self.campaigning = self.campaigning.saturating_sub(1);
         }
         self.pending.delete_group(group);
         Ok(self.take_proposals(group, u64::MAX))
@@ -646,7 +636,7 @@ impl MultiRaft {
             if g.raw.tick() {
                 self.dirty.insert(id);
             }
-            Self::jitter_election(&mut self.rng, &self.config, &mut self.campaigning, g);
+            Self::jitter_election(&mut self.rng, &self.config, g);
             if quiesce && Self::can_quiesce(self.id, g) {
                 g.idle_ticks += 1;
                 if g.idle_ticks >= self.config.quiesce_after_ticks {
@@ -667,20 +657,8 @@ impl MultiRaft {
 
     /// raft-rs draws election timeouts from the thread RNG; we redraw them from our seeded RNG
     /// whenever raft reset them (a new term or role), so a simulation replays exactly.
-    /// Also where a role change is observed, for the count of groups campaigning: every step
-    /// and tick passes here, and removing a group subtracts its last observed role.
-    fn jitter_election(
-        rng: &mut StdRng,
-        config: &RaftConfig,
-        campaigning: &mut usize,
-        g: &mut Group,
-    ) {
+    fn jitter_election(rng: &mut StdRng, config: &RaftConfig, g: &mut Group) {
         let (term, role) = (g.raw.raft.term, g.raw.raft.state);
-        match (is_campaigning(g.role), is_campaigning(role)) {
-            (false, true) => *campaigning += 1,
-            (true, false) => *campaigning = campaigning.saturating_sub(1),
-            _ => {}
-        }
         let timeout = g.raw.raft.randomized_election_timeout();
         // raft redraws from its own (wide) range whenever it resets: bring any timeout back
         // into the normal window, except a spread-out first election still waiting.
@@ -764,7 +742,7 @@ impl MultiRaft {
         if let Err(error) = g.raw.step(m) {
             tracing::debug!(%group, %from, %error, "raft rejected a message");
         }
-        Self::jitter_election(&mut self.rng, &self.config, &mut self.campaigning, g);
+        Self::jitter_election(&mut self.rng, &self.config, g);
         self.dirty.insert(group);
         let raft = &g.raw.raft;
         if quiesce
@@ -927,7 +905,7 @@ impl MultiRaft {
     pub fn campaign(&mut self, group: GroupId) -> Result<(), ProposeError> {
         let _ = self.group_mut(group)?.raw.campaign();
         if let Some(g) = self.groups.get_mut(&group) {
-            Self::jitter_election(&mut self.rng, &self.config, &mut self.campaigning, g);
+            Self::jitter_election(&mut self.rng, &self.config, g);
         }
         Ok(())
     }
@@ -1022,9 +1000,17 @@ impl MultiRaft {
         })
     }
 
-    /// How many groups are campaigning (pre-vote or vote) now.
+    /// How many groups are campaigning (pre-vote or vote) now. Walks every group.
     pub fn campaigning(&self) -> usize {
-        self.campaigning
+        self.groups
+            .values()
+            .filter(|g| {
+                matches!(
+                    g.raw.raft.state,
+                    StateRole::PreCandidate | StateRole::Candidate
+                )
+            })
+            .count()
     }
 
     /// How many groups are quiet now.
