@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use raft::eraftpb;
 use routing::{GroupId, NodeId};
 use tokio::runtime::Runtime;
@@ -386,5 +386,75 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
+/// Side by side, round by round: each round times every setup once, in turn, and the ratio
+/// to the raw single stream is taken within the round. On a small, noisy machine this pairs
+/// each figure with a baseline measured a few milliseconds apart, where criterion measures
+/// each setup for seconds, one after the other.
+fn rounds(rounds: usize) {
+    let rt = Runtime::new().unwrap();
+    let ca = certs::ClusterCa::generate("bench").unwrap();
+    let (mut r, mut many, mut p) = rt.block_on(async {
+        (
+            raw(&ca).await,
+            raw_many(&ca, 1024).await,
+            pontoon(&ca).await,
+        )
+    });
+    const SETUPS: [&str; 5] = [
+        "raw_quinn_1_stream",
+        "raw_quinn_1024_streams",
+        "pontoon_1_groups",
+        "pontoon_64_groups",
+        "pontoon_1024_groups",
+    ];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); SETUPS.len()];
+    // Each timing covers 5 batches of MESSAGES: long enough to smooth a scheduler hiccup.
+    let time = |f: &mut dyn FnMut() -> Duration| (0..5).map(|_| f()).sum::<Duration>();
+    for round in 0..=rounds {
+        let t = [
+            time(&mut || rt.block_on(run_raw(&mut r))),
+            time(&mut || rt.block_on(run_raw_many(&mut many))),
+            time(&mut || rt.block_on(run_pontoon(&mut p, 1))),
+            time(&mut || rt.block_on(run_pontoon(&mut p, 64))),
+            time(&mut || rt.block_on(run_pontoon(&mut p, 1024))),
+        ];
+        if round == 0 {
+            continue; // warm-up
+        }
+        let rate = |d: Duration| (5 * MESSAGES) as f64 / d.as_secs_f64();
+        let line: Vec<String> = t
+            .iter()
+            .zip(&mut ratios)
+            .map(|(&d, acc)| {
+                acc.push(rate(d) / rate(t[0]));
+                format!("{:>6.0}k", rate(d) / 1e3)
+            })
+            .collect();
+        println!("round {round:>3}: {}", line.join(" "));
+    }
+    println!("median of {rounds} rounds, throughput relative to raw_quinn_1_stream:");
+    for (name, mut r) in SETUPS.into_iter().zip(ratios) {
+        r.sort_by(f64::total_cmp);
+        let (min, med, max) = (r[0], r[r.len() / 2], r[r.len() - 1]);
+        println!(
+            "  {name:<24} {:>5.1}%  (min {:.1}%, max {:.1}%)",
+            100.0 * med,
+            100.0 * min,
+            100.0 * max
+        );
+    }
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    if let Some(n) = std::env::var("PONTOON_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        rounds(n.max(1));
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -295,6 +295,28 @@ enum State {
     },
 }
 
+/// What one [`StreamReader::feed_all`] read, added to the shared counters at once.
+#[derive(Default)]
+struct Tally {
+    bytes: u64,
+    frames: u64,
+    messages: u64,
+}
+
+impl Tally {
+    fn add_to(&self, c: &Counters) {
+        for (counter, n) in [
+            (&c.bytes_received, self.bytes),
+            (&c.frames_received, self.frames),
+            (&c.messages_received, self.messages),
+        ] {
+            if n > 0 {
+                Counters::add(counter, n);
+            }
+        }
+    }
+}
+
 /// Decodes one incoming stream from one authenticated peer.
 pub(crate) struct StreamReader {
     peer: NodeId,
@@ -373,14 +395,28 @@ impl StreamReader {
         counters: &Counters,
     ) -> Result<Vec<Envelope>, Refusal> {
         let mut out: Vec<Envelope> = Vec::new();
+        // Counted once per call, not per frame: the counters are shared with every other
+        // task of the endpoint, and a read holds many small frames.
+        let mut tally = Tally::default();
+        let result = self.feed_into(reads, &mut tally, &mut out);
+        tally.add_to(counters);
+        result.map(|()| out)
+    }
+
+    fn feed_into(
+        &mut self,
+        reads: impl IntoIterator<Item = Bytes>,
+        tally: &mut Tally,
+        out: &mut Vec<Envelope>,
+    ) -> Result<(), Refusal> {
         for bytes in reads {
-            Counters::add(&counters.bytes_received, bytes.len() as u64);
+            tally.bytes += bytes.len() as u64;
             self.dec.push(bytes);
             while let Some(body) = self.dec.next_frame().map_err(Refusal::from_wire)? {
-                self.frame(body, counters, &mut out)?;
+                self.frame(body, tally, out)?;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Decodes one frame; what it completes goes to `out` (a raft frame's messages to the
@@ -388,7 +424,7 @@ impl StreamReader {
     fn frame(
         &mut self,
         body: Bytes,
-        counters: &Counters,
+        tally: &mut Tally,
         out: &mut Vec<Envelope>,
     ) -> Result<(), Refusal> {
         match &mut self.state {
@@ -427,11 +463,8 @@ impl StreamReader {
                     for m in &messages[before..] {
                         self.check_from(m.from)?;
                     }
-                    Counters::add(&counters.frames_received, 1);
-                    Counters::add(
-                        &counters.messages_received,
-                        (messages.len() - before) as u64,
-                    );
+                    tally.frames += 1;
+                    tally.messages += (messages.len() - before) as u64;
                 }
                 Ok(())
             }
@@ -439,8 +472,8 @@ impl StreamReader {
                 let batch: wire::HeartbeatBatch =
                     wire::decode_body("HeartbeatBatch", body).map_err(Refusal::Malformed)?;
                 self.check_from(batch.from)?;
-                Counters::add(&counters.frames_received, 1);
-                Counters::add(&counters.messages_received, batch.heartbeats.len() as u64);
+                tally.frames += 1;
+                tally.messages += batch.heartbeats.len() as u64;
                 out.push(Envelope::Heartbeats(batch));
                 Ok(())
             }
@@ -467,7 +500,7 @@ impl StreamReader {
                         head.total_len, self.max_snapshot_bytes
                     )));
                 }
-                Counters::add(&counters.frames_received, 1);
+                tally.frames += 1;
                 self.state = State::SnapshotData {
                     group,
                     message: Box::new(message),
@@ -486,7 +519,7 @@ impl StreamReader {
                     }));
                 }
                 data.extend_from_slice(&chunk.data);
-                Counters::add(&counters.frames_received, 1);
+                tally.frames += 1;
                 Ok(())
             }
         }

@@ -38,9 +38,10 @@ mod recv;
 mod send;
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use quinn::crypto::rustls::{HandshakeData, QuicClientConfig, QuicServerConfig};
@@ -90,7 +91,8 @@ pub(crate) struct Shared {
     pub(crate) known_groups: GroupFilter,
     pub(crate) counters: Counters,
     pub(crate) inbound: mpsc::Sender<Inbound>,
-    pub(crate) peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
+    /// Read on every `send`; written only when a peer is first used or at shutdown.
+    peers: RwLock<HashMap<NodeId, Arc<Peer>, BuildHasherDefault<send::FxHasher>>>,
     pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) closing: AtomicBool,
     /// Where accepted client connections go; `None` unless `accept_clients`.
@@ -115,11 +117,17 @@ pub struct ClientConnection {
 impl Shared {
     /// The peer's state, created (with its connection task) on first use.
     pub(crate) fn peer(self: &Arc<Self>, id: NodeId) -> Arc<Peer> {
-        let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut peers = self.peers.write().unwrap_or_else(PoisonError::into_inner);
         peers
             .entry(id)
             .or_insert_with(|| Peer::spawn(self, id))
             .clone()
+    }
+
+    fn peers(
+        &self,
+    ) -> RwLockReadGuard<'_, HashMap<NodeId, Arc<Peer>, BuildHasherDefault<send::FxHasher>>> {
+        self.peers.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Hands an event to the coordinator; waits when its queue is full (backpressure).
@@ -254,7 +262,7 @@ impl QuicTransport {
             known_groups,
             counters: Counters::default(),
             inbound: tx,
-            peers: Mutex::new(HashMap::new()),
+            peers: RwLock::default(),
             runtime: tokio::runtime::Handle::current(),
             closing: AtomicBool::new(false),
             clients: clients_tx,
@@ -306,12 +314,9 @@ impl QuicTransport {
     /// Peers with an established connection right now.
     #[must_use]
     pub fn connected_peers(&self) -> Vec<NodeId> {
-        let peers = self
+        let mut up: Vec<NodeId> = self
             .shared
-            .peers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut up: Vec<NodeId> = peers
+            .peers()
             .values()
             .filter(|p| p.is_connected())
             .map(|p| p.id)
@@ -330,7 +335,7 @@ impl QuicTransport {
         let peers: Vec<Arc<Peer>> = self
             .shared
             .peers
-            .lock()
+            .write()
             .unwrap_or_else(PoisonError::into_inner)
             .drain()
             .map(|(_, p)| p)
@@ -350,25 +355,32 @@ impl Transport for QuicTransport {
         if shared.closing.load(Ordering::Relaxed) {
             return Err(SendError::Shutdown);
         }
-        // A peer already known is one lookup; the address book is asked only for a new one.
-        let known = shared
-            .peers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&to)
-            .cloned();
-        if known.is_none() && (to == shared.local || shared.book.get(to).is_none()) {
+        // A peer already known is one shared lock, held while its frames are queued (no
+        // reference count to touch); the address book is asked only for a new one.
+        {
+            let peers = shared.peers();
+            if let Some(peer) = peers.get(&to) {
+                let encoded = codec::encode(shared.local, envelope, shared.config.max_frame_bytes)?;
+                return peer.enqueue(shared, encoded);
+            }
+        }
+        if to == shared.local || shared.book.get(to).is_none() {
             Counters::add(&c.dropped_unknown_peer, 1);
             return Err(SendError::UnknownPeer(to));
         }
         let encoded = codec::encode(shared.local, envelope, shared.config.max_frame_bytes)?;
-        known
-            .unwrap_or_else(|| shared.peer(to))
-            .enqueue(shared, encoded)
+        shared.peer(to).enqueue(shared, encoded)
     }
 
     fn stats(&self) -> TransportStats {
-        self.shared.counters.snapshot()
+        let mut stats = self.shared.counters.snapshot();
+        // The queue gauges live with each peer's queue, under the lock `send` takes anyway.
+        for peer in self.shared.peers().values() {
+            let (envelopes, bytes) = peer.queued();
+            stats.queued_envelopes += envelopes as u64;
+            stats.queued_bytes += bytes as u64;
+        }
+        stats
     }
 }
 
@@ -378,13 +390,7 @@ impl Drop for QuicTransport {
         self.shared
             .endpoint
             .close(VarInt::from_u32(codes::SHUTDOWN), b"dropped");
-        for p in self
-            .shared
-            .peers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-        {
+        for p in self.shared.peers().values() {
             p.stop();
         }
     }

@@ -82,6 +82,11 @@ impl Peer {
         })
     }
 
+    /// Envelopes and bytes queued toward the peer now.
+    pub(crate) fn queued(&self) -> (usize, usize) {
+        self.queue.queued()
+    }
+
     pub(crate) fn is_connected(&self) -> bool {
         matches!(*self.state.borrow(), ConnState::Up(_))
     }
@@ -104,14 +109,12 @@ impl Peer {
         shared: &Arc<Shared>,
         encoded: Encoded,
     ) -> Result<(), SendError> {
-        let c = &shared.counters;
-        if !self.queue.admit(shared.config.peer_queue_len) {
-            Counters::add(&c.dropped_queue_full, 1);
-            return Err(SendError::QueueFull { to: self.id });
-        }
         match encoded {
             Encoded::Snapshot(t) => {
-                Counters::add(&c.queued_envelopes, 1);
+                if !self.queue.admit_snapshot(shared.config.peer_queue_len) {
+                    Counters::add(&shared.counters.dropped_queue_full, 1);
+                    return Err(SendError::QueueFull { to: self.id });
+                }
                 let span = info_span!("snapshot", peer = %self.id, group = %t.group);
                 shared
                     .runtime
@@ -153,7 +156,7 @@ async fn send_snapshot(shared: Arc<Shared>, peer: Arc<Peer>, t: SnapshotTransfer
         None => false,
     };
     let c = &shared.counters;
-    peer.queue.release(c, 1, 0);
+    peer.queue.snapshot_done();
     Counters::add(
         if delivered {
             &c.snapshots_sent

@@ -20,7 +20,6 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -51,13 +50,13 @@ const KEEP_CAPACITY: usize = 16;
 
 /// A map by stream: hashed with a multiply, not SipHash, as it is looked up once per frame
 /// and its keys are group ids our own coordinator picks (nothing a peer can choose).
-type KeyMap<V> = HashMap<StreamKey, V, BuildHasherDefault<KeyHasher>>;
+type KeyMap<V> = HashMap<StreamKey, V, BuildHasherDefault<FxHasher>>;
 
-/// FxHash's mix: enough to spread group ids over a table.
+/// FxHash's mix: enough to spread ids we pick ourselves (groups, peers) over a table.
 #[derive(Default)]
-struct KeyHasher(u64);
+pub(crate) struct FxHasher(u64);
 
-impl Hasher for KeyHasher {
+impl Hasher for FxHasher {
     fn finish(&self) -> u64 {
         self.0
     }
@@ -78,11 +77,11 @@ impl Hasher for KeyHasher {
 }
 
 /// Frames queued toward one peer, shared by `send` and the peer's writer.
+///
+/// Everything `send` touches lives under the one lock of [`Handoff`]: a send is one
+/// uncontended lock while the writer works through its last take, not a handful of atomics
+/// whose cache lines bounce between the sending thread and the writer's.
 pub(crate) struct Queue {
-    /// Envelopes queued and not yet written, and snapshot transfers in flight.
-    envelopes: AtomicUsize,
-    /// Encoded bytes of the queued frames.
-    bytes: AtomicUsize,
     handoff: Mutex<Handoff>,
     /// Wakes the writer; used only when it sleeps (`Handoff::parked`).
     notify: Notify,
@@ -97,6 +96,10 @@ struct Handoff {
     writable: Vec<StreamKey>,
     /// Frames queued or held by the writer, per stream (no entry at zero).
     per_stream: KeyMap<usize>,
+    /// Envelopes queued or held by the writer, and snapshot transfers in flight.
+    envelopes: usize,
+    /// Encoded bytes of the queued and held frames.
+    bytes: usize,
     /// The writer found nothing to do and waits for `notify`.
     parked: bool,
 }
@@ -104,8 +107,6 @@ struct Handoff {
 impl Queue {
     pub(crate) fn new() -> Self {
         Self {
-            envelopes: AtomicUsize::new(0),
-            bytes: AtomicUsize::new(0),
             handoff: Mutex::new(Handoff::default()),
             notify: Notify::new(),
         }
@@ -115,42 +116,49 @@ impl Queue {
         self.handoff.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes one envelope slot under the peer's bound, or `false` when it is full.
-    pub(crate) fn admit(&self, limit: usize) -> bool {
-        if self.envelopes.fetch_add(1, Ordering::AcqRel) >= limit {
-            self.envelopes.fetch_sub(1, Ordering::AcqRel);
+    /// Envelopes and bytes queued now (the `queued_*` gauges of the stats).
+    pub(crate) fn queued(&self) -> (usize, usize) {
+        let h = self.lock();
+        (h.envelopes, h.bytes)
+    }
+
+    /// Takes a place for a snapshot transfer under the peer's envelope bound; `false` when
+    /// it is full. Given back by [`Queue::snapshot_done`].
+    pub(crate) fn admit_snapshot(&self, limit: usize) -> bool {
+        let mut h = self.lock();
+        if h.envelopes >= limit {
             return false;
         }
+        h.envelopes += 1;
         true
     }
 
-    /// Queues frames for the writer, under the byte bound and the stream's bound. The
-    /// envelope slot was taken by [`Queue::admit`]; it is given back on refusal.
+    /// A snapshot transfer ended: its place is free.
+    pub(crate) fn snapshot_done(&self) {
+        let mut h = self.lock();
+        h.envelopes = h.envelopes.saturating_sub(1);
+    }
+
+    /// Queues frames for the writer, under the peer's bounds (envelopes, bytes) and the
+    /// stream's.
     pub(crate) fn push(&self, shared: &Shared, peer: NodeId, f: Frames) -> Result<(), SendError> {
-        let c = &shared.counters;
-        let len = f.bytes.len();
-        let refuse = || {
-            self.envelopes.fetch_sub(1, Ordering::AcqRel);
-            Counters::add(&c.dropped_queue_full, 1);
-            SendError::QueueFull { to: peer }
-        };
-        // Admitted while under the byte bound, so any one envelope fits.
-        if self.bytes.fetch_add(len, Ordering::AcqRel) >= shared.config.peer_queue_bytes {
-            self.bytes.fetch_sub(len, Ordering::AcqRel);
-            return Err(refuse());
-        }
+        let cfg = &shared.config;
         let wake = {
             let mut h = self.lock();
-            let n = h.per_stream.entry(f.key).or_insert(0);
-            if *n >= shared.config.stream_queue_len {
+            // Admitted while under the byte bound, so any one envelope fits.
+            let full = h.envelopes >= cfg.peer_queue_len
+                || h.bytes >= cfg.peer_queue_bytes
+                || h.per_stream
+                    .get(&f.key)
+                    .is_some_and(|&n| n >= cfg.stream_queue_len);
+            if full {
                 drop(h);
-                self.bytes.fetch_sub(len, Ordering::AcqRel);
-                return Err(refuse());
+                Counters::add(&shared.counters.dropped_queue_full, 1);
+                return Err(SendError::QueueFull { to: peer });
             }
-            *n += 1;
-            // Counted before the hand-off: the writer may release it at once.
-            Counters::add(&c.queued_envelopes, 1);
-            Counters::add(&c.queued_bytes, len as u64);
+            h.envelopes += 1;
+            h.bytes += f.bytes.len();
+            *h.per_stream.entry(f.key).or_insert(0) += 1;
             h.frames.push(f);
             std::mem::take(&mut h.parked)
         };
@@ -158,17 +166,6 @@ impl Queue {
             self.notify.notify_one();
         }
         Ok(())
-    }
-
-    /// Releases what left the queue (written, dropped, or a snapshot transfer that ended).
-    pub(crate) fn release(&self, c: &Counters, envelopes: usize, bytes: usize) {
-        if envelopes == 0 && bytes == 0 {
-            return;
-        }
-        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
-        self.envelopes.fetch_sub(envelopes, Ordering::AcqRel);
-        Counters::sub(&c.queued_bytes, bytes as u64);
-        Counters::sub(&c.queued_envelopes, envelopes as u64);
     }
 
     /// quinn's wake-up for a stream that was out of credit.
@@ -418,7 +415,6 @@ impl Writer {
     fn take(&mut self, frames: &mut Vec<Frames>, writable: &mut Vec<StreamKey>) -> bool {
         let r = &mut self.released;
         let c = &self.shared.counters;
-        self.queue.release(c, r.envelopes, r.bytes);
         for (counter, n) in [
             (&c.frames_sent, &mut r.frames_sent),
             (&c.messages_sent, &mut r.messages_sent),
@@ -428,8 +424,9 @@ impl Writer {
                 Counters::add(counter, std::mem::take(n));
             }
         }
-        (r.envelopes, r.bytes) = (0, 0);
         let mut h = self.queue.lock();
+        h.envelopes = h.envelopes.saturating_sub(std::mem::take(&mut r.envelopes));
+        h.bytes = h.bytes.saturating_sub(std::mem::take(&mut r.bytes));
         for (key, n) in r.per_stream.drain(..) {
             if let Some(left) = h.per_stream.get_mut(&key) {
                 *left = left.saturating_sub(n);
