@@ -387,6 +387,11 @@ pub(crate) async fn writer(
         if !parked {
             let link = w.link(&mut conn_rx);
             w.pass(&link, &mut frames, &mut writable);
+            // Let quinn's driver and the other tasks run before taking more. Under load the
+            // queue fills meanwhile and the next pass writes several frames per stream in one
+            // call (at 1024 groups, ~3x fewer stream writes); idle, the next take finds
+            // nothing and the writer sleeps, so a lone message waits for nothing.
+            tokio::task::yield_now().await;
             continue;
         }
         let waiting = w.opening.is_some();
