@@ -17,8 +17,14 @@
 //! `cargo bench -p pontoon-benches --bench transport` (mimalloc, as the `pontoon` binary);
 //! add `--no-default-features` for the system allocator. glibc's malloc is slow at what the
 //! transport does all day, freeing on one thread what another allocated: on 2 cores pontoon
-//! at 1024 groups moved 51% of the raw stream's messages with it and 68-82% with mimalloc,
-//! while the raw single stream barely changes.
+//! at 1024 groups moved 51% of the raw stream's messages with it, while the raw single
+//! stream barely changes.
+//!
+//! On a small shared machine criterion's setups, measured for seconds one after the other,
+//! see different neighbours: ratios between them swing by 15 points from run to run.
+//! `PONTOON_BENCH_ROUNDS=N` skips criterion and times every setup in turn within each of N
+//! rounds (5 x 20,000 messages each), takes each ratio to the raw stream within its round
+//! and prints the median, min and max over rounds.
 //!
 //! Both endpoints run in this one process on the same machine (2 cores here): sender,
 //! receiver and quinn's drivers share the CPUs, as they do for the raw baseline.
