@@ -86,7 +86,7 @@ stats!(
     snapshots_received,
     /// Gauge, not a count: envelopes queued toward all peers and not yet written (raft and
     /// heartbeat frames, and snapshot transfers in flight). Bounded by `peer_queue_len` per
-    /// peer.
+    /// peer. Read from the peers' queues when the stats are taken.
     queued_envelopes,
     /// Gauge, not a count: encoded bytes of the raft and heartbeat frames queued toward all
     /// peers and not yet written. Bounded by `peer_queue_bytes` per peer, plus one envelope.

@@ -387,6 +387,7 @@ pub(crate) async fn writer(
         if !parked {
             let link = w.link(&mut conn_rx);
             w.pass(&link, &mut frames, &mut writable);
+            w.settle();
             // Let quinn's driver and the other tasks run before taking more. Under load the
             // queue fills meanwhile and the next pass writes several frames per stream in one
             // call (at 1024 groups, ~3x fewer stream writes); idle, the next take finds
@@ -415,9 +416,9 @@ pub(crate) async fn writer(
 }
 
 impl Writer {
-    /// Applies the last pass's releases and takes what `send` and quinn left; `true` when
-    /// there is nothing to do (the writer then sleeps until notified).
-    fn take(&mut self, frames: &mut Vec<Frames>, writable: &mut Vec<StreamKey>) -> bool {
+    /// Gives back the queue places, and counts the frames, of what the last pass wrote or
+    /// dropped: right after the pass, so the bounds and gauges never lag behind the writer.
+    fn settle(&mut self) {
         let r = &mut self.released;
         let c = &self.shared.counters;
         for (counter, n) in [
@@ -428,6 +429,9 @@ impl Writer {
             if *n > 0 {
                 Counters::add(counter, std::mem::take(n));
             }
+        }
+        if r.envelopes == 0 && r.bytes == 0 && r.per_stream.is_empty() {
+            return;
         }
         let mut h = self.queue.lock();
         h.envelopes = h.envelopes.saturating_sub(std::mem::take(&mut r.envelopes));
@@ -440,6 +444,12 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Takes what `send` and quinn left; `true` when there is nothing to do (the writer then
+    /// sleeps until notified).
+    fn take(&mut self, frames: &mut Vec<Frames>, writable: &mut Vec<StreamKey>) -> bool {
+        let mut h = self.queue.lock();
         std::mem::swap(&mut h.frames, frames);
         std::mem::swap(&mut h.writable, writable);
         let idle =
