@@ -305,15 +305,11 @@ struct Tally {
 
 impl Tally {
     fn add_to(&self, c: &Counters) {
-        for (counter, n) in [
+        Counters::add_all([
             (&c.bytes_received, self.bytes),
             (&c.frames_received, self.frames),
             (&c.messages_received, self.messages),
-        ] {
-            if n > 0 {
-                Counters::add(counter, n);
-            }
-        }
+        ]);
     }
 }
 

@@ -103,6 +103,16 @@ impl Counters {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Adds several counts gathered locally at once, skipping those at zero: one shared
+    /// cache line touched per count that moved, not per event.
+    pub(crate) fn add_all<const N: usize>(counts: [(&AtomicU64, u64); N]) {
+        for (counter, n) in counts {
+            if n > 0 {
+                Self::add(counter, n);
+            }
+        }
+    }
+
     /// Lowers a gauge.
     pub(crate) fn sub(gauge: &AtomicU64, n: u64) {
         gauge.fetch_sub(n, Ordering::Relaxed);

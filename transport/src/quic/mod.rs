@@ -82,6 +82,9 @@ pub enum TransportError {
     },
 }
 
+/// The endpoint's peers by id (ids we accept ourselves: the Fx hash is enough).
+type PeerMap = HashMap<NodeId, Arc<Peer>, BuildHasherDefault<send::FxHasher>>;
+
 /// State shared by the endpoint's tasks.
 pub(crate) struct Shared {
     pub(crate) local: NodeId,
@@ -93,7 +96,7 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     pub(crate) inbound: mpsc::Sender<Inbound>,
     /// Read on every `send`; written only when a peer is first used or at shutdown.
-    peers: RwLock<HashMap<NodeId, Arc<Peer>, BuildHasherDefault<send::FxHasher>>>,
+    peers: RwLock<PeerMap>,
     pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) closing: AtomicBool,
     /// Where accepted client connections go; `None` unless `accept_clients`.
@@ -125,9 +128,7 @@ impl Shared {
             .clone()
     }
 
-    fn peers(
-        &self,
-    ) -> RwLockReadGuard<'_, HashMap<NodeId, Arc<Peer>, BuildHasherDefault<send::FxHasher>>> {
+    fn peers(&self) -> RwLockReadGuard<'_, PeerMap> {
         self.peers.read().unwrap_or_else(PoisonError::into_inner)
     }
 

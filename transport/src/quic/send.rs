@@ -421,15 +421,11 @@ impl Writer {
     fn settle(&mut self) {
         let r = &mut self.released;
         let c = &self.shared.counters;
-        for (counter, n) in [
-            (&c.frames_sent, &mut r.frames_sent),
-            (&c.messages_sent, &mut r.messages_sent),
-            (&c.bytes_sent, &mut r.bytes_sent),
-        ] {
-            if *n > 0 {
-                Counters::add(counter, std::mem::take(n));
-            }
-        }
+        Counters::add_all([
+            (&c.frames_sent, std::mem::take(&mut r.frames_sent)),
+            (&c.messages_sent, std::mem::take(&mut r.messages_sent)),
+            (&c.bytes_sent, std::mem::take(&mut r.bytes_sent)),
+        ]);
         if r.envelopes == 0 && r.bytes == 0 && r.per_stream.is_empty() {
             return;
         }
