@@ -24,7 +24,9 @@
 //! see different neighbours: ratios between them swing by 15 points from run to run.
 //! `PONTOON_BENCH_ROUNDS=N` skips criterion and times every setup in turn within each of N
 //! rounds (5 x 20,000 messages each), takes each ratio to the raw stream within its round
-//! and prints the median, min and max over rounds.
+//! and prints the median, min and max over rounds. Next to them it prints what each setup
+//! cost over all rounds: CPU time of all threads per message (steadier than the wall clock on
+//! a shared machine) and how many cores were busy meanwhile.
 //!
 //! Both endpoints run in this one process on the same machine (2 cores here): sender,
 //! receiver and quinn's drivers share the CPUs, as they do for the raw baseline.
@@ -51,6 +53,41 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const MESSAGES: u64 = 20_000;
 const PAYLOAD: usize = 256;
+
+/// One timed batch: wall time, and the CPU time of every thread of this process meanwhile.
+#[derive(Clone, Copy, Default)]
+struct Timed {
+    wall: Duration,
+    cpu: f64,
+}
+
+/// Started right before a batch's first send (after its messages are built).
+struct Clock {
+    wall: Instant,
+    cpu: f64,
+}
+
+impl Clock {
+    fn start() -> Self {
+        Self {
+            wall: Instant::now(),
+            cpu: cpu_seconds(),
+        }
+    }
+
+    fn stop(self) -> Timed {
+        Timed {
+            wall: self.wall.elapsed(),
+            cpu: cpu_seconds() - self.cpu,
+        }
+    }
+}
+
+/// Process CPU seconds, all threads. Its 10 ms ticks are coarse for one batch, so only sums
+/// over many batches are reported.
+fn cpu_seconds() -> f64 {
+    pontoon_benches::harness::process_cpu_seconds().unwrap_or(0.0)
+}
 
 fn message(index: u64) -> eraftpb::Message {
     let mut m = eraftpb::Message {
@@ -115,7 +152,7 @@ async fn pontoon(ca: &certs::ClusterCa) -> Pontoon {
     }
 }
 
-async fn run_pontoon(p: &mut Pontoon, groups: u64) -> Duration {
+async fn run_pontoon(p: &mut Pontoon, groups: u64) -> Timed {
     // The messages exist before the clock starts, as the raw baseline's frame does: building
     // them is the coordinator's work, not the transport's.
     let envelopes: Vec<Envelope> = (0..MESSAGES)
@@ -125,7 +162,7 @@ async fn run_pontoon(p: &mut Pontoon, groups: u64) -> Duration {
         })
         .collect();
     let target = *p.received.borrow() + MESSAGES;
-    let start = Instant::now();
+    let start = Clock::start();
     for (i, env) in (0..MESSAGES).zip(envelopes) {
         let mut next = env;
         loop {
@@ -147,7 +184,7 @@ async fn run_pontoon(p: &mut Pontoon, groups: u64) -> Duration {
         }
     }
     p.received.wait_for(|&n| n >= target).await.unwrap();
-    start.elapsed()
+    start.stop()
 }
 
 struct Raw {
@@ -226,14 +263,14 @@ async fn raw(ca: &certs::ClusterCa) -> Raw {
     }
 }
 
-async fn run_raw(r: &mut Raw) -> Duration {
+async fn run_raw(r: &mut Raw) -> Timed {
     let target = *r.received.borrow() + MESSAGES;
-    let start = Instant::now();
+    let start = Clock::start();
     for _ in 0..MESSAGES {
         r.stream.write_all(&r.frame).await.unwrap();
     }
     r.received.wait_for(|&n| n >= target).await.unwrap();
-    start.elapsed()
+    start.stop()
 }
 
 /// Raw quinn over `streams` streams, the frames written round-robin as pontoon's groups get
@@ -327,10 +364,10 @@ async fn raw_many(ca: &certs::ClusterCa, streams: usize) -> RawMany {
     }
 }
 
-async fn run_raw_many(r: &mut RawMany) -> Duration {
+async fn run_raw_many(r: &mut RawMany) -> Timed {
     use std::sync::atomic::Ordering;
     let target = r.received.load(Ordering::Acquire) + MESSAGES;
-    let start = Instant::now();
+    let start = Clock::start();
     let n = r.streams.len();
     for i in 0..MESSAGES as usize {
         r.streams[i % n].write_all(&r.frame).await.unwrap();
@@ -338,7 +375,7 @@ async fn run_raw_many(r: &mut RawMany) -> Duration {
     while r.received.load(Ordering::Acquire) < target {
         r.progress.notified().await;
     }
-    start.elapsed()
+    start.stop()
 }
 
 fn bench(c: &mut Criterion) {
@@ -357,7 +394,7 @@ fn bench(c: &mut Criterion) {
             rt.block_on(async {
                 let mut t = Duration::ZERO;
                 for _ in 0..iters {
-                    t += run_raw(&mut r).await;
+                    t += run_raw(&mut r).await.wall;
                 }
                 t
             })
@@ -369,7 +406,7 @@ fn bench(c: &mut Criterion) {
             rt.block_on(async {
                 let mut t = Duration::ZERO;
                 for _ in 0..iters {
-                    t += run_raw_many(&mut many).await;
+                    t += run_raw_many(&mut many).await.wall;
                 }
                 t
             })
@@ -382,7 +419,7 @@ fn bench(c: &mut Criterion) {
                 rt.block_on(async {
                     let mut t = Duration::ZERO;
                     for _ in 0..iters {
-                        t += run_pontoon(&mut p, groups).await;
+                        t += run_pontoon(&mut p, groups).await.wall;
                     }
                     t
                 })
@@ -414,10 +451,19 @@ fn rounds(rounds: usize) {
         "pontoon_1024_groups",
     ];
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); SETUPS.len()];
+    // Wall and CPU seconds (all threads) of each setup over the measured rounds: what a
+    // message costs, which the machine's noise moves far less than the wall clock, and how
+    // busy the cores were.
+    let mut totals = [Timed::default(); SETUPS.len()];
     // Each timing covers 5 batches of MESSAGES: long enough to smooth a scheduler hiccup.
-    let time = |f: &mut dyn FnMut() -> Duration| (0..5).map(|_| f()).sum::<Duration>();
+    let time = |f: &mut dyn FnMut() -> Timed| {
+        (0..5).map(|_| f()).fold(Timed::default(), |a, b| Timed {
+            wall: a.wall + b.wall,
+            cpu: a.cpu + b.cpu,
+        })
+    };
     for round in 0..=rounds {
-        let t = [
+        let timed = [
             time(&mut || rt.block_on(run_raw(&mut r))),
             time(&mut || rt.block_on(run_raw_many(&mut many))),
             time(&mut || rt.block_on(run_pontoon(&mut p, 1))),
@@ -427,6 +473,11 @@ fn rounds(rounds: usize) {
         if round == 0 {
             continue; // warm-up
         }
+        for (total, x) in totals.iter_mut().zip(timed) {
+            total.wall += x.wall;
+            total.cpu += x.cpu;
+        }
+        let t = timed.map(|x| x.wall);
         let rate = |d: Duration| (5 * MESSAGES) as f64 / d.as_secs_f64();
         let line: Vec<String> = t
             .iter()
@@ -438,15 +489,21 @@ fn rounds(rounds: usize) {
             .collect();
         println!("round {round:>3}: {}", line.join(" "));
     }
-    println!("median of {rounds} rounds, throughput relative to raw_quinn_1_stream:");
-    for (name, mut r) in SETUPS.into_iter().zip(ratios) {
+    println!(
+        "median of {rounds} rounds, throughput relative to raw_quinn_1_stream; \
+         over all rounds, CPU (all threads) per message and cores busy:"
+    );
+    let messages = (rounds * 5) as f64 * MESSAGES as f64;
+    for ((name, mut r), total) in SETUPS.into_iter().zip(ratios).zip(totals) {
         r.sort_by(f64::total_cmp);
         let (min, med, max) = (r[0], r[r.len() / 2], r[r.len() - 1]);
         println!(
-            "  {name:<24} {:>5.1}%  (min {:.1}%, max {:.1}%)",
+            "  {name:<24} {:>5.1}%  (min {:.1}%, max {:.1}%)  {:.2} µs CPU/msg, {:.2} cores",
             100.0 * med,
             100.0 * min,
-            100.0 * max
+            100.0 * max,
+            1e6 * total.cpu / messages,
+            total.cpu / total.wall.as_secs_f64()
         );
     }
 }
