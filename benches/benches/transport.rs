@@ -39,8 +39,9 @@ use bytes::BytesMut;
 use criterion::{Criterion, Throughput, criterion_group};
 use raft::eraftpb;
 use routing::{GroupId, NodeId};
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::runtime::Runtime;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use transport::wire::{self, FrameDecoder};
 use transport::{
     AddressBook, Envelope, Inbound, QuicTransport, SendError, Transport, TransportConfig,
@@ -89,6 +90,40 @@ fn cpu_seconds() -> f64 {
     pontoon_benches::harness::process_cpu_seconds().unwrap_or(0.0)
 }
 
+/// Messages a setup's receiver has taken, and the count its runner waits for. The receiver
+/// wakes the runner once, when the target is reached: a wake-up per received batch would
+/// spend a third thread's context switches on the same 2 cores as the transport.
+#[derive(Default)]
+struct Progress {
+    received: AtomicU64,
+    target: AtomicU64,
+    reached: Notify,
+}
+
+impl Progress {
+    /// Counts `n` more messages received.
+    fn add(&self, n: u64) {
+        let now = self.received.fetch_add(n, Ordering::AcqRel) + n;
+        let target = self.target.load(Ordering::Acquire);
+        if now >= target && now - n < target {
+            self.reached.notify_one();
+        }
+    }
+
+    /// Sets the target `n` messages past what was received so far; returns it.
+    fn expect(&self, n: u64) -> u64 {
+        let target = self.received.load(Ordering::Acquire) + n;
+        self.target.store(target, Ordering::Release);
+        target
+    }
+
+    async fn wait(&self, target: u64) {
+        while self.received.load(Ordering::Acquire) < target {
+            self.reached.notified().await;
+        }
+    }
+}
+
 fn message(index: u64) -> eraftpb::Message {
     let mut m = eraftpb::Message {
         msg_type: eraftpb::MessageType::MsgAppend,
@@ -111,7 +146,7 @@ fn message(index: u64) -> eraftpb::Message {
 struct Pontoon {
     sender: QuicTransport,
     _receiver: QuicTransport,
-    received: watch::Receiver<u64>,
+    progress: Arc<Progress>,
 }
 
 async fn pontoon(ca: &certs::ClusterCa) -> Pontoon {
@@ -128,11 +163,12 @@ async fn pontoon(ca: &certs::ClusterCa) -> Pontoon {
         .await
         .unwrap();
     book.insert(NodeId(2), receiver.local_addr());
-    let (tx, rx) = watch::channel(0u64);
+    let progress = Arc::new(Progress::default());
+    let counted = progress.clone();
     tokio::spawn(async move {
-        let mut n = 0;
         let mut events = Vec::with_capacity(1024);
         while inbound.recv_many(&mut events, 1024).await > 0 {
+            let mut n = 0;
             for ev in events.drain(..) {
                 if let Inbound::Message {
                     envelope: Envelope::Raft { messages, .. },
@@ -142,13 +178,13 @@ async fn pontoon(ca: &certs::ClusterCa) -> Pontoon {
                     n += messages.len() as u64;
                 }
             }
-            tx.send_replace(n);
+            counted.add(n);
         }
     });
     Pontoon {
         sender,
         _receiver: receiver,
-        received: rx,
+        progress,
     }
 }
 
@@ -161,7 +197,7 @@ async fn run_pontoon(p: &mut Pontoon, groups: u64) -> Timed {
             messages: vec![message(i)],
         })
         .collect();
-    let target = *p.received.borrow() + MESSAGES;
+    let target = p.progress.expect(MESSAGES);
     let start = Clock::start();
     for (i, env) in (0..MESSAGES).zip(envelopes) {
         let mut next = env;
@@ -183,13 +219,13 @@ async fn run_pontoon(p: &mut Pontoon, groups: u64) -> Timed {
             }
         }
     }
-    p.received.wait_for(|&n| n >= target).await.unwrap();
+    p.progress.wait(target).await;
     start.stop()
 }
 
 struct Raw {
     stream: quinn::SendStream,
-    received: watch::Receiver<u64>,
+    progress: Arc<Progress>,
     frame: Vec<u8>,
     _endpoints: (quinn::Endpoint, quinn::Endpoint),
 }
@@ -227,12 +263,12 @@ async fn raw(ca: &certs::ClusterCa) -> Raw {
     );
     let mut stream = conn.open_uni().await.unwrap();
     stream.write_all(&[0]).await.unwrap();
-    let (tx, rx) = watch::channel(0u64);
+    let progress = Arc::new(Progress::default());
+    let counted = progress.clone();
     tokio::spawn(async move {
         let _conn = conn;
         let mut recv = accepted.accept_uni().await.unwrap();
         let mut dec = FrameDecoder::new(1 << 20);
-        let mut n = 0;
         let mut first = true;
         while let Ok(Some(chunk)) = recv.read_chunk(64 * 1024, true).await {
             let bytes = if first {
@@ -242,11 +278,12 @@ async fn raw(ca: &certs::ClusterCa) -> Raw {
             };
             first = false;
             dec.extend(bytes);
+            let mut n = 0;
             while let Ok(Some(body)) = dec.next_frame() {
                 let batch: wire::RaftBatch = wire::decode_body("RaftBatch", body).unwrap();
                 n += batch.messages.len() as u64;
             }
-            tx.send_replace(n);
+            counted.add(n);
         }
     });
     let batch = wire::RaftBatch {
@@ -257,19 +294,19 @@ async fn raw(ca: &certs::ClusterCa) -> Raw {
     wire::encode_frame(&batch, 1 << 20, &mut frame).unwrap();
     Raw {
         stream,
-        received: rx,
+        progress,
         frame: frame.to_vec(),
         _endpoints: (a, b),
     }
 }
 
 async fn run_raw(r: &mut Raw) -> Timed {
-    let target = *r.received.borrow() + MESSAGES;
+    let target = r.progress.expect(MESSAGES);
     let start = Clock::start();
     for _ in 0..MESSAGES {
         r.stream.write_all(&r.frame).await.unwrap();
     }
-    r.received.wait_for(|&n| n >= target).await.unwrap();
+    r.progress.wait(target).await;
     start.stop()
 }
 
@@ -279,14 +316,12 @@ async fn run_raw(r: &mut Raw) -> Timed {
 struct RawMany {
     streams: Vec<quinn::SendStream>,
     _conn: quinn::Connection,
-    received: Arc<std::sync::atomic::AtomicU64>,
-    progress: Arc<tokio::sync::Notify>,
+    progress: Arc<Progress>,
     frame: bytes::Bytes,
     _endpoints: (quinn::Endpoint, quinn::Endpoint),
 }
 
 async fn raw_many(ca: &certs::ClusterCa, streams: usize) -> RawMany {
-    use std::sync::atomic::{AtomicU64, Ordering};
     let config = TransportConfig::default();
     let any = "127.0.0.1:0".parse().unwrap();
     let (s1, c1) = transport::quinn_configs(
@@ -314,12 +349,11 @@ async fn raw_many(ca: &certs::ClusterCa, streams: usize) -> RawMany {
         },
         async { b.accept().await.unwrap().await.unwrap() },
     );
-    let received = Arc::new(AtomicU64::new(0));
-    let progress = Arc::new(tokio::sync::Notify::new());
-    let (n, p) = (received.clone(), progress.clone());
+    let progress = Arc::new(Progress::default());
+    let counted = progress.clone();
     tokio::spawn(async move {
         while let Ok(mut recv) = accepted.accept_uni().await {
-            let (n, p) = (n.clone(), p.clone());
+            let counted = counted.clone();
             tokio::spawn(async move {
                 let mut dec = FrameDecoder::new(1 << 20);
                 let mut first = true;
@@ -336,8 +370,7 @@ async fn raw_many(ca: &certs::ClusterCa, streams: usize) -> RawMany {
                         let batch: wire::RaftBatch = wire::decode_body("RaftBatch", body).unwrap();
                         got += batch.messages.len() as u64;
                     }
-                    n.fetch_add(got, Ordering::AcqRel);
-                    p.notify_one();
+                    counted.add(got);
                 }
             });
         }
@@ -357,7 +390,6 @@ async fn raw_many(ca: &certs::ClusterCa, streams: usize) -> RawMany {
     RawMany {
         streams: out,
         _conn: conn,
-        received,
         progress,
         frame: frame.freeze(),
         _endpoints: (a, b),
@@ -365,16 +397,13 @@ async fn raw_many(ca: &certs::ClusterCa, streams: usize) -> RawMany {
 }
 
 async fn run_raw_many(r: &mut RawMany) -> Timed {
-    use std::sync::atomic::Ordering;
-    let target = r.received.load(Ordering::Acquire) + MESSAGES;
+    let target = r.progress.expect(MESSAGES);
     let start = Clock::start();
     let n = r.streams.len();
     for i in 0..MESSAGES as usize {
         r.streams[i % n].write_all(&r.frame).await.unwrap();
     }
-    while r.received.load(Ordering::Acquire) < target {
-        r.progress.notified().await;
-    }
+    r.progress.wait(target).await;
     start.stop()
 }
 
