@@ -10,9 +10,8 @@
 //! The baseline does the receiving work any reader of these bytes must do: it splits frames
 //! by their length prefix AND decodes every body with prost (`wire::RaftBatch`), as pontoon
 //! does (pontoon additionally converts to raft-rs' types and routes by group). Its sender
-//! writes a pre-encoded frame (no per-message encode), so the ratio is conservative. Both
-//! consumers drain their channel in batches and publish progress once per batch, as a
-//! coordinator drains its inbound queue once per cycle.
+//! writes a pre-encoded frame (no per-message encode), so the ratio is conservative. Every
+//! receiver counts what it decoded and wakes the runner once, when the batch is complete.
 //!
 //! `cargo bench -p pontoon-benches --bench transport` (mimalloc, as the `pontoon` binary);
 //! add `--no-default-features` for the system allocator. glibc's malloc is slow at what the
@@ -29,7 +28,11 @@
 //! a shared machine) and how many cores were busy meanwhile.
 //!
 //! Both endpoints run in this one process on the same machine (2 cores here): sender,
-//! receiver and quinn's drivers share the CPUs, as they do for the raw baseline.
+//! receiver and quinn's drivers share the CPUs, as they do for the raw baseline. Each
+//! setup's sending loop runs as a task on the runtime, as pontoon's coordinator calls `send`
+//! from its task; `PONTOON_BENCH_SENDER=thread` runs it on the bench's own thread instead
+//! (see [`Sender`]): on 2 cores that third thread changes the ratios by 15 points, so both
+//! placements are reported.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -188,7 +191,7 @@ async fn pontoon(ca: &certs::ClusterCa) -> Pontoon {
     }
 }
 
-async fn run_pontoon(p: &mut Pontoon, groups: u64) -> Timed {
+async fn run_pontoon(p: Pontoon, groups: u64) -> (Pontoon, Timed) {
     // The messages exist before the clock starts, as the raw baseline's frame does: building
     // them is the coordinator's work, not the transport's.
     let envelopes: Vec<Envelope> = (0..MESSAGES)
@@ -220,7 +223,7 @@ async fn run_pontoon(p: &mut Pontoon, groups: u64) -> Timed {
         }
     }
     p.progress.wait(target).await;
-    start.stop()
+    (p, start.stop())
 }
 
 struct Raw {
@@ -300,14 +303,14 @@ async fn raw(ca: &certs::ClusterCa) -> Raw {
     }
 }
 
-async fn run_raw(r: &mut Raw) -> Timed {
+async fn run_raw(mut r: Raw) -> (Raw, Timed) {
     let target = r.progress.expect(MESSAGES);
     let start = Clock::start();
     for _ in 0..MESSAGES {
         r.stream.write_all(&r.frame).await.unwrap();
     }
     r.progress.wait(target).await;
-    start.stop()
+    (r, start.stop())
 }
 
 /// Raw quinn over `streams` streams, the frames written round-robin as pontoon's groups get
@@ -396,7 +399,7 @@ async fn raw_many(ca: &certs::ClusterCa, streams: usize) -> RawMany {
     }
 }
 
-async fn run_raw_many(r: &mut RawMany) -> Timed {
+async fn run_raw_many(mut r: RawMany) -> (RawMany, Timed) {
     let target = r.progress.expect(MESSAGES);
     let start = Clock::start();
     let n = r.streams.len();
@@ -404,7 +407,7 @@ async fn run_raw_many(r: &mut RawMany) -> Timed {
         r.streams[i % n].write_all(&r.frame).await.unwrap();
     }
     r.progress.wait(target).await;
-    start.stop()
+    (r, start.stop())
 }
 
 fn bench(c: &mut Criterion) {
@@ -417,41 +420,31 @@ fn bench(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(8))
         .warm_up_time(Duration::from_secs(2));
 
-    let mut r = rt.block_on(raw(&ca));
+    let sender = Sender::from_env();
+    let wall = |mut each: Box<dyn FnMut() -> Timed + '_>, iters: u64| -> Duration {
+        (0..iters).map(|_| each().wall).sum()
+    };
+    let mut r = Some(rt.block_on(raw(&ca)));
     group.bench_function("raw_quinn_1_stream", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut t = Duration::ZERO;
-                for _ in 0..iters {
-                    t += run_raw(&mut r).await.wall;
-                }
-                t
-            })
-        });
+        b.iter_custom(|iters| wall(Box::new(|| sender.batch(&rt, &mut r, run_raw)), iters));
     });
-    let mut many = rt.block_on(raw_many(&ca, 1024));
+    let mut many = Some(rt.block_on(raw_many(&ca, 1024)));
     group.bench_function("raw_quinn_1024_streams", |b| {
         b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut t = Duration::ZERO;
-                for _ in 0..iters {
-                    t += run_raw_many(&mut many).await.wall;
-                }
-                t
-            })
+            wall(
+                Box::new(|| sender.batch(&rt, &mut many, run_raw_many)),
+                iters,
+            )
         });
     });
-    let mut p = rt.block_on(pontoon(&ca));
+    let mut p = Some(rt.block_on(pontoon(&ca)));
     for groups in [1u64, 64, 1024] {
         group.bench_function(format!("pontoon_{groups}_groups"), |b| {
             b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let mut t = Duration::ZERO;
-                    for _ in 0..iters {
-                        t += run_pontoon(&mut p, groups).await.wall;
-                    }
-                    t
-                })
+                wall(
+                    Box::new(|| sender.batch(&rt, &mut p, |p| run_pontoon(p, groups))),
+                    iters,
+                )
             });
         });
     }
@@ -467,11 +460,12 @@ fn rounds(rounds: usize) {
     let ca = certs::ClusterCa::generate("bench").unwrap();
     let (mut r, mut many, mut p) = rt.block_on(async {
         (
-            raw(&ca).await,
-            raw_many(&ca, 1024).await,
-            pontoon(&ca).await,
+            Some(raw(&ca).await),
+            Some(raw_many(&ca, 1024).await),
+            Some(pontoon(&ca).await),
         )
     });
+    let sender = Sender::from_env();
     const SETUPS: [&str; 5] = [
         "raw_quinn_1_stream",
         "raw_quinn_1024_streams",
@@ -493,11 +487,11 @@ fn rounds(rounds: usize) {
     };
     for round in 0..=rounds {
         let timed = [
-            time(&mut || rt.block_on(run_raw(&mut r))),
-            time(&mut || rt.block_on(run_raw_many(&mut many))),
-            time(&mut || rt.block_on(run_pontoon(&mut p, 1))),
-            time(&mut || rt.block_on(run_pontoon(&mut p, 64))),
-            time(&mut || rt.block_on(run_pontoon(&mut p, 1024))),
+            time(&mut || sender.batch(&rt, &mut r, run_raw)),
+            time(&mut || sender.batch(&rt, &mut many, run_raw_many)),
+            time(&mut || sender.batch(&rt, &mut p, |p| run_pontoon(p, 1))),
+            time(&mut || sender.batch(&rt, &mut p, |p| run_pontoon(p, 64))),
+            time(&mut || sender.batch(&rt, &mut p, |p| run_pontoon(p, 1024))),
         ];
         if round == 0 {
             continue; // warm-up
@@ -519,8 +513,8 @@ fn rounds(rounds: usize) {
         println!("round {round:>3}: {}", line.join(" "));
     }
     println!(
-        "median of {rounds} rounds, throughput relative to raw_quinn_1_stream; \
-         over all rounds, CPU (all threads) per message and cores busy:"
+        "median of {rounds} rounds, senders on {sender:?}, throughput relative to \
+         raw_quinn_1_stream; over all rounds, CPU (all threads) per message and cores busy:"
     );
     let messages = (rounds * 5) as f64 * MESSAGES as f64;
     for ((name, mut r), total) in SETUPS.into_iter().zip(ratios).zip(totals) {
@@ -534,6 +528,44 @@ fn rounds(rounds: usize) {
             1e6 * total.cpu / messages,
             total.cpu / total.wall.as_secs_f64()
         );
+    }
+}
+
+/// Where each setup's sending loop runs (`PONTOON_BENCH_SENDER`).
+#[derive(Clone, Copy, Debug)]
+enum Sender {
+    /// A task on the runtime (the default), as pontoon's coordinator calls `send` from its
+    /// task on the node's runtime: every setup's whole stack shares the runtime's workers.
+    Task,
+    /// The bench's own thread, outside the runtime (`PONTOON_BENCH_SENDER=thread`): a third
+    /// thread beside the two workers, which favours the setup whose sending call does more
+    /// of the work itself (raw quinn's `write_all` copies into and locks the connection on
+    /// the caller's thread; pontoon's `send` encodes and queues, and its writer task writes
+    /// on the runtime).
+    Thread,
+}
+
+impl Sender {
+    fn from_env() -> Self {
+        match std::env::var("PONTOON_BENCH_SENDER").as_deref() {
+            Ok("thread") => Self::Thread,
+            _ => Self::Task,
+        }
+    }
+
+    /// Times one batch of `setup`, which `run` takes and gives back.
+    fn batch<S, F>(self, rt: &Runtime, setup: &mut Option<S>, run: impl FnOnce(S) -> F) -> Timed
+    where
+        S: Send + 'static,
+        F: std::future::Future<Output = (S, Timed)> + Send + 'static,
+    {
+        let s = setup.take().expect("a setup is put back after every batch");
+        let (s, timed) = match self {
+            Self::Task => rt.block_on(async { tokio::spawn(run(s)).await.unwrap() }),
+            Self::Thread => rt.block_on(run(s)),
+        };
+        *setup = Some(s);
+        timed
     }
 }
 
