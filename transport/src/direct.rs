@@ -196,11 +196,12 @@ pub(crate) fn batch_put(
     }
 }
 
-/// An entry decoded straight from a [`crate::wire::Entry`] body. Decode-only: it encodes what
-/// it holds, for the trait's sake.
-#[derive(Debug, Default)]
-struct EntryIn {
-    entry: eraftpb::Entry,
+/// Decodes a [`crate::wire::Entry`] body straight into the raft-rs entry it borrows (already
+/// in place in its message, so nothing is moved afterwards). Decode-only: it encodes what it
+/// holds, for the trait's sake.
+#[derive(Debug)]
+struct EntryIn<'a> {
+    entry: &'a mut eraftpb::Entry,
     /// The `entry_type` on the wire when raft-rs has no such type (the last one counts, as
     /// for any scalar field).
     unknown_type: Option<i32>,
@@ -228,9 +229,9 @@ fn merge_enum<T>(
     Ok(())
 }
 
-impl prost::Message for EntryIn {
+impl prost::Message for EntryIn<'_> {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        entry_put(&self.entry, buf);
+        entry_put(self.entry, buf);
     }
 
     fn merge_field(
@@ -240,7 +241,7 @@ impl prost::Message for EntryIn {
         buf: &mut impl Buf,
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
-        let e = &mut self.entry;
+        let e = &mut *self.entry;
         match tag {
             1 => merge_enum(
                 wire_type,
@@ -260,41 +261,42 @@ impl prost::Message for EntryIn {
     }
 
     fn encoded_len(&self) -> usize {
-        entry_len(&self.entry)
+        entry_len(self.entry)
     }
 
     fn clear(&mut self) {
-        *self = Self::default();
+        *self.entry = eraftpb::Entry::default();
+        self.unknown_type = None;
     }
 }
 
-/// A message decoded straight from a [`crate::wire::RaftMessage`] body. Decode-only, as
-/// [`EntryIn`].
-#[derive(Debug, Default)]
-struct MessageIn {
-    msg: eraftpb::Message,
+/// Decodes a [`crate::wire::RaftMessage`] body straight into the raft-rs message it borrows
+/// (already in its place in the output), as [`EntryIn`].
+#[derive(Debug)]
+struct MessageIn<'a> {
+    msg: &'a mut eraftpb::Message,
     /// The `msg_type` on the wire when raft-rs has no such type (the last one counts).
     unknown_type: Option<i32>,
     /// The type of the first entry raft-rs has no type for.
     unknown_entry_type: Option<i32>,
 }
 
-impl MessageIn {
-    /// The message, or why raft-rs cannot take it (as [`crate::from_wire`] says).
-    fn finish(self) -> Result<eraftpb::Message, WireError> {
+impl MessageIn<'_> {
+    /// Why raft-rs cannot take the message, if it cannot (as [`crate::from_wire`] says).
+    fn check(&self) -> Result<(), WireError> {
         if let Some(value) = self.unknown_type {
             convert::message_type(value)?;
         }
         if let Some(value) = self.unknown_entry_type {
             convert::entry_type(value)?;
         }
-        Ok(self.msg)
+        Ok(())
     }
 }
 
-impl prost::Message for MessageIn {
+impl prost::Message for MessageIn<'_> {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        message_put(&self.msg, buf);
+        message_put(self.msg, buf);
     }
 
     fn merge_field(
@@ -304,7 +306,7 @@ impl prost::Message for MessageIn {
         buf: &mut impl Buf,
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
-        let m = &mut self.msg;
+        let m = &mut *self.msg;
         match tag {
             1 => merge_enum(
                 wire_type,
@@ -320,12 +322,14 @@ impl prost::Message for MessageIn {
             5 => encoding::uint64::merge(wire_type, &mut m.log_term, buf, ctx),
             6 => encoding::uint64::merge(wire_type, &mut m.index, buf, ctx),
             7 => {
-                let mut e = EntryIn::default();
+                let mut e = EntryIn {
+                    entry: m.mut_entries().push_default(),
+                    unknown_type: None,
+                };
                 encoding::message::merge(wire_type, &mut e, buf, ctx)?;
                 if let Some(v) = e.unknown_type {
                     self.unknown_entry_type.get_or_insert(v);
                 }
-                m.mut_entries().push(e.entry);
                 Ok(())
             }
             8 => encoding::uint64::merge(wire_type, &mut m.commit, buf, ctx),
@@ -353,16 +357,20 @@ impl prost::Message for MessageIn {
     }
 
     fn encoded_len(&self) -> usize {
-        message_len(&self.msg)
+        message_len(self.msg)
     }
 
     fn clear(&mut self) {
-        *self = Self::default();
+        *self.msg = eraftpb::Message::default();
+        self.unknown_type = None;
+        self.unknown_entry_type = None;
     }
 }
 
 /// Decodes the body of a [`crate::wire::RaftBatch`] straight into raft-rs messages, appended
-/// to `out` in order; returns the batch's `from`. On error `out` may hold some of them.
+/// to `out` in order; returns the batch's `from`. Each message is decoded in its final place
+/// in `out` (a raft-rs message is ~200 bytes: built elsewhere and pushed, it would be copied
+/// twice). On error `out` may hold some of them.
 ///
 /// # Errors
 /// [`WireError::Malformed`] for bytes prost would not decode as a `RaftBatch`,
@@ -385,9 +393,17 @@ pub(crate) fn batch_decode(
                 encoding::uint64::merge(wire_type, &mut from, &mut body, ctx).map_err(malformed)?
             }
             2 => {
-                let mut m = MessageIn::default();
-                encoding::message::merge(wire_type, &mut m, &mut body, ctx).map_err(malformed)?;
-                out.push(m.finish()?);
+                out.push(eraftpb::Message::default());
+                if let Some(msg) = out.last_mut() {
+                    let mut m = MessageIn {
+                        msg,
+                        unknown_type: None,
+                        unknown_entry_type: None,
+                    };
+                    encoding::message::merge(wire_type, &mut m, &mut body, ctx)
+                        .map_err(malformed)?;
+                    m.check()?;
+                }
             }
             _ => encoding::skip_field(wire_type, tag, &mut body, ctx).map_err(malformed)?,
         }
