@@ -33,6 +33,11 @@ pub struct TransportConfig {
     /// Capacity of the channel of [`crate::Inbound`] events to the coordinator (default 65 536).
     /// When full, stream readers wait: backpressure reaches the sender through flow control.
     pub inbound_queue_len: usize,
+    /// Tasks reading one connection's group and heartbeat streams (default 2, at most 64).
+    /// Each stream is read by one of them (assigned in turn as streams open), so a group's
+    /// messages stay in order, and the decoding of a busy peer's traffic can use more than
+    /// one core. The count never grows with the number of groups.
+    pub readers_per_connection: usize,
     /// Concurrent unidirectional streams a peer may open (default 16 384): one per group it
     /// shares with this node, and they stay open. The coordinator's `Node::start` raises it
     /// to its routing table's group count plus a little headroom.
@@ -88,6 +93,7 @@ impl Default for TransportConfig {
             peer_queue_bytes: 64 << 20,
             stream_queue_len: 1_024,
             inbound_queue_len: 65_536,
+            readers_per_connection: 2,
             max_concurrent_uni_streams: 16_384,
             max_concurrent_bidi_streams: 256,
             stream_receive_window: 1 << 20,
@@ -133,6 +139,8 @@ setters!(
     stream_queue_len: usize,
     /// Sets [`TransportConfig::inbound_queue_len`].
     inbound_queue_len: usize,
+    /// Sets [`TransportConfig::readers_per_connection`].
+    readers_per_connection: usize,
     /// Sets [`TransportConfig::max_concurrent_uni_streams`].
     max_concurrent_uni_streams: u32,
     /// Sets [`TransportConfig::max_concurrent_bidi_streams`].
@@ -168,6 +176,9 @@ setters!(
 /// Room for the length prefix and the prost tag of a snapshot chunk.
 const CHUNK_OVERHEAD: usize = 16;
 
+/// Most reading tasks per connection: more than a machine's cores buys nothing.
+const MAX_READERS_PER_CONNECTION: usize = 64;
+
 impl TransportConfig {
     /// Checks that the values can work together.
     ///
@@ -192,6 +203,15 @@ impl TransportConfig {
             if v == 0 {
                 return err(field, "must be at least 1".into());
             }
+        }
+        if !(1..=MAX_READERS_PER_CONNECTION).contains(&self.readers_per_connection) {
+            return err(
+                "readers_per_connection",
+                format!(
+                    "{} is not within 1 ..= {MAX_READERS_PER_CONNECTION}",
+                    self.readers_per_connection
+                ),
+            );
         }
         if self.peer_queue_bytes < self.max_frame_bytes {
             return err(
@@ -285,6 +305,14 @@ mod tests {
             (
                 TransportConfig::default().peer_queue_bytes(1 << 20),
                 "peer_queue_bytes",
+            ),
+            (
+                TransportConfig::default().readers_per_connection(0),
+                "readers_per_connection",
+            ),
+            (
+                TransportConfig::default().readers_per_connection(65),
+                "readers_per_connection",
             ),
             (
                 TransportConfig::default().stream_receive_window(64 << 20),

@@ -18,9 +18,19 @@ const PER_GROUP: u64 = 5;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_1000_groups_every_message_once_in_order() {
+    every_message_once_in_order(TransportConfig::default()).await;
+}
+
+/// Streams spread unevenly over more readers than cores: a group's stream stays with one
+/// reader, so its order holds whatever the count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_holds_with_five_readers_per_connection() {
+    every_message_once_in_order(TransportConfig::default().readers_per_connection(5)).await;
+}
+
+async fn every_message_once_in_order(config: TransportConfig) {
     let ca = certs::ClusterCa::generate("loopback").unwrap();
-    let (mut nodes, _book) =
-        cluster(&ca, &[1, 2, 3], TransportConfig::default(), all_groups()).await;
+    let (mut nodes, _book) = cluster(&ca, &[1, 2, 3], config, all_groups()).await;
     // Every node sends to both others, all at once: simultaneous dials included.
     for round in 0..PER_GROUP {
         for n in &nodes {

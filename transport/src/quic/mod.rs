@@ -20,8 +20,9 @@
 //! each write once, and a stream out of flow-control credit keeps its frames and is woken by
 //! quinn when credit returns. So a stalled group holds only its own frames: its bound fills,
 //! `send` refuses its envelopes with [`SendError::QueueFull`], and every other group keeps
-//! moving. On the receiving side one task per connection reads every stream that has data,
-//! each in turn (`recv.rs`). Heartbeats get a higher stream priority than raft data and
+//! moving. On the receiving side a fixed number of reader tasks per connection
+//! ([`TransportConfig::readers_per_connection`]) share its streams, each stream read by one
+//! of them when it has data (`recv.rs`). Heartbeats get a higher stream priority than raft data and
 //! snapshots a lower one.
 //!
 //! # Clients on the same endpoint

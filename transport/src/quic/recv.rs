@@ -1,12 +1,15 @@
-//! The receiving side of a connection: ONE task per connection reads every unidirectional
-//! stream, so a node holds no task per group stream, and a stream stuck mid-frame or out of
-//! data holds up nobody else.
+//! The receiving side of a connection: a FIXED number of reader tasks per connection
+//! (`TransportConfig::readers_per_connection`, default 2) read every unidirectional stream,
+//! so a node holds no task per group stream, and a stream stuck mid-frame or out of data
+//! holds up nobody else. The connection's accept loop hands each new stream to the readers
+//! in turn; a stream stays with its reader, so a group's messages keep their order, while a
+//! busy peer's decoding can use more than one core.
 //!
 //! Each stream is polled once, never awaited. A stream with nothing to read leaves a waker
-//! of its own with quinn; when data arrives, that waker puts the stream on the connection's
-//! ready list and wakes the task, which reads only the streams on that list (a bounded number
-//! of reads each per round, so one busy stream cannot starve the others). Snapshot transfers
-//! (bidirectional streams, rare and large) keep a task each.
+//! of its own with quinn; when data arrives, that waker puts the stream on its reader's
+//! ready list and wakes the reader, which reads only the streams on that list (a bounded
+//! number of reads each per round, so one busy stream cannot starve the others). Snapshot
+//! transfers (bidirectional streams, rare and large) keep a task each.
 
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -179,19 +182,28 @@ pub(crate) async fn drive(
     events: mpsc::UnboundedSender<PeerEvent>,
 ) {
     let sid = conn.stable_id();
-    let mut streams = Streams {
-        slots: Vec::new(),
-        free: Vec::new(),
-        ready: Arc::new(Ready {
-            slots: Mutex::new(Vec::new()),
-            notify: Notify::new(),
-        }),
-    };
-    let ready = streams.ready.clone();
+    // Validated to be at least 1.
+    let readers = shared.config.readers_per_connection.max(1);
+    let (to_reader, tasks): (Vec<_>, Vec<_>) = (0..readers)
+        .map(|_| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let task = shared.runtime.spawn(
+                read_streams(shared.clone(), peer, rx, events.clone(), sid)
+                    .instrument(tracing::Span::current()),
+            );
+            (tx, task)
+        })
+        .unzip();
+    let mut next = to_reader.iter().cycle();
     let reason = loop {
         tokio::select! {
             uni = conn.accept_uni() => match uni {
-                Ok(recv) => streams.add(&shared, peer, recv),
+                Ok(recv) => {
+                    // A reader ends only once this loop has dropped its sender.
+                    if let Some(reader) = next.next() {
+                        let _ = reader.send(recv);
+                    }
+                }
                 Err(e) => break e,
             },
             bi = conn.accept_bi() => match bi {
@@ -201,14 +213,48 @@ pub(crate) async fn drive(
                 }
                 Err(e) => break e,
             },
-            () = ready.notify.notified() => streams.read_ready(&shared, peer, &events, sid).await,
         }
     };
-    for slot in 0..streams.slots.len() {
-        streams.remove(&shared.counters, slot);
+    // The readers end once their streams are handed over and done: what they deliver comes
+    // before the peer task hears that the connection is gone.
+    drop(to_reader);
+    for task in tasks {
+        let _ = task.await;
     }
     debug!(%reason, "connection ended");
     let _ = events.send(PeerEvent::Closed(sid));
+}
+
+/// Reads the unidirectional streams `drive` hands it, each polled only when its waker says
+/// it has data, until the connection ends.
+async fn read_streams(
+    shared: Arc<Shared>,
+    peer: NodeId,
+    mut incoming: mpsc::UnboundedReceiver<RecvStream>,
+    events: mpsc::UnboundedSender<PeerEvent>,
+    sid: usize,
+) {
+    let mut streams = Streams {
+        slots: Vec::new(),
+        free: Vec::new(),
+        ready: Arc::new(Ready {
+            slots: Mutex::new(Vec::new()),
+            notify: Notify::new(),
+        }),
+    };
+    let ready = streams.ready.clone();
+    loop {
+        tokio::select! {
+            recv = incoming.recv() => match recv {
+                Some(recv) => streams.add(&shared, peer, recv),
+                None => break,
+            },
+            () = ready.notify.notified() => streams.read_ready(&shared, peer, &events, sid).await,
+        }
+    }
+    for slot in 0..streams.slots.len() {
+        streams.remove(&shared.counters, slot);
+    }
 }
 
 /// Moves the `receive_buffered_bytes` gauge from what a stream held to what it holds now.
