@@ -33,10 +33,13 @@ pub struct TransportConfig {
     /// Capacity of the channel of [`crate::Inbound`] events to the coordinator (default 65 536).
     /// When full, stream readers wait: backpressure reaches the sender through flow control.
     pub inbound_queue_len: usize,
-    /// Tasks reading one connection's group and heartbeat streams (default 2, at most 64).
+    /// Tasks reading one connection's group and heartbeat streams (default 1, at most 64).
     /// Each stream is read by one of them (assigned in turn as streams open), so a group's
-    /// messages stay in order, and the decoding of a busy peer's traffic can use more than
-    /// one core. The count never grows with the number of groups.
+    /// messages stay in order; more than one lets the decoding of one busy peer's traffic use
+    /// more than one core. The count never grows with the number of groups. Raise it when a
+    /// single peer's traffic keeps a core busy: on 2 cores, 2 readers gave the transport bench
+    /// (one peer, 1024 groups) ~5% more messages/s, but cost the 3-node cluster bench (6
+    /// connections per process) ~10% of its proposals/s.
     pub readers_per_connection: usize,
     /// Concurrent unidirectional streams a peer may open (default 16 384): one per group it
     /// shares with this node, and they stay open. The coordinator's `Node::start` raises it
@@ -93,7 +96,7 @@ impl Default for TransportConfig {
             peer_queue_bytes: 64 << 20,
             stream_queue_len: 1_024,
             inbound_queue_len: 65_536,
-            readers_per_connection: 2,
+            readers_per_connection: 1,
             max_concurrent_uni_streams: 16_384,
             max_concurrent_bidi_streams: 256,
             stream_receive_window: 1 << 20,

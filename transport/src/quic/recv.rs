@@ -1,5 +1,5 @@
 //! The receiving side of a connection: a FIXED number of reader tasks per connection
-//! (`TransportConfig::readers_per_connection`, default 2) read every unidirectional stream,
+//! (`TransportConfig::readers_per_connection`, default 1) read every unidirectional stream,
 //! so a node holds no task per group stream, and a stream stuck mid-frame or out of data
 //! holds up nobody else. The connection's accept loop hands each new stream to the readers
 //! in turn; a stream stays with its reader, so a group's messages keep their order, while a
