@@ -466,21 +466,21 @@ fn hand_over_client(shared: &Shared, conn: quinn::Connection) {
         conn.close(VarInt::from_u32(codes::NOT_A_NODE), b"clients not served");
         return;
     };
-    match clients.try_send(ClientConnection {
-        name,
-        connection: conn,
-    }) {
-        Ok(()) => {
+    // Count before the hand-over: once the service holds the connection it may read the
+    // stats, and they must already include it.
+    match clients.try_reserve() {
+        Ok(permit) => {
             Counters::add(&c.client_connections, 1);
+            permit.send(ClientConnection {
+                name,
+                connection: conn,
+            });
         }
-        Err(e) => {
-            let refused = e.into_inner();
+        Err(_) => {
             Counters::add(&c.connections_refused, 1);
             Counters::add(&c.client_connections_refused_busy, 1);
-            warn!(%remote, client = %refused.name, "client queue full or not taken: closing");
-            refused
-                .connection
-                .close(VarInt::from_u32(codes::CLIENTS_BUSY), b"busy");
+            warn!(%remote, client = %name, "client queue full or not taken: closing");
+            conn.close(VarInt::from_u32(codes::CLIENTS_BUSY), b"busy");
         }
     }
 }

@@ -239,11 +239,12 @@ async fn connection_task(
         info!(remote = %conn.remote_address(), "connected");
         let span =
             info_span!("connection", node = %shared.local, peer = %id, conn = conn.stable_id());
+        // Up before the reader starts: whoever sees a message from the peer sees it connected.
+        *current = Some(conn.clone());
+        state.send_replace(ConnState::Up(conn.clone()));
         shared
             .runtime
-            .spawn(recv::drive(shared.clone(), id, conn.clone(), events.clone()).instrument(span));
-        *current = Some(conn.clone());
-        state.send_replace(ConnState::Up(conn));
+            .spawn(recv::drive(shared.clone(), id, conn, events.clone()).instrument(span));
     };
     let dial = |shared: &Arc<Shared>| -> Dial {
         let shared = shared.clone();
