@@ -1,6 +1,6 @@
-//! Transport throughput: messages/s of 256-byte raft messages between two QUIC nodes on
-//! loopback, spread over 1, 64 and 1024 group streams, NEXT TO a raw quinn baseline that
-//! writes the same frame bytes on one stream with the same TLS configs, in the same run.
+//! Transport throughput: messages/s, and MB/s of their 256-byte payloads, between two QUIC
+//! nodes on loopback, spread over 1, 64 and 1024 group streams, NEXT TO a raw quinn baseline
+//! that writes the same frame bytes on one stream with the same TLS configs, in the same run.
 //!
 //! `raw_quinn_1024_streams` is a reference, not the baseline: the same raw writes spread
 //! round-robin over 1024 streams, one reader task per stream. It shows what quinn itself
@@ -23,9 +23,10 @@
 //! see different neighbours: ratios between them swing by 15 points from run to run.
 //! `PONTOON_BENCH_ROUNDS=N` skips criterion and times every setup in turn within each of N
 //! rounds (5 x 20,000 messages each), takes each ratio to the raw stream within its round
-//! and prints the median, min and max over rounds. Next to them it prints what each setup
-//! cost over all rounds: CPU time of all threads per message (steadier than the wall clock on
-//! a shared machine) and how many cores were busy meanwhile.
+//! and prints the median, min and max over rounds, and each setup's median messages/s and
+//! MB/s. Next to them it prints what each setup cost over all rounds: CPU time of all threads
+//! per message (steadier than the wall clock on a shared machine) and how many cores were busy
+//! meanwhile.
 //!
 //! Both endpoints run in this one process on the same machine (2 cores here): sender,
 //! receiver and quinn's drivers share the CPUs, as they do for the raw baseline. Each
@@ -414,7 +415,11 @@ fn bench(c: &mut Criterion) {
     let rt = Runtime::new().unwrap();
     let ca = certs::ClusterCa::generate("bench").unwrap();
     let mut group = c.benchmark_group("transport_256B");
-    group.throughput(Throughput::Elements(MESSAGES));
+    // Bytes are the raft entries' payload (256 per message), not framing or QUIC overhead.
+    group.throughput(Throughput::ElementsAndBytes {
+        elements: MESSAGES,
+        bytes: MESSAGES * PAYLOAD as u64,
+    });
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(8))
@@ -474,6 +479,7 @@ fn rounds(rounds: usize) {
         "pontoon_1024_groups",
     ];
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); SETUPS.len()];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); SETUPS.len()];
     // Wall and CPU seconds (all threads) of each setup over the measured rounds: what a
     // message costs, which the machine's noise moves far less than the wall clock, and how
     // busy the cores were.
@@ -504,9 +510,10 @@ fn rounds(rounds: usize) {
         let rate = |d: Duration| (5 * MESSAGES) as f64 / d.as_secs_f64();
         let line: Vec<String> = t
             .iter()
-            .zip(&mut ratios)
-            .map(|(&d, acc)| {
-                acc.push(rate(d) / rate(t[0]));
+            .zip(ratios.iter_mut().zip(&mut rates))
+            .map(|(&d, (ratio, absolute))| {
+                ratio.push(rate(d) / rate(t[0]));
+                absolute.push(rate(d));
                 format!("{:>6.0}k", rate(d) / 1e3)
             })
             .collect();
@@ -514,17 +521,29 @@ fn rounds(rounds: usize) {
     }
     println!(
         "median of {rounds} rounds, senders on {sender:?}, throughput relative to \
-         raw_quinn_1_stream; over all rounds, CPU (all threads) per message and cores busy:"
+         raw_quinn_1_stream; median messages/s and MB/s of payload; over all rounds, CPU (all \
+         threads) per message and cores busy:"
     );
     let messages = (rounds * 5) as f64 * MESSAGES as f64;
-    for ((name, mut r), total) in SETUPS.into_iter().zip(ratios).zip(totals) {
-        r.sort_by(f64::total_cmp);
-        let (min, med, max) = (r[0], r[r.len() / 2], r[r.len() - 1]);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[0], v[v.len() / 2], v[v.len() - 1])
+    };
+    for ((name, (r, a)), total) in SETUPS
+        .into_iter()
+        .zip(ratios.into_iter().zip(rates))
+        .zip(totals)
+    {
+        let (min, med, max) = median(r);
+        let (_, per_second, _) = median(a);
         println!(
-            "  {name:<24} {:>5.1}%  (min {:.1}%, max {:.1}%)  {:.2} µs CPU/msg, {:.2} cores",
+            "  {name:<24} {:>5.1}%  (min {:.1}%, max {:.1}%)  {:>5.0}k msgs/s {:>4.0} MB/s  \
+             {:.2} µs CPU/msg, {:.2} cores",
             100.0 * med,
             100.0 * min,
             100.0 * max,
+            per_second / 1e3,
+            per_second * PAYLOAD as f64 / 1e6,
             1e6 * total.cpu / messages,
             total.cpu / total.wall.as_secs_f64()
         );
