@@ -525,7 +525,7 @@ fn rounds(rounds: usize) {
          threads) per message and cores busy:"
     );
     let messages = (rounds * 5) as f64 * MESSAGES as f64;
-    let median = |mut v: Vec<f64>| {
+    let min_median_max = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         (v[0], v[v.len() / 2], v[v.len() - 1])
     };
@@ -534,8 +534,8 @@ fn rounds(rounds: usize) {
         .zip(ratios.into_iter().zip(rates))
         .zip(totals)
     {
-        let (min, med, max) = median(r);
-        let (_, per_second, _) = median(a);
+        let (min, med, max) = min_median_max(r);
+        let (_, per_second, _) = min_median_max(a);
         println!(
             "  {name:<24} {:>5.1}%  (min {:.1}%, max {:.1}%)  {:>5.0}k msgs/s {:>4.0} MB/s  \
              {:.2} µs CPU/msg, {:.2} cores",
