@@ -2,125 +2,24 @@
 //! staged state (so entries handed to a batch are readable before they are durable), the
 //! recent-entries cache, and the disk below the cache.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLockReadGuard};
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState};
 use routing::GroupId;
 
-use crate::StorageError;
-use crate::keys::Bounds;
-use crate::store::{Inner, lock};
-
-/// The small, cheaply cloned part of a group's state: what `stage` simulates and validates.
-/// `stage` clones it for every group a batch touches, so the parts that own heap memory and
-/// rarely change are shared, not copied.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct GroupMeta {
-    pub hard_state: HardState,
-    pub conf_state: Arc<ConfState>,
-    pub applied: u64,
-    pub bounds: Bounds,
-    pub last_index: u64,
-    pub snapshot_meta: Option<Arc<SnapshotMetadata>>,
-}
-
-impl GroupMeta {
-    pub(crate) fn new(conf_state: ConfState) -> Self {
-        Self {
-            conf_state: Arc::new(conf_state),
-            bounds: Bounds {
-                first_index: 1,
-                trunc_index: 0,
-                trunc_term: 0,
-            },
-            ..Default::default()
-        }
-    }
-}
-
-/// The in-memory state of a group, as staged.
-#[derive(Debug, Default)]
-pub(crate) struct GroupState {
-    pub meta: GroupMeta,
-    /// A contiguous suffix of the log ending at `meta.last_index` (or empty), each entry
-    /// tagged with the sequence number of the batch that wrote it (0: recovered from disk).
-    /// Sequence numbers never decrease front to back, so entries not yet durable are always a
-    /// suffix of the cache and trimming the front never drops one.
-    pub cache: VecDeque<(u64, Entry)>,
-    /// A snapshot staged and not yet durable (kept whole until its batch commits).
-    pub pending_snapshot: Option<(u64, Snapshot)>,
-    pub deleted: bool,
-}
-
-impl GroupState {
-    /// Appends entries a batch wrote, dropping the cached suffix they replace.
-    pub(crate) fn cache_append(&mut self, seq: u64, entries: Vec<Entry>) {
-        let Some(start) = entries.first().map(|e| e.index) else {
-            return;
-        };
-        while self.cache.back().is_some_and(|(_, e)| e.index >= start) {
-            self.cache.pop_back();
-        }
-        self.cache.extend(entries.into_iter().map(|e| (seq, e)));
-    }
-
-    /// Drops the cached entries below `index` (a compaction).
-    pub(crate) fn cache_drop_below(&mut self, index: u64) {
-        while self.cache.front().is_some_and(|(_, e)| e.index < index) {
-            self.cache.pop_front();
-        }
-    }
-
-    /// Drops durable entries from the front while the cache is over its capacity.
-    pub(crate) fn trim_cache(&mut self, capacity: usize, durable_seq: u64) {
-        while self.cache.len() > capacity
-            && self
-                .cache
-                .front()
-                .is_some_and(|(seq, _)| *seq <= durable_seq)
-        {
-            self.cache.pop_front();
-        }
-    }
-
-    /// The first index served from the cache; everything in `[first_index, cache_front)` is
-    /// durable on disk.
-    fn cache_front(&self) -> u64 {
-        self.cache
-            .front()
-            .map_or(self.meta.last_index + 1, |(_, e)| e.index)
-    }
-
-    fn cached(&self, index: u64) -> Option<&Entry> {
-        let front = self.cache.front()?.1.index;
-        let off = usize::try_from(index.checked_sub(front)?).ok()?;
-        self.cache.get(off).map(|(_, e)| e)
-    }
-}
-
-pub(crate) type Cell = Arc<RwLock<GroupState>>;
-
-pub(crate) fn read(cell: &RwLock<GroupState>) -> RwLockReadGuard<'_, GroupState> {
-    // A panic while holding the lock cannot leave GroupState half-updated in a way reads
-    // care about more than a crash would; keep serving.
-    cell.read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-pub(crate) fn write(cell: &RwLock<GroupState>) -> RwLockWriteGuard<'_, GroupState> {
-    cell.write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use crate::db::Shared;
+use crate::error::StorageError;
+use crate::state::{Cell, GroupState};
+use crate::sync::{self, read};
 
 /// The storage of one group: implements `raft::Storage`, so a `raft::RawNode` runs directly on
 /// it. Cheap to clone; `Send + Sync`. Reads see everything staged, durable or not.
 #[derive(Clone)]
 pub struct GroupStorage {
     id: GroupId,
-    store: Arc<Inner>,
+    store: Arc<Shared>,
     cell: Cell,
 }
 
@@ -133,7 +32,7 @@ impl std::fmt::Debug for GroupStorage {
 }
 
 impl GroupStorage {
-    pub(crate) fn new(id: GroupId, store: Arc<Inner>, cell: Cell) -> Self {
+    pub(crate) fn new(id: GroupId, store: Arc<Shared>, cell: Cell) -> Self {
         Self { id, store, cell }
     }
 
@@ -331,7 +230,7 @@ impl raft::Storage for GroupStorage {
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let st = self.live()?;
         let unavailable = || {
-            lock(&self.store.snapshot_requests).insert(self.id);
+            sync::lock(&self.store.snapshot_requests).insert(self.id);
             raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable)
         };
         if let Some(meta) = &st.meta.snapshot_meta {

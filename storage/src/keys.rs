@@ -10,7 +10,7 @@
 use raft::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
 use routing::GroupId;
 
-use crate::StorageError;
+use crate::error::StorageError;
 
 /// Name of the keyspace holding log entries.
 pub(crate) const LOG_KEYSPACE: &str = "log";

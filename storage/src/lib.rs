@@ -32,15 +32,24 @@
 //! ```
 
 mod batch;
+mod db;
 mod error;
 mod group;
 mod keys;
 mod options;
+mod recovery;
+mod simulate;
+mod staging;
+mod state;
+mod stats;
 mod store;
+mod sync;
 
 pub use batch::WriteBatch;
 pub use error::StorageError;
 pub use group::GroupStorage;
 pub use options::{Persist, StoreOptions};
 pub use routing::GroupId;
-pub use store::{CommitInfo, LogStore, StagedBatch, StorageStats};
+pub use staging::{CommitInfo, StagedBatch};
+pub use stats::StorageStats;
+pub use store::LogStore;

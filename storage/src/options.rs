@@ -1,7 +1,7 @@
 //! Store configuration: a plain struct with safe defaults, chainable setters, and a
 //! `validate` that runs when the store opens.
 
-use crate::StorageError;
+use crate::error::StorageError;
 
 /// How hard `commit` pushes a batch towards the disk before it returns.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
