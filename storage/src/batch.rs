@@ -82,8 +82,8 @@ impl WriteBatch {
             ops.push(op);
             return;
         }
-        match self.index.get(&group) {
-            Some(&i) => self.groups[i].1.push(op),
+        match self.index.get(&group).and_then(|&i| self.groups.get_mut(i)) {
+            Some((_, ops)) => ops.push(op),
             None => {
                 self.index.insert(group, self.groups.len());
                 // A cycle adds entries and a hard state per group at least: room for a few ops

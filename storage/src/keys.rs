@@ -22,19 +22,24 @@ pub(crate) type MetaKey = [u8; 9];
 
 pub(crate) fn log_key(group: GroupId, index: u64) -> LogKey {
     let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&group.get().to_be_bytes());
-    k[8..].copy_from_slice(&index.to_be_bytes());
+    let (g, i) = k.split_at_mut(8);
+    g.copy_from_slice(&group.get().to_be_bytes());
+    i.copy_from_slice(&index.to_be_bytes());
     k
+}
+
+/// Reads a big-endian u64 off the front of `b`, and the bytes after it; `None` if `b` is
+/// shorter than 8 bytes.
+fn take_u64(b: &[u8]) -> Option<(u64, &[u8])> {
+    let (word, rest) = b.split_first_chunk::<8>()?;
+    Some((u64::from_be_bytes(*word), rest))
 }
 
 /// Splits a `log` key; `None` if it has the wrong length.
 pub(crate) fn parse_log_key(key: &[u8]) -> Option<(GroupId, u64)> {
-    let k: &[u8; 16] = key.try_into().ok()?;
-    let (g, i) = k.split_at(8);
-    Some((
-        GroupId(u64::from_be_bytes(g.try_into().ok()?)),
-        u64::from_be_bytes(i.try_into().ok()?),
-    ))
+    let (group, rest) = take_u64(key)?;
+    let (index, rest) = take_u64(rest)?;
+    rest.is_empty().then_some((GroupId(group), index))
 }
 
 /// The per-group records of the `meta` keyspace.
@@ -73,25 +78,28 @@ impl Tag {
 }
 
 pub(crate) fn meta_key(group: GroupId, tag: Tag) -> MetaKey {
-    let mut k = [0u8; 9];
-    k[..8].copy_from_slice(&group.get().to_be_bytes());
-    k[8] = tag as u8;
+    let mut k = [tag as u8; 9];
+    let (g, _tag) = k.split_at_mut(8);
+    g.copy_from_slice(&group.get().to_be_bytes());
     k
 }
 
 /// Splits a `meta` key; `Err(raw group)` if the tag is unknown, `None` if the length is wrong.
 pub(crate) fn parse_meta_key(key: &[u8]) -> Option<Result<(GroupId, Tag), GroupId>> {
-    let k: &[u8; 9] = key.try_into().ok()?;
-    let group = GroupId(u64::from_be_bytes(k[..8].try_into().ok()?));
-    Some(Tag::from_byte(k[8]).map(|t| (group, t)).ok_or(group))
+    let (group, rest) = take_u64(key)?;
+    let group = GroupId(group);
+    let [tag] = rest else {
+        return None;
+    };
+    Some(Tag::from_byte(*tag).map(|t| (group, t)).ok_or(group))
 }
 
 /// Where a group's log starts, and the (index, term) of the last log reset (snapshot install).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Bounds {
-    pub first_index: u64,
-    pub trunc_index: u64,
-    pub trunc_term: u64,
+    pub(crate) first_index: u64,
+    pub(crate) trunc_index: u64,
+    pub(crate) trunc_term: u64,
 }
 
 impl Bounds {
@@ -110,19 +118,16 @@ impl Bounds {
             record: "bounds",
             reason,
         };
-        let b: &[u8; 24] = v
-            .try_into()
-            .map_err(|_| corrupt(format!("expected 24 bytes, got {}", v.len())))?;
-        let word = |i: usize| {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&b[i * 8..i * 8 + 8]);
-            u64::from_be_bytes(w)
-        };
-        let bounds = Bounds {
-            first_index: word(0),
-            trunc_index: word(1),
-            trunc_term: word(2),
-        };
+        let words = take_u64(v).and_then(|(first_index, rest)| {
+            let (trunc_index, rest) = take_u64(rest)?;
+            let (trunc_term, rest) = take_u64(rest)?;
+            rest.is_empty().then_some(Bounds {
+                first_index,
+                trunc_index,
+                trunc_term,
+            })
+        });
+        let bounds = words.ok_or_else(|| corrupt(format!("expected 24 bytes, got {}", v.len())))?;
         if bounds.first_index == 0 || bounds.trunc_index >= bounds.first_index {
             return Err(corrupt(format!("impossible bounds {bounds:?}")));
         }
@@ -223,6 +228,22 @@ mod tests {
         let mut k = meta_key(GroupId(7), Tag::Bounds);
         k[8] = 99;
         assert_eq!(parse_meta_key(&k), Some(Err(GroupId(7))));
+    }
+
+    #[test]
+    fn keys_of_the_wrong_length_do_not_parse() {
+        let long = [log_key(GroupId(1), 2).as_slice(), &[0]].concat();
+        assert_eq!(parse_log_key(&long), None);
+        assert_eq!(parse_log_key(&[]), None);
+        let k = meta_key(GroupId(1), Tag::Applied);
+        assert_eq!(parse_meta_key(&k[..8]), None);
+        assert_eq!(parse_meta_key(&[k.as_slice(), &[1]].concat()), None);
+        let b = Bounds {
+            first_index: 1,
+            trunc_index: 0,
+            trunc_term: 0,
+        };
+        assert!(Bounds::decode(GroupId(1), &[b.encode(), vec![0]].concat()).is_err());
     }
 
     #[test]

@@ -31,6 +31,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![warn(unreachable_pub)]
+// Records come back from disk: a short or damaged one must be a typed error, never a panic.
+#![cfg_attr(not(test), warn(clippy::indexing_slicing))]
+
 mod batch;
 mod db;
 mod error;

@@ -189,11 +189,15 @@ pub(crate) fn stage_op<'b>(
                     first_appended: head.index,
                 });
             }
-            if let Some(w) = entries.windows(2).find(|w| w[1].index != w[0].index + 1) {
+            if let Some((prev, next)) = entries
+                .iter()
+                .zip(entries.iter().skip(1))
+                .find(|(prev, next)| next.index != prev.index + 1)
+            {
                 return Err(StorageError::NonContiguousAppend {
                     group: g,
-                    last_index: w[0].index,
-                    first_appended: w[1].index,
+                    last_index: prev.index,
+                    first_appended: next.index,
                 });
             }
             let new_last = tail.index;

@@ -14,12 +14,12 @@ use crate::keys::Bounds;
 /// rarely change are shared, not copied.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct GroupMeta {
-    pub hard_state: HardState,
-    pub conf_state: Arc<ConfState>,
-    pub applied: u64,
-    pub bounds: Bounds,
-    pub last_index: u64,
-    pub snapshot_meta: Option<Arc<SnapshotMetadata>>,
+    pub(crate) hard_state: HardState,
+    pub(crate) conf_state: Arc<ConfState>,
+    pub(crate) applied: u64,
+    pub(crate) bounds: Bounds,
+    pub(crate) last_index: u64,
+    pub(crate) snapshot_meta: Option<Arc<SnapshotMetadata>>,
 }
 
 impl GroupMeta {
@@ -39,15 +39,15 @@ impl GroupMeta {
 /// The in-memory state of a group, as staged.
 #[derive(Debug, Default)]
 pub(crate) struct GroupState {
-    pub meta: GroupMeta,
+    pub(crate) meta: GroupMeta,
     /// A contiguous suffix of the log ending at `meta.last_index` (or empty), each entry
     /// tagged with the sequence number of the batch that wrote it (0: recovered from disk).
     /// Sequence numbers never decrease front to back, so entries not yet durable are always a
     /// suffix of the cache and trimming the front never drops one.
-    pub cache: VecDeque<(u64, Entry)>,
+    pub(crate) cache: VecDeque<(u64, Entry)>,
     /// A snapshot staged and not yet durable (kept whole until its batch commits).
-    pub pending_snapshot: Option<(u64, Snapshot)>,
-    pub deleted: bool,
+    pub(crate) pending_snapshot: Option<(u64, Snapshot)>,
+    pub(crate) deleted: bool,
 }
 
 impl GroupState {
