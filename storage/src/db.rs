@@ -5,15 +5,15 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use raft::eraftpb::Entry;
 use routing::GroupId;
 use tracing::{error, info, info_span};
 
-use crate::error::StorageError;
+use crate::error::{CorruptReason, PoisonCause, StorageError};
 use crate::keys::{self, Tag};
 use crate::options::StoreOptions;
 use crate::recovery;
@@ -32,8 +32,8 @@ pub(crate) struct Shared {
     groups: RwLock<HashMap<GroupId, Cell>>,
     /// The sequence number of the last batch that is durable (0: none since open).
     pub(crate) durable_seq: AtomicU64,
-    poisoned: AtomicBool,
-    poison_reason: Mutex<String>,
+    /// Set once, by the first cause: later writes are refused with it.
+    poisoned: OnceLock<PoisonCause>,
     pub(crate) stats: Counters,
     /// Groups for which raft asked a snapshot the store could not give (none stored, too old,
     /// or not naming the receiver): the coordinator takes a fresh one.
@@ -68,8 +68,7 @@ impl Shared {
             options,
             groups: RwLock::new(groups),
             durable_seq: AtomicU64::new(0),
-            poisoned: AtomicBool::new(false),
-            poison_reason: Mutex::new(String::new()),
+            poisoned: OnceLock::new(),
             stats: Counters::default(),
             snapshot_requests: Mutex::new(BTreeSet::new()),
         })
@@ -91,23 +90,29 @@ impl Shared {
     }
 
     /// Refuses every later write: the in-memory view and the disk may disagree. The first
-    /// reason is kept.
-    pub(crate) fn poison(&self, reason: String) {
-        error!(%reason, "log store poisoned");
-        let mut r = sync::lock(&self.poison_reason);
-        if r.is_empty() {
-            *r = reason;
-        }
-        self.poisoned.store(true, Ordering::SeqCst);
+    /// cause is kept; later ones are only logged.
+    pub(crate) fn poison(&self, cause: PoisonCause) {
+        error!(%cause, "log store poisoned");
+        // A second cause finds the latch set: the first one is what readers are told.
+        let _ = self.poisoned.set(cause);
     }
 
-    pub(crate) fn check_poison(&self) -> Result<(), StorageError> {
-        if self.poisoned.load(Ordering::SeqCst) {
-            return Err(StorageError::Poisoned {
-                reason: sync::lock(&self.poison_reason).clone(),
-            });
+    /// Poisons the store and returns the error a write now gets (naming the first cause).
+    pub(crate) fn poisoned(&self, cause: PoisonCause) -> StorageError {
+        self.poison(cause.clone());
+        StorageError::Poisoned {
+            cause: self.poisoned.get().cloned().unwrap_or(cause),
         }
-        Ok(())
+    }
+
+    /// `Err(Poisoned)` once the store is poisoned.
+    pub(crate) fn check_poison(&self) -> Result<(), StorageError> {
+        match self.poisoned.get() {
+            Some(cause) => Err(StorageError::Poisoned {
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Reads log entries `[lo, hi)` of a group from disk, in order, checking that they are
@@ -130,7 +135,10 @@ impl Shared {
                     group,
                     index: None,
                     record: "entry key",
-                    reason: format!("key of {} bytes", k.len()),
+                    reason: CorruptReason::KeyLength {
+                        len: k.len(),
+                        expected: keys::LOG_KEY_LEN,
+                    },
                 });
             };
             if index != expected {

@@ -10,18 +10,23 @@
 use raft::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
 use routing::GroupId;
 
-use crate::error::StorageError;
+use crate::error::{CorruptReason, StorageError};
 
 /// Name of the keyspace holding log entries.
 pub(crate) const LOG_KEYSPACE: &str = "log";
 /// Name of the keyspace holding per-group records.
 pub(crate) const META_KEYSPACE: &str = "meta";
 
-pub(crate) type LogKey = [u8; 16];
-pub(crate) type MetaKey = [u8; 9];
+/// Length of a `log` key: group id and index.
+pub(crate) const LOG_KEY_LEN: usize = 16;
+/// Length of a `meta` key: group id and tag.
+pub(crate) const META_KEY_LEN: usize = 9;
+
+pub(crate) type LogKey = [u8; LOG_KEY_LEN];
+pub(crate) type MetaKey = [u8; META_KEY_LEN];
 
 pub(crate) fn log_key(group: GroupId, index: u64) -> LogKey {
-    let mut k = [0u8; 16];
+    let mut k = [0u8; LOG_KEY_LEN];
     let (g, i) = k.split_at_mut(8);
     g.copy_from_slice(&group.get().to_be_bytes());
     i.copy_from_slice(&index.to_be_bytes());
@@ -78,20 +83,20 @@ impl Tag {
 }
 
 pub(crate) fn meta_key(group: GroupId, tag: Tag) -> MetaKey {
-    let mut k = [tag as u8; 9];
+    let mut k = [tag as u8; META_KEY_LEN];
     let (g, _tag) = k.split_at_mut(8);
     g.copy_from_slice(&group.get().to_be_bytes());
     k
 }
 
-/// Splits a `meta` key; `Err(raw group)` if the tag is unknown, `None` if the length is wrong.
-pub(crate) fn parse_meta_key(key: &[u8]) -> Option<Result<(GroupId, Tag), GroupId>> {
+/// Splits a `meta` key into its group and tag (`Err(raw tag byte)` if the tag is unknown);
+/// `None` if the length is wrong.
+pub(crate) fn parse_meta_key(key: &[u8]) -> Option<(GroupId, Result<Tag, u8>)> {
     let (group, rest) = take_u64(key)?;
-    let group = GroupId(group);
     let [tag] = rest else {
         return None;
     };
-    Some(Tag::from_byte(*tag).map(|t| (group, t)).ok_or(group))
+    Some((GroupId(group), Tag::from_byte(*tag).ok_or(*tag)))
 }
 
 /// Where a group's log starts, and the (index, term) of the last log reset (snapshot install).
@@ -112,7 +117,7 @@ impl Bounds {
     }
 
     pub(crate) fn decode(group: GroupId, v: &[u8]) -> Result<Bounds, StorageError> {
-        let corrupt = |reason: String| StorageError::CorruptRecord {
+        let corrupt = |reason| StorageError::CorruptRecord {
             group,
             index: None,
             record: "bounds",
@@ -127,9 +132,17 @@ impl Bounds {
                 trunc_term,
             })
         });
-        let bounds = words.ok_or_else(|| corrupt(format!("expected 24 bytes, got {}", v.len())))?;
+        let bounds = words.ok_or_else(|| {
+            corrupt(CorruptReason::ValueLength {
+                len: v.len(),
+                expected: 24,
+            })
+        })?;
         if bounds.first_index == 0 || bounds.trunc_index >= bounds.first_index {
-            return Err(corrupt(format!("impossible bounds {bounds:?}")));
+            return Err(corrupt(CorruptReason::ImpossibleBounds {
+                first_index: bounds.first_index,
+                trunc_index: bounds.trunc_index,
+            }));
         }
         Ok(bounds)
     }
@@ -148,7 +161,10 @@ pub(crate) fn decode_u64(
         group,
         index: None,
         record,
-        reason: format!("expected 8 bytes, got {}", v.len()),
+        reason: CorruptReason::ValueLength {
+            len: v.len(),
+            expected: 8,
+        },
     })?;
     Ok(u64::from_be_bytes(b))
 }
@@ -168,11 +184,11 @@ fn decode_pb<M: protobuf::Message>(
     record: &'static str,
     v: &[u8],
 ) -> Result<M, StorageError> {
-    M::parse_from_bytes(v).map_err(|e| StorageError::CorruptRecord {
+    M::parse_from_bytes(v).map_err(|source| StorageError::CorruptRecord {
         group,
         index,
         record,
-        reason: e.to_string(),
+        reason: CorruptReason::Decode { source },
     })
 }
 
@@ -184,7 +200,7 @@ pub(crate) fn decode_entry(group: GroupId, index: u64, v: &[u8]) -> Result<Entry
             group,
             index: Some(index),
             record: "entry",
-            reason: format!("entry carries index {} under key index {index}", e.index),
+            reason: CorruptReason::IndexMismatch { carried: e.index },
         });
     }
     Ok(e)
@@ -223,11 +239,11 @@ mod tests {
     fn meta_keys_round_trip_and_reject_unknown_tags() {
         for tag in Tag::ALL {
             let k = meta_key(GroupId(7), tag);
-            assert_eq!(parse_meta_key(&k), Some(Ok((GroupId(7), tag))));
+            assert_eq!(parse_meta_key(&k), Some((GroupId(7), Ok(tag))));
         }
         let mut k = meta_key(GroupId(7), Tag::Bounds);
         k[8] = 99;
-        assert_eq!(parse_meta_key(&k), Some(Err(GroupId(7))));
+        assert_eq!(parse_meta_key(&k), Some((GroupId(7), Err(99))));
     }
 
     #[test]

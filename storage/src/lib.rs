@@ -50,7 +50,7 @@ mod store;
 mod sync;
 
 pub use batch::WriteBatch;
-pub use error::StorageError;
+pub use error::{CorruptReason, PoisonCause, StorageError};
 pub use group::GroupStorage;
 pub use options::{Persist, StoreOptions};
 pub use routing::GroupId;

@@ -90,17 +90,61 @@ impl StoreOptions {
     ///
     /// [`StorageError::InvalidOptions`] naming the first value out of range.
     pub fn validate(&self) -> Result<(), StorageError> {
-        if self.block_cache_bytes < (1 << 20) {
-            return Err(StorageError::InvalidOptions(format!(
-                "block_cache_bytes must be at least 1 MiB, got {}",
-                self.block_cache_bytes
-            )));
+        const MIN_BLOCK_CACHE: u64 = 1 << 20;
+        if self.block_cache_bytes < MIN_BLOCK_CACHE {
+            return Err(StorageError::InvalidOptions {
+                option: "block_cache_bytes",
+                value: self.block_cache_bytes,
+                min: MIN_BLOCK_CACHE,
+            });
         }
         if self.worker_threads == Some(0) {
-            return Err(StorageError::InvalidOptions(
-                "worker_threads must be at least 1".into(),
-            ));
+            return Err(StorageError::InvalidOptions {
+                option: "worker_threads",
+                value: 0,
+                min: 1,
+            });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_range_options_name_the_field_and_its_minimum() {
+        assert!(StoreOptions::default().validate().is_ok());
+        let err = StoreOptions::default()
+            .block_cache_bytes(1024)
+            .validate()
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StorageError::InvalidOptions {
+                    option: "block_cache_bytes",
+                    value: 1024,
+                    min: 1_048_576
+                }
+            ),
+            "{err}"
+        );
+        let err = StoreOptions::default()
+            .worker_threads(Some(0))
+            .validate()
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StorageError::InvalidOptions {
+                    option: "worker_threads",
+                    value: 0,
+                    min: 1
+                }
+            ),
+            "{err}"
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use fjall::Keyspace;
 use routing::GroupId;
 
-use crate::error::StorageError;
+use crate::error::{CorruptReason, StorageError};
 use crate::keys::{self, Bounds, Tag};
 use crate::state::{GroupMeta, GroupState};
 
@@ -28,13 +28,13 @@ pub(crate) fn recover(
     for kv in meta.iter() {
         let (k, v) = kv.into_inner()?;
         let (g, tag) = match keys::parse_meta_key(&k) {
-            Some(Ok(gt)) => gt,
-            Some(Err(g)) => {
+            Some((g, Ok(tag))) => (g, tag),
+            Some((g, Err(tag))) => {
                 return Err(StorageError::CorruptRecord {
                     group: g,
                     index: None,
                     record: "meta",
-                    reason: format!("unknown record tag {}", k.last().copied().unwrap_or(0)),
+                    reason: CorruptReason::UnknownTag { tag },
                 });
             }
             None => {
@@ -42,7 +42,10 @@ pub(crate) fn recover(
                     group: GroupId(0),
                     index: None,
                     record: "meta",
-                    reason: format!("key of {} bytes", k.len()),
+                    reason: CorruptReason::KeyLength {
+                        len: k.len(),
+                        expected: keys::META_KEY_LEN,
+                    },
                 });
             }
         };
@@ -65,7 +68,7 @@ pub(crate) fn recover(
                 group: g,
                 index: None,
                 record: "bounds",
-                reason: "missing, though the group has other records".into(),
+                reason: CorruptReason::MissingBounds,
             });
         };
         let mut meta = r.meta;
@@ -86,7 +89,10 @@ pub(crate) fn recover(
                 group: GroupId(0),
                 index: None,
                 record: "entry key",
-                reason: format!("key of {} bytes", k.len()),
+                reason: CorruptReason::KeyLength {
+                    len: k.len(),
+                    expected: keys::LOG_KEY_LEN,
+                },
             });
         };
         let Some(st) = groups.get_mut(&g) else {
@@ -94,7 +100,7 @@ pub(crate) fn recover(
                 group: g,
                 index: Some(index),
                 record: "entry",
-                reason: "log entry of a group that has no bounds record".into(),
+                reason: CorruptReason::OrphanEntry,
             });
         };
         if index < st.meta.bounds.first_index {
@@ -120,10 +126,10 @@ pub(crate) fn recover(
                 group: *g,
                 index: Some(m.hard_state.commit),
                 record: "hard state",
-                reason: format!(
-                    "commit index {} is past the last log index {}: committed entries are missing",
-                    m.hard_state.commit, m.last_index
-                ),
+                reason: CorruptReason::CommitPastLog {
+                    commit: m.hard_state.commit,
+                    last_index: m.last_index,
+                },
             });
         }
     }

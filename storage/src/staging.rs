@@ -7,11 +7,11 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 
-use tracing::debug;
+use tracing::{debug, error};
 
 use crate::batch::{Op, WriteBatch};
 use crate::db::Shared;
-use crate::error::StorageError;
+use crate::error::{PoisonCause, StorageError};
 use crate::keys::MetaKey;
 use crate::simulate::{self, LogOps, Sim};
 use crate::state::{Cell, GroupState};
@@ -38,9 +38,9 @@ pub struct CommitInfo {
 #[must_use = "a staged batch must be committed, dropping it poisons the store"]
 pub struct StagedBatch {
     seq: u64,
-    batch: Option<fjall::OwnedWriteBatch>,
+    batch: fjall::OwnedWriteBatch,
     info: CommitInfo,
-    shared: Arc<Shared>,
+    unpersisted: PoisonOnDrop,
 }
 
 impl std::fmt::Debug for StagedBatch {
@@ -67,13 +67,23 @@ impl StagedBatch {
     }
 }
 
-impl Drop for StagedBatch {
+/// Poisons the store when dropped armed: a [`StagedBatch`] carries one, and `commit` disarms
+/// it. Kept apart from the batch so `commit` can move the fjall batch out.
+struct PoisonOnDrop {
+    seq: u64,
+    shared: Option<Arc<Shared>>,
+}
+
+impl PoisonOnDrop {
+    fn disarm(mut self) {
+        self.shared = None;
+    }
+}
+
+impl Drop for PoisonOnDrop {
     fn drop(&mut self) {
-        if self.batch.is_some() {
-            self.shared.poison(format!(
-                "staged batch {} was dropped without being committed",
-                self.seq
-            ));
+        if let Some(shared) = self.shared.take() {
+            shared.poison(PoisonCause::StagedBatchDropped { seq: self.seq });
         }
     }
 }
@@ -130,8 +140,12 @@ impl Pipeline {
 
     /// Trims the caches of batches durable by now; `write` calls it on the staging thread.
     pub(crate) fn trim_durable(&self, shared: &Shared) {
-        sync::lock(&self.stage)
-            .trim_durable(shared.options.entry_cache_per_group, shared.durable_seq());
+        let Ok(mut stage) = self.stage.lock() else {
+            // A stage panicked (see `stage`): nothing is trimmed from a store that is poisoned.
+            shared.poison(PoisonCause::StagePanicked);
+            return;
+        };
+        stage.trim_durable(shared.options.entry_cache_per_group, shared.durable_seq());
     }
 
     /// See [`LogStore::stage`](crate::LogStore::stage).
@@ -141,7 +155,11 @@ impl Pipeline {
         batch: WriteBatch,
     ) -> Result<StagedBatch, StorageError> {
         shared.check_poison()?;
-        let mut stage = sync::lock(&self.stage);
+        // The one lock whose poisoning is not recovered (crate doc, "Locks"): a stage that
+        // panicked may have published part of a batch no commit will ever persist.
+        let Ok(mut stage) = self.stage.lock() else {
+            return Err(shared.poisoned(PoisonCause::StagePanicked));
+        };
         let seq = stage.next_seq;
         let cap = shared.options.entry_cache_per_group;
         let durable = shared.durable_seq();
@@ -239,9 +257,12 @@ impl Pipeline {
         stage.next_seq += 1;
         Ok(StagedBatch {
             seq,
-            batch: Some(fb),
+            batch: fb,
             info,
-            shared: shared.clone(),
+            unpersisted: PoisonOnDrop {
+                seq,
+                shared: Some(shared.clone()),
+            },
         })
     }
 
@@ -249,30 +270,30 @@ impl Pipeline {
     pub(crate) fn commit(
         &self,
         shared: &Shared,
-        mut staged: StagedBatch,
+        staged: StagedBatch,
     ) -> Result<CommitInfo, StorageError> {
         let _commit = sync::lock(&self.commit);
-        let seq = staged.seq;
-        let Some(fb) = staged.batch.take() else {
-            return Err(StorageError::Poisoned {
-                reason: format!("batch {seq} has no write batch"),
-            });
-        };
+        let StagedBatch {
+            seq,
+            batch: fb,
+            info,
+            unpersisted,
+        } = staged;
+        // From here on every failure poisons the store explicitly, with its own cause.
+        unpersisted.disarm();
         shared.check_poison()?;
         let expected = shared.durable_seq() + 1;
         if seq != expected {
-            shared.poison(format!(
-                "batch {seq} committed while batch {expected} was due"
-            ));
+            shared.poison(PoisonCause::OutOfOrderCommit { expected, got: seq });
             return Err(StorageError::OutOfOrderCommit { expected, got: seq });
         }
         let writes = !fb.is_empty();
         if let Err(source) = fb.commit() {
-            shared.poison(format!("persisting batch {seq} failed: {source}"));
+            error!(seq, error = %source, "persisting a batch failed");
+            shared.poison(PoisonCause::PersistFailed { seq });
             return Err(StorageError::Persist { seq, source });
         }
         shared.durable_seq.store(seq, Ordering::Release);
-        let info = staged.info;
         shared.stats.batches.inc(1);
         if writes {
             shared.stats.persists.inc(1);
@@ -312,5 +333,45 @@ fn publish_ops(st: &mut GroupState, seq: u64, ops: Vec<Op>) {
     }
     if let Some(snap) = pending {
         st.pending_snapshot = Some((seq, snap));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use raft::eraftpb::ConfState;
+    use routing::GroupId;
+
+    use super::*;
+    use crate::options::StoreOptions;
+
+    /// A panic while staging may leave part of a batch published that no commit will persist:
+    /// the next write is refused with a typed error instead of building on it.
+    #[test]
+    fn a_panic_while_staging_poisons_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Arc::new(Shared::open(dir.path(), StoreOptions::default()).unwrap());
+        let pipeline = Pipeline::new();
+        let panicked = std::thread::scope(|s| {
+            s.spawn(|| {
+                let _held = pipeline.stage.lock();
+                panic!("simulated panic while staging");
+            })
+            .join()
+            .is_err()
+        });
+        assert!(panicked);
+        let mut batch = WriteBatch::new();
+        batch.create_group(GroupId(1), ConfState::default());
+        let err = pipeline.stage(&shared, batch).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StorageError::Poisoned {
+                    cause: PoisonCause::StagePanicked
+                }
+            ),
+            "{err}"
+        );
+        assert!(shared.groups().is_empty(), "nothing was staged");
     }
 }

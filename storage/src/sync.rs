@@ -1,10 +1,15 @@
 //! The crate's one rule for poisoned locks, in one place so every lock follows it.
 //!
-//! A std lock is poisoned when a thread panicked while holding it. Every lock of this crate
-//! guards data that stays consistent at every point a panic could strike (group state is
-//! replaced field by whole field, counters are atomics, the snapshot-request set is a plain
-//! insert/take), so the guard is recovered with [`PoisonError::into_inner`] and the store keeps
-//! serving reads.
+//! A std lock is poisoned when a thread panicked while holding it. The rule: **a panic that
+//! may have left memory ahead of the disk poisons the store; any other poisoned lock is
+//! recovered.** Every lock taken through these helpers guards data that stays consistent at
+//! every point a panic could strike (a group's state is replaced field by whole field, the
+//! group map and the snapshot-request set by single inserts and removes, the commit lock
+//! guards nothing), so the guard is recovered with [`PoisonError::into_inner`] and reads go
+//! on. The one critical section that could leave memory ahead of the disk is staging a batch
+//! (it publishes group by group): its lock is taken without these helpers, and finding it
+//! poisoned poisons the store with [`PoisonCause::StagePanicked`](crate::PoisonCause), so
+//! writes get a typed [`StorageError::Poisoned`](crate::StorageError::Poisoned).
 
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 

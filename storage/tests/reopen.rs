@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use pontoon_storage::{GroupId, LogStore, Persist, StorageError};
+use pontoon_storage::{CorruptReason, GroupId, LogStore, Persist, PoisonCause, StorageError};
 use raft::eraftpb::HardState;
 use raft::{GetEntriesContext, RawNode, Storage};
 
@@ -172,7 +172,18 @@ fn committing_out_of_stage_order_is_refused_and_poisons() {
         "{err}"
     );
     let err = store.commit(s1).unwrap_err();
-    assert!(matches!(err, StorageError::Poisoned { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            StorageError::Poisoned {
+                cause: PoisonCause::OutOfOrderCommit {
+                    expected: 1,
+                    got: 2
+                }
+            }
+        ),
+        "{err}"
+    );
     assert!(matches!(
         store.write(store.batch()),
         Err(StorageError::Poisoned { .. })
@@ -188,6 +199,15 @@ fn dropping_a_staged_batch_poisons_the_store() {
     b.create_group(GroupId(1), voters(&[1]));
     drop(store.stage(b).unwrap());
     let err = store.write(store.batch()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StorageError::Poisoned {
+                cause: PoisonCause::StagedBatchDropped { seq: 1 }
+            }
+        ),
+        "{err}"
+    );
     assert!(
         err.to_string().contains("dropped without being committed"),
         "{err}"
@@ -339,7 +359,7 @@ fn reopen_names_a_corrupt_entry() {
                 group: GroupId(4),
                 index: Some(3),
                 record: "entry",
-                ..
+                reason: CorruptReason::Decode { .. },
             }
         ),
         "{err}"
@@ -371,6 +391,10 @@ fn reopen_refuses_a_commit_index_past_the_log() {
             StorageError::CorruptRecord {
                 group: GroupId(4),
                 record: "hard state",
+                reason: CorruptReason::CommitPastLog {
+                    commit: 5,
+                    last_index: 4
+                },
                 ..
             }
         ),
@@ -400,6 +424,7 @@ fn reopen_names_a_corrupt_hard_state_and_an_orphan_entry() {
             err,
             StorageError::CorruptRecord {
                 group: GroupId(8),
+                reason: CorruptReason::OrphanEntry,
                 ..
             }
         ),
