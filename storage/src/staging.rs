@@ -155,7 +155,7 @@ impl Pipeline {
         batch: WriteBatch,
     ) -> Result<StagedBatch, StorageError> {
         shared.check_poison()?;
-        // The one lock whose poisoning is not recovered (crate doc, "Locks"): a stage that
+        // The one lock whose poisoning is not recovered (`sync`, crate doc): a stage that
         // panicked may have published part of a batch no commit will ever persist.
         let Ok(mut stage) = self.stage.lock() else {
             return Err(shared.poisoned(PoisonCause::StagePanicked));
