@@ -116,35 +116,23 @@ mod tests {
     #[test]
     fn out_of_range_options_name_the_field_and_its_minimum() {
         assert!(StoreOptions::default().validate().is_ok());
-        let err = StoreOptions::default()
-            .block_cache_bytes(1024)
-            .validate()
-            .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                StorageError::InvalidOptions {
-                    option: "block_cache_bytes",
-                    value: 1024,
-                    min: 1_048_576
-                }
+        let cases = [
+            (
+                StoreOptions::default().block_cache_bytes(1024),
+                ("block_cache_bytes", 1024, 1 << 20),
             ),
-            "{err}"
-        );
-        let err = StoreOptions::default()
-            .worker_threads(Some(0))
-            .validate()
-            .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                StorageError::InvalidOptions {
-                    option: "worker_threads",
-                    value: 0,
-                    min: 1
-                }
+            (
+                StoreOptions::default().worker_threads(Some(0)),
+                ("worker_threads", 0, 1),
             ),
-            "{err}"
-        );
+        ];
+        for (options, expected) in cases {
+            match options.validate() {
+                Err(StorageError::InvalidOptions { option, value, min }) => {
+                    assert_eq!((option, value, min), expected);
+                }
+                other => panic!("expected InvalidOptions {expected:?}, got {other:?}"),
+            }
+        }
     }
 }
