@@ -31,7 +31,7 @@ pub(crate) struct Shared {
     pub(crate) options: StoreOptions,
     groups: RwLock<HashMap<GroupId, Cell>>,
     /// The sequence number of the last batch that is durable (0: none since open).
-    pub(crate) durable_seq: AtomicU64,
+    durable_seq: AtomicU64,
     /// Set once, by the first cause: later writes are refused with it.
     poisoned: OnceLock<PoisonCause>,
     pub(crate) stats: Counters,
@@ -87,6 +87,11 @@ impl Shared {
     /// The sequence number of the last durable batch.
     pub(crate) fn durable_seq(&self) -> u64 {
         self.durable_seq.load(Ordering::Acquire)
+    }
+
+    /// Records that batch `seq` is durable; the commit lock orders the calls.
+    pub(crate) fn set_durable_seq(&self, seq: u64) {
+        self.durable_seq.store(seq, Ordering::Release);
     }
 
     /// Refuses every later write: the in-memory view and the disk may disagree. The first

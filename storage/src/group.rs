@@ -19,7 +19,7 @@ use crate::sync::{self, read};
 #[derive(Clone)]
 pub struct GroupStorage {
     id: GroupId,
-    store: Arc<Shared>,
+    shared: Arc<Shared>,
     cell: Cell,
 }
 
@@ -32,8 +32,8 @@ impl std::fmt::Debug for GroupStorage {
 }
 
 impl GroupStorage {
-    pub(crate) fn new(id: GroupId, store: Arc<Shared>, cell: Cell) -> Self {
-        Self { id, store, cell }
+    pub(crate) fn new(id: GroupId, shared: Arc<Shared>, cell: Cell) -> Self {
+        Self { id, shared, cell }
     }
 
     /// The group.
@@ -95,11 +95,11 @@ impl GroupStorage {
     /// The term of a log entry, cache first, then disk.
     fn entry_term(&self, st: &GroupState, index: u64) -> Result<u64, StorageError> {
         if let Some(e) = st.cached(index) {
-            self.store.stats.cache_hits.inc(1);
+            self.shared.stats.cache_hits.inc(1);
             return Ok(e.term);
         }
         let mut term = None;
-        self.store.read_log(self.id, index, index + 1, |e| {
+        self.shared.read_log(self.id, index, index + 1, |e| {
             term = Some(e.term);
             false
         })?;
@@ -172,7 +172,7 @@ impl raft::Storage for GroupStorage {
         if low < front {
             let disk_high = high.min(front);
             let mut next = low;
-            self.store.read_log(self.id, low, disk_high, |e| {
+            self.shared.read_log(self.id, low, disk_high, |e| {
                 next = e.index + 1;
                 full = !acc.push(e);
                 !full
@@ -195,7 +195,7 @@ impl raft::Storage for GroupStorage {
                     break;
                 }
             }
-            self.store.stats.cache_hits.inc(hits);
+            self.shared.stats.cache_hits.inc(hits);
         }
         Ok(acc.out)
     }
@@ -230,7 +230,7 @@ impl raft::Storage for GroupStorage {
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let st = self.live()?;
         let unavailable = || {
-            sync::lock(&self.store.snapshot_requests).insert(self.id);
+            sync::lock(&self.shared.snapshot_requests).insert(self.id);
             raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable)
         };
         if let Some(meta) = &st.meta.snapshot_meta {
@@ -251,7 +251,7 @@ impl raft::Storage for GroupStorage {
             if let Some((_, snap)) = &st.pending_snapshot {
                 return Ok(snap.clone());
             }
-            let data = self.store.read_snapshot_data(self.id)?;
+            let data = self.shared.read_snapshot_data(self.id)?;
             let mut snap = Snapshot::default();
             snap.set_metadata(SnapshotMetadata::clone(meta));
             snap.data = data.to_vec().into();

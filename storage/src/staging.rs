@@ -4,7 +4,6 @@
 //! writes that fjall batch with one persist, on any thread, in stage order.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 
 use tracing::{debug, error};
@@ -293,7 +292,7 @@ impl Pipeline {
             shared.poison(PoisonCause::PersistFailed { seq });
             return Err(StorageError::Persist { seq, source });
         }
-        shared.durable_seq.store(seq, Ordering::Release);
+        shared.set_durable_seq(seq);
         shared.stats.batches.inc(1);
         if writes {
             shared.stats.persists.inc(1);
