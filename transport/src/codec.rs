@@ -8,6 +8,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use raft::eraftpb;
 use routing::{GroupId, NodeId};
 
+use crate::limits::{self, FrameKind, RepeatedCaps};
 use crate::stats::Counters;
 use crate::wire::{self, StreamHeader, StreamKind, WireError};
 use crate::{Envelope, GroupFilter, SendError, convert, direct};
@@ -27,6 +28,9 @@ pub mod codes {
     pub const SENDER_MISMATCH: u32 = 0x14;
     /// Stream reset or connection close: this node is shutting down.
     pub const SHUTDOWN: u32 = 0x15;
+    /// Stream reset: a frame holds more elements of a repeated field than its cap
+    /// (`TransportConfig::max_entries_per_message` and the like).
+    pub const TOO_MANY: u32 = 0x16;
     /// Connection close: another connection between the same two nodes won (the one dialled
     /// by the lower NodeId).
     pub const DUPLICATE_CONNECTION: u32 = 0x20;
@@ -120,12 +124,14 @@ pub(crate) fn header_frame(kind: StreamKind, group: u64) -> Bytes {
     out.freeze()
 }
 
-/// Encodes an envelope as `from` sends it. Raft batches too large for one frame are split
-/// between messages; a single message that does not fit is refused.
+/// Encodes an envelope as `from` sends it. Raft batches too large for one frame, or with more
+/// messages or entries than a receiver's `caps` accept in one, are split between messages; a
+/// single message that does not fit is refused. Heartbeat batches are split to `caps` too.
 pub(crate) fn encode(
     from: NodeId,
     envelope: Envelope,
     max_frame_bytes: usize,
+    caps: &RepeatedCaps,
 ) -> Result<Encoded, SendError> {
     let too_large = |e: WireError| match e {
         WireError::FrameTooLarge { len, max } => SendError::FrameTooLarge { len, max },
@@ -149,7 +155,11 @@ pub(crate) fn encode(
                 &heap
             };
             let whole = direct::batch_len(from.get(), lens);
-            if whole <= max {
+            let entries: usize = messages.iter().map(|m| m.entries.len()).sum();
+            if whole <= max
+                && messages.len() <= caps.messages_per_batch
+                && entries <= caps.entries_per_frame
+            {
                 // The common case: one frame.
                 let mut out = BytesMut::with_capacity(wire::LENGTH_PREFIX + whole);
                 // `whole <= max <= u32::MAX`.
@@ -166,14 +176,21 @@ pub(crate) fn encode(
             let mut cuts: Vec<(usize, usize)> = Vec::new();
             let mut start = 0;
             let mut body = direct::batch_len(from.get(), &[]);
-            for (i, &len) in lens.iter().enumerate() {
+            let mut in_frame = 0usize;
+            for (i, (&len, m)) in lens.iter().zip(&messages).enumerate() {
                 let add = direct::batch_len(0, &[len]);
-                if i > start && body + add > max {
+                if i > start
+                    && (body + add > max
+                        || i - start >= caps.messages_per_batch
+                        || in_frame + m.entries.len() > caps.entries_per_frame)
+                {
                     cuts.push((start, i));
                     start = i;
                     body = direct::batch_len(from.get(), &[]);
+                    in_frame = 0;
                 }
                 body += add;
+                in_frame += m.entries.len();
             }
             cuts.push((start, lens.len()));
             let mut total = 0;
@@ -200,13 +217,30 @@ pub(crate) fn encode(
         }
         Envelope::Heartbeats(mut batch) => {
             batch.from = from.get();
+            let messages = batch.heartbeats.len() as u64;
+            let per_frame = caps.heartbeats_per_batch.max(1);
             let mut out = BytesMut::new();
-            wire::encode_frame(&batch, max_frame_bytes, &mut out).map_err(too_large)?;
+            let mut frames = 0;
+            if batch.heartbeats.len() <= per_frame {
+                wire::encode_frame(&batch, max_frame_bytes, &mut out).map_err(too_large)?;
+                frames = 1;
+            } else {
+                // More groups than a receiver takes in one batch: several batches, in order.
+                for part in batch.heartbeats.chunks(per_frame) {
+                    let part = wire::HeartbeatBatch {
+                        from: batch.from,
+                        responses: batch.responses,
+                        heartbeats: part.to_vec(),
+                    };
+                    wire::encode_frame(&part, max_frame_bytes, &mut out).map_err(too_large)?;
+                    frames += 1;
+                }
+            }
             Ok(Encoded::Frames(Frames {
                 key: StreamKey::Heartbeats,
                 bytes: out.freeze(),
-                frames: 1,
-                messages: batch.heartbeats.len() as u64,
+                frames,
+                messages,
             }))
         }
         Envelope::Snapshot { group, mut message } => {
@@ -238,6 +272,8 @@ pub(crate) enum Refusal {
     UnknownKind(WireError),
     #[error("too large: {0}")]
     TooLarge(String),
+    #[error("too many elements: {0}")]
+    TooMany(WireError),
     #[error("frame claims sender {claimed}, certificate says {peer}")]
     SenderMismatch { claimed: u64, peer: NodeId },
 }
@@ -250,6 +286,7 @@ impl Refusal {
             Self::Malformed(_) => codes::MALFORMED,
             Self::UnknownKind(_) => codes::UNKNOWN_KIND,
             Self::TooLarge(_) => codes::TOO_LARGE,
+            Self::TooMany(_) => codes::TOO_MANY,
             Self::SenderMismatch { .. } => codes::SENDER_MISMATCH,
         }
     }
@@ -262,6 +299,7 @@ impl Refusal {
             Self::Malformed(_) => &c.resets_malformed,
             Self::UnknownKind(_) => &c.resets_unknown_kind,
             Self::TooLarge(_) => &c.resets_too_large,
+            Self::TooMany(_) => &c.resets_too_many,
             Self::SenderMismatch { .. } => {
                 Counters::add(&c.dropped_sender_mismatch, 1);
                 &c.resets_sender_mismatch
@@ -273,6 +311,7 @@ impl Refusal {
     fn from_wire(e: WireError) -> Self {
         match e {
             WireError::FrameTooLarge { .. } => Self::TooLarge(e.to_string()),
+            WireError::TooManyElements { .. } => Self::TooMany(e),
             WireError::UnknownStreamKind(_) | WireError::UnsupportedVersion(_) => {
                 Self::UnknownKind(e)
             }
@@ -319,6 +358,7 @@ pub(crate) struct StreamReader {
     max_frame_bytes: usize,
     max_snapshot_bytes: u64,
     known_groups: GroupFilter,
+    caps: RepeatedCaps,
     state: State,
     dec: wire::FrameDecoder,
 }
@@ -329,12 +369,14 @@ impl StreamReader {
         max_frame_bytes: usize,
         max_snapshot_bytes: u64,
         known_groups: GroupFilter,
+        caps: RepeatedCaps,
     ) -> Self {
         Self {
             peer,
             max_frame_bytes,
             max_snapshot_bytes,
             known_groups,
+            caps,
             state: State::Header,
             dec: wire::FrameDecoder::new(wire::MAX_HEADER_BYTES),
         }
@@ -423,6 +465,16 @@ impl StreamReader {
         tally: &mut Tally,
         out: &mut Vec<Envelope>,
     ) -> Result<(), Refusal> {
+        // Repeated fields are counted on the bytes before the decoder pushes a single element.
+        let kind = match &self.state {
+            State::Raft(_) => Some(FrameKind::RaftBatch),
+            State::Heartbeats => Some(FrameKind::HeartbeatBatch),
+            State::SnapshotHead(_) => Some(FrameKind::SnapshotHeader),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            limits::check(kind, &body, &self.caps).map_err(Refusal::from_wire)?;
+        }
         match &mut self.state {
             State::Header => {
                 let header: StreamHeader =
@@ -578,6 +630,71 @@ mod tests {
         out
     }
 
+    #[test]
+    fn batches_over_the_receivers_caps_are_split_and_read_back_within_them() {
+        let caps = RepeatedCaps {
+            messages_per_batch: 2,
+            entries_per_message: 4,
+            entries_per_frame: 4,
+            heartbeats_per_batch: 3,
+            conf_ids: 8,
+        };
+        let counters = Counters::default();
+        let messages: Vec<eraftpb::Message> = (0..5)
+            .map(|i| {
+                let mut m = eraftpb::Message {
+                    from: 7,
+                    index: i,
+                    ..Default::default()
+                };
+                m.set_entries(vec![eraftpb::Entry::default(); 2].into());
+                m
+            })
+            .collect();
+        let Ok(Encoded::Frames(f)) = encode(NodeId(7), raft(messages.clone()), 1 << 20, &caps)
+        else {
+            panic!("raft frames");
+        };
+        assert_eq!(f.frames, 3);
+        let mut reader = StreamReader::new(NodeId(7), 1 << 20, 0, Arc::new(|_| true), caps);
+        reader
+            .feed(header_frame(StreamKind::Raft, 4), &counters)
+            .unwrap();
+        assert_eq!(
+            reader.feed(f.bytes, &counters).unwrap(),
+            vec![raft(messages)]
+        );
+
+        let batch = wire::HeartbeatBatch {
+            from: 0,
+            responses: true,
+            heartbeats: (0..7)
+                .map(|g| wire::Heartbeat {
+                    group_id: g,
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        let Ok(Encoded::Frames(f)) = encode(NodeId(7), Envelope::Heartbeats(batch), 1 << 20, &caps)
+        else {
+            panic!("heartbeat frames");
+        };
+        assert_eq!((f.frames, f.messages), (3, 7));
+        let mut reader = StreamReader::new(NodeId(7), 1 << 20, 0, Arc::new(|_| true), caps);
+        reader
+            .feed(header_frame(StreamKind::Heartbeats, 0), &counters)
+            .unwrap();
+        let got = reader.feed(f.bytes, &counters).unwrap();
+        let groups: Vec<u64> = got
+            .iter()
+            .flat_map(|e| match e {
+                Envelope::Heartbeats(b) => b.heartbeats.iter().map(|h| h.group_id).collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!((got.len(), groups), (3, (0..7).collect::<Vec<_>>()));
+    }
+
     proptest! {
         #[test]
         fn raft_envelopes_split_into_fitting_frames_and_read_back_in_order(
@@ -589,7 +706,7 @@ mod tests {
                 m.from = 7;
             }
             let lens: Vec<usize> = messages.iter().map(direct::message_len).collect();
-            match encode(NodeId(7), raft(messages.clone()), max) {
+            match encode(NodeId(7), raft(messages.clone()), max, &RepeatedCaps::unbounded()) {
                 Ok(Encoded::Frames(f)) => {
                     let batches = frames_of(&f.bytes, max);
                     prop_assert_eq!(f.frames, batches.len() as u64);
@@ -602,7 +719,7 @@ mod tests {
                         };
                         prop_assert!(prost::Message::encoded_len(&joined) > max);
                     }
-                    let mut reader = StreamReader::new(NodeId(7), max, u64::MAX, Arc::new(|_| true));
+                    let mut reader = StreamReader::new(NodeId(7), max, u64::MAX, Arc::new(|_| true), RepeatedCaps::unbounded());
                     let counters = Counters::default();
                     reader.feed(header_frame(StreamKind::Raft, 4), &counters).expect("header");
                     let envs = reader.feed(f.bytes.clone(), &counters).expect("frames");

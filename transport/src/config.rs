@@ -86,6 +86,25 @@ pub struct TransportConfig {
     /// connection is closed with [`crate::codes::CLIENTS_BUSY`] and counted, so a service
     /// that stopped taking them cannot make the endpoint hold connections without bound.
     pub client_queue_len: usize,
+    /// Raft messages in one received frame (default 4 096). Checked on the frame's bytes
+    /// before it is decoded (an empty message costs 2 bytes on the wire and ~200 decoded);
+    /// the sender splits its batches to fit. A frame over it resets its stream
+    /// ([`crate::codes::TOO_MANY`]) and is counted in `resets_too_many`.
+    pub max_messages_per_batch: usize,
+    /// Entries in one received raft message (default 16 384). raft-rs bounds an append by
+    /// `max_size_per_msg` bytes and the coordinator batches commands into few entries, so an
+    /// honest append holds far fewer. Checked before decoding, as `max_messages_per_batch`.
+    pub max_entries_per_message: usize,
+    /// Entries in one received frame, all its messages together (default 65 536): with
+    /// `max_messages_per_batch`, what bounds a frame's decoded size (about 200 bytes a
+    /// message and 150 an entry beyond the frame's own bytes).
+    pub max_entries_per_frame: usize,
+    /// Heartbeats in one received coalesced batch (default 65 536): one per group the two
+    /// nodes share. The sender splits larger batches; [`TransportConfig::with_room_for_groups`]
+    /// raises it with the group count.
+    pub max_heartbeats_per_batch: usize,
+    /// Node ids in one received conf state (voters, learners and joint lists; default 1 024).
+    pub max_conf_ids: usize,
 }
 
 impl Default for TransportConfig {
@@ -112,6 +131,11 @@ impl Default for TransportConfig {
             max_snapshot_bytes: 1 << 30,
             accept_clients: false,
             client_queue_len: 64,
+            max_messages_per_batch: 4_096,
+            max_entries_per_message: 16_384,
+            max_entries_per_frame: 65_536,
+            max_heartbeats_per_batch: 65_536,
+            max_conf_ids: 1_024,
         }
     }
 }
@@ -174,7 +198,37 @@ setters!(
     accept_clients: bool,
     /// Sets [`TransportConfig::client_queue_len`].
     client_queue_len: usize,
+    /// Sets [`TransportConfig::max_messages_per_batch`].
+    max_messages_per_batch: usize,
+    /// Sets [`TransportConfig::max_entries_per_message`].
+    max_entries_per_message: usize,
+    /// Sets [`TransportConfig::max_entries_per_frame`].
+    max_entries_per_frame: usize,
+    /// Sets [`TransportConfig::max_heartbeats_per_batch`].
+    max_heartbeats_per_batch: usize,
+    /// Sets [`TransportConfig::max_conf_ids`].
+    max_conf_ids: usize,
 );
+
+/// Streams kept beyond one per group: the heartbeat stream, the meta group's, and spares.
+pub const STREAM_HEADROOM: u32 = 64;
+
+impl TransportConfig {
+    /// This config with room for `groups` groups shared with each peer: one stream per group
+    /// (a group's stream stays open, and quinn never lets a peer open more than
+    /// `max_concurrent_uni_streams`, so a node holding more groups would leave the rest
+    /// silent) plus [`STREAM_HEADROOM`], and a heartbeat batch per group. Only ever raises
+    /// a limit, so a larger configured value stays.
+    #[must_use]
+    pub fn with_room_for_groups(mut self, groups: usize) -> Self {
+        let needed = u32::try_from(groups)
+            .unwrap_or(u32::MAX)
+            .saturating_add(STREAM_HEADROOM);
+        self.max_concurrent_uni_streams = self.max_concurrent_uni_streams.max(needed);
+        self.max_heartbeats_per_batch = self.max_heartbeats_per_batch.max(needed as usize);
+        self
+    }
+}
 
 /// Room for the length prefix and the prost tag of a snapshot chunk.
 const CHUNK_OVERHEAD: usize = 16;
@@ -202,6 +256,10 @@ impl TransportConfig {
             ("max_incoming_connections", self.max_incoming_connections),
             ("snapshot_chunk_bytes", self.snapshot_chunk_bytes),
             ("client_queue_len", self.client_queue_len),
+            ("max_messages_per_batch", self.max_messages_per_batch),
+            ("max_entries_per_message", self.max_entries_per_message),
+            ("max_heartbeats_per_batch", self.max_heartbeats_per_batch),
+            ("max_conf_ids", self.max_conf_ids),
         ] {
             if v == 0 {
                 return err(field, "must be at least 1".into());
@@ -213,6 +271,15 @@ impl TransportConfig {
                 format!(
                     "{} is not within 1 ..= {MAX_READERS_PER_CONNECTION}",
                     self.readers_per_connection
+                ),
+            );
+        }
+        if self.max_entries_per_frame < self.max_entries_per_message {
+            return err(
+                "max_entries_per_frame",
+                format!(
+                    "{} must be at least max_entries_per_message ({})",
+                    self.max_entries_per_frame, self.max_entries_per_message
                 ),
             );
         }
@@ -295,6 +362,21 @@ mod tests {
     }
 
     #[test]
+    fn room_for_groups_only_raises_the_stream_and_heartbeat_limits() {
+        let many = TransportConfig::default().with_room_for_groups(100_000);
+        assert_eq!(many.max_concurrent_uni_streams, 100_000 + STREAM_HEADROOM);
+        assert_eq!(many.max_heartbeats_per_batch, 100_064);
+        assert_eq!(many.validate(), Ok(()));
+        let wide = TransportConfig::default().max_concurrent_uni_streams(50_000);
+        assert_eq!(
+            wide.clone()
+                .with_room_for_groups(10)
+                .max_concurrent_uni_streams,
+            50_000
+        );
+    }
+
+    #[test]
     fn validate_names_the_field_at_fault() {
         let bad = [
             (
@@ -332,6 +414,14 @@ mod tests {
             (
                 TransportConfig::default().reconnect_backoff_min(Duration::from_secs(60)),
                 "reconnect_backoff_min",
+            ),
+            (
+                TransportConfig::default().max_messages_per_batch(0),
+                "max_messages_per_batch",
+            ),
+            (
+                TransportConfig::default().max_entries_per_frame(10),
+                "max_entries_per_frame",
             ),
         ];
         for (config, field) in bad {

@@ -29,6 +29,7 @@ mod codec;
 mod config;
 mod convert;
 mod direct;
+mod limits;
 pub mod mem;
 mod quic;
 mod stats;
@@ -44,7 +45,7 @@ use raft::eraftpb;
 use routing::{GroupId, NodeId};
 
 pub use codec::codes;
-pub use config::{ConfigError, TransportConfig};
+pub use config::{ConfigError, STREAM_HEADROOM, TransportConfig};
 pub use convert::{from_wire, to_wire};
 pub use stats::TransportStats;
 pub use wire::WireError;

@@ -62,6 +62,8 @@ stats!(
     resets_unknown_kind,
     /// Resets because a frame exceeded `max_frame_bytes` or a snapshot `max_snapshot_bytes`.
     resets_too_large,
+    /// Resets because a frame held more elements of a repeated field than its cap.
+    resets_too_many,
     /// Resets because a frame claimed another sender.
     resets_sender_mismatch,
     /// Connections established (dialled or accepted) and adopted.

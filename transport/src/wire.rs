@@ -50,6 +50,17 @@ pub enum WireError {
         /// The raw value on the wire.
         value: i32,
     },
+    /// A repeated field holds more elements than its cap (counted on the bytes, before any
+    /// is decoded): the sender must split its batch, or the receiver raise the cap.
+    #[error("{count} {what} exceed the maximum of {max}")]
+    TooManyElements {
+        /// Which count (`"entries per message"`, `"heartbeats per batch"`, ...).
+        what: &'static str,
+        /// How many were counted when the cap was passed.
+        count: usize,
+        /// The configured cap.
+        max: usize,
+    },
     /// The stream ended in the middle of a frame.
     #[error("stream ended inside a frame ({buffered} bytes buffered)")]
     Truncated {

@@ -53,6 +53,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::codec::{self, codes};
+use crate::limits::RepeatedCaps;
 use crate::stats::Counters;
 use crate::{
     AddressBook, ConfigError, Envelope, GroupFilter, Inbound, SendError, Transport,
@@ -95,6 +96,8 @@ pub(crate) struct Shared {
     pub(crate) book: AddressBook,
     pub(crate) known_groups: GroupFilter,
     pub(crate) counters: Counters,
+    /// Caps on repeated fields, for frames sent and received.
+    pub(crate) caps: RepeatedCaps,
     pub(crate) inbound: mpsc::Sender<Inbound>,
     /// Read on every `send`; written only when a peer is first used or at shutdown.
     peers: RwLock<PeerMap>,
@@ -250,6 +253,7 @@ impl QuicTransport {
             })?;
         let (tx, rx) = mpsc::channel(config.inbound_queue_len);
         let config_max_incoming = config.max_incoming_connections;
+        let caps = RepeatedCaps::from_config(&config);
         let (clients_tx, clients_rx) = if config.accept_clients {
             let (tx, rx) = mpsc::channel(config.client_queue_len);
             (Some(tx), Some(rx))
@@ -264,6 +268,7 @@ impl QuicTransport {
             book: peers,
             known_groups,
             counters: Counters::default(),
+            caps,
             inbound: tx,
             peers: RwLock::default(),
             runtime: tokio::runtime::Handle::current(),
@@ -363,7 +368,12 @@ impl Transport for QuicTransport {
         {
             let peers = shared.peers();
             if let Some(peer) = peers.get(&to) {
-                let encoded = codec::encode(shared.local, envelope, shared.config.max_frame_bytes)?;
+                let encoded = codec::encode(
+                    shared.local,
+                    envelope,
+                    shared.config.max_frame_bytes,
+                    &shared.caps,
+                )?;
                 return peer.enqueue(shared, encoded);
             }
         }
@@ -371,7 +381,12 @@ impl Transport for QuicTransport {
             Counters::add(&c.dropped_unknown_peer, 1);
             return Err(SendError::UnknownPeer(to));
         }
-        let encoded = codec::encode(shared.local, envelope, shared.config.max_frame_bytes)?;
+        let encoded = codec::encode(
+            shared.local,
+            envelope,
+            shared.config.max_frame_bytes,
+            &shared.caps,
+        )?;
         shared.peer(to).enqueue(shared, encoded)
     }
 

@@ -118,6 +118,7 @@ impl Streams {
                 cfg.max_frame_bytes,
                 cfg.max_snapshot_bytes,
                 shared.known_groups.clone(),
+                shared.caps,
             ),
             held: 0,
             waker: Waker::from(slot_waker.clone()),
@@ -358,6 +359,7 @@ async fn read_snapshot(
         cfg.max_frame_bytes,
         cfg.max_snapshot_bytes,
         shared.known_groups.clone(),
+        shared.caps,
     );
     // What this stream's decoder holds, as last added to `receive_buffered_bytes`.
     let mut held = 0usize;
