@@ -105,6 +105,41 @@ pub struct TransportConfig {
     pub max_heartbeats_per_batch: usize,
     /// Node ids in one received conf state (voters, learners and joint lists; default 1 024).
     pub max_conf_ids: usize,
+    /// An incoming handshake not finished within this is abandoned (default 5 s) and counted
+    /// in `handshakes_timed_out`, so a peer that starts handshakes and stalls holds no slot
+    /// for long.
+    pub handshake_timeout: Duration,
+    /// Incoming handshakes in progress at once, nodes and clients alike, since the ALPN that
+    /// tells them apart is known only at the end (default 256). Attempts beyond it are
+    /// refused before any crypto and counted in `handshakes_refused_half_open`. A
+    /// handshaking connection offers no streams and a small receive window until its peer
+    /// is known, so each costs a few KiB.
+    pub max_half_open: usize,
+    /// Above this many handshakes in progress (default 32), an attempt from an address not
+    /// yet validated is answered with a QUIC Retry (a stateless token round trip), so a
+    /// flood from spoofed addresses costs no state at all. Counted in `handshakes_retried`.
+    pub retry_half_open_above: usize,
+    /// Client connections (ALPN [`certs::CLIENT_ALPN`]) held at once, handed over or queued
+    /// (default 256). Beyond it a new client is closed with [`crate::codes::CLIENTS_BUSY`]
+    /// and counted in `client_connections_refused_limit`.
+    pub max_client_connections: usize,
+    /// Requests (bidirectional streams) one client may have open at once (default 32).
+    pub max_client_requests: u32,
+    /// Bytes one client may send before the service reads them (quinn's connection receive
+    /// window for a client connection; default 1 MiB).
+    pub client_receive_window: u32,
+    /// Largest request [`crate::ClientConnection::accept_request`] reads (default 4 MiB + 4,
+    /// the service's largest message and its length prefix).
+    pub client_request_bytes: usize,
+    /// Bytes of requests being read and not yet answered, per client (default 8 MiB, at least
+    /// `client_request_bytes`). A request that would pass it is refused with
+    /// [`crate::codes::CLIENTS_BUSY`].
+    pub client_buffered_bytes: usize,
+    /// The same, all clients of the node together (default 64 MiB).
+    pub clients_buffered_bytes: usize,
+    /// A request not read whole within this is dropped and its stream reset (default 10 s):
+    /// an unfinished request holds its buffer for at most this long.
+    pub client_request_timeout: Duration,
 }
 
 impl Default for TransportConfig {
@@ -136,6 +171,16 @@ impl Default for TransportConfig {
             max_entries_per_frame: 65_536,
             max_heartbeats_per_batch: 65_536,
             max_conf_ids: 1_024,
+            handshake_timeout: Duration::from_secs(5),
+            max_half_open: 256,
+            retry_half_open_above: 32,
+            max_client_connections: 256,
+            max_client_requests: 32,
+            client_receive_window: 1 << 20,
+            client_request_bytes: (4 << 20) + 4,
+            client_buffered_bytes: 8 << 20,
+            clients_buffered_bytes: 64 << 20,
+            client_request_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -208,6 +253,26 @@ setters!(
     max_heartbeats_per_batch: usize,
     /// Sets [`TransportConfig::max_conf_ids`].
     max_conf_ids: usize,
+    /// Sets [`TransportConfig::handshake_timeout`].
+    handshake_timeout: Duration,
+    /// Sets [`TransportConfig::max_half_open`].
+    max_half_open: usize,
+    /// Sets [`TransportConfig::retry_half_open_above`].
+    retry_half_open_above: usize,
+    /// Sets [`TransportConfig::max_client_connections`].
+    max_client_connections: usize,
+    /// Sets [`TransportConfig::max_client_requests`].
+    max_client_requests: u32,
+    /// Sets [`TransportConfig::client_receive_window`].
+    client_receive_window: u32,
+    /// Sets [`TransportConfig::client_request_bytes`].
+    client_request_bytes: usize,
+    /// Sets [`TransportConfig::client_buffered_bytes`].
+    client_buffered_bytes: usize,
+    /// Sets [`TransportConfig::clients_buffered_bytes`].
+    clients_buffered_bytes: usize,
+    /// Sets [`TransportConfig::client_request_timeout`].
+    client_request_timeout: Duration,
 );
 
 /// Streams kept beyond one per group: the heartbeat stream, the meta group's, and spares.
@@ -260,6 +325,9 @@ impl TransportConfig {
             ("max_entries_per_message", self.max_entries_per_message),
             ("max_heartbeats_per_batch", self.max_heartbeats_per_batch),
             ("max_conf_ids", self.max_conf_ids),
+            ("max_half_open", self.max_half_open),
+            ("max_client_connections", self.max_client_connections),
+            ("client_request_bytes", self.client_request_bytes),
         ] {
             if v == 0 {
                 return err(field, "must be at least 1".into());
@@ -280,6 +348,47 @@ impl TransportConfig {
                 format!(
                     "{} must be at least max_entries_per_message ({})",
                     self.max_entries_per_frame, self.max_entries_per_message
+                ),
+            );
+        }
+        if self.retry_half_open_above > self.max_half_open {
+            return err(
+                "retry_half_open_above",
+                format!(
+                    "{} must be at most max_half_open ({})",
+                    self.retry_half_open_above, self.max_half_open
+                ),
+            );
+        }
+        if self.handshake_timeout.is_zero() || self.handshake_timeout > self.idle_timeout {
+            return err(
+                "handshake_timeout",
+                format!(
+                    "{:?} must be non-zero and at most idle_timeout ({:?})",
+                    self.handshake_timeout, self.idle_timeout
+                ),
+            );
+        }
+        if self.client_request_timeout.is_zero() {
+            return err("client_request_timeout", "must be non-zero".into());
+        }
+        if self.max_client_requests == 0 || self.client_receive_window == 0 {
+            return err(
+                "max_client_requests",
+                "max_client_requests and client_receive_window must be at least 1".into(),
+            );
+        }
+        if self.client_buffered_bytes < self.client_request_bytes
+            || self.clients_buffered_bytes < self.client_buffered_bytes
+        {
+            return err(
+                "client_buffered_bytes",
+                format!(
+                    "need client_request_bytes ({}) <= client_buffered_bytes ({}) <= \
+                     clients_buffered_bytes ({})",
+                    self.client_request_bytes,
+                    self.client_buffered_bytes,
+                    self.clients_buffered_bytes
                 ),
             );
         }
@@ -422,6 +531,18 @@ mod tests {
             (
                 TransportConfig::default().max_entries_per_frame(10),
                 "max_entries_per_frame",
+            ),
+            (
+                TransportConfig::default().retry_half_open_above(1_000),
+                "retry_half_open_above",
+            ),
+            (
+                TransportConfig::default().handshake_timeout(Duration::from_secs(60)),
+                "handshake_timeout",
+            ),
+            (
+                TransportConfig::default().client_buffered_bytes(1024),
+                "client_buffered_bytes",
             ),
         ];
         for (config, field) in bad {

@@ -35,7 +35,10 @@ mod quic;
 mod stats;
 pub mod wire;
 
-pub use quic::{ClientConnection, QuicTransport, TransportError, quinn_configs};
+pub use quic::{
+    ClientConnection, ClientRequest, ClientRequestError, IncomingRequest, QuicTransport,
+    TransportError, quinn_configs,
+};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

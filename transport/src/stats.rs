@@ -76,6 +76,19 @@ stats!(
     /// Incoming connections refused before their handshake because
     /// `max_incoming_connections` were already being handshaken or held.
     connections_refused_limit,
+    /// Incoming handshakes abandoned after `handshake_timeout`.
+    handshakes_timed_out,
+    /// Incoming attempts refused before their handshake because `max_half_open` handshakes
+    /// were in progress.
+    handshakes_refused_half_open,
+    /// Incoming attempts answered with a QUIC Retry (address validation) because more than
+    /// `retry_half_open_above` handshakes were in progress.
+    handshakes_retried,
+    /// Client connections closed because `max_client_connections` were held.
+    client_connections_refused_limit,
+    /// Client requests refused: over `client_request_bytes`, over a byte budget, or not read
+    /// whole within `client_request_timeout`.
+    client_requests_refused,
     /// Client connections (ALPN `pontoon-client/1`) accepted and handed over.
     client_connections,
     /// Client connections closed because the queue of connections not yet taken was full.
@@ -94,6 +107,8 @@ stats!(
     /// peers and not yet written. Bounded by `peer_queue_bytes` per peer, plus one envelope.
     /// Snapshot data is not copied into the queue and is not counted here.
     queued_bytes,
+    /// Gauge, not a count: incoming handshakes in progress now (at most `max_half_open`).
+    handshakes_in_progress,
     /// Gauge, not a count: bytes held by the decoders of incoming streams (the start of
     /// frames that straddle reads, with their buffers' capacity, and snapshots being
     /// reassembled).

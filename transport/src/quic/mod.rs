@@ -35,9 +35,13 @@
 //! [`codes::DUPLICATE_CONNECTION`]: crate::codes::DUPLICATE_CONNECTION
 //! [`StreamKind::Control`]: crate::wire::StreamKind::Control
 
+mod accept;
+mod clients;
 mod peer;
 mod recv;
 mod send;
+
+pub use clients::{ClientConnection, ClientRequest, ClientRequestError, IncomingRequest};
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -50,7 +54,7 @@ use quinn::crypto::rustls::{HandshakeData, QuicClientConfig, QuicServerConfig};
 use quinn::{Endpoint, IdleTimeout, VarInt};
 use routing::NodeId;
 use tokio::sync::{Semaphore, mpsc};
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, info_span};
 
 use crate::codec::{self, codes};
 use crate::limits::RepeatedCaps;
@@ -108,18 +112,11 @@ pub(crate) struct Shared {
     /// One permit per incoming connection held or being handshaken
     /// ([`TransportConfig::max_incoming_connections`]).
     admission: Arc<Semaphore>,
-}
-
-/// A connection from a client (ALPN [`certs::CLIENT_ALPN`]), authenticated by a certificate
-/// of the cluster CA, handed over by [`QuicTransport::take_client_connections`]. The
-/// transport does nothing more with it: the service opens or accepts streams on it.
-#[derive(Debug)]
-pub struct ClientConnection {
-    /// Who connected: the client's name from its certificate (`urn:pontoon:client:<name>`),
-    /// or `node-<id>` when a node connected as a client.
-    pub name: String,
-    /// The connection.
-    pub connection: quinn::Connection,
+    /// One permit per client connection held ([`TransportConfig::max_client_connections`]).
+    client_slots: Arc<Semaphore>,
+    /// Bytes of client requests being read or answered, all clients together
+    /// ([`TransportConfig::clients_buffered_bytes`]).
+    client_bytes: Arc<Semaphore>,
 }
 
 impl Shared {
@@ -155,6 +152,10 @@ const PENDING_INCOMING: usize = 1024;
 pub(crate) fn quinn_transport(
     c: &TransportConfig,
 ) -> Result<Arc<quinn::TransportConfig>, ConfigError> {
+    quinn_transport_params(c).map(Arc::new)
+}
+
+fn quinn_transport_params(c: &TransportConfig) -> Result<quinn::TransportConfig, ConfigError> {
     let err = |field, e: &dyn std::fmt::Display| ConfigError {
         field,
         reason: e.to_string(),
@@ -170,6 +171,19 @@ pub(crate) fn quinn_transport(
             IdleTimeout::try_from(c.idle_timeout).map_err(|e| err("idle_timeout", &e))?,
         ))
         .keep_alive_interval(Some(c.keep_alive));
+    Ok(t)
+}
+
+/// The transport parameters offered to a connection still handshaking: no streams and a small
+/// window until its certificate says what it is (quinn allocates state for every stream it
+/// grants). [`accept::grant_node_budgets`] and the client hand-over grant the real ones.
+fn handshake_transport(c: &TransportConfig) -> Result<Arc<quinn::TransportConfig>, ConfigError> {
+    let mut t = quinn_transport_params(c)?;
+    let window = c.client_receive_window.min(c.connection_receive_window);
+    t.max_concurrent_uni_streams(VarInt::from_u32(0))
+        .max_concurrent_bidi_streams(VarInt::from_u32(0))
+        .receive_window(VarInt::from_u32(window))
+        .stream_receive_window(VarInt::from_u32(c.stream_receive_window.min(window)));
     Ok(Arc::new(t))
 }
 
@@ -240,7 +254,12 @@ impl QuicTransport {
         } else {
             &[certs::ALPN]
         };
-        let (server, client) = configs_offering(identity, &config, offered, certs::ALPN)?;
+        let (mut server, client) = configs_offering(identity, &config, offered, certs::ALPN)?;
+        server.transport_config(handshake_transport(&config)?);
+        // Data a not-yet-accepted attempt may buffer (0-RTT is off: this is only its Initial).
+        server
+            .incoming_buffer_size(64 << 10)
+            .incoming_buffer_size_total(8 << 20);
         let endpoint = Endpoint::server(server, listen).map_err(|source| TransportError::Bind {
             addr: listen,
             source,
@@ -254,6 +273,8 @@ impl QuicTransport {
         let (tx, rx) = mpsc::channel(config.inbound_queue_len);
         let config_max_incoming = config.max_incoming_connections;
         let caps = RepeatedCaps::from_config(&config);
+        let max_clients = config.max_client_connections;
+        let client_bytes = config.clients_buffered_bytes.min(Semaphore::MAX_PERMITS);
         let (clients_tx, clients_rx) = if config.accept_clients {
             let (tx, rx) = mpsc::channel(config.client_queue_len);
             (Some(tx), Some(rx))
@@ -275,9 +296,11 @@ impl QuicTransport {
             closing: AtomicBool::new(false),
             clients: clients_tx,
             admission: Arc::new(Semaphore::new(config_max_incoming)),
+            client_slots: Arc::new(Semaphore::new(max_clients)),
+            client_bytes: Arc::new(Semaphore::new(client_bytes)),
         });
         let span = info_span!("node", node = %shared.local, %local_addr);
-        tokio::spawn(accept_loop(shared.clone()).instrument(span));
+        tokio::spawn(accept::accept_loop(shared.clone()).instrument(span));
         let transport = Self {
             shared,
             local_addr,
@@ -410,92 +433,6 @@ impl Drop for QuicTransport {
             .close(VarInt::from_u32(codes::SHUTDOWN), b"dropped");
         for p in self.shared.peers().values() {
             p.stop();
-        }
-    }
-}
-
-/// Accepts connections, learns the peer's NodeId from its verified certificate and hands the
-/// connection to that peer's task. Each incoming attempt takes an admission permit before its
-/// handshake and a node connection keeps it until it closes; attempts beyond them are refused
-/// before the handshake.
-async fn accept_loop(shared: Arc<Shared>) {
-    while let Some(incoming) = shared.endpoint.accept().await {
-        let Ok(permit) = shared.admission.clone().try_acquire_owned() else {
-            let c = &shared.counters;
-            Counters::add(&c.connections_refused, 1);
-            Counters::add(&c.connections_refused_limit, 1);
-            debug!(remote = %incoming.remote_address(), "max_incoming_connections reached: refusing");
-            incoming.refuse();
-            continue;
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let remote = incoming.remote_address();
-            let conn = match incoming.await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    Counters::add(&shared.counters.connections_refused, 1);
-                    debug!(%remote, error = %e, "handshake failed");
-                    return;
-                }
-            };
-            if negotiated_alpn(&conn).as_deref() == Some(certs::CLIENT_ALPN) {
-                // Only offered with `accept_clients`: rustls refuses it otherwise. Its permit
-                // ends here: the service that takes it bounds its clients (holding a handle
-                // here would keep alive a connection the service dropped).
-                hand_over_client(&shared, conn);
-                return;
-            }
-            match peer_node_id(&conn) {
-                Some(id) if id != shared.local => shared.peer(id).incoming(conn.clone()),
-                _ => {
-                    Counters::add(&shared.counters.connections_refused, 1);
-                    warn!(%remote, "peer certificate names no other node: closing");
-                    conn.close(VarInt::from_u32(codes::NOT_A_NODE), b"not a node");
-                }
-            }
-            // A node connection keeps its permit until it ends (its reader task holds it
-            // open meanwhile, so waiting here keeps nothing alive).
-            conn.closed().await;
-            drop(permit);
-        });
-    }
-}
-
-/// Sends a client connection to the service, or closes it when there is none or it is busy.
-fn hand_over_client(shared: &Shared, conn: quinn::Connection) {
-    let c = &shared.counters;
-    let remote = conn.remote_address();
-    let name = match peer_chain(&conn).map(|chain| certs::peer_identity(&chain)) {
-        Some(Ok(certs::PeerIdentity::Client(name))) => name,
-        Some(Ok(certs::PeerIdentity::Node(id))) => format!("node-{}", id.get()),
-        _ => {
-            Counters::add(&c.connections_refused, 1);
-            warn!(%remote, "client certificate names nobody: closing");
-            conn.close(VarInt::from_u32(codes::NOT_A_NODE), b"no identity");
-            return;
-        }
-    };
-    let Some(clients) = shared.clients.as_ref() else {
-        Counters::add(&c.connections_refused, 1);
-        conn.close(VarInt::from_u32(codes::NOT_A_NODE), b"clients not served");
-        return;
-    };
-    // Count before the hand-over: once the service holds the connection it may read the
-    // stats, and they must already include it.
-    match clients.try_reserve() {
-        Ok(permit) => {
-            Counters::add(&c.client_connections, 1);
-            permit.send(ClientConnection {
-                name,
-                connection: conn,
-            });
-        }
-        Err(_) => {
-            Counters::add(&c.connections_refused, 1);
-            Counters::add(&c.client_connections_refused_busy, 1);
-            warn!(%remote, client = %name, "client queue full or not taken: closing");
-            conn.close(VarInt::from_u32(codes::CLIENTS_BUSY), b"busy");
         }
     }
 }
