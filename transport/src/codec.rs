@@ -37,6 +37,14 @@ pub mod codes {
     /// Connection close: the peer's certificate carries no node id (on the raft ALPN), or no
     /// pontoon identity at all (on the client ALPN).
     pub const NOT_A_NODE: u32 = 0x21;
+    /// Connection close: the node id is not admitted by this node (not a member of its
+    /// groups nor placed by its routing table).
+    pub const NOT_ADMITTED: u32 = 0x23;
+    /// Connection close: the node id or the certificate's serial is revoked.
+    pub const REVOKED: u32 = 0x24;
+    /// Connection close: the id already has an established, recently active connection, or
+    /// replaced it too recently; the dial is refused.
+    pub const LINK_KEPT: u32 = 0x25;
     /// Connection close: a client connection arrived while the queue of client connections
     /// not yet taken by the service was full (`TransportConfig::client_queue_len`).
     pub const CLIENTS_BUSY: u32 = 0x22;

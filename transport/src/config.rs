@@ -140,6 +140,12 @@ pub struct TransportConfig {
     /// A request not read whole within this is dropped and its stream reset (default 10 s):
     /// an unfinished request holds its buffer for at most this long.
     pub client_request_timeout: Duration,
+    /// Least time between two replacements of a peer's connection by a new dial from the
+    /// same node id (default 1 s). Besides, a connection that received anything within two
+    /// `keep_alive` intervals is never replaced: a holder of the id's certificate dialling in
+    /// a loop cannot keep cutting the real node's link. Refusals are counted in
+    /// `connections_refused_replace`.
+    pub min_link_replace_interval: Duration,
 }
 
 impl Default for TransportConfig {
@@ -181,6 +187,7 @@ impl Default for TransportConfig {
             client_buffered_bytes: 8 << 20,
             clients_buffered_bytes: 64 << 20,
             client_request_timeout: Duration::from_secs(10),
+            min_link_replace_interval: Duration::from_secs(1),
         }
     }
 }
@@ -273,6 +280,8 @@ setters!(
     clients_buffered_bytes: usize,
     /// Sets [`TransportConfig::client_request_timeout`].
     client_request_timeout: Duration,
+    /// Sets [`TransportConfig::min_link_replace_interval`].
+    min_link_replace_interval: Duration,
 );
 
 /// Streams kept beyond one per group: the heartbeat stream, the meta group's, and spares.

@@ -36,8 +36,8 @@ mod stats;
 pub mod wire;
 
 pub use quic::{
-    ClientConnection, ClientRequest, ClientRequestError, IncomingRequest, QuicTransport,
-    TransportError, quinn_configs,
+    ClientConnection, ClientRequest, ClientRequestError, IncomingRequest, PeerAdmission,
+    QuicTransport, Revocations, TransportError, quinn_configs,
 };
 
 use std::collections::HashMap;

@@ -89,6 +89,13 @@ stats!(
     /// Client requests refused: over `client_request_bytes`, over a byte budget, or not read
     /// whole within `client_request_timeout`.
     client_requests_refused,
+    /// Dials from a node id whose established, recently active connection was kept, or whose
+    /// connection was replaced less than `min_link_replace_interval` ago.
+    connections_refused_replace,
+    /// Node connections closed because the peer admission hook did not admit their id.
+    connections_refused_not_admitted,
+    /// Node connections closed because their node id or certificate serial is revoked.
+    connections_refused_revoked,
     /// Client connections (ALPN `pontoon-client/1`) accepted and handed over.
     client_connections,
     /// Client connections closed because the queue of connections not yet taken was full.

@@ -7,10 +7,14 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use common::*;
 use pontoon_transport::wire::{self, StreamHeader, StreamKind};
-use pontoon_transport::{Transport, TransportConfig, codes};
+use pontoon_transport::{PeerAdmission, Revocations, Transport, TransportConfig, codes};
+use routing::NodeId;
 
 const MIB: u64 = 1 << 20;
 
@@ -116,4 +120,157 @@ async fn repeated_fields_over_their_caps_are_refused_before_decoding_and_memory_
     let mut victim = victim;
     legit_traffic_flows(&peer, &mut victim, 200).await;
     legit_traffic_flows(&victim, &mut peer, 200).await;
+}
+
+/// The application code a connection was closed with, once it is closed.
+async fn close_code(conn: &quinn::Connection) -> Option<u32> {
+    match tokio::time::timeout(DEADLINE, conn.closed()).await.unwrap() {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            u32::try_from(close.error_code.into_inner()).ok()
+        }
+        _ => None,
+    }
+}
+
+/// A raw dial to `target` from `identity`, closed by the victim after the handshake: the code.
+async fn refused_after_handshake(
+    identity: &certs::NodeIdentity,
+    target: std::net::SocketAddr,
+    server: u64,
+) -> Option<u32> {
+    let raw = raw_endpoint(identity, &TransportConfig::default(), certs::ALPN);
+    let conn = raw
+        .connect(target, &certs::node_server_name(NodeId(server)))
+        .unwrap()
+        .await;
+    match conn {
+        Ok(conn) => close_code(&conn).await,
+        Err(quinn::ConnectionError::ApplicationClosed(close)) => {
+            u32::try_from(close.error_code.into_inner()).ok()
+        }
+        Err(_) => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_storm_with_a_stolen_id_does_not_replace_the_live_link() {
+    const DIALS: u64 = 30;
+    let ca = certs::ClusterCa::generate("dial-storm").unwrap();
+    // Node 5 is the victim: node 2 (lower) owns the link between them.
+    let config = TransportConfig::default()
+        .keep_alive(Duration::from_millis(300))
+        .idle_timeout(Duration::from_secs(5));
+    let (mut nodes, _book) = cluster(&ca, &[2, 5], config, groups(1..=4)).await;
+    legit_traffic_flows_between(&mut nodes, 0, 1, 50).await;
+    let closed_before = nodes[0].transport.stats().connections_closed;
+    // A holder of a genuine certificate for id 2 dials node 5 over and over.
+    let stolen = identity(&ca, 2);
+    let target = nodes[1].transport.local_addr();
+    for _ in 0..DIALS {
+        assert_eq!(
+            refused_after_handshake(&stolen, target, 5).await,
+            Some(codes::LINK_KEPT)
+        );
+    }
+    let s = nodes[1].transport.stats();
+    assert_eq!(s.connections_refused_replace, DIALS);
+    // Node 2's link was never cut: no connection of it closed, and traffic still flows.
+    assert_eq!(nodes[0].transport.stats().connections_closed, closed_before);
+    assert_eq!(nodes[1].transport.connected_peers(), vec![NodeId(2)]);
+    legit_traffic_flows_between(&mut nodes, 0, 1, 50).await;
+    legit_traffic_flows_between(&mut nodes, 1, 0, 50).await;
+}
+
+async fn legit_traffic_flows_between(nodes: &mut [Node], from: usize, to: usize, count: u64) {
+    let (a, b) = nodes.split_at_mut(1);
+    let (a, b) = (&mut a[0], &mut b[0]);
+    match (from, to) {
+        (0, 1) => legit_traffic_flows(a, b, count).await,
+        _ => legit_traffic_flows(b, a, count).await,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_id_not_admitted_is_refused_counted_and_forgotten() {
+    const DIALS: u64 = 10;
+    let ca = certs::ClusterCa::generate("admission").unwrap();
+    let (mut nodes, _book) = cluster(&ca, &[1, 2], TransportConfig::default(), groups(1..=4)).await;
+    let admitted: PeerAdmission = Arc::new(|id: NodeId| id == NodeId(2));
+    nodes[0].transport.set_peer_admission(Some(admitted));
+    let target = nodes[0].transport.local_addr();
+    // Node 7 is no member of anything here: every dial is closed after its handshake.
+    for _ in 0..DIALS {
+        assert_eq!(
+            refused_after_handshake(&identity(&ca, 7), target, 1).await,
+            Some(codes::NOT_ADMITTED)
+        );
+    }
+    let s = nodes[0].transport.stats();
+    assert_eq!(s.connections_refused_not_admitted, DIALS);
+    // No peer state was made for it: nothing redials it, no connection to it appears.
+    assert!(!nodes[0].transport.connected_peers().contains(&NodeId(7)));
+    assert_eq!(s.connections_opened, 0);
+    // The admitted node connects and exchanges traffic.
+    legit_traffic_flows_between(&mut nodes, 1, 0, 50).await;
+    legit_traffic_flows_between(&mut nodes, 0, 1, 50).await;
+    assert_eq!(nodes[0].transport.connected_peers(), vec![NodeId(2)]);
+    // Refusing node 2 later closes its live link and forgets it.
+    nodes[0]
+        .transport
+        .set_peer_admission(Some(Arc::new(|_: NodeId| false)));
+    wait_for("node 2's link to close", || {
+        nodes[1].transport.connected_peers().is_empty()
+    })
+    .await;
+    assert!(nodes[0].transport.connected_peers().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_node_is_refused_at_the_handshake_and_its_live_link_closed() {
+    let ca = certs::ClusterCa::generate("revocation").unwrap();
+    let (mut nodes, _book) =
+        cluster(&ca, &[1, 2, 3], TransportConfig::default(), groups(1..=4)).await;
+    legit_traffic_flows_between(&mut nodes, 0, 1, 20).await;
+    {
+        let (a, rest) = nodes.split_at_mut(1);
+        legit_traffic_flows(&rest[1], &mut a[0], 20).await;
+    }
+    wait_for("node 1 to hold links to 2 and 3", || {
+        nodes[0].transport.connected_peers() == vec![NodeId(2), NodeId(3)]
+    })
+    .await;
+    // Node 3 is revoked by id; a certificate of node 4 by serial.
+    let four = identity(&ca, 4);
+    let serial = certs::leaf_serial(four.cert_chain()).unwrap();
+    nodes[0].transport.set_revocations(Revocations {
+        nodes: [NodeId(3)].into_iter().collect(),
+        serials: [serial].into_iter().collect(),
+    });
+    wait_for("node 3's live link to close", || {
+        nodes[0].transport.connected_peers() == vec![NodeId(2)]
+    })
+    .await;
+    let target = nodes[0].transport.local_addr();
+    assert_eq!(
+        refused_after_handshake(&identity(&ca, 3), target, 1).await,
+        Some(codes::REVOKED)
+    );
+    assert_eq!(
+        refused_after_handshake(&four, target, 1).await,
+        Some(codes::REVOKED)
+    );
+    // A fresh certificate for node 4 (another serial) is still welcome.
+    assert_eq!(
+        tokio::time::timeout(
+            Duration::from_millis(500),
+            refused_after_handshake(&identity(&ca, 4), target, 1)
+        )
+        .await
+        .ok(),
+        None,
+        "node 4's new certificate is held open"
+    );
+    assert!(nodes[0].transport.stats().connections_refused_revoked >= 3);
+    // Node 2 is untouched.
+    legit_traffic_flows_between(&mut nodes, 1, 0, 50).await;
 }

@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use quinn::VarInt;
 use tracing::{debug, warn};
 
+use super::admission::Verdict;
 use super::clients::ClientConnection;
 use super::{Shared, negotiated_alpn, peer_chain, peer_node_id};
 use crate::codec::codes;
@@ -105,10 +106,14 @@ pub(super) async fn accept_loop(shared: Arc<Shared>) {
                 return;
             }
             match peer_node_id(&conn) {
-                Some(id) if id != shared.local => {
-                    grant_node_budgets(&shared, &conn);
-                    shared.peer(id).incoming(conn.clone());
-                }
+                Some(id) if id != shared.local => match shared.verdict(&conn, id) {
+                    Verdict::Admitted => {
+                        grant_node_budgets(&shared, &conn);
+                        shared.peer(id).incoming(conn.clone());
+                    }
+                    // No peer state for it: nothing will redial it.
+                    refused => shared.refuse_node(&conn, id, refused),
+                },
                 _ => {
                     Counters::add(&shared.counters.connections_refused, 1);
                     warn!(%remote, "peer certificate names no other node: closing");

@@ -36,11 +36,13 @@
 //! [`StreamKind::Control`]: crate::wire::StreamKind::Control
 
 mod accept;
+mod admission;
 mod clients;
 mod peer;
 mod recv;
 mod send;
 
+pub use admission::{PeerAdmission, Revocations};
 pub use clients::{ClientConnection, ClientRequest, ClientRequestError, IncomingRequest};
 
 use std::collections::HashMap;
@@ -112,6 +114,8 @@ pub(crate) struct Shared {
     /// One permit per incoming connection held or being handshaken
     /// ([`TransportConfig::max_incoming_connections`]).
     admission: Arc<Semaphore>,
+    /// The admission hook and the revocations, checked after every handshake.
+    pub(crate) gate: admission::Gate,
     /// One permit per client connection held ([`TransportConfig::max_client_connections`]).
     client_slots: Arc<Semaphore>,
     /// Bytes of client requests being read or answered, all clients together
@@ -127,6 +131,74 @@ impl Shared {
             .entry(id)
             .or_insert_with(|| Peer::spawn(self, id))
             .clone()
+    }
+
+    /// Drops the peer's state and tasks (closing its connection with `code`): nothing
+    /// redials it until it is used again.
+    pub(crate) fn forget_with(&self, id: NodeId, code: u32, reason: &[u8]) {
+        let peer = self
+            .peers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        if let Some(peer) = peer {
+            peer.stop_with(code, reason);
+        }
+    }
+
+    /// [`Shared::forget_with`] for a peer that is simply gone.
+    pub(crate) fn forget(&self, id: NodeId) {
+        self.forget_with(id, codes::SHUTDOWN, b"forgotten");
+    }
+
+    /// The admission verdict for a connection whose certificate names `id`.
+    pub(crate) fn verdict(&self, conn: &quinn::Connection, id: NodeId) -> admission::Verdict {
+        let serial = peer_chain(conn).and_then(|chain| certs::leaf_serial(&chain).ok());
+        self.gate.verdict(id, serial.as_deref())
+    }
+
+    /// Closes a node connection the gate refused, counts and logs (rate-limited) why.
+    pub(crate) fn refuse_node(&self, conn: &quinn::Connection, id: NodeId, v: admission::Verdict) {
+        let c = &self.counters;
+        let (counter, code, reason): (_, _, &[u8]) = match v {
+            admission::Verdict::Revoked => {
+                (&c.connections_refused_revoked, codes::REVOKED, b"revoked")
+            }
+            _ => (
+                &c.connections_refused_not_admitted,
+                codes::NOT_ADMITTED,
+                b"not admitted",
+            ),
+        };
+        Counters::add_all([(&c.connections_refused, 1), (counter, 1)]);
+        self.gate.log_refusal(id, v);
+        conn.close(VarInt::from_u32(code), reason);
+    }
+
+    /// Closes and forgets every peer the gate now refuses.
+    fn recheck_peers(&self) {
+        let peers: Vec<(NodeId, Option<quinn::Connection>)> = self
+            .peers()
+            .iter()
+            .map(|(id, p)| (*id, p.current()))
+            .collect();
+        for (id, conn) in peers {
+            let v = match &conn {
+                Some(conn) => self.verdict(conn, id),
+                None => self.gate.verdict(id, None),
+            };
+            if v != admission::Verdict::Admitted {
+                if let Some(conn) = &conn {
+                    self.refuse_node(conn, id, v);
+                }
+                let code = if v == admission::Verdict::Revoked {
+                    codes::REVOKED
+                } else {
+                    codes::NOT_ADMITTED
+                };
+                self.forget_with(id, code, b"refused");
+            }
+        }
     }
 
     fn peers(&self) -> RwLockReadGuard<'_, PeerMap> {
@@ -296,6 +368,7 @@ impl QuicTransport {
             closing: AtomicBool::new(false),
             clients: clients_tx,
             admission: Arc::new(Semaphore::new(config_max_incoming)),
+            gate: admission::Gate::default(),
             client_slots: Arc::new(Semaphore::new(max_clients)),
             client_bytes: Arc::new(Semaphore::new(client_bytes)),
         });
@@ -356,6 +429,35 @@ impl QuicTransport {
         up
     }
 
+    /// Installs the hook that decides which node ids may connect (`None`: all, the default).
+    /// It is consulted after every handshake with the id from the peer's certificate: a
+    /// connection from an id it refuses is closed with
+    /// [`codes::NOT_ADMITTED`](crate::codes::NOT_ADMITTED), counted in
+    /// `connections_refused_not_admitted`, logged at most once per 10 s, and leaves no peer
+    /// state (nothing redials it). Peers already known that it refuses are closed and
+    /// forgotten now; call [`QuicTransport::recheck_admission`] when the answers of an
+    /// installed hook change (membership or placement changed).
+    pub fn set_peer_admission(&self, admission: Option<PeerAdmission>) {
+        self.shared.gate.set_admission(admission);
+        self.shared.recheck_peers();
+    }
+
+    /// Applies the admission hook and the revocations again to every known peer, closing and
+    /// forgetting those they now refuse.
+    pub fn recheck_admission(&self) {
+        self.shared.recheck_peers();
+    }
+
+    /// Replaces the set of revoked node ids and certificate serials. Enforced after every
+    /// handshake, accepted or dialled (closed with [`codes::REVOKED`](crate::codes::REVOKED),
+    /// counted in `connections_refused_revoked`), on `send` (refused as
+    /// [`SendError::UnknownPeer`]), and on live connections now: those of a revoked id or
+    /// serial are closed and their peers forgotten.
+    pub fn set_revocations(&self, revoked: Revocations) {
+        self.shared.gate.set_revocations(revoked);
+        self.shared.recheck_peers();
+    }
+
     /// Closes every connection and the endpoint; `send` fails with [`SendError::Shutdown`]
     /// from now on. Waits (up to a second) for peers to be told.
     pub async fn shutdown(&self) {
@@ -400,7 +502,10 @@ impl Transport for QuicTransport {
                 return peer.enqueue(shared, encoded);
             }
         }
-        if to == shared.local || shared.book.get(to).is_none() {
+        if to == shared.local
+            || shared.book.get(to).is_none()
+            || shared.gate.verdict(to, None) == admission::Verdict::Revoked
+        {
             Counters::add(&c.dropped_unknown_peer, 1);
             return Err(SendError::UnknownPeer(to));
         }
