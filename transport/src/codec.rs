@@ -31,6 +31,9 @@ pub mod codes {
     /// Stream reset: a frame holds more elements of a repeated field than its cap
     /// (`TransportConfig::max_entries_per_message` and the like).
     pub const TOO_MANY: u32 = 0x16;
+    /// Stream reset: it held an unfinished frame or snapshot and received nothing for
+    /// `TransportConfig::partial_frame_timeout`.
+    pub const STALLED: u32 = 0x17;
     /// Connection close: another connection between the same two nodes won (the one dialled
     /// by the lower NodeId).
     pub const DUPLICATE_CONNECTION: u32 = 0x20;
@@ -282,6 +285,8 @@ pub(crate) enum Refusal {
     TooLarge(String),
     #[error("too many elements: {0}")]
     TooMany(WireError),
+    #[error("no progress on an unfinished frame for {0:?}")]
+    Stalled(std::time::Duration),
     #[error("frame claims sender {claimed}, certificate says {peer}")]
     SenderMismatch { claimed: u64, peer: NodeId },
 }
@@ -295,6 +300,7 @@ impl Refusal {
             Self::UnknownKind(_) => codes::UNKNOWN_KIND,
             Self::TooLarge(_) => codes::TOO_LARGE,
             Self::TooMany(_) => codes::TOO_MANY,
+            Self::Stalled(_) => codes::STALLED,
             Self::SenderMismatch { .. } => codes::SENDER_MISMATCH,
         }
     }
@@ -308,6 +314,7 @@ impl Refusal {
             Self::UnknownKind(_) => &c.resets_unknown_kind,
             Self::TooLarge(_) => &c.resets_too_large,
             Self::TooMany(_) => &c.resets_too_many,
+            Self::Stalled(_) => &c.resets_stalled,
             Self::SenderMismatch { .. } => {
                 Counters::add(&c.dropped_sender_mismatch, 1);
                 &c.resets_sender_mismatch
@@ -397,6 +404,16 @@ impl StreamReader {
             _ => 0,
         };
         self.dec.held_bytes() + snapshot
+    }
+
+    /// Memory held for frames not yet complete (a snapshot's reassembled data excluded).
+    pub(crate) fn frame_bytes(&self) -> usize {
+        self.dec.held_bytes()
+    }
+
+    /// Whether bytes of an unfinished frame are held.
+    pub(crate) fn unfinished(&self) -> bool {
+        self.dec.buffered() > 0
     }
 
     /// The kind and group once the header is read.

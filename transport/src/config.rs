@@ -146,6 +146,16 @@ pub struct TransportConfig {
     /// a loop cannot keep cutting the real node's link. Refusals are counted in
     /// `connections_refused_replace`.
     pub min_link_replace_interval: Duration,
+    /// Bytes one connection's stream decoders may hold for frames not yet complete, all its
+    /// streams together (default 64 MiB; at least `max_frame_bytes`). One connection per
+    /// node, so this is a per-node budget too. A read that takes a connection past it resets
+    /// the stream that made it (counted in `resets_too_large`): 10 000 streams with a few
+    /// bytes of a frame each cannot hold a buffer each.
+    pub max_partial_bytes_per_connection: usize,
+    /// A stream holding an unfinished frame (or a snapshot transfer) that receives nothing
+    /// for this long is reset (default 10 s; counted in `resets_stalled`), so a stalled
+    /// sender cannot keep its partial frames or snapshots in memory.
+    pub partial_frame_timeout: Duration,
 }
 
 impl Default for TransportConfig {
@@ -188,6 +198,8 @@ impl Default for TransportConfig {
             clients_buffered_bytes: 64 << 20,
             client_request_timeout: Duration::from_secs(10),
             min_link_replace_interval: Duration::from_secs(1),
+            max_partial_bytes_per_connection: 64 << 20,
+            partial_frame_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -282,6 +294,10 @@ setters!(
     client_request_timeout: Duration,
     /// Sets [`TransportConfig::min_link_replace_interval`].
     min_link_replace_interval: Duration,
+    /// Sets [`TransportConfig::max_partial_bytes_per_connection`].
+    max_partial_bytes_per_connection: usize,
+    /// Sets [`TransportConfig::partial_frame_timeout`].
+    partial_frame_timeout: Duration,
 );
 
 /// Streams kept beyond one per group: the heartbeat stream, the meta group's, and spares.
@@ -377,6 +393,18 @@ impl TransportConfig {
                     self.handshake_timeout, self.idle_timeout
                 ),
             );
+        }
+        if self.max_partial_bytes_per_connection < self.max_frame_bytes {
+            return err(
+                "max_partial_bytes_per_connection",
+                format!(
+                    "{} must be at least max_frame_bytes ({})",
+                    self.max_partial_bytes_per_connection, self.max_frame_bytes
+                ),
+            );
+        }
+        if self.partial_frame_timeout.is_zero() {
+            return err("partial_frame_timeout", "must be non-zero".into());
         }
         if self.client_request_timeout.is_zero() {
             return err("client_request_timeout", "must be non-zero".into());

@@ -64,6 +64,9 @@ stats!(
     resets_too_large,
     /// Resets because a frame held more elements of a repeated field than its cap.
     resets_too_many,
+    /// Resets because a stream holding an unfinished frame or snapshot received nothing for
+    /// `partial_frame_timeout`.
+    resets_stalled,
     /// Resets because a frame claimed another sender.
     resets_sender_mismatch,
     /// Connections established (dialled or accepted) and adopted.

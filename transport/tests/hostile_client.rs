@@ -126,6 +126,11 @@ async fn idle_client_connections_are_capped_and_cost_little_memory() {
         node.stats().client_connections_refused_limit >= (ATTEMPTS - CAP) as u64
     })
     .await;
+    // The close may still be on its way to the client when the node has counted it.
+    wait_for("the refused clients to hear it", || {
+        held.iter().filter(|c| c.close_reason().is_some()).count() >= ATTEMPTS - CAP
+    })
+    .await;
     for conn in &held {
         if conn.close_reason().is_some() {
             assert_eq!(close_code(conn).await, Some(codes::CLIENTS_BUSY));
