@@ -336,3 +336,67 @@ async fn many_streams_of_partial_frames_are_bounded_by_the_budget_and_stalled_on
     legit_traffic_flows(&peer, &mut victim, 200).await;
     legit_traffic_flows(&victim, &mut peer, 200).await;
 }
+
+/// Dials node 1 at `target` as `id` with `identity`, trusting `cas`.
+async fn dial_trusting(
+    identity: &certs::NodeIdentity,
+    cas: &[rustls::pki_types::CertificateDer<'static>],
+    target: std::net::SocketAddr,
+) -> Result<quinn::Connection, quinn::ConnectionError> {
+    let tls = identity
+        .client_config_trusting(&[certs::ALPN], cas)
+        .unwrap();
+    let config = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+    ));
+    let ep = quinn::Endpoint::client(any_port()).unwrap();
+    ep.connect_with(config, target, &certs::node_server_name(NodeId(1)))
+        .unwrap()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloading_tls_with_two_cas_accepts_peers_of_both() {
+    let old = certs::ClusterCa::generate("old-ca").unwrap();
+    let new = certs::ClusterCa::generate("new-ca").unwrap();
+    let both = [old.cert_der().clone(), new.cert_der().clone()];
+    let (mut nodes, _book) =
+        cluster(&old, &[1, 2], TransportConfig::default(), groups(1..=4)).await;
+    legit_traffic_flows_between(&mut nodes, 1, 0, 20).await;
+    let target = nodes[0].transport.local_addr();
+    // Node 3 already holds a certificate of the new CA: node 1 does not trust it yet.
+    let three = identity(&new, 3);
+    let refused = dial_trusting(&three, &both, target).await;
+    let refused = match refused {
+        Ok(conn) => tokio::time::timeout(DEADLINE, conn.closed()).await.is_ok(),
+        Err(_) => true,
+    };
+    assert!(refused, "node 1 trusted the new CA before the reload");
+    // Another node's identity is refused, and the old configs stay.
+    assert!(matches!(
+        nodes[0].transport.reload_tls(&identity(&old, 9), &both),
+        Err(pontoon_transport::TransportError::IdentityChanged { .. })
+    ));
+    // Node 1 rolls over: a certificate of the new CA, both CAs trusted.
+    nodes[0]
+        .transport
+        .reload_tls(&identity(&new, 1), &both)
+        .unwrap();
+    let conn = dial_trusting(&three, &both, target).await.unwrap();
+    wait_for("node 1 to adopt node 3", || {
+        nodes[0].transport.connected_peers().contains(&NodeId(3))
+    })
+    .await;
+    assert!(conn.close_reason().is_none());
+    // A node of the old CA (trusting both) is accepted too, and the live link carries on.
+    let conn = dial_trusting(&identity(&old, 4), &both, target)
+        .await
+        .unwrap();
+    wait_for("node 1 to adopt node 4", || {
+        nodes[0].transport.connected_peers().contains(&NodeId(4))
+    })
+    .await;
+    assert!(conn.close_reason().is_none());
+    legit_traffic_flows_between(&mut nodes, 1, 0, 50).await;
+    legit_traffic_flows_between(&mut nodes, 0, 1, 50).await;
+}

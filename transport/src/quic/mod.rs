@@ -80,6 +80,14 @@ pub enum TransportError {
     /// rustls' config is unusable by QUIC (it needs TLS 1.3 with an initial cipher suite).
     #[error("TLS config unusable for QUIC: {0}")]
     Quic(String),
+    /// `reload_tls` was given another node's identity.
+    #[error("the new identity is node {now}, this transport is node {was}")]
+    IdentityChanged {
+        /// This transport's node id.
+        was: NodeId,
+        /// The id of the identity offered.
+        now: NodeId,
+    },
     /// The UDP socket could not be bound.
     #[error("binding {addr}: {source}")]
     Bind {
@@ -98,7 +106,8 @@ pub(crate) struct Shared {
     pub(crate) local: NodeId,
     pub(crate) config: TransportConfig,
     pub(crate) endpoint: Endpoint,
-    pub(crate) client_config: quinn::ClientConfig,
+    /// What this node dials with; replaced by [`QuicTransport::reload_tls`].
+    pub(crate) client_config: RwLock<quinn::ClientConfig>,
     pub(crate) book: AddressBook,
     pub(crate) known_groups: GroupFilter,
     pub(crate) counters: Counters,
@@ -259,6 +268,28 @@ fn handshake_transport(c: &TransportConfig) -> Result<Arc<quinn::TransportConfig
     Ok(Arc::new(t))
 }
 
+/// The server config the endpoint accepts with (ALPNs offered, handshake budgets) and the
+/// client config it dials with, trusting `cas`.
+fn endpoint_configs(
+    identity: &certs::NodeIdentity,
+    config: &TransportConfig,
+    cas: &[rustls::pki_types::CertificateDer<'static>],
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TransportError> {
+    // Node dials offer only the raft ALPN; the server offers the client one on request.
+    let offered: &[&[u8]] = if config.accept_clients {
+        &[certs::ALPN, certs::CLIENT_ALPN]
+    } else {
+        &[certs::ALPN]
+    };
+    let (mut server, client) = configs_offering(identity, config, offered, certs::ALPN, cas)?;
+    server.transport_config(handshake_transport(config)?);
+    // Data a not-yet-accepted attempt may buffer (0-RTT is off: this is only its Initial).
+    server
+        .incoming_buffer_size(64 << 10)
+        .incoming_buffer_size_total(8 << 20);
+    Ok((server, client))
+}
+
 /// Quinn server and client configs from a node identity, with our limits. Exposed so tests
 /// and benchmarks can build a raw quinn endpoint with exactly the transport's TLS.
 ///
@@ -269,7 +300,13 @@ pub fn quinn_configs(
     config: &TransportConfig,
     alpn: &[u8],
 ) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TransportError> {
-    configs_offering(identity, config, &[alpn], alpn)
+    configs_offering(
+        identity,
+        config,
+        &[alpn],
+        alpn,
+        std::slice::from_ref(identity.ca()),
+    )
 }
 
 /// As [`quinn_configs`], with the server offering every ALPN of `server_alpns`.
@@ -278,10 +315,12 @@ fn configs_offering(
     config: &TransportConfig,
     server_alpns: &[&[u8]],
     alpn: &[u8],
+    cas: &[rustls::pki_types::CertificateDer<'static>],
 ) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TransportError> {
     let transport = quinn_transport(config)?;
-    let server_tls = QuicServerConfig::try_from(identity.server_config(server_alpns)?)
-        .map_err(|e| TransportError::Quic(e.to_string()))?;
+    let server_tls =
+        QuicServerConfig::try_from(identity.server_config_trusting(server_alpns, cas)?)
+            .map_err(|e| TransportError::Quic(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_tls));
     server.transport_config(transport.clone());
     // quinn's own bound is on attempts not yet taken by the accept loop, which takes them at
@@ -292,7 +331,7 @@ fn configs_offering(
             .max_incoming_connections
             .saturating_add(PENDING_INCOMING),
     );
-    let client_tls = QuicClientConfig::try_from(identity.client_config(&[alpn])?)
+    let client_tls = QuicClientConfig::try_from(identity.client_config_trusting(&[alpn], cas)?)
         .map_err(|e| TransportError::Quic(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(client_tls));
     client.transport_config(transport);
@@ -320,18 +359,8 @@ impl QuicTransport {
         known_groups: GroupFilter,
     ) -> Result<(Self, mpsc::Receiver<Inbound>), TransportError> {
         config.validate()?;
-        // Node dials offer only the raft ALPN; the server offers the client one on request.
-        let offered: &[&[u8]] = if config.accept_clients {
-            &[certs::ALPN, certs::CLIENT_ALPN]
-        } else {
-            &[certs::ALPN]
-        };
-        let (mut server, client) = configs_offering(identity, &config, offered, certs::ALPN)?;
-        server.transport_config(handshake_transport(&config)?);
-        // Data a not-yet-accepted attempt may buffer (0-RTT is off: this is only its Initial).
-        server
-            .incoming_buffer_size(64 << 10)
-            .incoming_buffer_size_total(8 << 20);
+        let (server, client) =
+            endpoint_configs(identity, &config, std::slice::from_ref(identity.ca()))?;
         let endpoint = Endpoint::server(server, listen).map_err(|source| TransportError::Bind {
             addr: listen,
             source,
@@ -357,7 +386,7 @@ impl QuicTransport {
             local: identity.node_id(),
             config,
             endpoint: endpoint.clone(),
-            client_config: client,
+            client_config: RwLock::new(client),
             book: peers,
             known_groups,
             counters: Counters::default(),
@@ -427,6 +456,36 @@ impl QuicTransport {
             .collect();
         up.sort_unstable();
         up
+    }
+
+    /// Replaces this node's certificate, key and trusted CAs without a restart: new
+    /// handshakes, accepted and dialled, use them; established connections carry on (revoke
+    /// what must not, with [`QuicTransport::set_revocations`]). `cas` is the whole trusted
+    /// bundle: during a CA rollover the old and the new CA, so peers of either are accepted
+    /// and dialled. The identity must be this node's (same node id).
+    ///
+    /// # Errors
+    /// [`TransportError::IdentityChanged`] for another node's identity, [`TransportError`]
+    /// when the certificates cannot make TLS configs; the old configs then stay.
+    pub fn reload_tls(
+        &self,
+        identity: &certs::NodeIdentity,
+        cas: &[rustls::pki_types::CertificateDer<'static>],
+    ) -> Result<(), TransportError> {
+        if identity.node_id() != self.shared.local {
+            return Err(TransportError::IdentityChanged {
+                was: self.shared.local,
+                now: identity.node_id(),
+            });
+        }
+        let (server, client) = endpoint_configs(identity, &self.shared.config, cas)?;
+        self.shared.endpoint.set_server_config(Some(server));
+        *self
+            .shared
+            .client_config
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = client;
+        Ok(())
     }
 
     /// Installs the hook that decides which node ids may connect (`None`: all, the default).

@@ -275,7 +275,11 @@ async fn connection_task(
             let connecting = shared
                 .endpoint
                 .connect_with(
-                    shared.client_config.clone(),
+                    shared
+                        .client_config
+                        .read()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .clone(),
                     addr,
                     &certs::node_server_name(id),
                 )
