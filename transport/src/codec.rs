@@ -4,6 +4,9 @@
 //! [`StreamReader`] is sans-IO: bytes in, envelopes out, or a [`Refusal`] that says why the
 //! stream must be reset.
 
+// This module reads bytes a peer controls: every access is checked.
+#![warn(clippy::indexing_slicing)]
+
 use bytes::{BufMut, Bytes, BytesMut};
 use raft::eraftpb;
 use routing::{GroupId, NodeId};
@@ -160,7 +163,7 @@ pub(crate) fn encode(
                 for (len, m) in inline.iter_mut().zip(&messages) {
                     *len = direct::message_len(m);
                 }
-                &inline[..messages.len()]
+                inline.get(..messages.len()).unwrap_or_default()
             } else {
                 heap = messages.iter().map(direct::message_len).collect();
                 &heap
@@ -206,7 +209,7 @@ pub(crate) fn encode(
             cuts.push((start, lens.len()));
             let mut total = 0;
             for &(a, b) in &cuts {
-                let len = direct::batch_len(from.get(), &lens[a..b]);
+                let len = direct::batch_len(from.get(), lens.get(a..b).unwrap_or_default());
                 if len > max {
                     return Err(SendError::FrameTooLarge { len, max });
                 }
@@ -214,10 +217,15 @@ pub(crate) fn encode(
             }
             let mut out = BytesMut::with_capacity(total);
             for &(a, b) in &cuts {
-                let len = direct::batch_len(from.get(), &lens[a..b]);
+                let len = direct::batch_len(from.get(), lens.get(a..b).unwrap_or_default());
                 // `len <= max <= u32::MAX`, checked above.
                 out.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
-                direct::batch_put(from.get(), &messages[a..b], &lens[a..b], &mut out);
+                direct::batch_put(
+                    from.get(),
+                    messages.get(a..b).unwrap_or_default(),
+                    lens.get(a..b).unwrap_or_default(),
+                    &mut out,
+                );
             }
             Ok(Encoded::Frames(Frames {
                 key: StreamKey::Raft(group),
@@ -533,7 +541,7 @@ impl StreamReader {
                     let before = messages.len();
                     let from = direct::batch_decode(body, messages).map_err(Refusal::Malformed)?;
                     self.check_from(from)?;
-                    for m in &messages[before..] {
+                    for m in messages.get(before..).unwrap_or_default() {
                         self.check_from(m.from)?;
                     }
                     tally.frames += 1;
@@ -628,6 +636,7 @@ impl StreamReader {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use std::sync::Arc;
 

@@ -25,6 +25,8 @@
 //! assert!(matches!(&delivered[..], [(NodeId(2), Inbound::Message { from: NodeId(1), .. })]));
 //! ```
 
+#![warn(unreachable_pub)]
+
 mod codec;
 mod config;
 mod convert;

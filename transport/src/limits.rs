@@ -7,6 +7,9 @@
 //! (a few varints per element, nothing allocated) and counts the occurrences of every repeated
 //! field before the decoder runs; a frame over a cap is refused whole.
 
+// This module reads bytes a peer controls: every access is checked.
+#![warn(clippy::indexing_slicing)]
+
 use crate::TransportConfig;
 use crate::wire::WireError;
 
@@ -259,6 +262,7 @@ fn conf_state(body: &[u8], caps: &RepeatedCaps) -> Result<(), WireError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use bytes::Bytes;
     use proptest::prelude::*;

@@ -6,6 +6,9 @@
 //! byte of the body is buffered. Bytes from the network are decoded by prost only: raft-rs'
 //! own `protobuf` 2.x codec never sees them (RUSTSEC-2024-0437).
 
+// This module reads bytes a peer controls: every access is checked.
+#![warn(clippy::indexing_slicing)]
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// The version of the wire format written in every [`StreamHeader`].
@@ -460,13 +463,15 @@ impl FrameDecoder {
             // it lacks: the prefix first, then the body it announces.
             if self.buf.len() < LENGTH_PREFIX {
                 let take = (LENGTH_PREFIX - self.buf.len()).min(self.chunk.len());
-                self.buf.extend_from_slice(&self.chunk[..take]);
+                self.buf
+                    .extend_from_slice(self.chunk.get(..take).unwrap_or_default());
                 self.chunk.advance(take);
             }
             if let Some(len) = self.announced(&self.buf)? {
                 let missing = (LENGTH_PREFIX + len).saturating_sub(self.buf.len());
                 let take = missing.min(self.chunk.len());
-                self.buf.extend_from_slice(&self.chunk[..take]);
+                self.buf
+                    .extend_from_slice(self.chunk.get(..take).unwrap_or_default());
                 self.chunk.advance(take);
             }
         }
@@ -512,6 +517,7 @@ impl FrameDecoder {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use proptest::prelude::*;
 

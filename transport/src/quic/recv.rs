@@ -11,6 +11,9 @@
 //! number of reads each per round, so one busy stream cannot starve the others). Snapshot
 //! transfers (bidirectional streams, rare and large) keep a task each.
 
+// This module reads bytes a peer controls: every access is checked.
+#![warn(clippy::indexing_slicing)]
+
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -135,7 +138,9 @@ impl Streams {
         if slot == self.slots.len() {
             self.slots.push(Some(incoming));
         } else {
-            self.slots[slot] = Some(incoming);
+            if let Some(free) = self.slots.get_mut(slot) {
+                *free = Some(incoming);
+            }
         }
         // Read it at once: it was accepted because data arrived.
         slot_waker.file();
@@ -347,7 +352,7 @@ async fn read_some(
             Poll::Pending => return Step::Wait,
             Poll::Ready(Ok(Some(n))) => {
                 s.progress = Instant::now();
-                let reads = chunks[..n].iter_mut().map(std::mem::take);
+                let reads = chunks.iter_mut().take(n).map(std::mem::take);
                 let envelopes = s.reader.feed_all(reads, c);
                 let total = track_held(c, partial, &mut s.held, s.reader.held_bytes());
                 let envelopes = match envelopes {
@@ -442,7 +447,7 @@ async fn read_snapshot(
                 .map_err(|_| Refusal::Stalled(timeout))?;
             match read {
                 Ok(Some(n)) => {
-                    let reads = chunks[..n].iter_mut().map(std::mem::take);
+                    let reads = chunks.iter_mut().take(n).map(std::mem::take);
                     let envelopes = reader.feed_all(reads, c);
                     // Only the unfinished frame counts against the connection's budget: the
                     // snapshot itself is bounded by `max_snapshot_bytes`.
