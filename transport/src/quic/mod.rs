@@ -32,6 +32,15 @@
 //! [`QuicTransport::take_client_connections`]), one on the raft ALPN goes to its peer as
 //! always and must carry a node certificate.
 //!
+//! # Budgets against hostile peers and clients
+//! Handshakes are budgeted before anyone is known (`accept.rs`: half-open cap, QUIC Retry
+//! under load, handshake timeout, no streams granted until the certificate is read); a node
+//! id is then admitted or refused (`admission.rs`: the embedder's hook and the revocations);
+//! an established, recently active link is never replaced by another dial from the same id;
+//! clients have their own caps (`clients.rs`); received frames are counted before they are
+//! decoded (`limits.rs`) and unfinished ones are held within a per-connection budget for a
+//! bounded time (`recv.rs`).
+//!
 //! [`codes::DUPLICATE_CONNECTION`]: crate::codes::DUPLICATE_CONNECTION
 //! [`StreamKind::Control`]: crate::wire::StreamKind::Control
 
