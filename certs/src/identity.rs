@@ -125,6 +125,22 @@ pub fn node_id_from_chain(chain: &[CertificateDer<'_>]) -> Result<NodeId, CertEr
     }
 }
 
+/// The serial number of the chain's leaf certificate (big-endian bytes as encoded), for
+/// revocation lists. Like [`peer_identity`], it does not verify the chain.
+///
+/// # Errors
+///
+/// [`CertError::NoCertificate`] for an empty chain, [`CertError::Parse`] for a certificate
+/// that is not X.509.
+pub fn leaf_serial(chain: &[CertificateDer<'_>]) -> Result<Vec<u8>, CertError> {
+    let leaf = chain.first().ok_or(CertError::NoCertificate)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).map_err(|e| CertError::Parse {
+        what: "peer certificate",
+        reason: e.to_string(),
+    })?;
+    Ok(cert.raw_serial().to_vec())
+}
+
 fn parse_identity_uri(uri: &str) -> Result<PeerIdentity, CertError> {
     let invalid = |reason| CertError::InvalidSan {
         san: uri.to_owned(),

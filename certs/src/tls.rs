@@ -22,8 +22,15 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 fn roots(ca: &CertificateDer<'static>) -> Result<Arc<RootCertStore>, CertError> {
+    roots_of(std::slice::from_ref(ca))
+}
+
+/// A trust store of several CAs: while a CA is rolled over, both the old and the new one.
+fn roots_of(cas: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, CertError> {
     let mut roots = RootCertStore::empty();
-    roots.add(ca.clone())?;
+    for ca in cas {
+        roots.add(ca.clone())?;
+    }
     Ok(Arc::new(roots))
 }
 
@@ -37,9 +44,18 @@ fn client_config_for(
     ca: &CertificateDer<'static>,
     alpns: &[&[u8]],
 ) -> Result<ClientConfig, CertError> {
+    client_config_with(chain, key, roots(ca)?, alpns)
+}
+
+fn client_config_with(
+    chain: &[CertificateDer<'static>],
+    key: &PrivateKeyDer<'static>,
+    roots: Arc<RootCertStore>,
+    alpns: &[&[u8]],
+) -> Result<ClientConfig, CertError> {
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots(ca)?)
+        .with_root_certificates(roots)
         .with_client_auth_cert(chain.to_vec(), key.clone_key())?;
     config.alpn_protocols = alpn_list(alpns);
     // 0-RTT data is replayable: never send it.
@@ -62,9 +78,24 @@ impl NodeIdentity {
     /// [`CertError::Tls`] if rustls refuses the certificate, key or CA,
     /// [`CertError::Verifier`] if it refuses to build the client verifier.
     pub fn server_config(&self, alpns: &[&[u8]]) -> Result<ServerConfig, CertError> {
+        self.server_config_trusting(alpns, std::slice::from_ref(&self.ca))
+    }
+
+    /// As [`NodeIdentity::server_config`], trusting every CA of `cas` instead of this
+    /// identity's own CA alone: during a CA rollover, the old and the new CA, so peers with
+    /// certificates of either are accepted. Include the identity's own CA.
+    ///
+    /// # Errors
+    ///
+    /// As [`NodeIdentity::server_config`].
+    pub fn server_config_trusting(
+        &self,
+        alpns: &[&[u8]],
+        cas: &[CertificateDer<'static>],
+    ) -> Result<ServerConfig, CertError> {
         let provider = provider();
         let verifier =
-            WebPkiClientVerifier::builder_with_provider(roots(&self.ca)?, provider.clone())
+            WebPkiClientVerifier::builder_with_provider(roots_of(cas)?, provider.clone())
                 .build()?;
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -86,6 +117,20 @@ impl NodeIdentity {
     /// [`CertError::Tls`] if rustls refuses the certificate, key or CA.
     pub fn client_config(&self, alpns: &[&[u8]]) -> Result<ClientConfig, CertError> {
         client_config_for(&self.cert_chain, &self.key, &self.ca, alpns)
+    }
+
+    /// As [`NodeIdentity::client_config`], trusting every CA of `cas` (see
+    /// [`NodeIdentity::server_config_trusting`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`NodeIdentity::client_config`].
+    pub fn client_config_trusting(
+        &self,
+        alpns: &[&[u8]],
+        cas: &[CertificateDer<'static>],
+    ) -> Result<ClientConfig, CertError> {
+        client_config_with(&self.cert_chain, &self.key, roots_of(cas)?, alpns)
     }
 }
 

@@ -4,10 +4,14 @@
 //! [`StreamReader`] is sans-IO: bytes in, envelopes out, or a [`Refusal`] that says why the
 //! stream must be reset.
 
+// This module reads bytes a peer controls: every access is checked.
+#![warn(clippy::indexing_slicing)]
+
 use bytes::{BufMut, Bytes, BytesMut};
 use raft::eraftpb;
 use routing::{GroupId, NodeId};
 
+use crate::limits::{self, FrameKind, RepeatedCaps};
 use crate::stats::Counters;
 use crate::wire::{self, StreamHeader, StreamKind, WireError};
 use crate::{Envelope, GroupFilter, SendError, convert, direct};
@@ -27,12 +31,26 @@ pub mod codes {
     pub const SENDER_MISMATCH: u32 = 0x14;
     /// Stream reset or connection close: this node is shutting down.
     pub const SHUTDOWN: u32 = 0x15;
+    /// Stream reset: a frame holds more elements of a repeated field than its cap
+    /// (`TransportConfig::max_entries_per_message` and the like).
+    pub const TOO_MANY: u32 = 0x16;
+    /// Stream reset: it held an unfinished frame or snapshot and received nothing for
+    /// `TransportConfig::partial_frame_timeout`.
+    pub const STALLED: u32 = 0x17;
     /// Connection close: another connection between the same two nodes won (the one dialled
     /// by the lower NodeId).
     pub const DUPLICATE_CONNECTION: u32 = 0x20;
     /// Connection close: the peer's certificate carries no node id (on the raft ALPN), or no
     /// pontoon identity at all (on the client ALPN).
     pub const NOT_A_NODE: u32 = 0x21;
+    /// Connection close: the node id is not admitted by this node (not a member of its
+    /// groups nor placed by its routing table).
+    pub const NOT_ADMITTED: u32 = 0x23;
+    /// Connection close: the node id or the certificate's serial is revoked.
+    pub const REVOKED: u32 = 0x24;
+    /// Connection close: the id already has an established, recently active connection, or
+    /// replaced it too recently; the dial is refused.
+    pub const LINK_KEPT: u32 = 0x25;
     /// Connection close: a client connection arrived while the queue of client connections
     /// not yet taken by the service was full (`TransportConfig::client_queue_len`).
     pub const CLIENTS_BUSY: u32 = 0x22;
@@ -120,12 +138,14 @@ pub(crate) fn header_frame(kind: StreamKind, group: u64) -> Bytes {
     out.freeze()
 }
 
-/// Encodes an envelope as `from` sends it. Raft batches too large for one frame are split
-/// between messages; a single message that does not fit is refused.
+/// Encodes an envelope as `from` sends it. Raft batches too large for one frame, or with more
+/// messages or entries than a receiver's `caps` accept in one, are split between messages; a
+/// single message that does not fit is refused. Heartbeat batches are split to `caps` too.
 pub(crate) fn encode(
     from: NodeId,
     envelope: Envelope,
     max_frame_bytes: usize,
+    caps: &RepeatedCaps,
 ) -> Result<Encoded, SendError> {
     let too_large = |e: WireError| match e {
         WireError::FrameTooLarge { len, max } => SendError::FrameTooLarge { len, max },
@@ -143,13 +163,17 @@ pub(crate) fn encode(
                 for (len, m) in inline.iter_mut().zip(&messages) {
                     *len = direct::message_len(m);
                 }
-                &inline[..messages.len()]
+                inline.get(..messages.len()).unwrap_or_default()
             } else {
                 heap = messages.iter().map(direct::message_len).collect();
                 &heap
             };
             let whole = direct::batch_len(from.get(), lens);
-            if whole <= max {
+            let entries: usize = messages.iter().map(|m| m.entries.len()).sum();
+            if whole <= max
+                && messages.len() <= caps.messages_per_batch
+                && entries <= caps.entries_per_frame
+            {
                 // The common case: one frame.
                 let mut out = BytesMut::with_capacity(wire::LENGTH_PREFIX + whole);
                 // `whole <= max <= u32::MAX`.
@@ -166,19 +190,26 @@ pub(crate) fn encode(
             let mut cuts: Vec<(usize, usize)> = Vec::new();
             let mut start = 0;
             let mut body = direct::batch_len(from.get(), &[]);
-            for (i, &len) in lens.iter().enumerate() {
+            let mut in_frame = 0usize;
+            for (i, (&len, m)) in lens.iter().zip(&messages).enumerate() {
                 let add = direct::batch_len(0, &[len]);
-                if i > start && body + add > max {
+                if i > start
+                    && (body + add > max
+                        || i - start >= caps.messages_per_batch
+                        || in_frame + m.entries.len() > caps.entries_per_frame)
+                {
                     cuts.push((start, i));
                     start = i;
                     body = direct::batch_len(from.get(), &[]);
+                    in_frame = 0;
                 }
                 body += add;
+                in_frame += m.entries.len();
             }
             cuts.push((start, lens.len()));
             let mut total = 0;
             for &(a, b) in &cuts {
-                let len = direct::batch_len(from.get(), &lens[a..b]);
+                let len = direct::batch_len(from.get(), lens.get(a..b).unwrap_or_default());
                 if len > max {
                     return Err(SendError::FrameTooLarge { len, max });
                 }
@@ -186,10 +217,15 @@ pub(crate) fn encode(
             }
             let mut out = BytesMut::with_capacity(total);
             for &(a, b) in &cuts {
-                let len = direct::batch_len(from.get(), &lens[a..b]);
+                let len = direct::batch_len(from.get(), lens.get(a..b).unwrap_or_default());
                 // `len <= max <= u32::MAX`, checked above.
                 out.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
-                direct::batch_put(from.get(), &messages[a..b], &lens[a..b], &mut out);
+                direct::batch_put(
+                    from.get(),
+                    messages.get(a..b).unwrap_or_default(),
+                    lens.get(a..b).unwrap_or_default(),
+                    &mut out,
+                );
             }
             Ok(Encoded::Frames(Frames {
                 key: StreamKey::Raft(group),
@@ -200,13 +236,30 @@ pub(crate) fn encode(
         }
         Envelope::Heartbeats(mut batch) => {
             batch.from = from.get();
+            let messages = batch.heartbeats.len() as u64;
+            let per_frame = caps.heartbeats_per_batch.max(1);
             let mut out = BytesMut::new();
-            wire::encode_frame(&batch, max_frame_bytes, &mut out).map_err(too_large)?;
+            let mut frames = 0;
+            if batch.heartbeats.len() <= per_frame {
+                wire::encode_frame(&batch, max_frame_bytes, &mut out).map_err(too_large)?;
+                frames = 1;
+            } else {
+                // More groups than a receiver takes in one batch: several batches, in order.
+                for part in batch.heartbeats.chunks(per_frame) {
+                    let part = wire::HeartbeatBatch {
+                        from: batch.from,
+                        responses: batch.responses,
+                        heartbeats: part.to_vec(),
+                    };
+                    wire::encode_frame(&part, max_frame_bytes, &mut out).map_err(too_large)?;
+                    frames += 1;
+                }
+            }
             Ok(Encoded::Frames(Frames {
                 key: StreamKey::Heartbeats,
                 bytes: out.freeze(),
-                frames: 1,
-                messages: batch.heartbeats.len() as u64,
+                frames,
+                messages,
             }))
         }
         Envelope::Snapshot { group, mut message } => {
@@ -238,6 +291,10 @@ pub(crate) enum Refusal {
     UnknownKind(WireError),
     #[error("too large: {0}")]
     TooLarge(String),
+    #[error("too many elements: {0}")]
+    TooMany(WireError),
+    #[error("no progress on an unfinished frame for {0:?}")]
+    Stalled(std::time::Duration),
     #[error("frame claims sender {claimed}, certificate says {peer}")]
     SenderMismatch { claimed: u64, peer: NodeId },
 }
@@ -250,6 +307,8 @@ impl Refusal {
             Self::Malformed(_) => codes::MALFORMED,
             Self::UnknownKind(_) => codes::UNKNOWN_KIND,
             Self::TooLarge(_) => codes::TOO_LARGE,
+            Self::TooMany(_) => codes::TOO_MANY,
+            Self::Stalled(_) => codes::STALLED,
             Self::SenderMismatch { .. } => codes::SENDER_MISMATCH,
         }
     }
@@ -262,6 +321,8 @@ impl Refusal {
             Self::Malformed(_) => &c.resets_malformed,
             Self::UnknownKind(_) => &c.resets_unknown_kind,
             Self::TooLarge(_) => &c.resets_too_large,
+            Self::TooMany(_) => &c.resets_too_many,
+            Self::Stalled(_) => &c.resets_stalled,
             Self::SenderMismatch { .. } => {
                 Counters::add(&c.dropped_sender_mismatch, 1);
                 &c.resets_sender_mismatch
@@ -273,6 +334,7 @@ impl Refusal {
     fn from_wire(e: WireError) -> Self {
         match e {
             WireError::FrameTooLarge { .. } => Self::TooLarge(e.to_string()),
+            WireError::TooManyElements { .. } => Self::TooMany(e),
             WireError::UnknownStreamKind(_) | WireError::UnsupportedVersion(_) => {
                 Self::UnknownKind(e)
             }
@@ -319,6 +381,7 @@ pub(crate) struct StreamReader {
     max_frame_bytes: usize,
     max_snapshot_bytes: u64,
     known_groups: GroupFilter,
+    caps: RepeatedCaps,
     state: State,
     dec: wire::FrameDecoder,
 }
@@ -329,12 +392,14 @@ impl StreamReader {
         max_frame_bytes: usize,
         max_snapshot_bytes: u64,
         known_groups: GroupFilter,
+        caps: RepeatedCaps,
     ) -> Self {
         Self {
             peer,
             max_frame_bytes,
             max_snapshot_bytes,
             known_groups,
+            caps,
             state: State::Header,
             dec: wire::FrameDecoder::new(wire::MAX_HEADER_BYTES),
         }
@@ -347,6 +412,16 @@ impl StreamReader {
             _ => 0,
         };
         self.dec.held_bytes() + snapshot
+    }
+
+    /// Memory held for frames not yet complete (a snapshot's reassembled data excluded).
+    pub(crate) fn frame_bytes(&self) -> usize {
+        self.dec.held_bytes()
+    }
+
+    /// Whether bytes of an unfinished frame are held.
+    pub(crate) fn unfinished(&self) -> bool {
+        self.dec.buffered() > 0
     }
 
     /// The kind and group once the header is read.
@@ -423,6 +498,16 @@ impl StreamReader {
         tally: &mut Tally,
         out: &mut Vec<Envelope>,
     ) -> Result<(), Refusal> {
+        // Repeated fields are counted on the bytes before the decoder pushes a single element.
+        let kind = match &self.state {
+            State::Raft(_) => Some(FrameKind::RaftBatch),
+            State::Heartbeats => Some(FrameKind::HeartbeatBatch),
+            State::SnapshotHead(_) => Some(FrameKind::SnapshotHeader),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            limits::check(kind, &body, &self.caps).map_err(Refusal::from_wire)?;
+        }
         match &mut self.state {
             State::Header => {
                 let header: StreamHeader =
@@ -456,7 +541,7 @@ impl StreamReader {
                     let before = messages.len();
                     let from = direct::batch_decode(body, messages).map_err(Refusal::Malformed)?;
                     self.check_from(from)?;
-                    for m in &messages[before..] {
+                    for m in messages.get(before..).unwrap_or_default() {
                         self.check_from(m.from)?;
                     }
                     tally.frames += 1;
@@ -551,72 +636,4 @@ impl StreamReader {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use proptest::prelude::*;
-
-    use super::*;
-    use crate::convert::tests::message;
-
-    fn raft(messages: Vec<eraftpb::Message>) -> Envelope {
-        Envelope::Raft {
-            group: GroupId(4),
-            messages,
-        }
-    }
-
-    /// The frames of an encoding, each checked against `max`.
-    fn frames_of(bytes: &Bytes, max: usize) -> Vec<wire::RaftBatch> {
-        let mut dec = wire::FrameDecoder::new(max);
-        dec.push(bytes.clone());
-        let mut out = Vec::new();
-        while let Some(body) = dec.next_frame().expect("within max") {
-            out.push(wire::decode_body("RaftBatch", body).expect("decodes"));
-        }
-        dec.finish().expect("whole frames");
-        out
-    }
-
-    proptest! {
-        #[test]
-        fn raft_envelopes_split_into_fitting_frames_and_read_back_in_order(
-            mut messages in proptest::collection::vec(message(), 0..12),
-            max in 200usize..2048,
-        ) {
-            // The reader checks every sender against the peer's certificate.
-            for m in &mut messages {
-                m.from = 7;
-            }
-            let lens: Vec<usize> = messages.iter().map(direct::message_len).collect();
-            match encode(NodeId(7), raft(messages.clone()), max) {
-                Ok(Encoded::Frames(f)) => {
-                    let batches = frames_of(&f.bytes, max);
-                    prop_assert_eq!(f.frames, batches.len() as u64);
-                    prop_assert_eq!(f.messages, messages.len() as u64);
-                    // Split only where needed: two neighbours would not fit in one frame.
-                    for w in batches.windows(2) {
-                        let joined = wire::RaftBatch {
-                            from: 7,
-                            messages: [w[0].messages.clone(), w[1].messages.clone()].concat(),
-                        };
-                        prop_assert!(prost::Message::encoded_len(&joined) > max);
-                    }
-                    let mut reader = StreamReader::new(NodeId(7), max, u64::MAX, Arc::new(|_| true));
-                    let counters = Counters::default();
-                    reader.feed(header_frame(StreamKind::Raft, 4), &counters).expect("header");
-                    let envs = reader.feed(f.bytes.clone(), &counters).expect("frames");
-                    prop_assert_eq!(envs, vec![raft(messages)]);
-                }
-                Ok(Encoded::Snapshot(_)) => prop_assert!(false, "not a snapshot"),
-                Err(SendError::FrameTooLarge { len, max: m }) => {
-                    prop_assert_eq!(m, max);
-                    // Only a message that cannot fit in a frame of its own is refused.
-                    prop_assert!(len > max);
-                    prop_assert!(lens.iter().any(|&l| direct::batch_len(7, &[l]) == len));
-                }
-                Err(e) => prop_assert!(false, "unexpected {e}"),
-            }
-        }
-    }
-}
+mod tests;

@@ -86,6 +86,76 @@ pub struct TransportConfig {
     /// connection is closed with [`crate::codes::CLIENTS_BUSY`] and counted, so a service
     /// that stopped taking them cannot make the endpoint hold connections without bound.
     pub client_queue_len: usize,
+    /// Raft messages in one received frame (default 4 096). Checked on the frame's bytes
+    /// before it is decoded (an empty message costs 2 bytes on the wire and ~200 decoded);
+    /// the sender splits its batches to fit. A frame over it resets its stream
+    /// ([`crate::codes::TOO_MANY`]) and is counted in `resets_too_many`.
+    pub max_messages_per_batch: usize,
+    /// Entries in one received raft message (default 16 384). raft-rs bounds an append by
+    /// `max_size_per_msg` bytes and the coordinator batches commands into few entries, so an
+    /// honest append holds far fewer. Checked before decoding, as `max_messages_per_batch`.
+    pub max_entries_per_message: usize,
+    /// Entries in one received frame, all its messages together (default 65 536): with
+    /// `max_messages_per_batch`, what bounds a frame's decoded size (about 200 bytes a
+    /// message and 150 an entry beyond the frame's own bytes).
+    pub max_entries_per_frame: usize,
+    /// Heartbeats in one received coalesced batch (default 65 536): one per group the two
+    /// nodes share. The sender splits larger batches; [`TransportConfig::with_room_for_groups`]
+    /// raises it with the group count.
+    pub max_heartbeats_per_batch: usize,
+    /// Node ids in one received conf state (voters, learners and joint lists; default 1 024).
+    pub max_conf_ids: usize,
+    /// An incoming handshake not finished within this is abandoned (default 5 s) and counted
+    /// in `handshakes_timed_out`, so a peer that starts handshakes and stalls holds no slot
+    /// for long.
+    pub handshake_timeout: Duration,
+    /// Incoming handshakes in progress at once, nodes and clients alike, since the ALPN that
+    /// tells them apart is known only at the end (default 256). Attempts beyond it are
+    /// refused before any crypto and counted in `handshakes_refused_half_open`. A
+    /// handshaking connection offers no streams and a small receive window until its peer
+    /// is known, so each costs a few KiB.
+    pub max_half_open: usize,
+    /// Above this many handshakes in progress (default 32), an attempt from an address not
+    /// yet validated is answered with a QUIC Retry (a stateless token round trip), so a
+    /// flood from spoofed addresses costs no state at all. Counted in `handshakes_retried`.
+    pub retry_half_open_above: usize,
+    /// Client connections (ALPN [`certs::CLIENT_ALPN`]) held at once, handed over or queued
+    /// (default 256). Beyond it a new client is closed with [`crate::codes::CLIENTS_BUSY`]
+    /// and counted in `client_connections_refused_limit`.
+    pub max_client_connections: usize,
+    /// Requests (bidirectional streams) one client may have open at once (default 32).
+    pub max_client_requests: u32,
+    /// Bytes one client may send before the service reads them (quinn's connection receive
+    /// window for a client connection; default 1 MiB).
+    pub client_receive_window: u32,
+    /// Largest request [`crate::ClientConnection::accept_request`] reads (default 4 MiB + 4,
+    /// the service's largest message and its length prefix).
+    pub client_request_bytes: usize,
+    /// Bytes of requests being read and not yet answered, per client (default 8 MiB, at least
+    /// `client_request_bytes`). A request that would pass it is refused with
+    /// [`crate::codes::CLIENTS_BUSY`].
+    pub client_buffered_bytes: usize,
+    /// The same, all clients of the node together (default 64 MiB).
+    pub clients_buffered_bytes: usize,
+    /// A request not read whole within this is dropped and its stream reset (default 10 s):
+    /// an unfinished request holds its buffer for at most this long.
+    pub client_request_timeout: Duration,
+    /// Least time between two replacements of a peer's connection by a new dial from the
+    /// same node id (default 1 s). Besides, a connection that received anything within two
+    /// `keep_alive` intervals is never replaced: a holder of the id's certificate dialling in
+    /// a loop cannot keep cutting the real node's link. Refusals are counted in
+    /// `connections_refused_replace`.
+    pub min_link_replace_interval: Duration,
+    /// Bytes one connection's stream decoders may hold for frames not yet complete, all its
+    /// streams together (default 64 MiB; at least `max_frame_bytes`). One connection per
+    /// node, so this is a per-node budget too. A read that takes a connection past it resets
+    /// the stream that made it (counted in `resets_too_large`): 10 000 streams with a few
+    /// bytes of a frame each cannot hold a buffer each.
+    pub max_partial_bytes_per_connection: usize,
+    /// A stream holding an unfinished frame (or a snapshot transfer) that receives nothing
+    /// for this long is reset (default 10 s; counted in `resets_stalled`), so a stalled
+    /// sender cannot keep its partial frames or snapshots in memory.
+    pub partial_frame_timeout: Duration,
 }
 
 impl Default for TransportConfig {
@@ -112,6 +182,24 @@ impl Default for TransportConfig {
             max_snapshot_bytes: 1 << 30,
             accept_clients: false,
             client_queue_len: 64,
+            max_messages_per_batch: 4_096,
+            max_entries_per_message: 16_384,
+            max_entries_per_frame: 65_536,
+            max_heartbeats_per_batch: 65_536,
+            max_conf_ids: 1_024,
+            handshake_timeout: Duration::from_secs(5),
+            max_half_open: 256,
+            retry_half_open_above: 32,
+            max_client_connections: 256,
+            max_client_requests: 32,
+            client_receive_window: 1 << 20,
+            client_request_bytes: (4 << 20) + 4,
+            client_buffered_bytes: 8 << 20,
+            clients_buffered_bytes: 64 << 20,
+            client_request_timeout: Duration::from_secs(10),
+            min_link_replace_interval: Duration::from_secs(1),
+            max_partial_bytes_per_connection: 64 << 20,
+            partial_frame_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -174,7 +262,63 @@ setters!(
     accept_clients: bool,
     /// Sets [`TransportConfig::client_queue_len`].
     client_queue_len: usize,
+    /// Sets [`TransportConfig::max_messages_per_batch`].
+    max_messages_per_batch: usize,
+    /// Sets [`TransportConfig::max_entries_per_message`].
+    max_entries_per_message: usize,
+    /// Sets [`TransportConfig::max_entries_per_frame`].
+    max_entries_per_frame: usize,
+    /// Sets [`TransportConfig::max_heartbeats_per_batch`].
+    max_heartbeats_per_batch: usize,
+    /// Sets [`TransportConfig::max_conf_ids`].
+    max_conf_ids: usize,
+    /// Sets [`TransportConfig::handshake_timeout`].
+    handshake_timeout: Duration,
+    /// Sets [`TransportConfig::max_half_open`].
+    max_half_open: usize,
+    /// Sets [`TransportConfig::retry_half_open_above`].
+    retry_half_open_above: usize,
+    /// Sets [`TransportConfig::max_client_connections`].
+    max_client_connections: usize,
+    /// Sets [`TransportConfig::max_client_requests`].
+    max_client_requests: u32,
+    /// Sets [`TransportConfig::client_receive_window`].
+    client_receive_window: u32,
+    /// Sets [`TransportConfig::client_request_bytes`].
+    client_request_bytes: usize,
+    /// Sets [`TransportConfig::client_buffered_bytes`].
+    client_buffered_bytes: usize,
+    /// Sets [`TransportConfig::clients_buffered_bytes`].
+    clients_buffered_bytes: usize,
+    /// Sets [`TransportConfig::client_request_timeout`].
+    client_request_timeout: Duration,
+    /// Sets [`TransportConfig::min_link_replace_interval`].
+    min_link_replace_interval: Duration,
+    /// Sets [`TransportConfig::max_partial_bytes_per_connection`].
+    max_partial_bytes_per_connection: usize,
+    /// Sets [`TransportConfig::partial_frame_timeout`].
+    partial_frame_timeout: Duration,
 );
+
+/// Streams kept beyond one per group: the heartbeat stream, the meta group's, and spares.
+pub const STREAM_HEADROOM: u32 = 64;
+
+impl TransportConfig {
+    /// This config with room for `groups` groups shared with each peer: one stream per group
+    /// (a group's stream stays open, and quinn never lets a peer open more than
+    /// `max_concurrent_uni_streams`, so a node holding more groups would leave the rest
+    /// silent) plus [`STREAM_HEADROOM`], and a heartbeat batch per group. Only ever raises
+    /// a limit, so a larger configured value stays.
+    #[must_use]
+    pub fn with_room_for_groups(mut self, groups: usize) -> Self {
+        let needed = u32::try_from(groups)
+            .unwrap_or(u32::MAX)
+            .saturating_add(STREAM_HEADROOM);
+        self.max_concurrent_uni_streams = self.max_concurrent_uni_streams.max(needed);
+        self.max_heartbeats_per_batch = self.max_heartbeats_per_batch.max(needed as usize);
+        self
+    }
+}
 
 /// Room for the length prefix and the prost tag of a snapshot chunk.
 const CHUNK_OVERHEAD: usize = 16;
@@ -202,6 +346,13 @@ impl TransportConfig {
             ("max_incoming_connections", self.max_incoming_connections),
             ("snapshot_chunk_bytes", self.snapshot_chunk_bytes),
             ("client_queue_len", self.client_queue_len),
+            ("max_messages_per_batch", self.max_messages_per_batch),
+            ("max_entries_per_message", self.max_entries_per_message),
+            ("max_heartbeats_per_batch", self.max_heartbeats_per_batch),
+            ("max_conf_ids", self.max_conf_ids),
+            ("max_half_open", self.max_half_open),
+            ("max_client_connections", self.max_client_connections),
+            ("client_request_bytes", self.client_request_bytes),
         ] {
             if v == 0 {
                 return err(field, "must be at least 1".into());
@@ -213,6 +364,68 @@ impl TransportConfig {
                 format!(
                     "{} is not within 1 ..= {MAX_READERS_PER_CONNECTION}",
                     self.readers_per_connection
+                ),
+            );
+        }
+        if self.max_entries_per_frame < self.max_entries_per_message {
+            return err(
+                "max_entries_per_frame",
+                format!(
+                    "{} must be at least max_entries_per_message ({})",
+                    self.max_entries_per_frame, self.max_entries_per_message
+                ),
+            );
+        }
+        if self.retry_half_open_above > self.max_half_open {
+            return err(
+                "retry_half_open_above",
+                format!(
+                    "{} must be at most max_half_open ({})",
+                    self.retry_half_open_above, self.max_half_open
+                ),
+            );
+        }
+        if self.handshake_timeout.is_zero() || self.handshake_timeout > self.idle_timeout {
+            return err(
+                "handshake_timeout",
+                format!(
+                    "{:?} must be non-zero and at most idle_timeout ({:?})",
+                    self.handshake_timeout, self.idle_timeout
+                ),
+            );
+        }
+        if self.max_partial_bytes_per_connection < self.max_frame_bytes {
+            return err(
+                "max_partial_bytes_per_connection",
+                format!(
+                    "{} must be at least max_frame_bytes ({})",
+                    self.max_partial_bytes_per_connection, self.max_frame_bytes
+                ),
+            );
+        }
+        if self.partial_frame_timeout.is_zero() {
+            return err("partial_frame_timeout", "must be non-zero".into());
+        }
+        if self.client_request_timeout.is_zero() {
+            return err("client_request_timeout", "must be non-zero".into());
+        }
+        if self.max_client_requests == 0 || self.client_receive_window == 0 {
+            return err(
+                "max_client_requests",
+                "max_client_requests and client_receive_window must be at least 1".into(),
+            );
+        }
+        if self.client_buffered_bytes < self.client_request_bytes
+            || self.clients_buffered_bytes < self.client_buffered_bytes
+        {
+            return err(
+                "client_buffered_bytes",
+                format!(
+                    "need client_request_bytes ({}) <= client_buffered_bytes ({}) <= \
+                     clients_buffered_bytes ({})",
+                    self.client_request_bytes,
+                    self.client_buffered_bytes,
+                    self.clients_buffered_bytes
                 ),
             );
         }
@@ -295,6 +508,21 @@ mod tests {
     }
 
     #[test]
+    fn room_for_groups_only_raises_the_stream_and_heartbeat_limits() {
+        let many = TransportConfig::default().with_room_for_groups(100_000);
+        assert_eq!(many.max_concurrent_uni_streams, 100_000 + STREAM_HEADROOM);
+        assert_eq!(many.max_heartbeats_per_batch, 100_064);
+        assert_eq!(many.validate(), Ok(()));
+        let wide = TransportConfig::default().max_concurrent_uni_streams(50_000);
+        assert_eq!(
+            wide.clone()
+                .with_room_for_groups(10)
+                .max_concurrent_uni_streams,
+            50_000
+        );
+    }
+
+    #[test]
     fn validate_names_the_field_at_fault() {
         let bad = [
             (
@@ -332,6 +560,26 @@ mod tests {
             (
                 TransportConfig::default().reconnect_backoff_min(Duration::from_secs(60)),
                 "reconnect_backoff_min",
+            ),
+            (
+                TransportConfig::default().max_messages_per_batch(0),
+                "max_messages_per_batch",
+            ),
+            (
+                TransportConfig::default().max_entries_per_frame(10),
+                "max_entries_per_frame",
+            ),
+            (
+                TransportConfig::default().retry_half_open_above(1_000),
+                "retry_half_open_above",
+            ),
+            (
+                TransportConfig::default().handshake_timeout(Duration::from_secs(60)),
+                "handshake_timeout",
+            ),
+            (
+                TransportConfig::default().client_buffered_bytes(1024),
+                "client_buffered_bytes",
             ),
         ];
         for (config, field) in bad {

@@ -3,6 +3,9 @@
 //! raft-rs keeps its own `protobuf` 2.x types; we only ever copy fields, so network bytes are
 //! decoded by prost and the `protobuf` crate never parses them.
 
+// This module reads bytes a peer controls: every access is checked.
+#![warn(clippy::indexing_slicing)]
+
 use raft::eraftpb;
 
 use crate::wire::{self, WireError};

@@ -8,6 +8,9 @@
 //! [`crate::from_wire`]. The tests below hold both directions to the prost structs for
 //! arbitrary messages and arbitrary bytes.
 
+// This module reads bytes a peer controls: every access is checked.
+#![warn(clippy::indexing_slicing)]
+
 use bytes::{Buf, BufMut, Bytes};
 use prost::DecodeError;
 use prost::encoding::{
@@ -412,6 +415,7 @@ pub(crate) fn batch_decode(
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use proptest::prelude::*;
 

@@ -25,16 +25,22 @@
 //! assert!(matches!(&delivered[..], [(NodeId(2), Inbound::Message { from: NodeId(1), .. })]));
 //! ```
 
+#![warn(unreachable_pub)]
+
 mod codec;
 mod config;
 mod convert;
 mod direct;
+mod limits;
 pub mod mem;
 mod quic;
 mod stats;
 pub mod wire;
 
-pub use quic::{ClientConnection, QuicTransport, TransportError, quinn_configs};
+pub use quic::{
+    ClientConnection, ClientRequest, ClientRequestError, IncomingRequest, PeerAdmission,
+    QuicTransport, Revocations, TransportError, quinn_configs,
+};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -44,7 +50,7 @@ use raft::eraftpb;
 use routing::{GroupId, NodeId};
 
 pub use codec::codes;
-pub use config::{ConfigError, TransportConfig};
+pub use config::{ConfigError, STREAM_HEADROOM, TransportConfig};
 pub use convert::{from_wire, to_wire};
 pub use stats::TransportStats;
 pub use wire::WireError;

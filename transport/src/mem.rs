@@ -13,6 +13,7 @@ use bytes::Bytes;
 use routing::{GroupId, NodeId};
 
 use crate::codec::{self, Encoded, StreamKey, StreamReader};
+use crate::limits::RepeatedCaps;
 use crate::stats::Counters;
 use crate::{Envelope, Inbound, TransportStats};
 
@@ -90,6 +91,7 @@ pub struct SimNetwork {
     streams_received: HashSet<(NodeId, NodeId, StreamKey)>,
     counters: Counters,
     max_frame_bytes: usize,
+    caps: RepeatedCaps,
     chunk_bytes: usize,
 }
 
@@ -109,6 +111,7 @@ impl SimNetwork {
             streams_received: HashSet::new(),
             counters: Counters::default(),
             max_frame_bytes: defaults.max_frame_bytes,
+            caps: RepeatedCaps::from_config(&defaults),
             chunk_bytes: defaults.snapshot_chunk_bytes,
         }
     }
@@ -179,7 +182,7 @@ impl SimNetwork {
     /// it, and applies partitions and faults. An envelope that cannot be encoded is counted
     /// as dropped (the QUIC transport refuses it in `send`).
     pub fn send(&mut self, now: u64, from: NodeId, to: NodeId, envelope: Envelope) {
-        let encoded = match codec::encode(from, envelope, self.max_frame_bytes) {
+        let encoded = match codec::encode(from, envelope, self.max_frame_bytes, &self.caps) {
             Ok(e) => e,
             Err(_) => {
                 Counters::add(&self.counters.dropped_faults, 1);
@@ -271,8 +274,13 @@ impl SimNetwork {
                         Counters::add(&self.counters.dropped_faults, 1);
                         continue;
                     }
-                    let mut reader =
-                        StreamReader::new(from, self.max_frame_bytes, u64::MAX, all.clone());
+                    let mut reader = StreamReader::new(
+                        from,
+                        self.max_frame_bytes,
+                        u64::MAX,
+                        all.clone(),
+                        self.caps,
+                    );
                     // The header travels once per stream on QUIC: count it once here too.
                     let header_counts = Counters::default();
                     let header_ok = reader.feed(header.clone(), &header_counts).is_ok();
@@ -300,8 +308,13 @@ impl SimNetwork {
                         self.snapshot_failed(now, from, to, group);
                         continue;
                     }
-                    let mut reader =
-                        StreamReader::new(from, self.max_frame_bytes, u64::MAX, all.clone());
+                    let mut reader = StreamReader::new(
+                        from,
+                        self.max_frame_bytes,
+                        u64::MAX,
+                        all.clone(),
+                        self.caps,
+                    );
                     let result = reader
                         .feed(bytes, &self.counters)
                         .and_then(|_| reader.finish(&self.counters));

@@ -62,6 +62,11 @@ stats!(
     resets_unknown_kind,
     /// Resets because a frame exceeded `max_frame_bytes` or a snapshot `max_snapshot_bytes`.
     resets_too_large,
+    /// Resets because a frame held more elements of a repeated field than its cap.
+    resets_too_many,
+    /// Resets because a stream holding an unfinished frame or snapshot received nothing for
+    /// `partial_frame_timeout`.
+    resets_stalled,
     /// Resets because a frame claimed another sender.
     resets_sender_mismatch,
     /// Connections established (dialled or accepted) and adopted.
@@ -74,6 +79,26 @@ stats!(
     /// Incoming connections refused before their handshake because
     /// `max_incoming_connections` were already being handshaken or held.
     connections_refused_limit,
+    /// Incoming handshakes abandoned after `handshake_timeout`.
+    handshakes_timed_out,
+    /// Incoming attempts refused before their handshake because `max_half_open` handshakes
+    /// were in progress.
+    handshakes_refused_half_open,
+    /// Incoming attempts answered with a QUIC Retry (address validation) because more than
+    /// `retry_half_open_above` handshakes were in progress.
+    handshakes_retried,
+    /// Client connections closed because `max_client_connections` were held.
+    client_connections_refused_limit,
+    /// Client requests refused: over `client_request_bytes`, over a byte budget, or not read
+    /// whole within `client_request_timeout`.
+    client_requests_refused,
+    /// Dials from a node id whose established, recently active connection was kept, or whose
+    /// connection was replaced less than `min_link_replace_interval` ago.
+    connections_refused_replace,
+    /// Node connections closed because the peer admission hook did not admit their id.
+    connections_refused_not_admitted,
+    /// Node connections closed because their node id or certificate serial is revoked.
+    connections_refused_revoked,
     /// Client connections (ALPN `pontoon-client/1`) accepted and handed over.
     client_connections,
     /// Client connections closed because the queue of connections not yet taken was full.
@@ -92,6 +117,8 @@ stats!(
     /// peers and not yet written. Bounded by `peer_queue_bytes` per peer, plus one envelope.
     /// Snapshot data is not copied into the queue and is not counted here.
     queued_bytes,
+    /// Gauge, not a count: incoming handshakes in progress now (at most `max_half_open`).
+    handshakes_in_progress,
     /// Gauge, not a count: bytes held by the decoders of incoming streams (the start of
     /// frames that straddle reads, with their buffers' capacity, and snapshots being
     /// reassembled).

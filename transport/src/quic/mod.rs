@@ -32,12 +32,27 @@
 //! [`QuicTransport::take_client_connections`]), one on the raft ALPN goes to its peer as
 //! always and must carry a node certificate.
 //!
+//! # Budgets against hostile peers and clients
+//! Handshakes are budgeted before anyone is known (`accept.rs`: half-open cap, QUIC Retry
+//! under load, handshake timeout, no streams granted until the certificate is read); a node
+//! id is then admitted or refused (`admission.rs`: the embedder's hook and the revocations);
+//! an established, recently active link is never replaced by another dial from the same id;
+//! clients have their own caps (`clients.rs`); received frames are counted before they are
+//! decoded (`limits.rs`) and unfinished ones are held within a per-connection budget for a
+//! bounded time (`recv.rs`).
+//!
 //! [`codes::DUPLICATE_CONNECTION`]: crate::codes::DUPLICATE_CONNECTION
 //! [`StreamKind::Control`]: crate::wire::StreamKind::Control
 
+mod accept;
+mod admission;
+mod clients;
 mod peer;
 mod recv;
 mod send;
+
+pub use admission::{PeerAdmission, Revocations};
+pub use clients::{ClientConnection, ClientRequest, ClientRequestError, IncomingRequest};
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -50,9 +65,10 @@ use quinn::crypto::rustls::{HandshakeData, QuicClientConfig, QuicServerConfig};
 use quinn::{Endpoint, IdleTimeout, VarInt};
 use routing::NodeId;
 use tokio::sync::{Semaphore, mpsc};
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, info_span};
 
 use crate::codec::{self, codes};
+use crate::limits::RepeatedCaps;
 use crate::stats::Counters;
 use crate::{
     AddressBook, ConfigError, Envelope, GroupFilter, Inbound, SendError, Transport,
@@ -73,6 +89,14 @@ pub enum TransportError {
     /// rustls' config is unusable by QUIC (it needs TLS 1.3 with an initial cipher suite).
     #[error("TLS config unusable for QUIC: {0}")]
     Quic(String),
+    /// `reload_tls` was given another node's identity.
+    #[error("the new identity is node {now}, this transport is node {was}")]
+    IdentityChanged {
+        /// This transport's node id.
+        was: NodeId,
+        /// The id of the identity offered.
+        now: NodeId,
+    },
     /// The UDP socket could not be bound.
     #[error("binding {addr}: {source}")]
     Bind {
@@ -91,10 +115,13 @@ pub(crate) struct Shared {
     pub(crate) local: NodeId,
     pub(crate) config: TransportConfig,
     pub(crate) endpoint: Endpoint,
-    pub(crate) client_config: quinn::ClientConfig,
+    /// What this node dials with; replaced by [`QuicTransport::reload_tls`].
+    pub(crate) client_config: RwLock<quinn::ClientConfig>,
     pub(crate) book: AddressBook,
     pub(crate) known_groups: GroupFilter,
     pub(crate) counters: Counters,
+    /// Caps on repeated fields, for frames sent and received.
+    pub(crate) caps: RepeatedCaps,
     pub(crate) inbound: mpsc::Sender<Inbound>,
     /// Read on every `send`; written only when a peer is first used or at shutdown.
     peers: RwLock<PeerMap>,
@@ -105,18 +132,13 @@ pub(crate) struct Shared {
     /// One permit per incoming connection held or being handshaken
     /// ([`TransportConfig::max_incoming_connections`]).
     admission: Arc<Semaphore>,
-}
-
-/// A connection from a client (ALPN [`certs::CLIENT_ALPN`]), authenticated by a certificate
-/// of the cluster CA, handed over by [`QuicTransport::take_client_connections`]. The
-/// transport does nothing more with it: the service opens or accepts streams on it.
-#[derive(Debug)]
-pub struct ClientConnection {
-    /// Who connected: the client's name from its certificate (`urn:pontoon:client:<name>`),
-    /// or `node-<id>` when a node connected as a client.
-    pub name: String,
-    /// The connection.
-    pub connection: quinn::Connection,
+    /// The admission hook and the revocations, checked after every handshake.
+    pub(crate) gate: admission::Gate,
+    /// One permit per client connection held ([`TransportConfig::max_client_connections`]).
+    client_slots: Arc<Semaphore>,
+    /// Bytes of client requests being read or answered, all clients together
+    /// ([`TransportConfig::clients_buffered_bytes`]).
+    client_bytes: Arc<Semaphore>,
 }
 
 impl Shared {
@@ -127,6 +149,74 @@ impl Shared {
             .entry(id)
             .or_insert_with(|| Peer::spawn(self, id))
             .clone()
+    }
+
+    /// Drops the peer's state and tasks (closing its connection with `code`): nothing
+    /// redials it until it is used again.
+    pub(crate) fn forget_with(&self, id: NodeId, code: u32, reason: &[u8]) {
+        let peer = self
+            .peers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        if let Some(peer) = peer {
+            peer.stop_with(code, reason);
+        }
+    }
+
+    /// [`Shared::forget_with`] for a peer that is simply gone.
+    pub(crate) fn forget(&self, id: NodeId) {
+        self.forget_with(id, codes::SHUTDOWN, b"forgotten");
+    }
+
+    /// The admission verdict for a connection whose certificate names `id`.
+    pub(crate) fn verdict(&self, conn: &quinn::Connection, id: NodeId) -> admission::Verdict {
+        let serial = peer_chain(conn).and_then(|chain| certs::leaf_serial(&chain).ok());
+        self.gate.verdict(id, serial.as_deref())
+    }
+
+    /// Closes a node connection the gate refused, counts and logs (rate-limited) why.
+    pub(crate) fn refuse_node(&self, conn: &quinn::Connection, id: NodeId, v: admission::Verdict) {
+        let c = &self.counters;
+        let (counter, code, reason): (_, _, &[u8]) = match v {
+            admission::Verdict::Revoked => {
+                (&c.connections_refused_revoked, codes::REVOKED, b"revoked")
+            }
+            _ => (
+                &c.connections_refused_not_admitted,
+                codes::NOT_ADMITTED,
+                b"not admitted",
+            ),
+        };
+        Counters::add_all([(&c.connections_refused, 1), (counter, 1)]);
+        self.gate.log_refusal(id, v);
+        conn.close(VarInt::from_u32(code), reason);
+    }
+
+    /// Closes and forgets every peer the gate now refuses.
+    fn recheck_peers(&self) {
+        let peers: Vec<(NodeId, Option<quinn::Connection>)> = self
+            .peers()
+            .iter()
+            .map(|(id, p)| (*id, p.current()))
+            .collect();
+        for (id, conn) in peers {
+            let v = match &conn {
+                Some(conn) => self.verdict(conn, id),
+                None => self.gate.verdict(id, None),
+            };
+            if v != admission::Verdict::Admitted {
+                if let Some(conn) = &conn {
+                    self.refuse_node(conn, id, v);
+                }
+                let code = if v == admission::Verdict::Revoked {
+                    codes::REVOKED
+                } else {
+                    codes::NOT_ADMITTED
+                };
+                self.forget_with(id, code, b"refused");
+            }
+        }
     }
 
     fn peers(&self) -> RwLockReadGuard<'_, PeerMap> {
@@ -152,6 +242,10 @@ const PENDING_INCOMING: usize = 1024;
 pub(crate) fn quinn_transport(
     c: &TransportConfig,
 ) -> Result<Arc<quinn::TransportConfig>, ConfigError> {
+    quinn_transport_params(c).map(Arc::new)
+}
+
+fn quinn_transport_params(c: &TransportConfig) -> Result<quinn::TransportConfig, ConfigError> {
     let err = |field, e: &dyn std::fmt::Display| ConfigError {
         field,
         reason: e.to_string(),
@@ -167,7 +261,42 @@ pub(crate) fn quinn_transport(
             IdleTimeout::try_from(c.idle_timeout).map_err(|e| err("idle_timeout", &e))?,
         ))
         .keep_alive_interval(Some(c.keep_alive));
+    Ok(t)
+}
+
+/// The transport parameters offered to a connection still handshaking: no streams and a small
+/// window until its certificate says what it is (quinn allocates state for every stream it
+/// grants). [`accept::grant_node_budgets`] and the client hand-over grant the real ones.
+fn handshake_transport(c: &TransportConfig) -> Result<Arc<quinn::TransportConfig>, ConfigError> {
+    let mut t = quinn_transport_params(c)?;
+    let window = c.client_receive_window.min(c.connection_receive_window);
+    t.max_concurrent_uni_streams(VarInt::from_u32(0))
+        .max_concurrent_bidi_streams(VarInt::from_u32(0))
+        .receive_window(VarInt::from_u32(window))
+        .stream_receive_window(VarInt::from_u32(c.stream_receive_window.min(window)));
     Ok(Arc::new(t))
+}
+
+/// The server config the endpoint accepts with (ALPNs offered, handshake budgets) and the
+/// client config it dials with, trusting `cas`.
+fn endpoint_configs(
+    identity: &certs::NodeIdentity,
+    config: &TransportConfig,
+    cas: &[rustls::pki_types::CertificateDer<'static>],
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TransportError> {
+    // Node dials offer only the raft ALPN; the server offers the client one on request.
+    let offered: &[&[u8]] = if config.accept_clients {
+        &[certs::ALPN, certs::CLIENT_ALPN]
+    } else {
+        &[certs::ALPN]
+    };
+    let (mut server, client) = configs_offering(identity, config, offered, certs::ALPN, cas)?;
+    server.transport_config(handshake_transport(config)?);
+    // Data a not-yet-accepted attempt may buffer (0-RTT is off: this is only its Initial).
+    server
+        .incoming_buffer_size(64 << 10)
+        .incoming_buffer_size_total(8 << 20);
+    Ok((server, client))
 }
 
 /// Quinn server and client configs from a node identity, with our limits. Exposed so tests
@@ -180,7 +309,13 @@ pub fn quinn_configs(
     config: &TransportConfig,
     alpn: &[u8],
 ) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TransportError> {
-    configs_offering(identity, config, &[alpn], alpn)
+    configs_offering(
+        identity,
+        config,
+        &[alpn],
+        alpn,
+        std::slice::from_ref(identity.ca()),
+    )
 }
 
 /// As [`quinn_configs`], with the server offering every ALPN of `server_alpns`.
@@ -189,10 +324,12 @@ fn configs_offering(
     config: &TransportConfig,
     server_alpns: &[&[u8]],
     alpn: &[u8],
+    cas: &[rustls::pki_types::CertificateDer<'static>],
 ) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TransportError> {
     let transport = quinn_transport(config)?;
-    let server_tls = QuicServerConfig::try_from(identity.server_config(server_alpns)?)
-        .map_err(|e| TransportError::Quic(e.to_string()))?;
+    let server_tls =
+        QuicServerConfig::try_from(identity.server_config_trusting(server_alpns, cas)?)
+            .map_err(|e| TransportError::Quic(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_tls));
     server.transport_config(transport.clone());
     // quinn's own bound is on attempts not yet taken by the accept loop, which takes them at
@@ -203,7 +340,7 @@ fn configs_offering(
             .max_incoming_connections
             .saturating_add(PENDING_INCOMING),
     );
-    let client_tls = QuicClientConfig::try_from(identity.client_config(&[alpn])?)
+    let client_tls = QuicClientConfig::try_from(identity.client_config_trusting(&[alpn], cas)?)
         .map_err(|e| TransportError::Quic(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(client_tls));
     client.transport_config(transport);
@@ -231,13 +368,8 @@ impl QuicTransport {
         known_groups: GroupFilter,
     ) -> Result<(Self, mpsc::Receiver<Inbound>), TransportError> {
         config.validate()?;
-        // Node dials offer only the raft ALPN; the server offers the client one on request.
-        let offered: &[&[u8]] = if config.accept_clients {
-            &[certs::ALPN, certs::CLIENT_ALPN]
-        } else {
-            &[certs::ALPN]
-        };
-        let (server, client) = configs_offering(identity, &config, offered, certs::ALPN)?;
+        let (server, client) =
+            endpoint_configs(identity, &config, std::slice::from_ref(identity.ca()))?;
         let endpoint = Endpoint::server(server, listen).map_err(|source| TransportError::Bind {
             addr: listen,
             source,
@@ -250,6 +382,9 @@ impl QuicTransport {
             })?;
         let (tx, rx) = mpsc::channel(config.inbound_queue_len);
         let config_max_incoming = config.max_incoming_connections;
+        let caps = RepeatedCaps::from_config(&config);
+        let max_clients = config.max_client_connections;
+        let client_bytes = config.clients_buffered_bytes.min(Semaphore::MAX_PERMITS);
         let (clients_tx, clients_rx) = if config.accept_clients {
             let (tx, rx) = mpsc::channel(config.client_queue_len);
             (Some(tx), Some(rx))
@@ -260,19 +395,23 @@ impl QuicTransport {
             local: identity.node_id(),
             config,
             endpoint: endpoint.clone(),
-            client_config: client,
+            client_config: RwLock::new(client),
             book: peers,
             known_groups,
             counters: Counters::default(),
+            caps,
             inbound: tx,
             peers: RwLock::default(),
             runtime: tokio::runtime::Handle::current(),
             closing: AtomicBool::new(false),
             clients: clients_tx,
             admission: Arc::new(Semaphore::new(config_max_incoming)),
+            gate: admission::Gate::default(),
+            client_slots: Arc::new(Semaphore::new(max_clients)),
+            client_bytes: Arc::new(Semaphore::new(client_bytes)),
         });
         let span = info_span!("node", node = %shared.local, %local_addr);
-        tokio::spawn(accept_loop(shared.clone()).instrument(span));
+        tokio::spawn(accept::accept_loop(shared.clone()).instrument(span));
         let transport = Self {
             shared,
             local_addr,
@@ -328,6 +467,65 @@ impl QuicTransport {
         up
     }
 
+    /// Replaces this node's certificate, key and trusted CAs without a restart: new
+    /// handshakes, accepted and dialled, use them; established connections carry on (revoke
+    /// what must not, with [`QuicTransport::set_revocations`]). `cas` is the whole trusted
+    /// bundle: during a CA rollover the old and the new CA, so peers of either are accepted
+    /// and dialled. The identity must be this node's (same node id).
+    ///
+    /// # Errors
+    /// [`TransportError::IdentityChanged`] for another node's identity, [`TransportError`]
+    /// when the certificates cannot make TLS configs; the old configs then stay.
+    pub fn reload_tls(
+        &self,
+        identity: &certs::NodeIdentity,
+        cas: &[rustls::pki_types::CertificateDer<'static>],
+    ) -> Result<(), TransportError> {
+        if identity.node_id() != self.shared.local {
+            return Err(TransportError::IdentityChanged {
+                was: self.shared.local,
+                now: identity.node_id(),
+            });
+        }
+        let (server, client) = endpoint_configs(identity, &self.shared.config, cas)?;
+        self.shared.endpoint.set_server_config(Some(server));
+        *self
+            .shared
+            .client_config
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = client;
+        Ok(())
+    }
+
+    /// Installs the hook that decides which node ids may connect (`None`: all, the default).
+    /// It is consulted after every handshake with the id from the peer's certificate: a
+    /// connection from an id it refuses is closed with
+    /// [`codes::NOT_ADMITTED`](crate::codes::NOT_ADMITTED), counted in
+    /// `connections_refused_not_admitted`, logged at most once per 10 s, and leaves no peer
+    /// state (nothing redials it). Peers already known that it refuses are closed and
+    /// forgotten now; call [`QuicTransport::recheck_admission`] when the answers of an
+    /// installed hook change (membership or placement changed).
+    pub fn set_peer_admission(&self, admission: Option<PeerAdmission>) {
+        self.shared.gate.set_admission(admission);
+        self.shared.recheck_peers();
+    }
+
+    /// Applies the admission hook and the revocations again to every known peer, closing and
+    /// forgetting those they now refuse.
+    pub fn recheck_admission(&self) {
+        self.shared.recheck_peers();
+    }
+
+    /// Replaces the set of revoked node ids and certificate serials. Enforced after every
+    /// handshake, accepted or dialled (closed with [`codes::REVOKED`](crate::codes::REVOKED),
+    /// counted in `connections_refused_revoked`), on `send` (refused as
+    /// [`SendError::UnknownPeer`]), and on live connections now: those of a revoked id or
+    /// serial are closed and their peers forgotten.
+    pub fn set_revocations(&self, revoked: Revocations) {
+        self.shared.gate.set_revocations(revoked);
+        self.shared.recheck_peers();
+    }
+
     /// Closes every connection and the endpoint; `send` fails with [`SendError::Shutdown`]
     /// from now on. Waits (up to a second) for peers to be told.
     pub async fn shutdown(&self) {
@@ -363,15 +561,28 @@ impl Transport for QuicTransport {
         {
             let peers = shared.peers();
             if let Some(peer) = peers.get(&to) {
-                let encoded = codec::encode(shared.local, envelope, shared.config.max_frame_bytes)?;
+                let encoded = codec::encode(
+                    shared.local,
+                    envelope,
+                    shared.config.max_frame_bytes,
+                    &shared.caps,
+                )?;
                 return peer.enqueue(shared, encoded);
             }
         }
-        if to == shared.local || shared.book.get(to).is_none() {
+        if to == shared.local
+            || shared.book.get(to).is_none()
+            || shared.gate.verdict(to, None) == admission::Verdict::Revoked
+        {
             Counters::add(&c.dropped_unknown_peer, 1);
             return Err(SendError::UnknownPeer(to));
         }
-        let encoded = codec::encode(shared.local, envelope, shared.config.max_frame_bytes)?;
+        let encoded = codec::encode(
+            shared.local,
+            envelope,
+            shared.config.max_frame_bytes,
+            &shared.caps,
+        )?;
         shared.peer(to).enqueue(shared, encoded)
     }
 
@@ -395,92 +606,6 @@ impl Drop for QuicTransport {
             .close(VarInt::from_u32(codes::SHUTDOWN), b"dropped");
         for p in self.shared.peers().values() {
             p.stop();
-        }
-    }
-}
-
-/// Accepts connections, learns the peer's NodeId from its verified certificate and hands the
-/// connection to that peer's task. Each incoming attempt takes an admission permit before its
-/// handshake and a node connection keeps it until it closes; attempts beyond them are refused
-/// before the handshake.
-async fn accept_loop(shared: Arc<Shared>) {
-    while let Some(incoming) = shared.endpoint.accept().await {
-        let Ok(permit) = shared.admission.clone().try_acquire_owned() else {
-            let c = &shared.counters;
-            Counters::add(&c.connections_refused, 1);
-            Counters::add(&c.connections_refused_limit, 1);
-            debug!(remote = %incoming.remote_address(), "max_incoming_connections reached: refusing");
-            incoming.refuse();
-            continue;
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let remote = incoming.remote_address();
-            let conn = match incoming.await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    Counters::add(&shared.counters.connections_refused, 1);
-                    debug!(%remote, error = %e, "handshake failed");
-                    return;
-                }
-            };
-            if negotiated_alpn(&conn).as_deref() == Some(certs::CLIENT_ALPN) {
-                // Only offered with `accept_clients`: rustls refuses it otherwise. Its permit
-                // ends here: the service that takes it bounds its clients (holding a handle
-                // here would keep alive a connection the service dropped).
-                hand_over_client(&shared, conn);
-                return;
-            }
-            match peer_node_id(&conn) {
-                Some(id) if id != shared.local => shared.peer(id).incoming(conn.clone()),
-                _ => {
-                    Counters::add(&shared.counters.connections_refused, 1);
-                    warn!(%remote, "peer certificate names no other node: closing");
-                    conn.close(VarInt::from_u32(codes::NOT_A_NODE), b"not a node");
-                }
-            }
-            // A node connection keeps its permit until it ends (its reader task holds it
-            // open meanwhile, so waiting here keeps nothing alive).
-            conn.closed().await;
-            drop(permit);
-        });
-    }
-}
-
-/// Sends a client connection to the service, or closes it when there is none or it is busy.
-fn hand_over_client(shared: &Shared, conn: quinn::Connection) {
-    let c = &shared.counters;
-    let remote = conn.remote_address();
-    let name = match peer_chain(&conn).map(|chain| certs::peer_identity(&chain)) {
-        Some(Ok(certs::PeerIdentity::Client(name))) => name,
-        Some(Ok(certs::PeerIdentity::Node(id))) => format!("node-{}", id.get()),
-        _ => {
-            Counters::add(&c.connections_refused, 1);
-            warn!(%remote, "client certificate names nobody: closing");
-            conn.close(VarInt::from_u32(codes::NOT_A_NODE), b"no identity");
-            return;
-        }
-    };
-    let Some(clients) = shared.clients.as_ref() else {
-        Counters::add(&c.connections_refused, 1);
-        conn.close(VarInt::from_u32(codes::NOT_A_NODE), b"clients not served");
-        return;
-    };
-    // Count before the hand-over: once the service holds the connection it may read the
-    // stats, and they must already include it.
-    match clients.try_reserve() {
-        Ok(permit) => {
-            Counters::add(&c.client_connections, 1);
-            permit.send(ClientConnection {
-                name,
-                connection: conn,
-            });
-        }
-        Err(_) => {
-            Counters::add(&c.connections_refused, 1);
-            Counters::add(&c.client_connections_refused_busy, 1);
-            warn!(%remote, client = %name, "client queue full or not taken: closing");
-            conn.close(VarInt::from_u32(codes::CLIENTS_BUSY), b"busy");
         }
     }
 }

@@ -10,8 +10,9 @@ use quinn::{Connection, VarInt};
 use routing::NodeId;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::admission::{LogLimiter, Verdict};
 use super::send::{self, Queue};
 use super::{Shared, recv};
 use crate::codec::{Encoded, SnapshotTransfer, codes, header_frame};
@@ -96,10 +97,23 @@ impl Peer {
     }
 
     pub(crate) fn stop(&self) {
+        self.stop_with(codes::SHUTDOWN, b"shutdown");
+    }
+
+    /// Stops the peer's tasks and closes its connection with `code`.
+    pub(crate) fn stop_with(&self, code: u32, reason: &[u8]) {
         self.task.abort();
         self.writer.abort();
         if let ConnState::Up(c) = &*self.state.borrow() {
-            c.close(VarInt::from_u32(codes::SHUTDOWN), b"shutdown");
+            c.close(VarInt::from_u32(code), reason);
+        }
+    }
+
+    /// The connection in use, when connected.
+    pub(crate) fn current(&self) -> Option<Connection> {
+        match &*self.state.borrow() {
+            ConnState::Up(c) => Some(c.clone()),
+            _ => None,
         }
     }
 
@@ -232,7 +246,12 @@ async fn connection_task(
     let mut wanted = false;
     // Once connected, keep redialling a lost peer even when nothing is queued for it.
     let mut had_connection = false;
+    // When the current connection last showed it was alive, and when a dial last replaced it.
+    let mut activity = Activity::default();
+    let mut replaced_at: Option<Instant> = None;
+    let keep_alive = shared.config.keep_alive;
 
+    let replace_log = LogLimiter::default();
     let adopt = |conn: Connection, current: &mut Option<Connection>, had_connection: &mut bool| {
         *had_connection = true;
         Counters::add(&shared.counters.connections_opened, 1);
@@ -256,7 +275,11 @@ async fn connection_task(
             let connecting = shared
                 .endpoint
                 .connect_with(
-                    shared.client_config.clone(),
+                    shared
+                        .client_config
+                        .read()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .clone(),
                     addr,
                     &certs::node_server_name(id),
                 )
@@ -266,6 +289,11 @@ async fn connection_task(
             if super::peer_node_id(&conn) != Some(id) {
                 conn.close(VarInt::from_u32(codes::NOT_A_NODE), b"wrong node");
                 return Err(format!("{addr} is not {id}"));
+            }
+            if shared.verdict(&conn, id) == Verdict::Revoked {
+                Counters::add(&shared.counters.connections_refused_revoked, 1);
+                conn.close(VarInt::from_u32(codes::REVOKED), b"revoked");
+                return Err(format!("{id}'s certificate is revoked"));
             }
             Ok(conn)
         })
@@ -291,8 +319,28 @@ async fn connection_task(
                         conn.close(VarInt::from_u32(codes::DUPLICATE_CONNECTION), b"lower node's dial wins");
                         continue;
                     }
+                    if !lower && alive {
+                        // A dial from the lower id replaces our connection only if that one
+                        // went quiet, and not twice within `min_link_replace_interval`: a
+                        // holder of the id's certificate cannot keep cutting the real link.
+                        let now = Instant::now();
+                        let active = current.as_ref().is_some_and(|c| activity.active(c, now, keep_alive));
+                        let too_soon = replaced_at.is_some_and(|t| now.duration_since(t) < shared.config.min_link_replace_interval);
+                        if active || too_soon {
+                            Counters::add_all([
+                                (&shared.counters.connections_refused, 1),
+                                (&shared.counters.connections_refused_replace, 1),
+                            ]);
+                            if let Some(suppressed) = replace_log.permit() {
+                                warn!(remote = %conn.remote_address(), active, suppressed, "a second connection from this node id: keeping the established one");
+                            }
+                            conn.close(VarInt::from_u32(codes::LINK_KEPT), b"established link kept");
+                            continue;
+                        }
+                        replaced_at = Some(now);
+                    }
                     if !lower {
-                        // The lower node's dial always wins: drop whatever we had.
+                        // The lower node's dial wins: drop whatever we had.
                         dialing = None;
                         for old in [current.take(), pending.take()].into_iter().flatten() {
                             old.close(VarInt::from_u32(codes::DUPLICATE_CONNECTION), b"lower node's dial wins");
@@ -314,10 +362,16 @@ async fn connection_task(
                     if current.as_ref().is_some_and(|c| c.stable_id() == sid) {
                         current = None;
                         Counters::add(&shared.counters.connections_closed, 1);
-                        info!("connection lost: redialling");
                         // Frames buffered on it may be lost: raft should treat the peer as
                         // unreachable in every group.
                         shared.report(Inbound::Unreachable { to: id, group: None });
+                        if shared.book.get(id).is_none() {
+                            // It dialled us and we cannot dial it: nothing to keep.
+                            debug!("connection lost; no address to redial: forgetting the peer");
+                            shared.forget(id);
+                            return;
+                        }
+                        info!("connection lost: redialling");
                         state.send_replace(ConnState::Connecting);
                         if dialing.is_none() && pending.is_none() {
                             retry_at = Some(Instant::now() + backoff);
@@ -365,6 +419,30 @@ async fn connection_task(
                 }
             },
         }
+    }
+}
+
+/// When a connection last received datagrams, sampled from quinn's counters: a live peer
+/// answers our keep-alives, so a connection with nothing received within two `keep_alive`
+/// intervals has gone quiet.
+#[derive(Default)]
+struct Activity {
+    /// The connection sampled, its datagrams received, and when they last grew.
+    seen: Option<(usize, u64, Instant)>,
+}
+
+impl Activity {
+    fn active(&mut self, conn: &Connection, now: Instant, keep_alive: Duration) -> bool {
+        let rx = conn.stats().udp_rx.datagrams;
+        let at = match self.seen {
+            Some((sid, last, at)) if sid == conn.stable_id() && rx == last => at,
+            Some((sid, ..)) if sid == conn.stable_id() => now,
+            // First look at this connection: it just received its handshake at least; count
+            // from when it was adopted is unknown, so from now.
+            _ => now,
+        };
+        self.seen = Some((conn.stable_id(), rx, at));
+        now.duration_since(at) < keep_alive * 2
     }
 }
 

@@ -11,10 +11,16 @@
 //! number of reads each per round, so one busy stream cannot starve the others). Snapshot
 //! transfers (bidirectional streams, rare and large) keep a task each.
 
+// This module reads bytes a peer controls: every access is checked.
+#![warn(clippy::indexing_slicing)]
+
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 
@@ -81,6 +87,8 @@ struct Incoming {
     reader: StreamReader,
     /// What this stream's decoder holds, as last added to `receive_buffered_bytes`.
     held: usize,
+    /// When bytes last arrived.
+    progress: Instant,
     slot_waker: Arc<SlotWaker>,
     waker: Waker,
 }
@@ -100,6 +108,8 @@ struct Streams {
     slots: Vec<Option<Incoming>>,
     free: Vec<usize>,
     ready: Arc<Ready>,
+    /// Bytes held by the decoders of every stream of the connection (all its readers).
+    partial: Arc<AtomicUsize>,
 }
 
 impl Streams {
@@ -118,15 +128,19 @@ impl Streams {
                 cfg.max_frame_bytes,
                 cfg.max_snapshot_bytes,
                 shared.known_groups.clone(),
+                shared.caps,
             ),
             held: 0,
+            progress: Instant::now(),
             waker: Waker::from(slot_waker.clone()),
             slot_waker: slot_waker.clone(),
         };
         if slot == self.slots.len() {
             self.slots.push(Some(incoming));
         } else {
-            self.slots[slot] = Some(incoming);
+            if let Some(free) = self.slots.get_mut(slot) {
+                *free = Some(incoming);
+            }
         }
         // Read it at once: it was accepted because data arrived.
         slot_waker.file();
@@ -134,7 +148,7 @@ impl Streams {
 
     fn remove(&mut self, c: &Counters, slot: usize) {
         if let Some(mut s) = self.slots.get_mut(slot).and_then(Option::take) {
-            track_held(c, &mut s.held, 0);
+            track_held(c, &self.partial, &mut s.held, 0);
             self.free.push(slot);
         }
         if self.free.len() == self.slots.len() {
@@ -159,7 +173,7 @@ impl Streams {
                 continue;
             };
             s.slot_waker.queued.store(false, Ordering::Release);
-            match read_some(shared, peer, s, events, conn_id).await {
+            match read_some(shared, peer, s, &self.partial, events, conn_id).await {
                 Step::Wait => {}
                 Step::More => again.push(slot),
                 Step::Done => self.remove(&shared.counters, slot),
@@ -169,6 +183,26 @@ impl Streams {
             if let Some(s) = self.slots.get(slot).and_then(Option::as_ref) {
                 s.slot_waker.file();
             }
+        }
+    }
+
+    /// Resets the streams that hold an unfinished frame and received nothing for `timeout`.
+    fn reset_stalled(&mut self, shared: &Shared, peer: NodeId, timeout: Duration) {
+        let now = Instant::now();
+        let stalled: Vec<usize> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let s = s.as_ref()?;
+                (s.reader.unfinished() && now.duration_since(s.progress) >= timeout).then_some(i)
+            })
+            .collect();
+        for slot in stalled {
+            if let Some(s) = self.slots.get_mut(slot).and_then(Option::as_mut) {
+                refuse(&shared.counters, peer, s, &Refusal::Stalled(timeout));
+            }
+            self.remove(&shared.counters, slot);
         }
     }
 }
@@ -182,14 +216,22 @@ pub(crate) async fn drive(
     events: mpsc::UnboundedSender<PeerEvent>,
 ) {
     let sid = conn.stable_id();
+    let partial = Arc::new(AtomicUsize::new(0));
     // Validated to be at least 1.
     let readers = shared.config.readers_per_connection.max(1);
     let (to_reader, tasks): (Vec<_>, Vec<_>) = (0..readers)
         .map(|_| {
             let (tx, rx) = mpsc::unbounded_channel();
             let task = shared.runtime.spawn(
-                read_streams(shared.clone(), peer, rx, events.clone(), sid)
-                    .instrument(tracing::Span::current()),
+                read_streams(
+                    shared.clone(),
+                    peer,
+                    rx,
+                    events.clone(),
+                    sid,
+                    partial.clone(),
+                )
+                .instrument(tracing::Span::current()),
             );
             (tx, task)
         })
@@ -209,7 +251,7 @@ pub(crate) async fn drive(
             bi = conn.accept_bi() => match bi {
                 Ok((send, recv)) => {
                     let span = info_span!("snapshot_stream", id = %recv.id(), group = tracing::field::Empty);
-                    tokio::spawn(read_snapshot(shared.clone(), peer, recv, send).instrument(span));
+                    tokio::spawn(read_snapshot(shared.clone(), peer, recv, send, partial.clone()).instrument(span));
                 }
                 Err(e) => break e,
             },
@@ -233,6 +275,7 @@ async fn read_streams(
     mut incoming: mpsc::UnboundedReceiver<RecvStream>,
     events: mpsc::UnboundedSender<PeerEvent>,
     sid: usize,
+    partial: Arc<AtomicUsize>,
 ) {
     let mut streams = Streams {
         slots: Vec::new(),
@@ -241,8 +284,12 @@ async fn read_streams(
             slots: Mutex::new(Vec::new()),
             notify: Notify::new(),
         }),
+        partial,
     };
     let ready = streams.ready.clone();
+    let timeout = shared.config.partial_frame_timeout;
+    let mut sweep = tokio::time::interval(timeout / 2);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             recv = incoming.recv() => match recv {
@@ -250,6 +297,7 @@ async fn read_streams(
                 None => break,
             },
             () = ready.notify.notified() => streams.read_ready(&shared, peer, &events, sid).await,
+            _ = sweep.tick() => streams.reset_stalled(&shared, peer, timeout),
         }
     }
     for slot in 0..streams.slots.len() {
@@ -257,14 +305,30 @@ async fn read_streams(
     }
 }
 
-/// Moves the `receive_buffered_bytes` gauge from what a stream held to what it holds now.
-fn track_held(c: &Counters, held: &mut usize, now: usize) {
-    if now > *held {
+/// Moves the `receive_buffered_bytes` gauge and the connection's `partial` total from what a
+/// stream held to what it holds now; returns the connection's total.
+fn track_held(c: &Counters, partial: &AtomicUsize, held: &mut usize, now: usize) -> usize {
+    let total = if now > *held {
         Counters::add(&c.receive_buffered_bytes, (now - *held) as u64);
+        partial.fetch_add(now - *held, Ordering::AcqRel) + (now - *held)
     } else if now < *held {
         Counters::sub(&c.receive_buffered_bytes, (*held - now) as u64);
-    }
+        partial
+            .fetch_sub(*held - now, Ordering::AcqRel)
+            .saturating_sub(*held - now)
+    } else {
+        partial.load(Ordering::Acquire)
+    };
     *held = now;
+    total
+}
+
+/// The refusal of a read that took the connection's partial frames past their budget.
+fn over_budget(total: usize, max: usize) -> Refusal {
+    Refusal::TooLarge(format!(
+        "{total} bytes of unfinished frames on the connection exceed \
+         max_partial_bytes_per_connection ({max})"
+    ))
 }
 
 /// Reads what a unidirectional stream has now (a few reads at most) and delivers it.
@@ -272,9 +336,11 @@ async fn read_some(
     shared: &Shared,
     peer: NodeId,
     s: &mut Incoming,
+    partial: &AtomicUsize,
     events: &mpsc::UnboundedSender<PeerEvent>,
     conn_id: usize,
 ) -> Step {
+    let max_partial = shared.config.max_partial_bytes_per_connection;
     let c = &shared.counters;
     let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
     for _ in 0..READS_PER_ROUND {
@@ -285,9 +351,14 @@ async fn read_some(
         let outcome = match polled {
             Poll::Pending => return Step::Wait,
             Poll::Ready(Ok(Some(n))) => {
-                let reads = chunks[..n].iter_mut().map(std::mem::take);
+                s.progress = Instant::now();
+                let reads = chunks.iter_mut().take(n).map(std::mem::take);
                 let envelopes = s.reader.feed_all(reads, c);
-                track_held(c, &mut s.held, s.reader.held_bytes());
+                let total = track_held(c, partial, &mut s.held, s.reader.held_bytes());
+                let envelopes = match envelopes {
+                    Ok(_) if total > max_partial => Err(over_budget(total, max_partial)),
+                    other => other,
+                };
                 match envelopes {
                     Ok(envelopes) => {
                         for envelope in envelopes {
@@ -350,27 +421,48 @@ async fn read_snapshot(
     peer: NodeId,
     mut recv: RecvStream,
     mut answer: SendStream,
+    partial: Arc<AtomicUsize>,
 ) {
     let c = &shared.counters;
+    let timeout = shared.config.partial_frame_timeout;
     let cfg = &shared.config;
     let mut reader = StreamReader::new(
         peer,
         cfg.max_frame_bytes,
         cfg.max_snapshot_bytes,
         shared.known_groups.clone(),
+        shared.caps,
     );
     // What this stream's decoder holds, as last added to `receive_buffered_bytes`.
     let mut held = 0usize;
+    // The snapshot's reassembled data, counted in the gauge but not in the frame budget.
+    let mut held_data = 0usize;
     let mut recorded = false;
     let outcome: Result<(), Refusal> = async {
         let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
         loop {
-            match recv.read_chunks(&mut chunks).await {
+            // A transfer that stops sending holds its reassembled data: not for long.
+            let read = tokio::time::timeout(timeout, recv.read_chunks(&mut chunks))
+                .await
+                .map_err(|_| Refusal::Stalled(timeout))?;
+            match read {
                 Ok(Some(n)) => {
-                    let reads = chunks[..n].iter_mut().map(std::mem::take);
+                    let reads = chunks.iter_mut().take(n).map(std::mem::take);
                     let envelopes = reader.feed_all(reads, c);
-                    track_held(c, &mut held, reader.held_bytes());
-                    for envelope in envelopes? {
+                    // Only the unfinished frame counts against the connection's budget: the
+                    // snapshot itself is bounded by `max_snapshot_bytes`.
+                    let frame = reader.frame_bytes();
+                    let total = track_held(c, &partial, &mut held, frame);
+                    let data = reader.held_bytes().saturating_sub(frame);
+                    track_held(c, &AtomicUsize::new(0), &mut held_data, data);
+                    let envelopes = envelopes?;
+                    if total > shared.config.max_partial_bytes_per_connection {
+                        return Err(over_budget(
+                            total,
+                            shared.config.max_partial_bytes_per_connection,
+                        ));
+                    }
+                    for envelope in envelopes {
                         shared
                             .deliver(Inbound::Message {
                                 from: peer,
@@ -416,7 +508,8 @@ async fn read_snapshot(
         }
     }
     .await;
-    track_held(c, &mut held, 0);
+    track_held(c, &partial, &mut held, 0);
+    track_held(c, &AtomicUsize::new(0), &mut held_data, 0);
     if let Err(refusal) = outcome {
         refusal.count(c);
         let kind = reader.kind();

@@ -109,3 +109,112 @@ pub fn raw_endpoint(
     ep.set_default_client_config(client);
     ep
 }
+
+/// The process's resident set size, from `/proc/self/status` (`VmRSS`), in bytes.
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS in /proc/self/status");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in kB");
+    kib * 1024
+}
+
+/// Serialises the tests of one binary that measure the process's RSS: the others would add
+/// their own memory to the measure.
+pub static RSS_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Node 1 (the victim, `config`) and node 2 (its legitimate peer, default config), both
+/// knowing groups 1..=16, connected (node 1 dialled).
+pub async fn victim_and_legit_peer(ca: &ClusterCa, config: TransportConfig) -> (Node, Node) {
+    use pontoon_transport::{Envelope, Transport, wire};
+    let book = AddressBook::new();
+    let mut nodes = Vec::new();
+    for id in [1, 2] {
+        let (transport, inbound) = QuicTransport::bind(
+            any_port(),
+            &identity(ca, id),
+            if id == 1 {
+                config.clone()
+            } else {
+                TransportConfig::default()
+            },
+            book.clone(),
+            groups(1..=16),
+        )
+        .await
+        .unwrap();
+        book.insert(NodeId(id), transport.local_addr());
+        nodes.push(Node { transport, inbound });
+    }
+    let peer = nodes.pop().unwrap();
+    let victim = nodes.pop().unwrap();
+    victim
+        .transport
+        .send(
+            NodeId(2),
+            Envelope::Heartbeats(wire::HeartbeatBatch::default()),
+        )
+        .unwrap();
+    wait_for("node 1 and node 2 to connect", || {
+        victim.transport.connected_peers() == vec![NodeId(2)]
+            && peer.transport.connected_peers() == vec![NodeId(1)]
+    })
+    .await;
+    (victim, peer)
+}
+
+/// `from` sends `count` appends in group 1 to `to`, and `to` receives them all, in order
+/// (events of other kinds are skipped).
+pub async fn legit_traffic_flows(from: &Node, to: &mut Node, count: u64) {
+    use pontoon_transport::{Envelope, Transport};
+    let me = from.transport.node_id().get();
+    let them = to.transport.node_id();
+    let send = async {
+        for i in 0..count {
+            let env = Envelope::Raft {
+                group: GroupId(1),
+                messages: vec![append(me, them.get(), i, 64)],
+            };
+            wait_for("room toward the peer", || {
+                from.transport.send(them, env.clone()).is_ok()
+            })
+            .await;
+        }
+    };
+    let receive = async {
+        let mut expected = 0;
+        while expected < count {
+            if let Inbound::Message {
+                from: sender,
+                envelope: Envelope::Raft { group, messages },
+            } = next(&mut to.inbound).await
+            {
+                assert_eq!((sender.get(), group), (me, GroupId(1)));
+                for m in messages {
+                    assert_eq!(m.index, expected, "once, in order");
+                    expected += 1;
+                }
+            }
+        }
+    };
+    tokio::join!(send, receive);
+}
+
+/// A raw QUIC connection to `target` (node `server`) from a genuine node `id`.
+pub async fn raw_node_connection(
+    ca: &ClusterCa,
+    id: u64,
+    target: SocketAddr,
+    server: u64,
+) -> Result<quinn::Connection, quinn::ConnectionError> {
+    let raw = raw_endpoint(&identity(ca, id), &TransportConfig::default(), certs::ALPN);
+    raw.connect(target, &certs::node_server_name(NodeId(server)))
+        .unwrap()
+        .await
+}
