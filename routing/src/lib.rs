@@ -29,6 +29,8 @@
 //! # Ok::<(), pontoon_routing::RoutingError>(())
 //! ```
 
+#![warn(unreachable_pub)]
+
 mod change;
 mod error;
 mod hash;
