@@ -2,6 +2,9 @@
 //! is applied against an expected version (compare-and-set), so two operators racing on the
 //! same table cannot both win with plans computed from the same old table.
 
+// Decoders read untrusted bytes: a slice index here must never be able to panic.
+#![warn(clippy::indexing_slicing)]
+
 use prost::Message as _;
 
 use crate::{GroupId, NodeId, RoutingError, RoutingTable, VShardId};

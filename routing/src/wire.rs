@@ -3,6 +3,9 @@
 //!
 //! Field numbers are part of the format: never reuse or renumber them.
 
+// Decoders read untrusted bytes: a slice index here must never be able to panic.
+#![warn(clippy::indexing_slicing)]
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use prost::Message;
