@@ -2,6 +2,9 @@
 //! is applied against an expected version (compare-and-set), so two operators racing on the
 //! same table cannot both win with plans computed from the same old table.
 
+// Decoders read untrusted bytes: a slice index here must never be able to panic.
+#![warn(clippy::indexing_slicing)]
+
 use prost::Message as _;
 
 use crate::{GroupId, NodeId, RoutingError, RoutingTable, VShardId};
@@ -35,6 +38,29 @@ pub enum RoutingChange {
         /// Its new group.
         group: GroupId,
     },
+    /// Revokes a node id; the node must no longer be a member or replica (see
+    /// [`RoutingTable::revoke_node`]).
+    RevokeNode {
+        /// The node.
+        node: NodeId,
+    },
+    /// Lifts a node id's revocation.
+    UnrevokeNode {
+        /// The node.
+        node: NodeId,
+    },
+    /// Revokes a certificate serial (any time: the emergency cut-off, see
+    /// [`RoutingTable::revoke_serial`]).
+    RevokeSerial {
+        /// The serial's DER integer bytes; stored in canonical form
+        /// ([`crate::canonical_serial`]).
+        serial: Vec<u8>,
+    },
+    /// Lifts a certificate serial's revocation.
+    UnrevokeSerial {
+        /// The serial's DER integer bytes.
+        serial: Vec<u8>,
+    },
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -42,7 +68,7 @@ struct ChangeMsg {
     /// The version the change was computed against.
     #[prost(uint64, tag = "1")]
     expected_version: u64,
-    #[prost(oneof = "ChangeKind", tags = "2, 3, 4, 5")]
+    #[prost(oneof = "ChangeKind", tags = "2, 3, 4, 5, 6, 7, 8, 9")]
     kind: Option<ChangeKind>,
 }
 
@@ -56,6 +82,14 @@ enum ChangeKind {
     SetReplicas(SetReplicasMsg),
     #[prost(message, tag = "5")]
     AssignVShard(AssignMsg),
+    #[prost(uint64, tag = "6")]
+    RevokeNode(u64),
+    #[prost(uint64, tag = "7")]
+    UnrevokeNode(u64),
+    #[prost(bytes = "vec", tag = "8")]
+    RevokeSerial(Vec<u8>),
+    #[prost(bytes = "vec", tag = "9")]
+    UnrevokeSerial(Vec<u8>),
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -100,6 +134,10 @@ impl RoutingChange {
                 vshard: vshard.get(),
                 group: group.get(),
             }),
+            Self::RevokeNode { node } => ChangeKind::RevokeNode(node.get()),
+            Self::UnrevokeNode { node } => ChangeKind::UnrevokeNode(node.get()),
+            Self::RevokeSerial { serial } => ChangeKind::RevokeSerial(serial.clone()),
+            Self::UnrevokeSerial { serial } => ChangeKind::UnrevokeSerial(serial.clone()),
         };
         ChangeMsg {
             expected_version,
@@ -130,6 +168,11 @@ impl RoutingChange {
                 vshard: VShardId(m.vshard),
                 group: GroupId(m.group),
             },
+            Some(ChangeKind::RevokeNode(n)) => Self::RevokeNode { node: NodeId(n) },
+            Some(ChangeKind::UnrevokeNode(n)) => Self::UnrevokeNode { node: NodeId(n) },
+            // Serials are checked (length, form) when applied, like every other field.
+            Some(ChangeKind::RevokeSerial(serial)) => Self::RevokeSerial { serial },
+            Some(ChangeKind::UnrevokeSerial(serial)) => Self::UnrevokeSerial { serial },
             None => return Err(RoutingError::EmptyChange),
         };
         Ok((change, msg.expected_version))
@@ -158,7 +201,9 @@ impl RoutingTable {
     /// [`RoutingError::VersionConflict`] when the table is at another version; otherwise the
     /// error of the change itself ([`RoutingError::UnknownNode`] for a replica that is not a
     /// member, and those of [`Self::add_member`], [`Self::remove_member`],
-    /// [`Self::set_replicas`], [`Self::assign_vshard`]). The table is unchanged on error.
+    /// [`Self::set_replicas`], [`Self::assign_vshard`], [`Self::revoke_node`],
+    /// [`Self::unrevoke_node`], [`Self::revoke_serial`], [`Self::unrevoke_serial`]). The table
+    /// is unchanged on error.
     pub fn apply_change(
         &mut self,
         change: &RoutingChange,
@@ -183,6 +228,10 @@ impl RoutingTable {
                 next.set_replicas(*group, replicas.clone())?;
             }
             RoutingChange::AssignVShard { vshard, group } => next.assign_vshard(*vshard, *group)?,
+            RoutingChange::RevokeNode { node } => next.revoke_node(*node)?,
+            RoutingChange::UnrevokeNode { node } => next.unrevoke_node(*node)?,
+            RoutingChange::RevokeSerial { serial } => next.revoke_serial(serial)?,
+            RoutingChange::UnrevokeSerial { serial } => next.unrevoke_serial(serial)?,
         }
         next.version = expected_version.saturating_add(1);
         *self = next;

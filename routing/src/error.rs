@@ -133,4 +133,59 @@ pub enum RoutingError {
     /// A decoded table carries version 0; versions start at 1.
     #[error("routing table version 0 is invalid (versions start at 1): the encoding is corrupt")]
     ZeroVersion,
+    /// A certificate serial with no bytes.
+    #[error("a certificate serial needs at least one byte: pass the serial's DER integer bytes")]
+    EmptySerial,
+    /// A certificate serial longer than any certificate carries.
+    #[error(
+        "a certificate serial of {len} bytes is longer than the maximum of {max}: \
+         pass the serial's DER integer bytes, not the whole certificate"
+    )]
+    SerialTooLong {
+        /// Its length once canonical.
+        len: usize,
+        /// The longest accepted.
+        max: usize,
+    },
+    /// A revocation list is full.
+    #[error(
+        "the table already revokes {max} entries of this kind: lift revocations no longer needed"
+    )]
+    TooManyRevocations {
+        /// The most entries of one kind a table holds.
+        max: usize,
+    },
+    /// A node cannot be revoked while the table still routes to it.
+    #[error(
+        "{node} is still a member or replica: move its replicas away and remove it first \
+         (to cut it off at once, revoke its certificate serial)"
+    )]
+    RevokedNodeIsMember {
+        /// The node.
+        node: NodeId,
+    },
+    /// A revoked node cannot become a member or a replica.
+    #[error("{node} is revoked: lift its revocation first if it was a mistake")]
+    NodeRevoked {
+        /// The node.
+        node: NodeId,
+    },
+    /// The node is not revoked, so its revocation cannot be lifted.
+    #[error("{node} is not revoked: nothing to lift")]
+    NodeNotRevoked {
+        /// The node.
+        node: NodeId,
+    },
+    /// The serial is not revoked, so its revocation cannot be lifted.
+    #[error("certificate serial {serial} is not revoked: nothing to lift")]
+    SerialNotRevoked {
+        /// The serial, canonical, in lower-case hex.
+        serial: String,
+    },
+    /// A decoded table lists a revoked serial that is not in canonical form.
+    #[error("a revoked serial in the routing table is not canonical: the encoding is corrupt")]
+    NonCanonicalSerial,
+    /// A decoded table lists a revoked entry twice.
+    #[error("a revocation is listed twice in the routing table: the encoding is corrupt")]
+    DuplicateRevocation,
 }

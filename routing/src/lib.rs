@@ -29,10 +29,13 @@
 //! # Ok::<(), pontoon_routing::RoutingError>(())
 //! ```
 
+#![warn(unreachable_pub)]
+
 mod change;
 mod error;
 mod hash;
 mod ids;
+mod revoke;
 mod table;
 mod wire;
 
@@ -40,6 +43,7 @@ pub use change::RoutingChange;
 pub use error::RoutingError;
 pub use hash::{DEFAULT_VSHARDS, vshard_for_key};
 pub use ids::{GroupId, NodeId, VShardId};
+pub use revoke::{MAX_REVOCATIONS, MAX_SERIAL_LEN, canonical_serial};
 pub use table::{GroupPlacement, MAX_VSHARDS, META_GROUP, RoutingTable};
 
 #[cfg(test)]

@@ -33,6 +33,10 @@ pub struct RoutingTable {
     pub(crate) groups: BTreeMap<GroupId, GroupPlacement>,
     /// The cluster's nodes and the address each is reached at (empty: configured locally).
     pub(crate) members: BTreeMap<NodeId, String>,
+    /// Revoked node ids: never members or replicas (see the `revoke` module).
+    pub(crate) revoked_nodes: BTreeSet<NodeId>,
+    /// Revoked certificate serials, each in canonical form.
+    pub(crate) revoked_serials: BTreeSet<Vec<u8>>,
 }
 
 /// The group that replicates the routing table itself (see the coordinator's meta group). No
@@ -128,6 +132,8 @@ impl RoutingTable {
             vshards,
             groups,
             members: nodes.iter().map(|&n| (n, String::new())).collect(),
+            revoked_nodes: BTreeSet::new(),
+            revoked_serials: BTreeSet::new(),
         })
     }
 
@@ -276,11 +282,13 @@ impl RoutingTable {
     ///
     /// # Errors
     ///
-    /// [`RoutingError::ReservedNodeId`] for `NodeId(0)`.
+    /// [`RoutingError::ReservedNodeId`] for `NodeId(0)`, [`RoutingError::NodeRevoked`] for a
+    /// revoked node.
     pub fn add_member(&mut self, node: NodeId, address: String) -> Result<(), RoutingError> {
         if node == NodeId(0) {
             return Err(RoutingError::ReservedNodeId);
         }
+        self.check_not_revoked(&[node])?;
         if self.members.get(&node) == Some(&address) {
             return Ok(());
         }
@@ -334,6 +342,7 @@ impl RoutingTable {
             return Err(RoutingError::GroupExists { group });
         }
         check_replicas(group, &replicas)?;
+        self.check_not_revoked(&replicas)?;
         let leader_hint = replicas.first().copied();
         self.groups.insert(
             group,
@@ -377,13 +386,15 @@ impl RoutingTable {
     /// # Errors
     ///
     /// [`RoutingError::UnknownGroup`], [`RoutingError::EmptyReplicas`],
-    /// [`RoutingError::ReservedNodeId`] or [`RoutingError::DuplicateNode`].
+    /// [`RoutingError::ReservedNodeId`], [`RoutingError::DuplicateNode`] or
+    /// [`RoutingError::NodeRevoked`] for a revoked replica.
     pub fn set_replicas(
         &mut self,
         group: GroupId,
         replicas: Vec<NodeId>,
     ) -> Result<(), RoutingError> {
         check_replicas(group, &replicas)?;
+        self.check_not_revoked(&replicas)?;
         let placement = self
             .groups
             .get_mut(&group)
@@ -435,7 +446,7 @@ impl RoutingTable {
         Ok(())
     }
 
-    fn bump(&mut self) {
+    pub(crate) fn bump(&mut self) {
         self.version = self.version.saturating_add(1);
     }
 }

@@ -298,6 +298,8 @@ fn valid_msg() -> TableMsg {
             },
         ],
         members: Vec::new(),
+        revoked_nodes: Vec::new(),
+        revoked_serials: Vec::new(),
     }
 }
 

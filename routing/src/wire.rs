@@ -3,12 +3,17 @@
 //!
 //! Field numbers are part of the format: never reuse or renumber them.
 
-use std::collections::BTreeMap;
+// Decoders read untrusted bytes: a slice index here must never be able to panic.
+#![warn(clippy::indexing_slicing)]
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use prost::Message;
 
 use crate::table::{check_replicas, check_vshard_count};
-use crate::{GroupId, GroupPlacement, NodeId, RoutingError, RoutingTable};
+use crate::{
+    GroupId, GroupPlacement, MAX_REVOCATIONS, NodeId, RoutingError, RoutingTable, canonical_serial,
+};
 
 /// A whole routing table.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -30,6 +35,13 @@ pub(crate) struct TableMsg {
     /// replicas' nodes are the members then.
     #[prost(message, repeated, tag = "5")]
     pub members: Vec<MemberMsg>,
+    /// Revoked node ids (packed), each once, none a member or replica. Absent in tables
+    /// written before revocation existed: nothing is revoked then.
+    #[prost(uint64, repeated, tag = "6")]
+    pub revoked_nodes: Vec<u64>,
+    /// Revoked certificate serials, each once and canonical (see `canonical_serial`).
+    #[prost(bytes = "vec", repeated, tag = "7")]
+    pub revoked_serials: Vec<Vec<u8>>,
 }
 
 /// One member node.
@@ -91,6 +103,8 @@ impl RoutingTable {
                     address: a.clone(),
                 })
                 .collect(),
+            revoked_nodes: self.revoked_nodes.iter().map(|n| n.get()).collect(),
+            revoked_serials: self.revoked_serials.iter().cloned().collect(),
         }
         .encode_to_vec()
     }
@@ -106,12 +120,22 @@ impl RoutingTable {
     /// [`RoutingError::VShardCountMismatch`], [`RoutingError::ReservedGroupId`],
     /// [`RoutingError::GroupExists`] (a group listed twice), [`RoutingError::UnknownGroup`]
     /// (a vShard mapped to a group the table does not list), [`RoutingError::EmptyReplicas`],
-    /// [`RoutingError::ReservedNodeId`], [`RoutingError::DuplicateNode`] or
-    /// [`RoutingError::LeaderNotReplica`].
+    /// [`RoutingError::ReservedNodeId`], [`RoutingError::DuplicateNode`],
+    /// [`RoutingError::LeaderNotReplica`], [`RoutingError::TooManyRevocations`],
+    /// [`RoutingError::DuplicateRevocation`], [`RoutingError::NonCanonicalSerial`] or
+    /// [`RoutingError::RevokedNodeIsMember`].
     pub fn decode(bytes: &[u8]) -> Result<Self, RoutingError> {
         let msg = TableMsg::decode(bytes)?;
         if msg.version == 0 {
             return Err(RoutingError::ZeroVersion);
+        }
+        // Checked before the sets are built from them: a peer's table cannot make this node
+        // hold more revocations than it would ever accept from an operator.
+        if msg.revoked_nodes.len() > MAX_REVOCATIONS || msg.revoked_serials.len() > MAX_REVOCATIONS
+        {
+            return Err(RoutingError::TooManyRevocations {
+                max: MAX_REVOCATIONS,
+            });
         }
         check_vshard_count(u64::from(msg.vshard_count))?;
         // The count may be as large as MAX_VSHARDS, but nothing is allocated from it: the
@@ -177,11 +201,39 @@ impl RoutingTable {
             }
         }
 
+        let mut revoked_nodes = BTreeSet::new();
+        for n in msg.revoked_nodes {
+            let node = NodeId(n);
+            if node == NodeId(0) {
+                return Err(RoutingError::ReservedNodeId);
+            }
+            if !revoked_nodes.insert(node) {
+                return Err(RoutingError::DuplicateRevocation);
+            }
+            let replica = groups.values().any(|p| p.replicas.contains(&node));
+            if members.contains_key(&node) || replica {
+                return Err(RoutingError::RevokedNodeIsMember { node });
+            }
+        }
+        let mut revoked_serials = BTreeSet::new();
+        for serial in msg.revoked_serials {
+            // Only the canonical form is accepted, so that a decoded table re-encodes to the
+            // same bytes and two spellings of one serial never sit side by side.
+            if canonical_serial(&serial)? != serial {
+                return Err(RoutingError::NonCanonicalSerial);
+            }
+            if !revoked_serials.insert(serial) {
+                return Err(RoutingError::DuplicateRevocation);
+            }
+        }
+
         Ok(Self {
             version: msg.version,
             vshards,
             groups,
             members,
+            revoked_nodes,
+            revoked_serials,
         })
     }
 }
