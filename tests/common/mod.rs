@@ -180,9 +180,11 @@ impl Cluster {
                 .success()
         );
         assert!(
-            pontoon(&["certs", "issue", "--dir", certs_arg, "--client", "admin"])
-                .status
-                .success()
+            pontoon(&[
+                "certs", "issue", "--dir", certs_arg, "--client", "admin", "--role", "admin"
+            ])
+            .status
+            .success()
         );
         let node_list = this.node_list();
         for i in 0..this.addrs.len() {
