@@ -36,8 +36,11 @@ fn ip(args: &[&str]) -> Result<(), String> {
 }
 
 impl Netns {
-    /// Creates the namespaces, or says why it cannot (not root, no `ip`, no netns support).
+    /// Creates the namespaces, or says what is missing (not root, no `ip`, no netns support).
     pub fn create(nodes: usize) -> Result<Self, String> {
+        if Command::new("ip").arg("-V").output().is_err() {
+            return Err("the `ip` command (iproute2) is not installed".into());
+        }
         let tag = std::process::id() % 100_000;
         let this = Self {
             hub: format!("pt{tag}hub"),
