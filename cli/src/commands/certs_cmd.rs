@@ -35,8 +35,9 @@ pub(crate) enum CertsCommand {
         client: Option<String>,
         /// The client's role: `kv` reads and writes keys and reads the cluster's shape;
         /// `admin` may also change it (`pontoon cluster`). Nodes check it per operation.
-        #[arg(long, value_name = "ROLE", default_value = "kv", requires = "client")]
-        role: ClientRole,
+        /// Default: kv.
+        #[arg(long, value_name = "ROLE", requires = "client", conflicts_with = "node")]
+        role: Option<ClientRole>,
         /// Extra DNS names or IP addresses the node is reached at (repeatable).
         #[arg(long = "san", value_name = "HOST_OR_IP")]
         sans: Vec<String>,
@@ -79,6 +80,8 @@ pub(crate) fn run(command: CertsCommand) -> Result<ExitCode, CliError> {
             force,
             ..
         } => {
+            // Least privilege unless asked: a kv client can change nothing but keys.
+            let role = role.unwrap_or(ClientRole::Kv);
             files::issue_client_files_with_role(&dir, &name, role, force)?;
             println!(
                 "client certificate (role {role}) written: {} and {}",
