@@ -145,6 +145,22 @@ impl Cluster {
         self.dir.path().join("certs")
     }
 
+    /// Issues client certificate `name` with `role` (`kv` or `admin`).
+    pub fn issue_client(&self, name: &str, role: &str) {
+        let certs = self.certs();
+        let out = pontoon(&[
+            "certs",
+            "issue",
+            "--dir",
+            certs.to_str().expect("utf-8 path"),
+            "--client",
+            name,
+            "--role",
+            role,
+        ]);
+        assert!(out.status.success(), "{out:?}");
+    }
+
     fn config(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("node-{}.toml", i + 1))
     }

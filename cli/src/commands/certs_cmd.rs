@@ -36,7 +36,12 @@ pub(crate) enum CertsCommand {
         /// The client's role: `kv` reads and writes keys and reads the cluster's shape;
         /// `admin` may also change it (`pontoon cluster`). Nodes check it per operation.
         /// Default: kv.
-        #[arg(long, value_name = "ROLE", requires = "client", conflicts_with = "node")]
+        #[arg(
+            long,
+            value_name = "ROLE",
+            requires = "client",
+            conflicts_with = "node"
+        )]
         role: Option<ClientRole>,
         /// Extra DNS names or IP addresses the node is reached at (repeatable).
         #[arg(long = "san", value_name = "HOST_OR_IP")]

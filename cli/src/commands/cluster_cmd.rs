@@ -105,6 +105,17 @@ impl ClusterOp {
 pub(crate) fn run(args: ClusterArgs) -> Result<ExitCode, CliError> {
     let connect = args.op.connect();
     let identity = pontoon::certs::files::load_client(&connect.certs, &connect.client)?;
+    // The nodes refuse it anyway (and audit the attempt); saying so here spares the operator
+    // a plan that retries a refusal until --step-timeout.
+    if !matches!(args.op, ClusterOp::Status { .. }) && !identity.role().is_admin() {
+        return Err(format!(
+            "client {} has role {}: changing the cluster needs a client certificate issued \
+             with `pontoon certs issue --client NAME --role admin`",
+            identity.name(),
+            identity.role()
+        )
+        .into());
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
