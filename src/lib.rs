@@ -5,21 +5,27 @@
 //! keys hash to vShards, vShards map to groups; one coordinator per node drives all its groups
 //! and makes each cycle's work durable with one fsync.
 //!
-//! This facade re-exports the crates whose types a database author names:
-//! [`routing`] (ids, key hashing, the routing table), [`certs`] (cluster CA and node
-//! certificates), [`storage`] (the log store), [`transport`] (QUIC and the in-memory network)
-//! and [`coordinator`] (the [`Node`] API and the [`StateMachine`] trait). [`kv`] is a small
-//! replicated key-value state machine to copy from; [`service`] serves it to clients over
-//! the node's QUIC endpoint, and [`cluster`] reshapes a running cluster through that service.
+//! This crate is the facade a database adds: it re-exports the crates whose types an embedder
+//! names, and nothing heavier. Data flows through them in this order:
+//! - [`routing`]: ids ([`NodeId`], [`GroupId`], [`VShardId`]), key -> vShard hashing and the
+//!   [`RoutingTable`] that maps vShards to groups and groups to nodes;
+//! - [`certs`]: the cluster CA, node certificates (which carry the node id) and client
+//!   certificates (which carry a name and a role, kv or admin);
+//! - [`storage`]: the fjall-backed raft log all groups of a node share;
+//! - [`transport`]: the QUIC endpoint (one stream per group) and the in-memory network of
+//!   tests;
+//! - [`coordinator`]: the [`Node`] an embedder starts, with its [`StateMachine`] trait: a
+//!   proposal is routed to its group, replicated, persisted and applied there;
+//! - [`admin`]: cluster administration over the client protocol (the typed admin protocol,
+//!   its role-checked node handler, `RemoteControl` for reshaping a running cluster).
 //!
-//! Start with `examples/kv.rs`, or run `cargo run --release -- demo`.
+//! The example KV service (`pontoon-service`) and the `pontoon` command line
+//! (`pontoon-cli`) are crates of their own, so a database that adds `pontoon` compiles
+//! neither. Start with `examples/kv.rs`, or run `cargo run --release -- demo`.
 #![warn(missing_docs)]
+#![warn(unreachable_pub)]
 
-mod client;
-pub mod cluster;
-pub mod kv;
-pub mod service;
-
+pub use admin;
 pub use certs;
 pub use coordinator;
 pub use coordinator::{

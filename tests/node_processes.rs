@@ -57,4 +57,40 @@ fn three_node_processes_survive_a_sigkill_and_a_restart() {
     let status = cluster.kv(0, &["status"]);
     assert!(status.status.success());
     assert!(String::from_utf8_lossy(&status.stdout).contains("\"groups\""));
+
+    // A kv-role client writes keys and reads the cluster's shape, and may not change it.
+    cluster.issue_client("app", "kv");
+    let put = cluster.kv(1, &["--client", "app", "put", "app-key", "app-value"]);
+    assert!(put.status.success(), "{put:?}");
+    let shape = cluster.cluster(1, &["status", "--json", "--client", "app"]);
+    assert!(shape.status.success(), "{shape:?}");
+    let add = cluster.cluster(
+        1,
+        &[
+            "add-node",
+            "--id",
+            "9",
+            "--address",
+            "127.0.0.1:9",
+            "--client",
+            "app",
+        ],
+    );
+    assert!(!add.status.success());
+    assert!(
+        String::from_utf8_lossy(&add.stderr).contains("role kv"),
+        "{add:?}"
+    );
+    let version = |out: &std::process::Output| {
+        let view: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (
+            view["routing_version"].clone(),
+            view["members"].as_array().map(Vec::len),
+        )
+    };
+    assert_eq!(
+        version(&cluster.cluster(1, &["status", "--json", "--client", "app"])),
+        version(&shape),
+        "nothing changed"
+    );
 }

@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::Cluster;
-use pontoon::service::{KvClient, Request, op};
 use serde_json::Value;
+use service::{KvClient, KvRequest};
 
 /// Concurrent writers of the background load.
 const WRITERS: usize = 4;
@@ -58,13 +58,8 @@ impl Load {
                         while !stop.load(Ordering::Relaxed) {
                             let (key, value) = (format!("w{w}-{seq}"), format!("v{w}-{seq}"));
                             seq += 1;
-                            let request = Request {
-                                op: op::PUT,
-                                key: key.clone().into_bytes(),
-                                value: value.clone().into_bytes(),
-                                ..Request::default()
-                            };
-                            match client.call(entry, None, request).await {
+                            let request = KvRequest::put(key.as_bytes(), value.as_bytes());
+                            match client.call(entry, None, &request).await {
                                 Ok(_) => {
                                     acked.lock().unwrap().push((key, value));
                                     acks.fetch_add(1, Ordering::Relaxed);
@@ -286,14 +281,10 @@ fn verify(cluster: &Cluster, entry: SocketAddr, acked: Vec<(String, String)>) {
                     let Some((key, value)) = acked.get(i) else {
                         return;
                     };
-                    let request = Request {
-                        op: op::GET,
-                        key: key.clone().into_bytes(),
-                        ..Request::default()
-                    };
+                    let request = KvRequest::get(key.as_bytes());
                     let mut attempts = 0;
                     let reply = loop {
-                        match client.call(entry, None, request.clone()).await {
+                        match client.call(entry, None, &request).await {
                             Ok(reply) => break reply,
                             Err(e) if attempts < 20 => {
                                 attempts += 1;
@@ -304,7 +295,7 @@ fn verify(cluster: &Cluster, entry: SocketAddr, acked: Vec<(String, String)>) {
                         }
                     };
                     assert_eq!(
-                        reply.value.as_deref(),
+                        reply.value(),
                         Some(value.as_bytes()),
                         "acknowledged write {key}={value} read back"
                     );
@@ -318,13 +309,14 @@ fn verify(cluster: &Cluster, entry: SocketAddr, acked: Vec<(String, String)>) {
     });
 }
 
-/// Admin requests that cannot succeed come back typed, as they would in process: an unknown
-/// op and a malformed change are errors, a group nobody holds is `GroupNotFound`, and a
-/// request sent to a follower is `NotLeader` naming the leader.
+/// Admin requests that cannot succeed come back typed, as they would in process: a request
+/// without an operation and a malformed change are bad requests, a group nobody holds is
+/// `GroupNotFound`, and a request sent to a follower is `NotLeader` naming the leader.
 fn misdirected_and_malformed_requests_fail_typed(cluster: &Cluster, entry: SocketAddr) {
-    use pontoon::cluster::RemoteControl;
+    use pontoon::admin::proto::admin_request::{self, Body};
+    use pontoon::admin::wire::ClientRequest;
+    use pontoon::admin::{AdminRequest, NodeClient, RemoteControl, RemoteError};
     use pontoon::coordinator::reshape::ClusterControl as _;
-    use pontoon::service::outcome;
     use pontoon::{GroupId, NodeId, ProposeError};
 
     let identity = pontoon::certs::files::load_client(&cluster.certs(), "admin").unwrap();
@@ -333,38 +325,36 @@ fn misdirected_and_malformed_requests_fail_typed(cluster: &Cluster, entry: Socke
         .build()
         .unwrap();
     runtime.block_on(async {
-        let client = KvClient::new(&identity).unwrap();
+        let client = NodeClient::new(&identity).unwrap();
         let client = &client;
-        let ask =
-            |request: Request| async move { client.request(entry, None, &request).await.unwrap() };
-        let unknown = ask(Request {
-            op: 99,
-            ..Request::default()
-        })
+        let ask = |request: AdminRequest| async move {
+            let reply = client
+                .request(entry, None, &ClientRequest::admin(request))
+                .await
+                .unwrap();
+            reply.failed().map(pontoon::admin::Failure::to_error)
+        };
+        let bad = |e: &Option<RemoteError>| matches!(e, Some(RemoteError::BadRequest { .. }));
+        let unknown = ask(AdminRequest::default()).await;
+        assert!(bad(&unknown), "{unknown:?}");
+        let empty_change = ask(AdminRequest::new(Body::ChangeMembership(
+            admin_request::ChangeMembership {
+                group: 1,
+                ..Default::default()
+            },
+        )))
         .await;
-        assert_eq!(unknown.outcome, outcome::ERROR, "{unknown:?}");
-        assert!(unknown.message.contains("unknown op"), "{unknown:?}");
-        let empty_change = ask(Request {
-            op: op::CHANGE_MEMBERSHIP,
-            group: 1,
-            ..Request::default()
-        })
+        assert!(bad(&empty_change), "{empty_change:?}");
+        let garbage_routing = ask(AdminRequest::new(Body::ChangeRouting(
+            admin_request::ChangeRouting {
+                change: vec![0xff; 9],
+            },
+        )))
         .await;
-        assert_eq!(empty_change.outcome, outcome::ERROR, "{empty_change:?}");
-        let garbage_routing = ask(Request {
-            op: op::CHANGE_ROUTING,
-            routing_change: vec![0xff; 9],
-            ..Request::default()
-        })
-        .await;
-        assert_eq!(
-            garbage_routing.outcome,
-            outcome::ERROR,
-            "{garbage_routing:?}"
-        );
+        assert!(bad(&garbage_routing), "{garbage_routing:?}");
         client.close().await;
 
-        let client = KvClient::new(&identity).unwrap();
+        let client = NodeClient::new(&identity).unwrap();
         let control = RemoteControl::connect(client, &[entry], Duration::from_millis(50))
             .await
             .unwrap();

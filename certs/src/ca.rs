@@ -13,8 +13,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::{Duration, OffsetDateTime};
 
-use crate::identity::{check_client_name, client_uri, node_uri};
-use crate::{CLUSTER_SERVER_NAME, CertError, node_server_name};
+use crate::identity::{check_client_name, client_uri, node_uri, role_uri};
+use crate::{CLUSTER_SERVER_NAME, CertError, ClientRole, node_server_name};
 
 /// How long a generated CA certificate is valid: 10 years.
 pub const CA_VALIDITY: Duration = Duration::days(3650);
@@ -185,25 +185,40 @@ impl ClusterCa {
         })
     }
 
-    /// Issues a client certificate (SAN `urn:pontoon:client:<name>`, client auth only),
-    /// valid from now for [`LEAF_VALIDITY`].
+    /// Issues a [`ClientRole::Kv`] client certificate: [`ClusterCa::issue_client_with_role`]
+    /// with the least privilege.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`ClusterCa::issue_client_with_role`].
+    pub fn issue_client(&self, name: &str) -> Result<ClientIdentity, CertError> {
+        self.issue_client_with_role(name, ClientRole::Kv)
+    }
+
+    /// Issues a client certificate (SANs `urn:pontoon:client:<name>` and
+    /// `urn:pontoon:role:<role>`, client auth only), valid from now for [`LEAF_VALIDITY`].
     ///
     /// # Errors
     ///
     /// [`CertError::InvalidClientName`] unless the name is 1 to 64 characters of
     /// `[A-Za-z0-9_-]`, [`CertError::Generate`] if rcgen fails.
-    pub fn issue_client(&self, name: &str) -> Result<ClientIdentity, CertError> {
+    pub fn issue_client_with_role(
+        &self,
+        name: &str,
+        role: ClientRole,
+    ) -> Result<ClientIdentity, CertError> {
         check_client_name(name)?;
         let now = OffsetDateTime::now_utc();
         let (cert, key) = self.issue_leaf(
             &format!("pontoon client {name}"),
-            vec![uri_san(&client_uri(name))?],
+            vec![uri_san(&client_uri(name))?, uri_san(&role_uri(role))?],
             vec![ExtendedKeyUsagePurpose::ClientAuth],
             now - CLOCK_SKEW,
             now + LEAF_VALIDITY,
         )?;
         Ok(ClientIdentity {
             name: name.to_owned(),
+            role,
             cert_chain: vec![cert],
             key,
             ca: self.cert_der.clone(),
@@ -345,6 +360,7 @@ impl NodeIdentity {
 /// A client's certificate chain, private key and the cluster CA it trusts.
 pub struct ClientIdentity {
     pub(crate) name: String,
+    pub(crate) role: ClientRole,
     pub(crate) cert_chain: Vec<CertificateDer<'static>>,
     pub(crate) key: PrivateKeyDer<'static>,
     pub(crate) ca: CertificateDer<'static>,
@@ -354,6 +370,7 @@ impl Clone for ClientIdentity {
     fn clone(&self) -> Self {
         Self {
             name: self.name.clone(),
+            role: self.role,
             cert_chain: self.cert_chain.clone(),
             key: self.key.clone_key(),
             ca: self.ca.clone(),
@@ -365,6 +382,7 @@ impl fmt::Debug for ClientIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientIdentity")
             .field("name", &self.name)
+            .field("role", &self.role)
             .finish_non_exhaustive()
     }
 }
@@ -389,9 +407,11 @@ impl ClientIdentity {
                 });
             }
         };
+        let role = crate::client_role(&cert_chain)?;
         check_leaf(&cert_chain, &key, &ca)?;
         Ok(Self {
             name,
+            role,
             cert_chain,
             key,
             ca,
@@ -402,6 +422,12 @@ impl ClientIdentity {
     #[must_use]
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The role its certificate grants.
+    #[must_use]
+    pub fn role(&self) -> ClientRole {
+        self.role
     }
 
     /// The client's certificate chain, end-entity first.
@@ -590,6 +616,57 @@ mod tests {
             let pem = pem_block("CERTIFICATE", &der);
             let back = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
             assert_eq!(back.as_ref(), der.as_slice(), "len {len}");
+        }
+    }
+
+    #[test]
+    fn issued_client_certificates_carry_their_role_and_a_roleless_one_reads_as_kv() {
+        let ca = ClusterCa::generate("roles").unwrap();
+        for role in [ClientRole::Kv, ClientRole::Admin] {
+            let client = ca.issue_client_with_role("ops", role).unwrap();
+            assert_eq!(crate::client_role(client.cert_chain()).unwrap(), role);
+            assert_eq!(
+                crate::peer_identity(client.cert_chain()).unwrap(),
+                crate::PeerIdentity::Client("ops".into())
+            );
+            let back =
+                ClientIdentity::from_pem(&client.cert_pem(), &client.key_pem(), ca.cert_pem())
+                    .unwrap();
+            assert_eq!(back.role(), role);
+        }
+        assert_eq!(ca.issue_client("kv").unwrap().role(), ClientRole::Kv);
+        // A certificate from before roles existed: identity SAN only.
+        let now = OffsetDateTime::now_utc();
+        let (legacy, _) = ca
+            .issue_leaf(
+                "pontoon client old",
+                vec![uri_san(&client_uri("old")).unwrap()],
+                vec![ExtendedKeyUsagePurpose::ClientAuth],
+                now - CLOCK_SKEW,
+                now + LEAF_VALIDITY,
+            )
+            .unwrap();
+        assert_eq!(crate::client_role(&[legacy]).unwrap(), ClientRole::Kv);
+        // Two roles, or one this build does not know, are refused rather than guessed.
+        for sans in [
+            vec![role_uri(ClientRole::Kv), role_uri(ClientRole::Admin)],
+            vec!["urn:pontoon:role:root".to_string()],
+        ] {
+            let mut all = vec![uri_san(&client_uri("odd")).unwrap()];
+            all.extend(sans.iter().map(|s| uri_san(s).unwrap()));
+            let (odd, _) = ca
+                .issue_leaf(
+                    "pontoon client odd",
+                    all,
+                    vec![ExtendedKeyUsagePurpose::ClientAuth],
+                    now - CLOCK_SKEW,
+                    now + LEAF_VALIDITY,
+                )
+                .unwrap();
+            assert!(matches!(
+                crate::client_role(&[odd]),
+                Err(CertError::InvalidSan { .. })
+            ));
         }
     }
 

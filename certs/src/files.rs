@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use routing::NodeId;
 
 use crate::identity::check_client_name;
-use crate::{CertError, ClientIdentity, ClusterCa, NodeIdentity};
+use crate::{CertError, ClientIdentity, ClientRole, ClusterCa, NodeIdentity};
 
 /// The CA certificate's path in `dir`.
 #[must_use]
@@ -99,22 +99,38 @@ pub fn issue_node_files(
     Ok(node)
 }
 
-/// Issues a client certificate with the CA of `dir` and writes `client-<name>.pem` / `.key`.
+/// Issues a [`ClientRole::Kv`] client certificate: [`issue_client_files_with_role`] with the
+/// least privilege.
+///
+/// # Errors
+///
+/// Those of [`issue_client_files_with_role`].
+pub fn issue_client_files(
+    dir: &Path,
+    name: &str,
+    force: bool,
+) -> Result<ClientIdentity, CertError> {
+    issue_client_files_with_role(dir, name, ClientRole::Kv, force)
+}
+
+/// Issues a client certificate of `role` with the CA of `dir` and writes
+/// `client-<name>.pem` / `.key`.
 ///
 /// # Errors
 ///
 /// [`CertError::InvalidClientName`] for a bad name, [`CertError::AlreadyExists`] if either
 /// file exists and `force` is false, the errors of [`load_ca`], [`CertError::Io`].
-pub fn issue_client_files(
+pub fn issue_client_files_with_role(
     dir: &Path,
     name: &str,
+    role: ClientRole,
     force: bool,
 ) -> Result<ClientIdentity, CertError> {
     // Checked before the name becomes part of a path.
     check_client_name(name)?;
     let (cert_path, key_path) = (client_cert_path(dir, name), client_key_path(dir, name));
     refuse_existing(&[&cert_path, &key_path], force)?;
-    let client = load_ca(dir)?.issue_client(name)?;
+    let client = load_ca(dir)?.issue_client_with_role(name, role)?;
     write_pair(
         &cert_path,
         &client.cert_pem(),

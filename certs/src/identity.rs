@@ -17,8 +17,71 @@ pub const NODE_URI_PREFIX: &str = "urn:pontoon:node:";
 /// `<name>` 1 to 64 characters of `[A-Za-z0-9_-]`.
 pub const CLIENT_URI_PREFIX: &str = "urn:pontoon:client:";
 
-/// What every pontoon identity SAN starts with; a certificate carries exactly one.
+/// The prefix of the URI SAN that carries a client's role: `urn:pontoon:role:<role>`, with
+/// `<role>` one of [`ClientRole::as_str`] (`kv`, `admin`). A client certificate carries at
+/// most one; one without it is a [`ClientRole::Kv`] client (least privilege: certificates
+/// issued before roles existed can read and write keys, and nothing more). Node certificates
+/// carry none: a role says what a *client* may ask of the cluster.
+pub const ROLE_URI_PREFIX: &str = "urn:pontoon:role:";
+
+/// What every pontoon identity SAN starts with; a certificate carries exactly one (role SANs,
+/// [`ROLE_URI_PREFIX`], are not identities and are not counted).
 const PONTOON_URI_PREFIX: &str = "urn:pontoon:";
+
+/// What a client certificate allows its holder to ask of the cluster, checked by the node per
+/// operation (DESIGN.md: trust boundaries).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ClientRole {
+    /// Reads and writes keys; may read the cluster's shape (routing table, status), may not
+    /// change it. The role of a certificate that names none.
+    Kv,
+    /// Everything a kv client may do, and reshaping the cluster: membership and routing
+    /// changes, vShard steps and exports, leader transfers.
+    Admin,
+}
+
+impl ClientRole {
+    /// The role as its SAN and the command line write it: `kv` or `admin`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientRole::Kv => "kv",
+            ClientRole::Admin => "admin",
+        }
+    }
+
+    /// Whether this role may change the cluster's shape.
+    #[must_use]
+    pub fn is_admin(self) -> bool {
+        self == ClientRole::Admin
+    }
+}
+
+impl std::fmt::Display for ClientRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ClientRole {
+    type Err = CertError;
+
+    fn from_str(s: &str) -> Result<Self, CertError> {
+        match s {
+            "kv" => Ok(ClientRole::Kv),
+            "admin" => Ok(ClientRole::Admin),
+            _ => Err(CertError::InvalidSan {
+                san: format!("{ROLE_URI_PREFIX}{s}"),
+                reason: "a client role is `kv` or `admin`",
+            }),
+        }
+    }
+}
+
+/// The URI SAN that gives a client its role.
+pub(crate) fn role_uri(role: ClientRole) -> String {
+    format!("{ROLE_URI_PREFIX}{}", role.as_str())
+}
 
 /// The TLS server name of a node: `n<id>.node.pontoon`. Every node certificate carries it as
 /// a DNS SAN and dialers use it as the server name, so hostname verification proves that
@@ -87,6 +150,43 @@ pub enum PeerIdentity {
 /// [`CertError::AmbiguousIdentity`] with more than one, and [`CertError::InvalidSan`] for a
 /// node id that is not a nonzero decimal u64 or a client name that breaks the rules.
 pub fn peer_identity(chain: &[CertificateDer<'_>]) -> Result<PeerIdentity, CertError> {
+    let uris = pontoon_uris(chain)?;
+    let identities: Vec<&str> = uris
+        .iter()
+        .map(String::as_str)
+        .filter(|uri| !uri.starts_with(ROLE_URI_PREFIX))
+        .collect();
+    match identities.as_slice() {
+        [] => Err(CertError::MissingIdentity),
+        [uri] => parse_identity_uri(uri),
+        more => Err(CertError::AmbiguousIdentity { count: more.len() }),
+    }
+}
+
+/// The role a client's chain grants (see [`ROLE_URI_PREFIX`]): [`ClientRole::Kv`] when the
+/// certificate names none. Like [`peer_identity`], call it only on a chain the handshake
+/// verified; pair it with [`peer_identity`] to know who holds the role.
+///
+/// # Errors
+///
+/// The parse errors of [`peer_identity`], and [`CertError::InvalidSan`] for a role this build
+/// does not know or a certificate naming more than one role: such a certificate is refused,
+/// not downgraded, since it was not issued by `pontoon certs`.
+pub fn client_role(chain: &[CertificateDer<'_>]) -> Result<ClientRole, CertError> {
+    let uris = pontoon_uris(chain)?;
+    let mut roles = uris.iter().filter_map(|u| u.strip_prefix(ROLE_URI_PREFIX));
+    match (roles.next(), roles.next()) {
+        (None, _) => Ok(ClientRole::Kv),
+        (Some(role), None) => role.parse(),
+        (Some(_), Some(_)) => Err(CertError::InvalidSan {
+            san: ROLE_URI_PREFIX.to_owned(),
+            reason: "a client certificate names at most one role",
+        }),
+    }
+}
+
+/// Every `urn:pontoon:` URI SAN of the chain's end-entity certificate.
+fn pontoon_uris(chain: &[CertificateDer<'_>]) -> Result<Vec<String>, CertError> {
     let leaf = chain.first().ok_or(CertError::NoCertificate)?;
     let (_, cert) = x509_parser::parse_x509_certificate(leaf).map_err(|e| CertError::Parse {
         what: "peer certificate",
@@ -98,19 +198,14 @@ pub fn peer_identity(chain: &[CertificateDer<'_>]) -> Result<PeerIdentity, CertE
             what: "peer certificate's SAN extension",
             reason: e.to_string(),
         })?;
-    let uris: Vec<&str> = sans
+    Ok(sans
         .iter()
         .flat_map(|ext| ext.value.general_names.iter())
         .filter_map(|name| match name {
-            GeneralName::URI(uri) if uri.starts_with(PONTOON_URI_PREFIX) => Some(*uri),
+            GeneralName::URI(uri) if uri.starts_with(PONTOON_URI_PREFIX) => Some((*uri).to_owned()),
             _ => None,
         })
-        .collect();
-    match uris.as_slice() {
-        [] => Err(CertError::MissingIdentity),
-        [uri] => parse_identity_uri(uri),
-        more => Err(CertError::AmbiguousIdentity { count: more.len() }),
-    }
+        .collect())
 }
 
 /// The node id of a peer's chain: [`peer_identity`] that also requires a node.
@@ -204,6 +299,17 @@ mod tests {
                 matches!(parse_identity_uri(bad), Err(CertError::InvalidSan { .. })),
                 "{bad} was accepted"
             );
+        }
+    }
+
+    #[test]
+    fn roles_parse_strictly_and_print_as_written() {
+        for role in [ClientRole::Kv, ClientRole::Admin] {
+            assert_eq!(role.as_str().parse::<ClientRole>().unwrap(), role);
+            assert_eq!(role_uri(role), format!("urn:pontoon:role:{role}"));
+        }
+        for bad in ["", "Admin", "root", "admin "] {
+            assert!(bad.parse::<ClientRole>().is_err(), "{bad:?}");
         }
     }
 

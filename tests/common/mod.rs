@@ -36,8 +36,11 @@ fn ip(args: &[&str]) -> Result<(), String> {
 }
 
 impl Netns {
-    /// Creates the namespaces, or says why it cannot (not root, no `ip`, no netns support).
+    /// Creates the namespaces, or says what is missing (not root, no `ip`, no netns support).
     pub fn create(nodes: usize) -> Result<Self, String> {
+        if Command::new("ip").arg("-V").output().is_err() {
+            return Err("the `ip` command (iproute2) is not installed".into());
+        }
         let tag = std::process::id() % 100_000;
         let this = Self {
             hub: format!("pt{tag}hub"),
@@ -142,6 +145,22 @@ impl Cluster {
         self.dir.path().join("certs")
     }
 
+    /// Issues client certificate `name` with `role` (`kv` or `admin`).
+    pub fn issue_client(&self, name: &str, role: &str) {
+        let certs = self.certs();
+        let out = pontoon(&[
+            "certs",
+            "issue",
+            "--dir",
+            certs.to_str().expect("utf-8 path"),
+            "--client",
+            name,
+            "--role",
+            role,
+        ]);
+        assert!(out.status.success(), "{out:?}");
+    }
+
     fn config(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("node-{}.toml", i + 1))
     }
@@ -180,9 +199,11 @@ impl Cluster {
                 .success()
         );
         assert!(
-            pontoon(&["certs", "issue", "--dir", certs_arg, "--client", "admin"])
-                .status
-                .success()
+            pontoon(&[
+                "certs", "issue", "--dir", certs_arg, "--client", "admin", "--role", "admin"
+            ])
+            .status
+            .success()
         );
         let node_list = this.node_list();
         for i in 0..this.addrs.len() {

@@ -1,6 +1,6 @@
 //! [`RemoteControl`]: the coordinator's reshaping plans ([`coordinator::reshape::Reshaper`]) run
-//! against remote nodes, over the client protocol of [`crate::service`]. What `pontoon
-//! cluster` runs.
+//! against remote nodes, over the admin protocol. What `pontoon cluster` runs; reshaping needs
+//! a client certificate with the admin role.
 //!
 //! Nodes are found two ways: the contact points an operator names (`--node ADDR`), each of
 //! which says who it is when first asked, and the addresses the nodes themselves know (their
@@ -19,13 +19,17 @@ use raft::eraftpb::ConfChangeV2;
 use routing::{GroupId, META_GROUP, NodeId, RoutingChange, RoutingTable, VShardId};
 use serde::Serialize;
 
-use crate::ProposeError;
-use crate::client::{ClientError, KvClient};
-use crate::service::{Reply, Request, conf_change_to_wire, op, reply_error, vshard_step};
+use coordinator::ProposeError;
 
-/// [`ClusterControl`] over the client protocol. See the [module docs](self).
+use crate::client::{ClientError, NodeClient};
+use crate::proto::admin_request::vshard_step::{Acquire, Step};
+use crate::proto::admin_request::{self, Body};
+use crate::proto::{AdminRequest, Empty, admin_reply};
+use crate::wire::{ClientRequest, RemoteError, client_reply};
+
+/// [`ClusterControl`] over the admin protocol. See the [module docs](self).
 pub struct RemoteControl {
-    client: KvClient,
+    client: NodeClient,
     addresses: Mutex<BTreeMap<NodeId, SocketAddr>>,
     contacts: Vec<NodeId>,
     pause: Duration,
@@ -45,7 +49,7 @@ impl RemoteControl {
     /// # Errors
     /// [`NoContact`] when none answers.
     pub async fn connect(
-        client: KvClient,
+        client: NodeClient,
         contact_points: &[SocketAddr],
         pause: Duration,
     ) -> Result<Self, NoContact> {
@@ -56,22 +60,26 @@ impl RemoteControl {
             pause,
         };
         let mut last = String::from("no contact point given");
+        let request = ClientRequest::admin(AdminRequest::new(Body::Table(Empty {})));
         for addr in contact_points {
-            let request = Request {
-                op: op::TABLE,
-                ..Request::default()
-            };
             match this.client.request(*addr, None, &request).await {
-                Ok(reply) if reply.node != 0 && reply_error(&reply).is_none() => {
-                    let node = NodeId(reply.node);
-                    this.learn_from(&reply);
-                    // The address we reached it at wins over what it says of itself.
-                    this.learn(node, *addr);
-                    if !this.contacts.contains(&node) {
-                        this.contacts.push(node);
+                Ok(reply) => match (&reply.body, reply.node) {
+                    (Some(client_reply::Body::Admin(admin)), node) if node != 0 => {
+                        let node = NodeId(node);
+                        if let Some(admin_reply::Body::Table(t)) = &admin.body {
+                            this.learn_from(&t.addresses);
+                        }
+                        // The address we reached it at wins over what it says of itself.
+                        this.learn(node, *addr);
+                        if !this.contacts.contains(&node) {
+                            this.contacts.push(node);
+                        }
                     }
-                }
-                Ok(reply) => last = format!("{addr}: {}", reply.message),
+                    (Some(client_reply::Body::Failure(f)), _) => {
+                        last = format!("{addr}: {}", f.to_error());
+                    }
+                    _ => last = format!("{addr}: unexpected reply"),
+                },
                 Err(e) => last = e.to_string(),
             }
         }
@@ -82,7 +90,7 @@ impl RemoteControl {
     }
 
     /// The client it talks through.
-    pub fn client(&self) -> &KvClient {
+    pub fn client(&self) -> &NodeClient {
         &self.client
     }
 
@@ -103,9 +111,9 @@ impl RemoteControl {
     }
 
     /// Learns the addresses a table reply lists (the contact points' own stay as given).
-    fn learn_from(&self, reply: &Reply) {
+    fn learn_from(&self, listed: &[crate::proto::Address]) {
         let mut addresses = self.lock();
-        for a in &reply.addresses {
+        for a in listed {
             let node = NodeId(a.node);
             if self.contacts.contains(&node) {
                 continue;
@@ -128,22 +136,41 @@ impl RemoteControl {
         }
     }
 
-    /// Sends `request` to `node`, with the node's typed error as the error; `group` names the
-    /// group in errors of the exchange itself.
+    /// Sends `body` to `node` (this node, no redirect: a plan decides where to go next), with
+    /// the node's typed error as the error. A refusal of the protocol (`Forbidden`,
+    /// `BadRequest`) did not take effect and will not by repeating it: it reads as
+    /// [`ProposeError::Refused`] of `group`, which also names the group in errors of the
+    /// exchange itself.
     async fn ask(
         &self,
         node: NodeId,
         group: GroupId,
-        request: Request,
-    ) -> Result<Reply, ProposeError> {
+        body: Body,
+    ) -> Result<admin_reply::Body, ProposeError> {
         let Some(addr) = self.address(node) else {
             tracing::debug!(%node, "no address known");
             return Err(ProposeError::ShuttingDown);
         };
+        let request = ClientRequest::admin(AdminRequest::new(body));
         match self.client.request(addr, Some(node), &request).await {
-            Ok(reply) => match reply_error(&reply) {
-                None => Ok(reply),
-                Some(e) => Err(e),
+            Ok(reply) => match reply.body {
+                Some(client_reply::Body::Admin(admin)) => {
+                    admin.body.ok_or_else(|| ProposeError::Refused {
+                        group,
+                        reason: "an admin reply without a body".into(),
+                    })
+                }
+                Some(client_reply::Body::Failure(f)) => match f.to_error() {
+                    RemoteError::Propose(e) => Err(e),
+                    other => Err(ProposeError::Refused {
+                        group,
+                        reason: other.to_string(),
+                    }),
+                },
+                _ => Err(ProposeError::Refused {
+                    group,
+                    reason: "the node answered with another kind of reply".into(),
+                }),
             },
             // Sent, but no answer: it may or may not have taken effect.
             Err(ClientError::Io { reason, .. }) => {
@@ -151,7 +178,7 @@ impl RemoteControl {
                 Err(ProposeError::Timeout { group })
             }
             // Not sendable at all (too large): repeating it will not help.
-            Err(ClientError::Server(reason)) => Err(ProposeError::Refused { group, reason }),
+            Err(ClientError::Unsendable(reason)) => Err(ProposeError::Refused { group, reason }),
             Err(e) => {
                 tracing::debug!(%node, error = %e, "unreachable");
                 Err(ProposeError::ShuttingDown)
@@ -161,18 +188,13 @@ impl RemoteControl {
 
     /// Every group's status on `node` (`None`: unreachable).
     pub async fn statuses(&self, node: NodeId) -> Option<Vec<GroupStatus>> {
-        let request = Request {
-            op: op::GROUP_STATUS,
-            ..Request::default()
-        };
-        let reply = self.ask(node, GroupId(0), request).await.ok()?;
-        Some(
-            reply
-                .statuses
-                .iter()
-                .filter_map(|s| s.to_status())
-                .collect(),
-        )
+        let body = Body::GroupStatus(admin_request::GroupStatus { group: None });
+        match self.ask(node, GroupId(0), body).await.ok()? {
+            admin_reply::Body::Statuses(s) => {
+                Some(s.statuses.iter().filter_map(|s| s.to_status()).collect())
+            }
+            _ => None,
+        }
     }
 
     /// The newest routing table the contact points and the members it lists have applied.
@@ -338,15 +360,24 @@ pub struct GroupView {
     pub joint: bool,
 }
 
+/// The routing table an answer carries.
+fn table_of(reply: admin_reply::Body) -> Result<RoutingTable, String> {
+    match reply {
+        admin_reply::Body::Table(t) => RoutingTable::decode(&t.table).map_err(|e| e.to_string()),
+        _ => Err("the node answered without a routing table".into()),
+    }
+}
+
 impl ClusterControl for RemoteControl {
     async fn table(&self, node: NodeId) -> Option<RoutingTable> {
-        let request = Request {
-            op: op::TABLE,
-            ..Request::default()
-        };
-        let reply = self.ask(node, META_GROUP, request).await.ok()?;
-        self.learn_from(&reply);
-        let table = RoutingTable::decode(&reply.payload)
+        let reply = self
+            .ask(node, META_GROUP, Body::Table(Empty {}))
+            .await
+            .ok()?;
+        if let admin_reply::Body::Table(t) = &reply {
+            self.learn_from(&t.addresses);
+        }
+        let table = table_of(reply)
             .inspect_err(|e| tracing::warn!(%node, error = %e, "undecodable routing table"))
             .ok()?;
         self.learn_table(&table);
@@ -364,13 +395,11 @@ impl ClusterControl for RemoteControl {
         {
             self.learn(*node, addr);
         }
-        let request = Request {
-            op: op::CHANGE_ROUTING,
-            routing_change: change.encode(expected_version),
-            ..Request::default()
-        };
-        let reply = self.ask(node, META_GROUP, request).await?;
-        let table = RoutingTable::decode(&reply.payload).map_err(|e| ProposeError::Refused {
+        let body = Body::ChangeRouting(admin_request::ChangeRouting {
+            change: change.encode(expected_version),
+        });
+        let reply = self.ask(node, META_GROUP, body).await?;
+        let table = table_of(reply).map_err(|e| ProposeError::Refused {
             group: META_GROUP,
             reason: format!("undecodable routing table: {e}"),
         })?;
@@ -379,17 +408,17 @@ impl ClusterControl for RemoteControl {
     }
 
     async fn status(&self, node: NodeId, group: GroupId) -> Option<GroupStatus> {
-        let request = Request {
-            op: op::GROUP_STATUS,
-            group: group.get(),
-            ..Request::default()
-        };
-        let reply = self.ask(node, group, request).await.ok()?;
-        reply
-            .statuses
-            .iter()
-            .filter_map(|s| s.to_status())
-            .find(|s| s.group == group)
+        let body = Body::GroupStatus(admin_request::GroupStatus {
+            group: Some(group.get()),
+        });
+        match self.ask(node, group, body).await.ok()? {
+            admin_reply::Body::Statuses(s) => s
+                .statuses
+                .iter()
+                .filter_map(|s| s.to_status())
+                .find(|s| s.group == group),
+            _ => None,
+        }
     }
 
     async fn change_membership(
@@ -398,16 +427,8 @@ impl ClusterControl for RemoteControl {
         group: GroupId,
         change: ConfChangeV2,
     ) -> Result<(), ProposeError> {
-        let (conf_changes, transition, context) = conf_change_to_wire(&change);
-        let request = Request {
-            op: op::CHANGE_MEMBERSHIP,
-            group: group.get(),
-            conf_changes,
-            transition,
-            context,
-            ..Request::default()
-        };
-        self.ask(node, group, request).await.map(drop)
+        let body = Body::ChangeMembership(admin_request::ChangeMembership::new(group, &change));
+        self.ask(node, group, body).await.map(drop)
     }
 
     async fn transfer_leader(
@@ -416,13 +437,11 @@ impl ClusterControl for RemoteControl {
         group: GroupId,
         to: NodeId,
     ) -> Result<(), ProposeError> {
-        let request = Request {
-            op: op::TRANSFER_LEADER,
+        let body = Body::TransferLeader(admin_request::TransferLeader {
             group: group.get(),
-            node: to.get(),
-            ..Request::default()
-        };
-        self.ask(node, group, request).await.map(drop)
+            to: to.get(),
+        });
+        self.ask(node, group, body).await.map(drop)
     }
 
     async fn vshard_step(
@@ -432,20 +451,17 @@ impl ClusterControl for RemoteControl {
         vshard: VShardId,
         step: VShardStep,
     ) -> Result<(), ProposeError> {
-        let (code, data) = match step {
-            VShardStep::Release => (vshard_step::RELEASE, None),
-            VShardStep::Acquire(data) => (vshard_step::ACQUIRE, data),
-            VShardStep::Purge => (vshard_step::PURGE, None),
+        let step = match step {
+            VShardStep::Release => Step::Release(Empty {}),
+            VShardStep::Acquire(data) => Step::Acquire(Acquire { data }),
+            VShardStep::Purge => Step::Purge(Empty {}),
         };
-        let request = Request {
-            op: op::VSHARD_STEP,
+        let body = Body::VShardStep(admin_request::VShardStep {
             group: group.get(),
             vshard: vshard.get(),
-            vshard_step: code,
-            data,
-            ..Request::default()
-        };
-        self.ask(node, group, request).await.map(drop)
+            step: Some(step),
+        });
+        self.ask(node, group, body).await.map(drop)
     }
 
     async fn export_vshard(
@@ -454,13 +470,17 @@ impl ClusterControl for RemoteControl {
         group: GroupId,
         vshard: VShardId,
     ) -> Result<Vec<u8>, ProposeError> {
-        let request = Request {
-            op: op::EXPORT_VSHARD,
+        let body = Body::ExportVShard(admin_request::ExportVShard {
             group: group.get(),
             vshard: vshard.get(),
-            ..Request::default()
-        };
-        Ok(self.ask(node, group, request).await?.payload)
+        });
+        match self.ask(node, group, body).await? {
+            admin_reply::Body::Export(e) => Ok(e.data),
+            _ => Err(ProposeError::Refused {
+                group,
+                reason: "the node answered without an export".into(),
+            }),
+        }
     }
 
     async fn pause(&self) {

@@ -5,12 +5,12 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 use pontoon::NodeId;
-use pontoon::certs::files;
+use pontoon::certs::{ClientRole, files};
 
 use super::CliError;
 
 #[derive(Subcommand, Debug)]
-pub enum CertsCommand {
+pub(crate) enum CertsCommand {
     /// Create a cluster CA (ca.pem, ca.key) in DIR. Keep ca.key secret: whoever holds it can
     /// issue certificates your nodes will trust.
     Init {
@@ -33,6 +33,16 @@ pub enum CertsCommand {
         /// Issue a client certificate for NAME instead (letters, digits, '-', '_').
         #[arg(long, value_name = "NAME")]
         client: Option<String>,
+        /// The client's role: `kv` reads and writes keys and reads the cluster's shape;
+        /// `admin` may also change it (`pontoon cluster`). Nodes check it per operation.
+        /// Default: kv.
+        #[arg(
+            long,
+            value_name = "ROLE",
+            requires = "client",
+            conflicts_with = "node"
+        )]
+        role: Option<ClientRole>,
         /// Extra DNS names or IP addresses the node is reached at (repeatable).
         #[arg(long = "san", value_name = "HOST_OR_IP")]
         sans: Vec<String>,
@@ -42,7 +52,7 @@ pub enum CertsCommand {
     },
 }
 
-pub fn run(command: CertsCommand) -> Result<ExitCode, CliError> {
+pub(crate) fn run(command: CertsCommand) -> Result<ExitCode, CliError> {
     match command {
         CertsCommand::Init { dir, force } => {
             files::init_dir(&dir, force)?;
@@ -58,6 +68,7 @@ pub fn run(command: CertsCommand) -> Result<ExitCode, CliError> {
             client: None,
             sans,
             force,
+            ..
         } => {
             let node = NodeId(id);
             files::issue_node_files(&dir, node, &sans, force)?;
@@ -70,12 +81,15 @@ pub fn run(command: CertsCommand) -> Result<ExitCode, CliError> {
         CertsCommand::Issue {
             dir,
             client: Some(name),
+            role,
             force,
             ..
         } => {
-            files::issue_client_files(&dir, &name, force)?;
+            // Least privilege unless asked: a kv client can change nothing but keys.
+            let role = role.unwrap_or(ClientRole::Kv);
+            files::issue_client_files_with_role(&dir, &name, role, force)?;
             println!(
-                "client certificate written: {} and {}",
+                "client certificate (role {role}) written: {} and {}",
                 files::client_cert_path(&dir, &name).display(),
                 files::client_key_path(&dir, &name).display()
             );

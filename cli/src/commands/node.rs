@@ -7,15 +7,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use pontoon::kv::KvStateMachine;
-use pontoon::service::KvService;
 use pontoon::{Node, NodeConfig, NodeId, RoutingTable};
 use serde::Deserialize;
+use service::{KvService, KvStateMachine};
 
 use super::CliError;
 
 #[derive(Args, Debug)]
-pub struct NodeArgs {
+pub(crate) struct NodeArgs {
     /// The node's TOML config (see the README for an example).
     #[arg(long)]
     config: PathBuf,
@@ -27,7 +26,7 @@ pub struct NodeArgs {
 /// reach, itself not required, and receives the routing table from the cluster.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NodeFile {
+pub(crate) struct NodeFile {
     /// This node's id (must match its certificate).
     pub node_id: u64,
     /// UDP address to bind, e.g. "0.0.0.0:7001".
@@ -53,7 +52,7 @@ pub struct NodeFile {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CertPaths {
+pub(crate) struct CertPaths {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -61,14 +60,14 @@ pub struct CertPaths {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PeerEntry {
+pub(crate) struct PeerEntry {
     pub id: u64,
     pub addr: SocketAddr,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RoutingSettings {
+pub(crate) struct RoutingSettings {
     #[serde(default = "default_vshards")]
     pub vshards: u32,
     #[serde(default = "default_groups")]
@@ -102,7 +101,7 @@ fn default_replication() -> usize {
 
 impl NodeFile {
     /// Reads and checks a config file.
-    pub fn load(path: &Path) -> Result<Self, CliError> {
+    pub(crate) fn load(path: &Path) -> Result<Self, CliError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("reading {}: {e}", path.display()))?;
         let file: NodeFile =
@@ -131,7 +130,7 @@ impl NodeFile {
 
     /// The routing table every node computes from the same settings. A joining node's is
     /// only a placeholder until the cluster's arrives, so it leaves itself out of it.
-    pub fn routing(&self) -> Result<RoutingTable, CliError> {
+    pub(crate) fn routing(&self) -> Result<RoutingTable, CliError> {
         let nodes: Vec<NodeId> = self
             .nodes
             .iter()
@@ -151,7 +150,7 @@ impl NodeFile {
     }
 }
 
-pub fn run(args: NodeArgs) -> Result<ExitCode, CliError> {
+pub(crate) fn run(args: NodeArgs) -> Result<ExitCode, CliError> {
     let file = NodeFile::load(&args.config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

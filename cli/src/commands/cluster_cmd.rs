@@ -8,10 +8,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
-use pontoon::cluster::{ClusterView, RemoteControl};
+use pontoon::admin::{ClusterView, NodeClient, RemoteControl};
 use pontoon::coordinator::reshape::{ReshapeReport, Reshaper};
 use pontoon::routing::META_GROUP;
-use pontoon::service::KvClient;
 use pontoon::{GroupId, NodeId, VShardId};
 
 use super::CliError;
@@ -20,7 +19,7 @@ use super::CliError;
 const PAUSE: Duration = Duration::from_millis(50);
 
 #[derive(Args, Debug)]
-pub struct ClusterArgs {
+pub(crate) struct ClusterArgs {
     #[command(subcommand)]
     op: ClusterOp,
 }
@@ -103,14 +102,25 @@ impl ClusterOp {
     }
 }
 
-pub fn run(args: ClusterArgs) -> Result<ExitCode, CliError> {
+pub(crate) fn run(args: ClusterArgs) -> Result<ExitCode, CliError> {
     let connect = args.op.connect();
     let identity = pontoon::certs::files::load_client(&connect.certs, &connect.client)?;
+    // The nodes refuse it anyway (and audit the attempt); saying so here spares the operator
+    // a plan that retries a refusal until --step-timeout.
+    if !matches!(args.op, ClusterOp::Status { .. }) && !identity.role().is_admin() {
+        return Err(format!(
+            "client {} has role {}: changing the cluster needs a client certificate issued \
+             with `pontoon certs issue --client NAME --role admin`",
+            identity.name(),
+            identity.role()
+        )
+        .into());
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let client = KvClient::new(&identity)?;
+        let client = NodeClient::new(&identity)?;
         let control = RemoteControl::connect(client, &connect.nodes, PAUSE).await?;
         let patience = u32::try_from(
             Duration::from_secs(connect.step_timeout).as_millis() / PAUSE.as_millis(),

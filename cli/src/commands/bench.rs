@@ -14,7 +14,7 @@ use super::CliError;
 
 /// How each node's log commits reach the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum PersistArg {
+pub(crate) enum PersistArg {
     /// fdatasync every commit (what a node whose acks matter uses).
     SyncData,
     /// fsync every commit, metadata included.
@@ -35,7 +35,7 @@ impl From<PersistArg> for Persist {
 
 /// Flags of `pontoon bench`.
 #[derive(Args, Debug, Clone)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// Nodes in the cluster (each group has min(3, nodes) replicas).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=16))]
     nodes: u64,
@@ -128,7 +128,7 @@ impl BenchArgs {
 ///
 /// # Errors
 /// A bad flag, or the step of the run that failed.
-pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
+pub(crate) fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
     if args.idle {
         return run_idle(&args);
     }

@@ -1,16 +1,17 @@
-//! [`KvClient`]: the client side of the protocol in [`crate::service`]. It keeps one QUIC
-//! connection per node and opens one stream per request, so a request costs one round trip,
-//! not a TLS handshake.
+//! [`NodeClient`]: the client side of the client protocol. It keeps one QUIC connection per
+//! node and opens one stream per request, so a request costs one round trip, not a TLS
+//! handshake. [`NodeClient::call`] is the one place that follows `NotLeader` redirects and
+//! resends what certainly did not take effect; the KV client and the admin tools use it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use coordinator::ProposeError;
 use routing::NodeId;
 
-use crate::ProposeError;
-use crate::service::{MAX_MESSAGE_BYTES, Reply, Request, decode, encode, outcome, reply_error};
+use crate::wire::{ClientReply, ClientRequest, MAX_MESSAGE_BYTES, RemoteError, decode, encode};
 
 /// How long the client waits for a silent node before it counts it as gone (QUIC idle timeout).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -19,10 +20,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// timeout (10 s by default); this bounds the rest.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How many `NotLeader` redirects and safe retries [`KvClient::call`] makes.
+/// How many `NotLeader` redirects and safe retries [`NodeClient::call`] makes.
 const MAX_REDIRECTS: usize = 8;
 
-/// Errors of the key-value client.
+/// Errors of the client.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The client's TLS config could not be built.
@@ -45,41 +46,98 @@ pub enum ClientError {
         /// Why.
         reason: String,
     },
-    /// The node answered with an error of its own (a malformed request, an unknown op).
+    /// The request cannot be sent at all (too large): it did not take effect.
+    #[error("the request cannot be sent: {0}")]
+    Unsendable(String),
+    /// The node answered with a typed failure: the same error an in-process caller gets, or a
+    /// refusal of the protocol (`Forbidden`, `BadRequest`).
     #[error("{0}")]
-    Server(String),
-    /// The node answered with a typed error: the same one an in-process caller gets.
-    #[error("{0}")]
-    Rejected(ProposeError),
+    Remote(RemoteError),
+    /// The node answered something this client did not ask for (another kind of body).
+    #[error("unexpected reply: {0}")]
+    Unexpected(String),
     /// Redirected (or retried) more often than a leader change explains.
     #[error("gave up after {0} NotLeader redirects and retries")]
     TooManyRedirects(usize),
 }
 
-/// A client of the key-value service, authenticated by a client certificate.
-pub struct KvClient {
+impl ClientError {
+    /// Whether the request may have taken effect (see [`RemoteError::may_have_taken_effect`]).
+    #[must_use]
+    pub fn may_have_taken_effect(&self) -> bool {
+        match self {
+            ClientError::Io { .. } | ClientError::Unexpected(_) => true,
+            ClientError::Remote(e) => e.may_have_taken_effect(),
+            _ => false,
+        }
+    }
+}
+
+/// What [`NodeClient::call`] does after a reply.
+enum Next {
+    Done(ClientReply),
+    Redirect(SocketAddr, Option<NodeId>),
+    Wait(Duration),
+    Fail(RemoteError),
+}
+
+/// Reads a reply the way every caller must: done, redirected to the leader, safe to resend,
+/// or failed.
+fn next_step(reply: ClientReply, asked: SocketAddr) -> Next {
+    let Some(failure) = reply.failed() else {
+        return Next::Done(reply);
+    };
+    match failure.to_error() {
+        RemoteError::Propose(ProposeError::NotLeader { leader, .. }) => {
+            match failure.leader_addr.as_deref().map(str::parse::<SocketAddr>) {
+                Some(Ok(addr)) if addr != asked => Next::Redirect(addr, leader),
+                // No leader known yet, or it names the node just asked: an election is under
+                // way; ask again after a moment.
+                _ => Next::Wait(Duration::from_millis(200)),
+            }
+        }
+        // It did not take effect (leadership changed under it, or it was routed by a table
+        // that just changed): sending it again is safe.
+        RemoteError::Propose(
+            ProposeError::ProposalDropped { .. } | ProposeError::StaleRouting { .. },
+        ) => Next::Wait(Duration::from_millis(50)),
+        other => Next::Fail(other),
+    }
+}
+
+/// A client of the nodes' client protocol, authenticated by a client certificate.
+pub struct NodeClient {
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
     /// Open connections by address and the server name they were verified against.
     connections: Mutex<HashMap<(SocketAddr, String), quinn::Connection>>,
 }
 
-impl KvClient {
+impl NodeClient {
     /// A client presenting `identity`.
     ///
     /// # Errors
     /// A TLS config or socket that cannot be made.
     pub fn new(identity: &certs::ClientIdentity) -> Result<Self, ClientError> {
         let tls = identity.client_config(&[certs::CLIENT_ALPN])?;
+        Self::with_tls(tls)
+    }
+
+    /// A client presenting whatever certificate `tls` holds (a test presents a node's, to
+    /// prove that nodes are refused).
+    ///
+    /// # Errors
+    /// A TLS config or socket that cannot be made.
+    pub fn with_tls(tls: rustls::ClientConfig) -> Result<Self, ClientError> {
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-            .map_err(|e| ClientError::Server(format!("TLS config unusable for QUIC: {e}")))?;
+            .map_err(|e| ClientError::Unsendable(format!("TLS config unusable for QUIC: {e}")))?;
         let mut client_config = quinn::ClientConfig::new(Arc::new(quic));
         // A dead node must not hold a request for quinn's default 30 s: give up on it quickly
         // and let `call` go back to a node that answered. Keep-alives hold a connection open
         // between requests, so it is reused rather than timed out.
         let mut transport = quinn::TransportConfig::default();
         let idle = quinn::IdleTimeout::try_from(CONNECT_TIMEOUT)
-            .map_err(|e| ClientError::Server(format!("idle timeout: {e}")))?;
+            .map_err(|e| ClientError::Unsendable(format!("idle timeout: {e}")))?;
         transport.max_idle_timeout(Some(idle));
         transport.keep_alive_interval(Some(CONNECT_TIMEOUT / 3));
         client_config.transport_config(Arc::new(transport));
@@ -96,20 +154,20 @@ impl KvClient {
     }
 
     /// Sends `request` to the node at `first`, following `NotLeader` redirects and sending it
-    /// again when it did not take effect (`ProposalDropped`, `StaleRouting`), and returns the
-    /// reply once a node answers OK.
+    /// again when it certainly did not take effect (`ProposalDropped`, `StaleRouting`), and
+    /// returns the first reply that is not a failure.
     ///
     /// # Errors
-    /// [`ClientError`]; [`ClientError::Rejected`] carries the node's typed error.
+    /// [`ClientError`]; [`ClientError::Remote`] carries the node's typed failure.
     pub async fn call(
         &self,
         first: SocketAddr,
         node_hint: Option<NodeId>,
-        request: Request,
-    ) -> Result<Reply, ClientError> {
+        request: &ClientRequest,
+    ) -> Result<ClientReply, ClientError> {
         let (mut addr, mut server) = (first, node_hint);
         for _ in 0..MAX_REDIRECTS {
-            let reply = match self.request(addr, server, &request).await {
+            let reply = match self.request(addr, server, request).await {
                 Ok(reply) => reply,
                 // A redirect to a node that does not answer (it may just have died): go back
                 // to the node we were given, which will know the new leader soon.
@@ -120,45 +178,29 @@ impl KvClient {
                 }
                 Err(e) => return Err(e),
             };
-            match (
-                reply.outcome,
-                reply.leader_addr.as_deref().map(str::parse::<SocketAddr>),
-            ) {
-                (outcome::OK, _) => return Ok(reply),
-                (outcome::NOT_LEADER, Some(Ok(leader))) if leader != addr => {
-                    addr = leader;
-                    server = reply.leader.map(NodeId);
-                }
-                (outcome::NOT_LEADER, _) => tokio::time::sleep(Duration::from_millis(200)).await,
-                // It did not take effect (leadership changed under it, or it was routed by a
-                // table that just changed): sending it again is safe.
-                (outcome::PROPOSAL_DROPPED | outcome::STALE_ROUTING, _) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                (outcome::ERROR, _) => return Err(ClientError::Server(reply.message)),
-                _ => {
-                    return Err(reply_error(&reply).map_or_else(
-                        || ClientError::Server(reply.message.clone()),
-                        ClientError::Rejected,
-                    ));
-                }
+            match next_step(reply, addr) {
+                Next::Done(reply) => return Ok(reply),
+                Next::Redirect(leader, id) => (addr, server) = (leader, id),
+                Next::Wait(pause) => tokio::time::sleep(pause).await,
+                Next::Fail(e) => return Err(ClientError::Remote(e)),
             }
         }
         Err(ClientError::TooManyRedirects(MAX_REDIRECTS))
     }
 
     /// Sends `request` to the node at `addr` only (no redirects) and returns its reply,
-    /// whatever the outcome. With `node`, the node's certificate must name it.
+    /// failure or not. With `node`, the node's certificate must name it.
     ///
     /// # Errors
-    /// [`ClientError::Connect`] (not sent), [`ClientError::Io`] (outcome unknown).
+    /// [`ClientError::Connect`] (not sent), [`ClientError::Io`] (outcome unknown),
+    /// [`ClientError::Unsendable`].
     pub async fn request(
         &self,
         addr: SocketAddr,
         node: Option<NodeId>,
-        request: &Request,
-    ) -> Result<Reply, ClientError> {
-        let bytes = encode(request).map_err(|e| ClientError::Server(e.to_string()))?;
+        request: &ClientRequest,
+    ) -> Result<ClientReply, ClientError> {
+        let bytes = encode(request).map_err(|e| ClientError::Unsendable(e.to_string()))?;
         match tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(addr, node, &bytes)).await {
             Ok(reply) => reply,
             Err(_) => Err(ClientError::Io {
@@ -173,7 +215,7 @@ impl KvClient {
         addr: SocketAddr,
         node: Option<NodeId>,
         request: &[u8],
-    ) -> Result<Reply, ClientError> {
+    ) -> Result<ClientReply, ClientError> {
         let io = |reason: String| ClientError::Io { addr, reason };
         // The server name proves which node answered when the caller knows it; otherwise any
         // node of the cluster will do, so we accept the generic name every node holds.
@@ -199,7 +241,7 @@ impl KvClient {
             .read_to_end(MAX_MESSAGE_BYTES + 4)
             .await
             .map_err(|e| io(e.to_string()))?;
-        decode::<Reply>("reply", &reply).map_err(|e| io(e.to_string()))
+        decode::<ClientReply>("reply", &reply).map_err(|e| io(e.to_string()))
     }
 
     fn cached(&self, key: &(SocketAddr, String)) -> Option<quinn::Connection> {
@@ -251,5 +293,58 @@ impl KvClient {
             connection.close(0u32.into(), b"done");
         }
         let _ = tokio::time::timeout(Duration::from_millis(200), self.endpoint.wait_idle()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Failure;
+    use routing::GroupId;
+
+    fn failed(error: ProposeError, leader_addr: Option<&str>) -> ClientReply {
+        let mut failure = Failure::from_error(&error.into());
+        failure.leader_addr = leader_addr.map(str::to_string);
+        ClientReply::failure(failure)
+    }
+
+    #[test]
+    fn replies_are_followed_resent_or_returned_by_their_outcome() {
+        let asked: SocketAddr = ([127, 0, 0, 1], 7001).into();
+        let group = GroupId(4);
+        let not_leader = |addr| {
+            failed(
+                ProposeError::NotLeader {
+                    group,
+                    leader: Some(NodeId(2)),
+                },
+                addr,
+            )
+        };
+        assert!(matches!(
+            next_step(not_leader(Some("127.0.0.1:7002")), asked),
+            Next::Redirect(a, Some(NodeId(2))) if a.port() == 7002
+        ));
+        // Naming the node just asked, or an unreadable address, is a wait, not a loop.
+        assert!(matches!(
+            next_step(not_leader(Some("127.0.0.1:7001")), asked),
+            Next::Wait(_)
+        ));
+        assert!(matches!(
+            next_step(not_leader(Some("nonsense")), asked),
+            Next::Wait(_)
+        ));
+        assert!(matches!(
+            next_step(failed(ProposeError::ProposalDropped { group }, None), asked),
+            Next::Wait(_)
+        ));
+        assert!(matches!(
+            next_step(failed(ProposeError::Timeout { group }, None), asked),
+            Next::Fail(RemoteError::Propose(ProposeError::Timeout { .. }))
+        ));
+        assert!(matches!(
+            next_step(ClientReply::app(vec![]), asked),
+            Next::Done(_)
+        ));
     }
 }

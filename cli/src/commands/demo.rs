@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use pontoon::coordinator::local::{LoadStats, LocalCluster};
-use pontoon::kv::{KvCommand, KvStateMachine};
 use pontoon::{GroupId, NodeId, RoutingTable};
+use service::{KvCommand, KvStateMachine};
 
 use super::CliError;
 
 #[derive(Args, Debug, Clone)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// Nodes in the cluster (each group has min(3, nodes) replicas).
     #[arg(long, default_value_t = 3)]
     nodes: u64,
@@ -75,7 +75,7 @@ async fn counters(cluster: &LocalCluster<KvStateMachine>) -> BTreeMap<NodeId, No
     out
 }
 
-pub fn run(args: DemoArgs) -> Result<ExitCode, CliError> {
+pub(crate) fn run(args: DemoArgs) -> Result<ExitCode, CliError> {
     if args.nodes == 0 || args.groups == 0 || args.duration == 0 {
         return Err("--nodes, --groups and --duration must be at least 1".into());
     }

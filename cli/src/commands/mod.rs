@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 /// Pontoon: multi-raft replication over one QUIC endpoint per node, secured by mutual TLS.
 #[derive(Parser, Debug)]
 #[command(name = "pontoon", version, about, long_about = None)]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -39,7 +39,7 @@ enum Command {
 
 impl Cli {
     /// The log filter when RUST_LOG is not set: quiet for the interactive commands.
-    pub fn default_log_filter(&self) -> &'static str {
+    pub(crate) fn default_log_filter(&self) -> &'static str {
         match self.command {
             Command::Demo(_) | Command::Bench(_) => "error",
             Command::Certs(_) | Command::Kv(_) | Command::Cluster(_) => "warn",
@@ -49,10 +49,10 @@ impl Cli {
 }
 
 /// An error for the user: what went wrong, in one line.
-pub type CliError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type CliError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Runs the parsed command.
-pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
+pub(crate) fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Certs(command) => certs_cmd::run(command),

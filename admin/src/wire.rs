@@ -1,0 +1,544 @@
+//! The client protocol's envelope: one [`ClientRequest`] per bidirectional stream, answered by
+//! one [`ClientReply`], each one length-prefixed prost frame. A request carries either an
+//! [`AdminRequest`] (this crate answers it) or an application's own request as bytes (the
+//! service that hosts the protocol answers it: the example KV service puts its `KvRequest`
+//! there). Failures of either kind travel as one typed [`Failure`], so a remote caller gets
+//! the same error an in-process caller would, and knows whether it may have taken effect.
+
+use bytes::BytesMut;
+use coordinator::ProposeError;
+use routing::{GroupId, NodeId, VShardId};
+use transport::wire::{FrameDecoder, decode_body, encode_frame};
+
+use crate::proto::{AdminReply, AdminRequest};
+
+/// Largest request or reply frame. A vShard export larger than this cannot be moved over the
+/// client protocol; the request fails with an error saying so.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// A request on the client protocol.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ClientRequest {
+    /// What is asked.
+    #[prost(oneof = "client_request::Body", tags = "1, 2")]
+    pub body: Option<client_request::Body>,
+}
+
+/// The bodies of a [`ClientRequest`].
+pub mod client_request {
+    /// What a client asks.
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Body {
+        /// A cluster administration request.
+        #[prost(message, tag = "1")]
+        Admin(crate::proto::AdminRequest),
+        /// The hosting service's own request, in its own encoding.
+        #[prost(bytes = "vec", tag = "2")]
+        App(Vec<u8>),
+    }
+}
+
+/// The node's answer to a [`ClientRequest`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ClientReply {
+    /// The id of the node that answered.
+    #[prost(uint64, tag = "1")]
+    pub node: u64,
+    /// The answer.
+    #[prost(oneof = "client_reply::Body", tags = "2, 3, 4")]
+    pub body: Option<client_reply::Body>,
+}
+
+/// The bodies of a [`ClientReply`].
+pub mod client_reply {
+    /// What a node answers.
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Body {
+        /// An admin request's answer.
+        #[prost(message, tag = "2")]
+        Admin(crate::proto::AdminReply),
+        /// The hosting service's answer, in its own encoding.
+        #[prost(bytes = "vec", tag = "3")]
+        App(Vec<u8>),
+        /// The request failed.
+        #[prost(message, tag = "4")]
+        Failure(super::Failure),
+    }
+}
+
+/// Why a request failed: one variant per [`ProposeError`] variant, plus the refusals of the
+/// protocol itself ([`failure::Kind::Forbidden`], [`failure::Kind::BadRequest`]).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Failure {
+    /// What went wrong.
+    #[prost(oneof = "failure::Kind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10")]
+    pub kind: Option<failure::Kind>,
+    /// Not leader: the leader's client address, when the node knows it.
+    #[prost(string, optional, tag = "11")]
+    pub leader_addr: Option<String>,
+}
+
+/// The kinds of [`Failure`].
+pub mod failure {
+    /// A group named by a failure.
+    #[derive(Clone, PartialEq, Eq, prost::Message)]
+    pub struct Group {
+        /// The group.
+        #[prost(uint64, tag = "1")]
+        pub group: u64,
+    }
+
+    /// See [`coordinator::ProposeError::NotLeader`].
+    #[derive(Clone, PartialEq, Eq, prost::Message)]
+    pub struct NotLeader {
+        /// The group.
+        #[prost(uint64, tag = "1")]
+        pub group: u64,
+        /// The leader the node knows of.
+        #[prost(uint64, optional, tag = "2")]
+        pub leader: Option<u64>,
+    }
+
+    /// See [`coordinator::ProposeError::StaleRouting`].
+    #[derive(Clone, PartialEq, Eq, prost::Message)]
+    pub struct StaleRouting {
+        /// The vShard the request was routed by.
+        #[prost(uint32, tag = "1")]
+        pub vshard: u32,
+        /// The group that refused it.
+        #[prost(uint64, tag = "2")]
+        pub group: u64,
+        /// The routing-table version the node held.
+        #[prost(uint64, tag = "3")]
+        pub table_version: u64,
+    }
+
+    /// See [`coordinator::ProposeError::Refused`].
+    #[derive(Clone, PartialEq, Eq, prost::Message)]
+    pub struct Refused {
+        /// The group.
+        #[prost(uint64, tag = "1")]
+        pub group: u64,
+        /// Why.
+        #[prost(string, tag = "2")]
+        pub reason: String,
+    }
+
+    /// The caller's certificate does not allow the operation. It did not take effect.
+    #[derive(Clone, PartialEq, Eq, prost::Message)]
+    pub struct Forbidden {
+        /// Who asked, as the node read it from the certificate.
+        #[prost(string, tag = "1")]
+        pub caller: String,
+        /// The operation refused.
+        #[prost(string, tag = "2")]
+        pub operation: String,
+        /// Why, and what to use instead.
+        #[prost(string, tag = "3")]
+        pub reason: String,
+    }
+
+    /// The node could not read the request (malformed, unknown operation, too large). It did
+    /// not take effect; sending it again unchanged will not help.
+    #[derive(Clone, PartialEq, Eq, prost::Message)]
+    pub struct BadRequest {
+        /// What is wrong with it.
+        #[prost(string, tag = "1")]
+        pub reason: String,
+    }
+
+    /// A failure's kind.
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Kind {
+        /// Not the leader of the group.
+        #[prost(message, tag = "1")]
+        NotLeader(NotLeader),
+        /// The node holds no replica of the group.
+        #[prost(message, tag = "2")]
+        GroupNotFound(Group),
+        /// Did not take effect; safe to retry.
+        #[prost(message, tag = "3")]
+        ProposalDropped(Group),
+        /// No answer within the node's deadline; outcome unknown.
+        #[prost(message, tag = "4")]
+        Timeout(Group),
+        /// The node lost track of the proposal; outcome unknown.
+        #[prost(message, tag = "5")]
+        OutcomeUnknown(Group),
+        /// Routed by an outdated table; did not take effect.
+        #[prost(message, tag = "6")]
+        StaleRouting(StaleRouting),
+        /// Refused by the group; did not take effect.
+        #[prost(message, tag = "7")]
+        Refused(Refused),
+        /// The node is shutting down.
+        #[prost(message, tag = "8")]
+        ShuttingDown(crate::proto::Empty),
+        /// The caller may not do this.
+        #[prost(message, tag = "9")]
+        Forbidden(Forbidden),
+        /// The node could not read the request.
+        #[prost(message, tag = "10")]
+        BadRequest(BadRequest),
+    }
+}
+
+/// A failure as the caller handles it: the coordinator's error, or a refusal of the protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RemoteError {
+    /// The node's coordinator refused or lost the request, exactly as in process.
+    #[error(transparent)]
+    Propose(ProposeError),
+    /// The caller's certificate does not allow the operation: it did not take effect. Use a
+    /// client certificate issued with `--role admin`.
+    #[error("{caller} may not {operation}: {reason}; it did not take effect")]
+    Forbidden {
+        /// Who asked, as the node read it.
+        caller: String,
+        /// The operation refused.
+        operation: String,
+        /// Why.
+        reason: String,
+    },
+    /// The node could not read the request: it did not take effect, and sending it again
+    /// unchanged will not help.
+    #[error("the node could not read the request: {reason}; it did not take effect")]
+    BadRequest {
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl RemoteError {
+    /// Whether the request may have taken effect (its outcome is unknown). `false` means it
+    /// certainly did not, so it is safe to send again anywhere.
+    #[must_use]
+    pub fn may_have_taken_effect(&self) -> bool {
+        matches!(
+            self,
+            RemoteError::Propose(
+                ProposeError::Timeout { .. } | ProposeError::OutcomeUnknown { .. }
+            )
+        )
+    }
+
+    /// The coordinator's error it carries, if that is what it is.
+    #[must_use]
+    pub fn propose_error(&self) -> Option<&ProposeError> {
+        match self {
+            RemoteError::Propose(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<ProposeError> for RemoteError {
+    fn from(e: ProposeError) -> Self {
+        RemoteError::Propose(e)
+    }
+}
+
+impl Failure {
+    /// The failure that carries `error` (the leader's address filled in by the caller, which
+    /// knows the addresses).
+    #[must_use]
+    pub fn from_error(error: &RemoteError) -> Self {
+        use failure::Kind;
+        let group = |g: &GroupId| failure::Group { group: g.get() };
+        let kind = match error {
+            RemoteError::Propose(e) => match e {
+                ProposeError::NotLeader { group, leader } => Kind::NotLeader(failure::NotLeader {
+                    group: group.get(),
+                    leader: leader.map(NodeId::get),
+                }),
+                ProposeError::GroupNotFound { group: g } => Kind::GroupNotFound(group(g)),
+                ProposeError::ProposalDropped { group: g } => Kind::ProposalDropped(group(g)),
+                ProposeError::Timeout { group: g } => Kind::Timeout(group(g)),
+                ProposeError::OutcomeUnknown { group: g } => Kind::OutcomeUnknown(group(g)),
+                ProposeError::StaleRouting {
+                    vshard,
+                    group,
+                    table_version,
+                } => Kind::StaleRouting(failure::StaleRouting {
+                    vshard: vshard.get(),
+                    group: group.get(),
+                    table_version: *table_version,
+                }),
+                ProposeError::Refused { group, reason } => Kind::Refused(failure::Refused {
+                    group: group.get(),
+                    reason: reason.clone(),
+                }),
+                ProposeError::ShuttingDown => Kind::ShuttingDown(crate::proto::Empty {}),
+            },
+            RemoteError::Forbidden {
+                caller,
+                operation,
+                reason,
+            } => Kind::Forbidden(failure::Forbidden {
+                caller: caller.clone(),
+                operation: operation.clone(),
+                reason: reason.clone(),
+            }),
+            RemoteError::BadRequest { reason } => Kind::BadRequest(failure::BadRequest {
+                reason: reason.clone(),
+            }),
+        };
+        Self {
+            kind: Some(kind),
+            leader_addr: None,
+        }
+    }
+
+    /// A [`failure::Kind::BadRequest`].
+    #[must_use]
+    pub fn bad_request(reason: impl Into<String>) -> Self {
+        Self::from_error(&RemoteError::BadRequest {
+            reason: reason.into(),
+        })
+    }
+
+    /// The error it carries. A failure without a kind (a newer node's kind this build does
+    /// not know) reads as a bad request: it did not take effect here.
+    #[must_use]
+    pub fn to_error(&self) -> RemoteError {
+        use failure::Kind;
+        let Some(kind) = &self.kind else {
+            return RemoteError::BadRequest {
+                reason: "the node answered with a failure this build does not know".into(),
+            };
+        };
+        let propose = match kind {
+            Kind::NotLeader(n) => ProposeError::NotLeader {
+                group: GroupId(n.group),
+                leader: n.leader.map(NodeId),
+            },
+            Kind::GroupNotFound(g) => ProposeError::GroupNotFound {
+                group: GroupId(g.group),
+            },
+            Kind::ProposalDropped(g) => ProposeError::ProposalDropped {
+                group: GroupId(g.group),
+            },
+            Kind::Timeout(g) => ProposeError::Timeout {
+                group: GroupId(g.group),
+            },
+            Kind::OutcomeUnknown(g) => ProposeError::OutcomeUnknown {
+                group: GroupId(g.group),
+            },
+            Kind::StaleRouting(s) => ProposeError::StaleRouting {
+                vshard: VShardId(s.vshard),
+                group: GroupId(s.group),
+                table_version: s.table_version,
+            },
+            Kind::Refused(r) => ProposeError::Refused {
+                group: GroupId(r.group),
+                reason: r.reason.clone(),
+            },
+            Kind::ShuttingDown(_) => ProposeError::ShuttingDown,
+            Kind::Forbidden(f) => {
+                return RemoteError::Forbidden {
+                    caller: f.caller.clone(),
+                    operation: f.operation.clone(),
+                    reason: f.reason.clone(),
+                };
+            }
+            Kind::BadRequest(b) => {
+                return RemoteError::BadRequest {
+                    reason: b.reason.clone(),
+                };
+            }
+        };
+        RemoteError::Propose(propose)
+    }
+}
+
+impl ClientReply {
+    /// A reply carrying an admin answer.
+    #[must_use]
+    pub fn admin(reply: AdminReply) -> Self {
+        Self {
+            node: 0,
+            body: Some(client_reply::Body::Admin(reply)),
+        }
+    }
+
+    /// A reply carrying the hosting service's answer.
+    #[must_use]
+    pub fn app(bytes: Vec<u8>) -> Self {
+        Self {
+            node: 0,
+            body: Some(client_reply::Body::App(bytes)),
+        }
+    }
+
+    /// A reply carrying a failure.
+    #[must_use]
+    pub fn failure(failure: Failure) -> Self {
+        Self {
+            node: 0,
+            body: Some(client_reply::Body::Failure(failure)),
+        }
+    }
+
+    /// The failure it carries, if any.
+    #[must_use]
+    pub fn failed(&self) -> Option<&Failure> {
+        match &self.body {
+            Some(client_reply::Body::Failure(f)) => Some(f),
+            _ => None,
+        }
+    }
+}
+
+impl ClientRequest {
+    /// A request carrying an admin request.
+    #[must_use]
+    pub fn admin(request: AdminRequest) -> Self {
+        Self {
+            body: Some(client_request::Body::Admin(request)),
+        }
+    }
+
+    /// A request carrying the hosting service's request.
+    #[must_use]
+    pub fn app(bytes: Vec<u8>) -> Self {
+        Self {
+            body: Some(client_request::Body::App(bytes)),
+        }
+    }
+}
+
+/// Encodes one message as a length-prefixed frame.
+///
+/// # Errors
+/// When the message exceeds [`MAX_MESSAGE_BYTES`].
+pub fn encode<M: prost::Message>(message: &M) -> Result<Vec<u8>, transport::WireError> {
+    let mut out = BytesMut::new();
+    encode_frame(message, MAX_MESSAGE_BYTES, &mut out)?;
+    Ok(out.to_vec())
+}
+
+/// Decodes exactly one frame from a finished stream's bytes.
+///
+/// # Errors
+/// Malformed, truncated or oversized input, or bytes after the frame.
+pub fn decode<M: prost::Message + Default>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<M, transport::WireError> {
+    let mut decoder = FrameDecoder::new(MAX_MESSAGE_BYTES);
+    decoder.extend(bytes);
+    let frame = decoder
+        .next_frame()?
+        .ok_or(transport::WireError::Truncated {
+            buffered: bytes.len(),
+        })?;
+    if decoder.buffered() != 0 {
+        return Err(transport::WireError::Malformed {
+            what,
+            reason: "bytes after the frame".into(),
+        });
+    }
+    decode_body(what, frame)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use proptest::prelude::*;
+
+    fn every_error() -> Vec<RemoteError> {
+        let group = GroupId(7);
+        let mut all: Vec<RemoteError> = [
+            ProposeError::NotLeader {
+                group,
+                leader: Some(NodeId(3)),
+            },
+            ProposeError::NotLeader {
+                group,
+                leader: None,
+            },
+            ProposeError::GroupNotFound { group },
+            ProposeError::ProposalDropped { group },
+            ProposeError::Timeout { group },
+            ProposeError::OutcomeUnknown { group },
+            ProposeError::StaleRouting {
+                vshard: VShardId(12),
+                group,
+                table_version: 9,
+            },
+            ProposeError::Refused {
+                group,
+                reason: "version 4 expected, table is at 5".into(),
+            },
+            ProposeError::ShuttingDown,
+        ]
+        .into_iter()
+        .map(RemoteError::Propose)
+        .collect();
+        all.push(RemoteError::Forbidden {
+            caller: "client reader (role kv)".into(),
+            operation: "transfer leader".into(),
+            reason: "needs the admin role".into(),
+        });
+        all.push(RemoteError::BadRequest {
+            reason: "no body".into(),
+        });
+        all
+    }
+
+    #[test]
+    fn every_error_crosses_the_wire_unchanged() {
+        for error in every_error() {
+            let reply = ClientReply::failure(Failure::from_error(&error));
+            let back: ClientReply = decode("reply", &encode(&reply).unwrap()).unwrap();
+            assert_eq!(back.failed().unwrap().to_error(), error);
+        }
+        assert!(ClientReply::app(vec![1]).failed().is_none());
+    }
+
+    #[test]
+    fn only_timeouts_and_lost_proposals_may_have_taken_effect() {
+        for error in every_error() {
+            let unknown = matches!(
+                error,
+                RemoteError::Propose(
+                    ProposeError::Timeout { .. } | ProposeError::OutcomeUnknown { .. }
+                )
+            );
+            assert_eq!(error.may_have_taken_effect(), unknown, "{error}");
+        }
+    }
+
+    #[test]
+    fn a_failure_of_unknown_kind_reads_as_a_bad_request() {
+        let empty = Failure::default();
+        assert!(matches!(empty.to_error(), RemoteError::BadRequest { .. }));
+    }
+
+    #[test]
+    fn oversized_requests_are_refused_by_the_encoder() {
+        let request = ClientRequest::app(vec![0; MAX_MESSAGE_BYTES + 1]);
+        assert!(encode(&request).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_the_envelope_decoders(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode::<ClientRequest>("request", &bytes);
+            if let Ok(reply) = decode::<ClientReply>("reply", &bytes)
+                && let Some(failure) = reply.failed()
+            {
+                let _ = failure.to_error();
+            }
+        }
+
+        #[test]
+        fn app_requests_round_trip(body in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let request = ClientRequest::app(body);
+            let back: ClientRequest = decode("request", &encode(&request).unwrap()).unwrap();
+            prop_assert_eq!(back, request);
+        }
+    }
+}

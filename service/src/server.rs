@@ -1,0 +1,209 @@
+//! [`KvService`]: the node side of the client protocol for the example KV service. `pontoon
+//! node` hands it every client connection the transport accepts; it reads the caller once
+//! from the connection's certificate, then answers one request per stream: key-value requests
+//! itself, admin requests through [`AdminService`], which checks the caller's role per
+//! operation. A peer that is not a client (a node certificate) is refused every request.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use admin::wire::{ClientReply, ClientRequest, Failure, RemoteError, client_request};
+use admin::{AdminService, Caller, MAX_MESSAGE_BYTES};
+use coordinator::{Node, ProposeError};
+use prost::Message as _;
+use routing::NodeId;
+
+use crate::kv::{KvCommand, KvResponse, KvStateMachine};
+use crate::proto::{KvReply, KvRequest, kv_reply, kv_request};
+
+/// How often a GET reads again when the key's vShard left the group while it was reading.
+const READ_ATTEMPTS: usize = 4;
+
+/// What the service needs to answer clients. Cheap to clone.
+#[derive(Clone)]
+pub struct KvService {
+    admin: AdminService,
+    state: KvStateMachine,
+}
+
+impl KvService {
+    /// A service answering for `node`, reading from `state` (the clone given to the node);
+    /// `client_addrs` are where the nodes of its configuration serve clients (for redirects).
+    #[must_use]
+    pub fn new(
+        node: Node,
+        state: KvStateMachine,
+        client_addrs: BTreeMap<NodeId, SocketAddr>,
+    ) -> Self {
+        Self {
+            admin: AdminService::new(node, client_addrs),
+            state,
+        }
+    }
+
+    fn node(&self) -> &Node {
+        self.admin.node()
+    }
+
+    /// Serves one authenticated client connection until it closes.
+    pub async fn serve(self, connection: quinn::Connection) {
+        let caller = Caller::of(&connection);
+        if let Caller::Refused { who, reason } = &caller {
+            tracing::warn!(peer = %who, %reason, "refusing a peer on the client protocol");
+        }
+        loop {
+            let (mut send, mut recv) = match connection.accept_bi().await {
+                Ok(streams) => streams,
+                Err(_) => return,
+            };
+            let (service, caller) = (self.clone(), caller.clone());
+            tokio::spawn(async move {
+                let mut reply = match recv.read_to_end(MAX_MESSAGE_BYTES + 4).await {
+                    Ok(bytes) => {
+                        match admin::wire::decode::<ClientRequest>("client request", &bytes) {
+                            Ok(request) => service.answer(&caller, request).await,
+                            Err(e) => bad_request(format!("malformed request: {e}")),
+                        }
+                    }
+                    Err(e) => bad_request(format!("reading the request: {e}")),
+                };
+                reply.node = service.node().id().get();
+                // A reply too large for a frame (a huge vShard export) still gets an answer.
+                let bytes = admin::wire::encode(&reply).or_else(|e| {
+                    admin::wire::encode(&bad_request(format!("the reply cannot be sent: {e}")))
+                });
+                if let Ok(bytes) = bytes {
+                    let _ = send.write_all(&bytes).await;
+                }
+                let _ = send.finish();
+            });
+        }
+    }
+
+    /// Answers one request of `caller`.
+    pub async fn answer(&self, caller: &Caller, request: ClientRequest) -> ClientReply {
+        match request.body {
+            Some(client_request::Body::Admin(request)) => {
+                match self.admin.answer(caller, request).await {
+                    Ok(reply) => ClientReply::admin(reply),
+                    Err(failure) => ClientReply::failure(failure),
+                }
+            }
+            Some(client_request::Body::App(bytes)) => {
+                if let Caller::Refused { reason, .. } = caller {
+                    return ClientReply::failure(Failure::from_error(&RemoteError::Forbidden {
+                        caller: caller.describe(),
+                        operation: "read or write keys".into(),
+                        reason: reason.clone(),
+                    }));
+                }
+                match KvRequest::decode(bytes.as_slice()) {
+                    Ok(request) => match self.kv(request).await {
+                        Ok(reply) => ClientReply::app(reply.encode_to_vec()),
+                        Err(failure) => ClientReply::failure(failure),
+                    },
+                    Err(e) => bad_request(format!("malformed key-value request: {e}")),
+                }
+            }
+            None => bad_request("a request without a body".into()),
+        }
+    }
+
+    async fn kv(&self, request: KvRequest) -> Result<KvReply, Failure> {
+        let command = match request.op {
+            Some(kv_request::Op::Get(get)) => return self.get(&get.key).await,
+            Some(kv_request::Op::Put(p)) => KvCommand::Put {
+                key: p.key,
+                value: p.value,
+            },
+            Some(kv_request::Op::Delete(d)) => KvCommand::Delete { key: d.key },
+            Some(kv_request::Op::CompareAndSet(c)) => KvCommand::CompareAndSet {
+                key: c.key,
+                expected: c.expected,
+                value: c.value,
+            },
+            None => {
+                return Err(Failure::bad_request(
+                    "a key-value request without an operation",
+                ));
+            }
+        };
+        let bytes = self
+            .node()
+            .propose(command.key(), command.encode())
+            .await
+            .map_err(|e| self.kv_failure(&e))?;
+        let outcome = match KvResponse::decode(&bytes) {
+            Ok(KvResponse::Done { previous }) => {
+                kv_reply::Outcome::Done(kv_reply::Value { value: previous })
+            }
+            Ok(KvResponse::Mismatch { current }) => {
+                kv_reply::Outcome::Mismatch(kv_reply::Value { value: current })
+            }
+            Ok(KvResponse::Rejected) => {
+                return Err(Failure::bad_request(
+                    "the state machine rejected the command",
+                ));
+            }
+            Err(e) => return Err(Failure::bad_request(e.to_string())),
+        };
+        Ok(KvReply {
+            outcome: Some(outcome),
+        })
+    }
+
+    /// The failure for a key-value request's error: a group this node holds no replica of
+    /// (the cluster changed shape) is a redirect to a node that holds one, which the client
+    /// follows like any `NotLeader`.
+    fn kv_failure(&self, error: &ProposeError) -> Failure {
+        if let ProposeError::GroupNotFound { group } = error {
+            let table = self.node().routing();
+            let replica = table
+                .leader_hint(*group)
+                .or_else(|| table.replicas(*group).and_then(|r| r.first().copied()))
+                .filter(|r| *r != self.node().id());
+            if let Some(replica) = replica {
+                return self
+                    .admin
+                    .failure(&RemoteError::Propose(ProposeError::NotLeader {
+                        group: *group,
+                        leader: Some(replica),
+                    }));
+            }
+        }
+        self.admin.failure(&RemoteError::Propose(error.clone()))
+    }
+
+    /// A linearizable read that honours vShard moves: the barrier says which group serves the
+    /// key, and the value read there counts only if the group still served the key's vShard
+    /// after the read (a move may have fenced it in between; then read again on the new table).
+    async fn get(&self, key: &[u8]) -> Result<KvReply, Failure> {
+        let mut last = None;
+        for _ in 0..READ_ATTEMPTS {
+            let read = self
+                .node()
+                .read_key(key)
+                .await
+                .map_err(|e| self.kv_failure(&e))?;
+            let value = self.state.get(read.group, key);
+            if self.node().serves(read.group, read.vshard) {
+                return Ok(KvReply {
+                    outcome: Some(kv_reply::Outcome::Value(kv_reply::Value { value })),
+                });
+            }
+            last = Some(ProposeError::StaleRouting {
+                vshard: read.vshard,
+                group: read.group,
+                table_version: self.node().routing().version(),
+            });
+        }
+        Err(last.map_or_else(
+            || Failure::bad_request("no read attempt"),
+            |e| self.kv_failure(&e),
+        ))
+    }
+}
+
+fn bad_request(reason: String) -> ClientReply {
+    ClientReply::failure(Failure::bad_request(reason))
+}
