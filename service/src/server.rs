@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use admin::wire::{ClientReply, ClientRequest, Failure, RemoteError, client_request};
-use admin::{AdminService, Caller, MAX_MESSAGE_BYTES};
+use admin::{AdminService, Caller};
 use coordinator::{Node, ProposeError};
 use prost::Message as _;
 use routing::NodeId;
@@ -45,28 +45,36 @@ impl KvService {
         self.admin.node()
     }
 
-    /// Serves one authenticated client connection until it closes.
-    pub async fn serve(self, connection: quinn::Connection) {
-        let caller = Caller::of(&connection);
+    /// Serves one authenticated client connection until it closes. Requests are read through
+    /// the transport's budgets (concurrent requests and bytes in flight per client and for all
+    /// clients, a read timeout): a client that stalls or floods is refused, never buffered.
+    pub async fn serve(self, client: transport::ClientConnection) {
+        let caller = Caller::of(&client.connection);
         if let Caller::Refused { who, reason } = &caller {
             tracing::warn!(peer = %who, %reason, "refusing a peer on the client protocol");
         }
         loop {
-            let (mut send, mut recv) = match connection.accept_bi().await {
-                Ok(streams) => streams,
+            let incoming = match client.accept_request().await {
+                Ok(incoming) => incoming,
                 Err(_) => return,
             };
             let (service, caller) = (self.clone(), caller.clone());
             tokio::spawn(async move {
-                let mut reply = match recv.read_to_end(MAX_MESSAGE_BYTES + 4).await {
-                    Ok(bytes) => {
-                        match admin::wire::decode::<ClientRequest>("client request", &bytes) {
-                            Ok(request) => service.answer(&caller, request).await,
-                            Err(e) => bad_request(format!("malformed request: {e}")),
-                        }
+                let request = match incoming.read().await {
+                    Ok(request) => request,
+                    // Refused by a budget or the read timeout: the transport reset the stream
+                    // and counted it; nothing was decoded.
+                    Err(e) => {
+                        tracing::debug!(error = %e, "client request refused");
+                        return;
                     }
-                    Err(e) => bad_request(format!("reading the request: {e}")),
                 };
+                let mut send = request.reply;
+                let mut reply =
+                    match admin::wire::decode::<ClientRequest>("client request", &request.body) {
+                        Ok(decoded) => service.answer(&caller, decoded).await,
+                        Err(e) => bad_request(format!("malformed request: {e}")),
+                    };
                 reply.node = service.node().id().get();
                 // A reply too large for a frame (a huge vShard export) still gets an answer.
                 let bytes = admin::wire::encode(&reply).or_else(|e| {

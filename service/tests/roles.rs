@@ -81,7 +81,7 @@ async fn serve_one_node(ca: &ClusterCa, dir: &std::path::Path) -> (Node, SocketA
     let service = KvService::new(node.clone(), state, BTreeMap::from([(id, addr)]));
     tokio::spawn(async move {
         while let Some(client) = clients.recv().await {
-            tokio::spawn(service.clone().serve(client.connection));
+            tokio::spawn(service.clone().serve(client));
         }
     });
     (node, addr)

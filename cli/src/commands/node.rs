@@ -201,7 +201,7 @@ async fn serve(file: NodeFile) -> Result<ExitCode, CliError> {
             client = clients.recv() => match client {
                 Some(client) => {
                     tracing::debug!(client = %client.name, "client connected");
-                    tokio::spawn(service.clone().serve(client.connection));
+                    tokio::spawn(service.clone().serve(client));
                 }
                 None => break,
             },
