@@ -48,8 +48,6 @@
 mod conf_change;
 mod config;
 mod error;
-pub mod linearizability;
-pub mod local;
 mod logging;
 mod multiraft;
 mod node;
@@ -57,8 +55,9 @@ mod outbox;
 mod proposal_batch;
 mod replicated;
 pub mod reshape;
-pub mod sim;
 mod state_machine;
+#[cfg(feature = "test-util")]
+pub mod testkit;
 
 pub use conf_change::ConfChangeDecodeError;
 pub use config::{ConfigError, RaftConfig};

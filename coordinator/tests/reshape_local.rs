@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::SharedKv;
 use pontoon_coordinator::ProposeError;
-use pontoon_coordinator::local::LocalCluster;
+use pontoon_coordinator::testkit::local::LocalCluster;
 use routing::{META_GROUP, NodeId, RoutingTable, VShardId};
 
 type Machines = Arc<Mutex<BTreeMap<NodeId, SharedKv>>>;

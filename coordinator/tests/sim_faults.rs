@@ -14,8 +14,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use pontoon_coordinator::linearizability::{self, OpKind, OpResult, Operation};
-use pontoon_coordinator::sim::{SimCluster, SimConfig};
+use pontoon_coordinator::testkit::linearizability::{self, OpKind, OpResult, Operation};
+use pontoon_coordinator::testkit::sim::{SimCluster, SimConfig};
 use pontoon_coordinator::{ProposeError, RaftConfig, StateMachine, StateMachineError};
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 use routing::{GroupId, NodeId};
@@ -1015,7 +1015,12 @@ impl Run {
             .cluster
             .violations()
             .iter()
-            .filter(|v| matches!(v, pontoon_coordinator::sim::Violation::NodePanicked { .. }))
+            .filter(|v| {
+                matches!(
+                    v,
+                    pontoon_coordinator::testkit::sim::Violation::NodePanicked { .. }
+                )
+            })
             .count() as u64;
         Report {
             scenario: self.scenario,

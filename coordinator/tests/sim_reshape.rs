@@ -17,9 +17,9 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-use pontoon_coordinator::linearizability::{OpKind, OpResult, Operation, check};
 use pontoon_coordinator::reshape::{ReshapeError, Reshaper};
-use pontoon_coordinator::sim::{SimCluster, SimConfig, SimControl};
+use pontoon_coordinator::testkit::linearizability::{OpKind, OpResult, Operation, check};
+use pontoon_coordinator::testkit::sim::{SimCluster, SimConfig, SimControl};
 use pontoon_coordinator::{
     ProposeError, RaftConfig, Role, StateMachine, StateMachineError, VShardScope,
 };

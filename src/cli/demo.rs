@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use pontoon::coordinator::local::{LoadStats, LocalCluster};
+use pontoon::coordinator::testkit::local::{LoadStats, LocalCluster};
 use pontoon::kv::{KvCommand, KvStateMachine};
 use pontoon::{GroupId, NodeId, RoutingTable};
 

@@ -48,7 +48,7 @@ pub enum BenchError {
     Routing(#[from] routing::RoutingError),
     /// The local cluster did not start.
     #[error("local cluster: {0}")]
-    Cluster(#[from] coordinator::local::LocalClusterError),
+    Cluster(#[from] coordinator::testkit::local::LocalClusterError),
     /// Some group elected no leader in time.
     #[error("groups elected no leader within {0:?}")]
     NoLeaders(std::time::Duration),

@@ -12,7 +12,7 @@
 //! same node after a restart), a membership change that led two nodes (or one node before and
 //! after a restart) to different configurations, and a node that panicked (it is then crashed, fail-stop, so the
 //! run goes on and the seed can be reported). Client-visible properties (linearizability, no
-//! acknowledged write lost) belong to the workload: see [`crate::linearizability`].
+//! acknowledged write lost) belong to the workload: see [`crate::testkit::linearizability`].
 //!
 //! [`SimConfig::unsynced_log`] injects a known durability bug, so tests can prove that the
 //! checks catch it.

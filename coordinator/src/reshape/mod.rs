@@ -21,6 +21,9 @@ use crate::error::ProposeError;
 use crate::multiraft::{GroupStatus, Role};
 use crate::node::META_VOTERS;
 
+mod node_set;
+pub use node_set::NodeSet;
+
 /// A vShard step proposed to a group's leader.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VShardStep {
