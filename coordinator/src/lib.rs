@@ -48,6 +48,7 @@
 mod conf_change;
 mod config;
 mod error;
+mod lock;
 mod logging;
 mod multiraft;
 mod node;
@@ -67,5 +68,4 @@ pub use multiraft::{
     Token,
 };
 pub use node::{KeyRead, META_VOTERS, Node, NodeConfig, NodeError, NodeStatus};
-pub use replicated::{Fences, Replicated, Reply};
 pub use state_machine::{StateMachine, StateMachineError, VShardScope};

@@ -19,33 +19,11 @@ use routing::{GroupId, META_GROUP, NodeId, RoutingChange, RoutingError, RoutingT
 
 use crate::error::ProposeError;
 use crate::multiraft::{GroupStatus, Role};
-use crate::node::META_VOTERS;
+use crate::node::placement::META_VOTERS;
 
 mod node_set;
+pub use crate::replicated::VShardStep;
 pub use node_set::NodeSet;
-
-/// A vShard step proposed to a group's leader.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum VShardStep {
-    /// Fence the vShard in the group (it leaves).
-    Release,
-    /// Serve the vShard, importing its data (`None`: take back a released vShard).
-    Acquire(Option<Vec<u8>>),
-    /// Drop the released vShard's data.
-    Purge,
-}
-
-impl VShardStep {
-    /// The log entry that makes this step.
-    pub(crate) fn frame(self, vshard: VShardId) -> crate::replicated::Frame {
-        use crate::replicated::Frame;
-        match self {
-            Self::Release => Frame::Release { vshard },
-            Self::Acquire(data) => Frame::Acquire { vshard, data },
-            Self::Purge => Frame::Purge { vshard },
-        }
-    }
-}
 
 /// The primitives a reshaping plan needs. Every method talks to one node; the plan finds the
 /// right node itself (the leader of a group, a node that holds a replica).

@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use certs::NodeIdentity;
 use routing::{GroupId, NodeId, RoutingTable};
 
+use crate::lock;
 use crate::reshape::NodeSet;
 use crate::{Node, NodeConfig, NodeError, ProposeError, StateMachine};
 
@@ -64,29 +65,18 @@ impl LoadStats {
     fn record(&self, latency: Duration) {
         self.acknowledged.fetch_add(1, Ordering::Relaxed);
         let us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
-        self.latencies_us
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(us);
+        lock::mutex(&self.latencies_us).push(us);
     }
 
     /// The latency at quantile `q` (0.0..=1.0) of the proposals acknowledged so far, in µs.
     pub fn latency_us(&self, q: f64) -> u64 {
-        let mut all = self
-            .latencies_us
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let mut all = lock::mutex(&self.latencies_us).clone();
         quantile(&mut all, q)
     }
 
     /// Latencies at several quantiles at once (one sort).
     pub fn latencies_us(&self, qs: &[f64]) -> Vec<u64> {
-        let mut all = self
-            .latencies_us
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let mut all = lock::mutex(&self.latencies_us).clone();
         all.sort_unstable();
         qs.iter().map(|q| quantile(&mut all, *q)).collect()
     }
@@ -154,7 +144,7 @@ impl<S: StateMachine> LocalCluster<S> {
     }
 
     fn nodes(&self) -> MutexGuard<'_, BTreeMap<NodeId, Option<Node>>> {
-        lock(&self.nodes)
+        lock::mutex(&self.nodes)
     }
 
     /// Starts a new node `node` that joins the running cluster (a certificate of the
@@ -168,8 +158,8 @@ impl<S: StateMachine> LocalCluster<S> {
         let identity =
             certs::files::issue_node_files(&cert_dir, node, &["127.0.0.1".to_string()], true)?;
         let addr = free_udp_port()?;
-        lock(&self.identities).insert(node, identity);
-        lock(&self.addrs).insert(node, addr);
+        lock::mutex(&self.identities).insert(node, identity);
+        lock::mutex(&self.addrs).insert(node, addr);
         self.nodes().insert(node, None);
         self.start_node(node, true).await?;
         Ok(addr)
@@ -180,7 +170,7 @@ impl<S: StateMachine> LocalCluster<S> {
     pub async fn forget_node(&self, node: NodeId) {
         self.kill(node).await;
         self.nodes().remove(&node);
-        lock(&self.addrs).remove(&node);
+        lock::mutex(&self.addrs).remove(&node);
     }
 
     /// A [`crate::reshape::Reshaper`] over the running nodes, waiting up to `patience` pauses of
@@ -204,14 +194,14 @@ impl<S: StateMachine> LocalCluster<S> {
     }
 
     async fn start_node(&self, node: NodeId, join: bool) -> Result<(), LocalClusterError> {
-        let identity = lock(&self.identities).get(&node).cloned();
+        let identity = lock::mutex(&self.identities).get(&node).cloned();
         let Some(identity) = identity else {
             return Err(LocalClusterError::Node {
                 node,
                 source: NodeError::NoGroups(node),
             });
         };
-        let addrs = lock(&self.addrs).clone();
+        let addrs = lock::mutex(&self.addrs).clone();
         let listen = addrs
             .get(&node)
             .copied()
@@ -361,12 +351,7 @@ impl<S: StateMachine> LocalCluster<S> {
         Fut: std::future::Future<Output = Result<Vec<u8>, ProposeError>>,
     {
         let deadline = Instant::now() + timeout;
-        let cached = self
-            .leader_cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&group)
-            .copied();
+        let cached = lock::mutex(&self.leader_cache).get(&group).copied();
         let mut target = cached.or_else(|| self.routing.leader_hint(group));
         let mut last = ProposeError::ShuttingDown;
         let candidates: Vec<NodeId> = self.running().iter().map(Node::id).collect();
@@ -388,10 +373,7 @@ impl<S: StateMachine> LocalCluster<S> {
             let id = node.id();
             match request(node).await {
                 Ok(response) => {
-                    self.leader_cache
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(group, id);
+                    lock::mutex(&self.leader_cache).insert(group, id);
                     return Ok(response);
                 }
                 Err(ProposeError::NotLeader { leader, group }) => {
@@ -462,8 +444,4 @@ impl<S: StateMachine> LocalCluster<S> {
             self.kill(node).await;
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

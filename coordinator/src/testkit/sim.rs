@@ -28,7 +28,8 @@ use storage::{LogStore, Persist, StagedBatch, StoreOptions};
 use transport::mem::{FaultConfig, SimNetwork};
 use transport::{Envelope, Inbound};
 
-use crate::replicated::{Frame, Replicated, Reply};
+use crate::node::pending::{Completed, Done, Pending, Request};
+use crate::replicated::{Frame, Replicated};
 use crate::{
     Apply, CoordinatorError, CycleOutput, Event, GroupStatus, MultiRaft, ProposeError, RaftConfig,
     Role, StateMachine, Token,
@@ -351,6 +352,8 @@ struct SimNode<S> {
     store: LogStore,
     /// Under [`SimConfig::unsynced_log`]: staged batches not yet written, with their time.
     unsynced: VecDeque<(u64, StagedBatch)>,
+    /// Requests waiting for an outcome (gone with the node when it crashes).
+    pending: Pending<()>,
 }
 
 /// A simulated cluster. See the [module docs](self).
@@ -362,8 +365,6 @@ pub struct SimCluster<S: StateMachine> {
     now: u64,
     nodes: BTreeMap<NodeId, Option<SimNode<S>>>,
     make_state_machine: Box<dyn Fn(NodeId) -> S>,
-    /// Requests waiting for an outcome: node, group, and for reads of a key its vShard.
-    pending: BTreeMap<Token, (NodeId, GroupId, Option<VShardId>)>,
     completions: Vec<Completion>,
     /// Requests made by a reshaping plan: their outcomes wait for [`SimCluster::take_completion`].
     reserved: std::collections::BTreeSet<Token>,
@@ -397,7 +398,6 @@ impl<S: StateMachine> SimCluster<S> {
             now: 0,
             nodes: node_ids.iter().map(|n| (*n, None)).collect(),
             make_state_machine: Box::new(make_state_machine),
-            pending: BTreeMap::new(),
             completions: Vec::new(),
             reserved: std::collections::BTreeSet::new(),
             reserved_done: BTreeMap::new(),
@@ -430,7 +430,10 @@ impl<S: StateMachine> SimCluster<S> {
                 .collect();
             core.create_groups(groups)?;
         } else if store.groups().is_empty() && self.routing.is_member(node) {
-            core.create_groups_with_learners(crate::node::bootstrap_groups(&self.routing, node))?;
+            core.create_groups_with_learners(crate::node::placement::bootstrap_groups(
+                &self.routing,
+                node,
+            ))?;
         } else if store.groups().is_empty() {
             core.create_joining_group(META_GROUP)?;
         }
@@ -443,6 +446,7 @@ impl<S: StateMachine> SimCluster<S> {
                 table_pending: false,
                 store,
                 unsynced: VecDeque::new(),
+                pending: Pending::default(),
             }),
         );
         Ok(())
@@ -552,7 +556,6 @@ impl<S: StateMachine> SimCluster<S> {
     /// Stops `node` at once: its memory is gone, its store keeps what was persisted.
     pub fn crash(&mut self, node: NodeId) {
         self.nodes.insert(node, None);
-        self.pending.retain(|_, (n, _, _)| *n != node);
         self.mix(&[1, self.now, node.get()]);
     }
 
@@ -565,15 +568,22 @@ impl<S: StateMachine> SimCluster<S> {
         self.start(node)
     }
 
-    fn token(&mut self, node: NodeId, group: GroupId) -> Token {
-        self.token_for(node, group, None)
-    }
-
-    fn token_for(&mut self, node: NodeId, group: GroupId, vshard: Option<VShardId>) -> Token {
+    /// Hands `request` to `node`'s core under a fresh token.
+    fn submit(
+        &mut self,
+        node: NodeId,
+        group: GroupId,
+        request: Request,
+    ) -> Result<Token, ProposeError> {
         let token = self.next_token;
         self.next_token += 1;
-        self.pending.insert(token, (node, group, vshard));
-        token
+        let Some(Some(n)) = self.nodes.get_mut(&node) else {
+            return Err(ProposeError::ShuttingDown);
+        };
+        n.pending
+            .submit(&mut n.core, token, group, request, ())
+            .map(|()| token)
+            .map_err(|((), error)| error)
     }
 
     /// Proposes `data` to `group` on `node`; the outcome arrives as a [`Completion`].
@@ -615,14 +625,10 @@ impl<S: StateMachine> SimCluster<S> {
     /// As [`SimCluster::propose`].
     pub fn read_key(&mut self, node: NodeId, key: &[u8]) -> Result<(Token, GroupId), ProposeError> {
         let (group, vshard) = self.route(node, key)?;
-        let token = self.token_for(node, group, Some(vshard));
-        let result = match self.nodes.get_mut(&node) {
-            Some(Some(n)) => n.core.read_index(group, token),
-            _ => Err(ProposeError::ShuttingDown),
+        let read = Request::Read {
+            vshard: Some(vshard),
         };
-        result.map(|()| (token, group)).inspect_err(|_| {
-            self.pending.remove(&token);
-        })
+        self.submit(node, group, read).map(|t| (t, group))
     }
 
     fn route(&self, node: NodeId, key: &[u8]) -> Result<(GroupId, VShardId), ProposeError> {
@@ -640,14 +646,7 @@ impl<S: StateMachine> SimCluster<S> {
         group: GroupId,
         framed: Vec<u8>,
     ) -> Result<Token, ProposeError> {
-        let token = self.token(node, group);
-        let result = match self.nodes.get_mut(&node) {
-            Some(Some(n)) => n.core.propose(group, framed, token),
-            _ => Err(ProposeError::ShuttingDown),
-        };
-        result.map(|()| token).inspect_err(|_| {
-            self.pending.remove(&token);
-        })
+        self.submit(node, group, Request::Propose(framed))
     }
 
     /// Keeps `token`'s outcome out of [`SimCluster::take_completions`]: it is for
@@ -667,34 +666,31 @@ impl<S: StateMachine> SimCluster<S> {
 
     /// Whether `token` still waits for an outcome.
     pub(crate) fn is_pending(&self, token: Token) -> bool {
-        self.pending.contains_key(&token) || self.reserved_done.contains_key(&token)
+        self.reserved_done.contains_key(&token) || self.running().any(|n| n.pending.contains(token))
+    }
+
+    fn running(&self) -> impl Iterator<Item = &SimNode<S>> {
+        self.nodes.values().flatten()
     }
 
     /// Gives up on a reserved request.
     pub(crate) fn forget(&mut self, token: Token) {
         self.reserved.remove(&token);
         self.reserved_done.remove(&token);
-        self.pending.remove(&token);
+        for node in self.nodes.values_mut().flatten() {
+            node.pending.forget(token);
+        }
     }
 
-    /// Exports `vshard` from `node`'s replica of `group` (after a read barrier the caller made).
+    /// Exports `vshard` from `node`'s replica of `group` after a read barrier; the data
+    /// arrives as a [`Completion`].
     pub(crate) fn export_vshard(
         &mut self,
         node: NodeId,
         group: GroupId,
         vshard: VShardId,
-    ) -> Result<Vec<u8>, ProposeError> {
-        match self.nodes.get_mut(&node) {
-            Some(Some(n)) => {
-                n.state_machine
-                    .export_vshard(group, vshard)
-                    .map_err(|e| ProposeError::Refused {
-                        group,
-                        reason: e.to_string(),
-                    })
-            }
-            _ => Err(ProposeError::ShuttingDown),
-        }
+    ) -> Result<Token, ProposeError> {
+        self.submit(node, group, Request::Export(vshard))
     }
 
     /// Starts a linearizable read of `group` on `node`; a [`Completion`] follows once the
@@ -703,19 +699,12 @@ impl<S: StateMachine> SimCluster<S> {
     /// # Errors
     /// As [`SimCluster::propose`].
     pub fn read_index(&mut self, node: NodeId, group: GroupId) -> Result<Token, ProposeError> {
-        let token = self.token(node, group);
-        let result = match self.nodes.get_mut(&node) {
-            Some(Some(n)) => n.core.read_index(group, token),
-            _ => Err(ProposeError::ShuttingDown),
-        };
-        result.map(|()| token).inspect_err(|_| {
-            self.pending.remove(&token);
-        })
+        self.submit(node, group, Request::Read { vshard: None })
     }
 
     /// Requests still waiting for an outcome.
     pub fn pending_requests(&self) -> usize {
-        self.pending.len()
+        self.running().map(|n| n.pending.len()).sum()
     }
 
     /// Takes the outcomes gathered so far.
@@ -745,12 +734,11 @@ impl<S: StateMachine> SimCluster<S> {
         };
         node.table_pending = false;
         let table = node.state_machine.table().clone();
-        let tokens = node.core.place_replicas(&table)?;
-        self.mix(&[5, self.now, id.get(), table.version()]);
-        for token in tokens {
+        for token in node.core.place_replicas(&table)? {
             // Their outcome is unknown here: the client keeps waiting and times out.
-            self.pending.remove(&token);
+            node.pending.forget(token);
         }
+        self.mix(&[5, self.now, id.get(), table.version()]);
         Ok(())
     }
 
@@ -902,171 +890,64 @@ impl<S: StateMachine> SimCluster<S> {
     fn run_node(&mut self, id: NodeId) -> Result<(), CoordinatorError> {
         let unsynced = self.config.unsynced_log;
         let produced = self.guarded(id, |node, now| {
-            let mut outputs = Vec::new();
-            let mut applied = Vec::new();
-            let mut leaders = Vec::new();
-            let mut configurations = Vec::new();
-            let mut messages = Vec::new();
+            let mut seen = Seen::default();
             for _ in 0..16 {
                 let Some(output) = Self::node_cycle(node, unsynced, now)? else {
                     break;
                 };
-                let mut position: Option<((GroupId, u64), u32)> = None;
-                for apply in &output.applies {
-                    let result = match apply {
-                        Apply::Restore { group, data, .. } => node
-                            .state_machine
-                            .restore(*group, data)
-                            .map(|()| (None, None)),
-                        Apply::Command {
-                            group,
-                            index,
-                            term,
-                            data,
-                            proposal,
-                        } => {
-                            let pos = match position {
-                                Some((at, p)) if at == (*group, *index) => p + 1,
-                                _ => 0,
-                            };
-                            position = Some(((*group, *index), pos));
-                            applied.push(((*group, *index, pos), *term, fnv(data.iter().copied())));
-                            let table_version = node.state_machine.table().version();
-                            node.state_machine.apply(*group, *index, data).map(|r| {
-                                let Some(t) = *proposal else {
-                                    return (None, None);
-                                };
-                                match Reply::decode(&r) {
-                                    Reply::Applied(bytes) => (Some((t, bytes)), None),
-                                    Reply::StaleRouting(vshard) => (
-                                        None,
-                                        Some((
-                                            t,
-                                            ProposeError::StaleRouting {
-                                                vshard,
-                                                group: *group,
-                                                table_version,
-                                            },
-                                        )),
-                                    ),
-                                    Reply::Refused(reason) => (
-                                        None,
-                                        Some((
-                                            t,
-                                            ProposeError::Refused {
-                                                group: *group,
-                                                reason,
-                                            },
-                                        )),
-                                    ),
-                                }
-                            })
-                        }
-                        Apply::ConfChanged {
-                            group,
-                            index,
-                            conf_state,
-                            proposal,
-                        } => {
-                            configurations.push((*group, *index, describe(conf_state)));
-                            Ok((proposal.map(|t| (t, Vec::new())), None))
-                        }
-                    };
-                    let group = apply_group(apply);
-                    match result {
-                        Ok((done, failed)) => {
-                            outputs.push((group, apply_index(apply), done, failed));
-                        }
-                        Err(e) => {
-                            return Err(CoordinatorError::StateMachine {
-                                group,
-                                message: e.to_string(),
-                            });
-                        }
-                    }
-                }
+                seen.observe(&output.applies);
+                // Applied and answered exactly as the Node driver does.
+                node.pending
+                    .apply(&mut node.state_machine, output.applies, &mut seen.completed)?;
                 for event in &output.events {
-                    match event {
-                        Event::ReadReady {
-                            group,
-                            token,
-                            index,
-                        } => {
-                            outputs.push((
-                                *group,
-                                *index,
-                                Some((*token, index.to_be_bytes().to_vec())),
-                                None,
-                            ));
-                        }
-                        Event::ProposalDropped { group, token } => {
-                            outputs.push((
-                                *group,
-                                0,
-                                None,
-                                Some((*token, ProposeError::ProposalDropped { group: *group })),
-                            ));
-                        }
+                    match *event {
                         Event::LeaderChanged {
                             group,
                             leader: Some(leader),
                             term,
-                        } => leaders.push((*group, *term, *leader)),
-                        Event::LeaderChanged { leader: None, .. } => {}
+                        } => seen.leaders.push((group, term, leader)),
                         // The client keeps waiting and times out: an indeterminate operation.
                         Event::ProposalOutcomeUnknown { .. } => {}
+                        _ => seen
+                            .completed
+                            .extend(node.pending.on_event(&mut node.state_machine, event)),
                     }
                 }
-                messages.extend(output.messages);
+                seen.messages.extend(output.messages);
             }
-            Ok((outputs, applied, leaders, configurations, messages))
+            Ok(seen)
         })?;
-        let Some((outputs, applied, leaders, configurations, messages)) = produced else {
+        let Some(seen) = produced else {
             return Ok(());
         };
-        for (group, index, conf) in configurations {
+        for (group, index, conf) in seen.configurations {
             self.monitor
                 .configuration(group, index, (id, conf), self.now);
         }
-        for (to, envelope) in messages {
+        for (to, envelope) in seen.messages {
             self.net.send(self.now, id, to, envelope);
         }
-        for (key, term, hash) in applied {
+        for (key, term, hash) in seen.applied {
+            self.mix(&[3, id.get(), key.0.get(), key.1]);
             self.monitor.applied(key, (id, term, hash), self.now);
         }
-        for (group, term, leader) in leaders {
+        for (group, term, leader) in seen.leaders {
             self.monitor.leader(group, term, leader, id, self.now);
         }
-        for (group, index, done, failed) in outputs {
-            self.mix(&[3, id.get(), group.get(), index]);
-            let result = done
-                .map(|(token, response)| (token, Ok(response)))
-                .or(failed.map(|(token, error)| (token, Err(error))));
-            let Some((token, mut result)) = result else {
-                continue;
-            };
-            let Some((_, _, vshard)) = self.pending.remove(&token) else {
-                continue;
-            };
-            // A read of a key: its replica must still serve the key's vShard.
-            if let Some(vshard) = vshard
-                && result.is_ok()
-                && !self.serves(id, group, vshard)
-            {
-                result = Err(ProposeError::StaleRouting {
-                    vshard,
-                    group,
-                    table_version: self.table(id).map_or(0, RoutingTable::version),
-                });
-            }
+        for done in seen.completed {
+            self.mix(&[6, id.get(), done.group.get(), done.token]);
             let completion = Completion {
                 node: id,
-                group,
-                token,
-                result,
+                group: done.group,
+                token: done.token,
+                result: done.result.map(|done| match done {
+                    Done::Response(bytes) => bytes,
+                    Done::Read(index) => index.to_be_bytes().to_vec(),
+                    Done::Configured(_) => Vec::new(),
+                }),
             };
-            if self.reserved.contains(&token) {
-                self.reserved_done.insert(token, completion);
+            if self.reserved.contains(&done.token) {
+                self.reserved_done.insert(done.token, completion);
             } else {
                 self.completions.push(completion);
             }
@@ -1086,14 +967,7 @@ impl<S: StateMachine> SimCluster<S> {
         group: GroupId,
         change: &ConfChangeV2,
     ) -> Result<Token, ProposeError> {
-        let token = self.token(node, group);
-        let result = match self.nodes.get_mut(&node) {
-            Some(Some(n)) => n.core.propose_conf_change(group, change, token),
-            _ => Err(ProposeError::ShuttingDown),
-        };
-        result.map(|()| token).inspect_err(|_| {
-            self.pending.remove(&token);
-        })
+        self.submit(node, group, Request::ConfChange(change.clone()))
     }
 
     /// Creates `group` on `node` as a joining replica (no configuration yet), before a
@@ -1145,19 +1019,48 @@ impl<S: StateMachine> SimCluster<S> {
     }
 }
 
-fn apply_group(apply: &Apply) -> GroupId {
-    match apply {
-        Apply::Restore { group, .. }
-        | Apply::Command { group, .. }
-        | Apply::ConfChanged { group, .. } => *group,
-    }
+/// What one node's cycles of a step produced, for the monitor, the network and the clients.
+#[derive(Default)]
+struct Seen {
+    /// Applied commands: (group, index, position in a batched entry), term, hash of the bytes.
+    applied: Vec<((GroupId, u64, u32), u64, u64)>,
+    configurations: Vec<(GroupId, u64, String)>,
+    leaders: Vec<(GroupId, u64, NodeId)>,
+    messages: Vec<(NodeId, Envelope)>,
+    completed: Vec<Completed<()>>,
 }
 
-fn apply_index(apply: &Apply) -> u64 {
-    match apply {
-        Apply::Restore { index, .. }
-        | Apply::Command { index, .. }
-        | Apply::ConfChanged { index, .. } => *index,
+impl Seen {
+    fn observe(&mut self, applies: &[Apply]) {
+        let mut position: Option<((GroupId, u64), u32)> = None;
+        for apply in applies {
+            match apply {
+                Apply::Command {
+                    group,
+                    index,
+                    term,
+                    data,
+                    ..
+                } => {
+                    let pos = match position {
+                        Some((at, p)) if at == (*group, *index) => p + 1,
+                        _ => 0,
+                    };
+                    position = Some(((*group, *index), pos));
+                    self.applied
+                        .push(((*group, *index, pos), *term, fnv(data.iter().copied())));
+                }
+                Apply::ConfChanged {
+                    group,
+                    index,
+                    conf_state,
+                    ..
+                } => self
+                    .configurations
+                    .push((*group, *index, describe(conf_state))),
+                Apply::Restore { .. } => {}
+            }
+        }
     }
 }
 
@@ -1297,9 +1200,8 @@ impl<S: StateMachine> crate::reshape::ClusterControl for SimControl<S> {
         group: GroupId,
         vshard: VShardId,
     ) -> Result<Vec<u8>, ProposeError> {
-        let issued = self.cluster.borrow_mut().read_index(node, group);
-        self.wait(group, issued).await?;
-        self.cluster.borrow_mut().export_vshard(node, group, vshard)
+        let issued = self.cluster.borrow_mut().export_vshard(node, group, vshard);
+        self.wait(group, issued).await
     }
 
     async fn pause(&self) {
