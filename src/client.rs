@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use routing::NodeId;
 
-use crate::ProposeError;
+use crate::RequestError;
 use crate::service::{MAX_MESSAGE_BYTES, Reply, Request, decode, encode, outcome, reply_error};
 
 /// How long the client waits for a silent node before it counts it as gone (QUIC idle timeout).
@@ -50,7 +50,7 @@ pub enum ClientError {
     Server(String),
     /// The node answered with a typed error: the same one an in-process caller gets.
     #[error("{0}")]
-    Rejected(ProposeError),
+    Rejected(RequestError),
     /// Redirected (or retried) more often than a leader change explains.
     #[error("gave up after {0} NotLeader redirects and retries")]
     TooManyRedirects(usize),

@@ -19,7 +19,7 @@ use raft::eraftpb::ConfChangeV2;
 use routing::{GroupId, META_GROUP, NodeId, RoutingChange, RoutingTable, VShardId};
 use serde::Serialize;
 
-use crate::ProposeError;
+use crate::RequestError;
 use crate::client::{ClientError, KvClient};
 use crate::service::{Reply, Request, conf_change_to_wire, op, reply_error, vshard_step};
 
@@ -135,10 +135,10 @@ impl RemoteControl {
         node: NodeId,
         group: GroupId,
         request: Request,
-    ) -> Result<Reply, ProposeError> {
+    ) -> Result<Reply, RequestError> {
         let Some(addr) = self.address(node) else {
             tracing::debug!(%node, "no address known");
-            return Err(ProposeError::ShuttingDown);
+            return Err(RequestError::ShuttingDown);
         };
         match self.client.request(addr, Some(node), &request).await {
             Ok(reply) => match reply_error(&reply) {
@@ -148,13 +148,13 @@ impl RemoteControl {
             // Sent, but no answer: it may or may not have taken effect.
             Err(ClientError::Io { reason, .. }) => {
                 tracing::debug!(%node, %reason, "no answer");
-                Err(ProposeError::Timeout { group })
+                Err(RequestError::Timeout { group })
             }
             // Not sendable at all (too large): repeating it will not help.
-            Err(ClientError::Server(reason)) => Err(ProposeError::Refused { group, reason }),
+            Err(ClientError::Server(reason)) => Err(RequestError::Refused { group, reason }),
             Err(e) => {
                 tracing::debug!(%node, error = %e, "unreachable");
-                Err(ProposeError::ShuttingDown)
+                Err(RequestError::ShuttingDown)
             }
         }
     }
@@ -358,7 +358,7 @@ impl ClusterControl for RemoteControl {
         node: NodeId,
         change: RoutingChange,
         expected_version: u64,
-    ) -> Result<RoutingTable, ProposeError> {
+    ) -> Result<RoutingTable, RequestError> {
         if let RoutingChange::AddMember { node, address } = &change
             && let Some(addr) = resolve(address)
         {
@@ -370,7 +370,7 @@ impl ClusterControl for RemoteControl {
             ..Request::default()
         };
         let reply = self.ask(node, META_GROUP, request).await?;
-        let table = RoutingTable::decode(&reply.payload).map_err(|e| ProposeError::Refused {
+        let table = RoutingTable::decode(&reply.payload).map_err(|e| RequestError::Refused {
             group: META_GROUP,
             reason: format!("undecodable routing table: {e}"),
         })?;
@@ -397,7 +397,7 @@ impl ClusterControl for RemoteControl {
         node: NodeId,
         group: GroupId,
         change: ConfChangeV2,
-    ) -> Result<(), ProposeError> {
+    ) -> Result<(), RequestError> {
         let (conf_changes, transition, context) = conf_change_to_wire(&change);
         let request = Request {
             op: op::CHANGE_MEMBERSHIP,
@@ -415,7 +415,7 @@ impl ClusterControl for RemoteControl {
         node: NodeId,
         group: GroupId,
         to: NodeId,
-    ) -> Result<(), ProposeError> {
+    ) -> Result<(), RequestError> {
         let request = Request {
             op: op::TRANSFER_LEADER,
             group: group.get(),
@@ -431,7 +431,7 @@ impl ClusterControl for RemoteControl {
         group: GroupId,
         vshard: VShardId,
         step: VShardStep,
-    ) -> Result<(), ProposeError> {
+    ) -> Result<(), RequestError> {
         let (code, data) = match step {
             VShardStep::Release => (vshard_step::RELEASE, None),
             VShardStep::Acquire(data) => (vshard_step::ACQUIRE, data),
@@ -453,7 +453,7 @@ impl ClusterControl for RemoteControl {
         node: NodeId,
         group: GroupId,
         vshard: VShardId,
-    ) -> Result<Vec<u8>, ProposeError> {
+    ) -> Result<Vec<u8>, RequestError> {
         let request = Request {
             op: op::EXPORT_VSHARD,
             group: group.get(),

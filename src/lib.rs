@@ -23,7 +23,7 @@ pub mod service;
 pub use certs;
 pub use coordinator;
 pub use coordinator::{
-    Node, NodeConfig, ProposeError, RaftConfig, StateMachine, StateMachineError,
+    Node, NodeConfig, RaftConfig, RequestError, StateMachine, StateMachineError,
 };
 pub use routing;
 pub use routing::{GroupId, NodeId, RoutingTable, VShardId};

@@ -8,7 +8,7 @@
 //! ([`crate::cluster::RemoteControl`]): the routing table, routing changes, group status,
 //! membership changes, leader transfers, vShard steps and exports.
 //!
-//! A request that fails comes back with a typed outcome that mirrors [`ProposeError`] (see
+//! A request that fails comes back with a typed outcome that mirrors [`RequestError`] (see
 //! [`reply_error`]), so a remote caller can tell "not the leader, ask node 3" from "refused"
 //! from "outcome unknown" exactly as an in-process caller can. A node that does not lead the
 //! key's group answers `NotLeader` with the leader's address, and [`KvClient::call`] follows it.
@@ -23,7 +23,7 @@ use routing::{GroupId, NodeId, RoutingChange, VShardId};
 use transport::wire::{FrameDecoder, decode_body, encode_frame};
 
 use crate::kv::{KvCommand, KvResponse, KvStateMachine};
-use crate::{Node, ProposeError};
+use crate::{Node, RequestError};
 use coordinator::{GroupStatus, Role};
 
 pub use crate::client::{CONNECT_TIMEOUT, ClientError, KvClient, REQUEST_TIMEOUT};
@@ -269,7 +269,7 @@ pub mod vshard_step {
     pub const PURGE: u32 = 3;
 }
 
-/// Reply outcomes. Every [`ProposeError`] variant has its own, so the caller gets the same
+/// Reply outcomes. Every [`RequestError`] variant has its own, so the caller gets the same
 /// error back (see [`reply_error`]).
 pub mod outcome {
     /// Done.
@@ -330,34 +330,34 @@ pub fn decode<M: prost::Message + Default>(
 
 /// The reply that carries `error` (`leader_addr` filled in by the caller when it knows it).
 #[must_use]
-pub fn error_to_reply(error: &ProposeError) -> Reply {
+pub fn error_to_reply(error: &RequestError) -> Reply {
     let mut reply = Reply {
         message: error.to_string(),
         ..Reply::default()
     };
     match error {
-        ProposeError::NotLeader { group, leader } => {
+        RequestError::NotLeader { group, leader } => {
             reply.outcome = outcome::NOT_LEADER;
             reply.group = group.get();
             reply.leader = leader.map(NodeId::get);
         }
-        ProposeError::GroupNotFound { group } => {
+        RequestError::GroupNotFound { group } => {
             reply.outcome = outcome::GROUP_NOT_FOUND;
             reply.group = group.get();
         }
-        ProposeError::ProposalDropped { group } => {
+        RequestError::ProposalDropped { group } => {
             reply.outcome = outcome::PROPOSAL_DROPPED;
             reply.group = group.get();
         }
-        ProposeError::Timeout { group } => {
+        RequestError::Timeout { group } => {
             reply.outcome = outcome::TIMEOUT;
             reply.group = group.get();
         }
-        ProposeError::OutcomeUnknown { group } => {
+        RequestError::OutcomeUnknown { group } => {
             reply.outcome = outcome::OUTCOME_UNKNOWN;
             reply.group = group.get();
         }
-        ProposeError::StaleRouting {
+        RequestError::StaleRouting {
             vshard,
             group,
             table_version,
@@ -367,39 +367,39 @@ pub fn error_to_reply(error: &ProposeError) -> Reply {
             reply.group = group.get();
             reply.table_version = *table_version;
         }
-        ProposeError::Refused { group, reason } => {
+        RequestError::Refused { group, reason } => {
             reply.outcome = outcome::REFUSED;
             reply.group = group.get();
             reply.message.clone_from(reason);
         }
-        ProposeError::ShuttingDown => reply.outcome = outcome::SHUTTING_DOWN,
+        RequestError::ShuttingDown => reply.outcome = outcome::SHUTTING_DOWN,
     }
     reply
 }
 
-/// The [`ProposeError`] a reply carries (`None` for [`outcome::OK`]). [`outcome::ERROR`] and
-/// outcomes this build does not know become [`ProposeError::Refused`] with the node's message:
+/// The [`RequestError`] a reply carries (`None` for [`outcome::OK`]). [`outcome::ERROR`] and
+/// outcomes this build does not know become [`RequestError::Refused`] with the node's message:
 /// the request did not fit the node, and repeating it unchanged will not help.
 #[must_use]
-pub fn reply_error(reply: &Reply) -> Option<ProposeError> {
+pub fn reply_error(reply: &Reply) -> Option<RequestError> {
     let group = GroupId(reply.group);
     Some(match reply.outcome {
         outcome::OK => return None,
-        outcome::NOT_LEADER => ProposeError::NotLeader {
+        outcome::NOT_LEADER => RequestError::NotLeader {
             group,
             leader: reply.leader.map(NodeId),
         },
-        outcome::GROUP_NOT_FOUND => ProposeError::GroupNotFound { group },
-        outcome::PROPOSAL_DROPPED => ProposeError::ProposalDropped { group },
-        outcome::TIMEOUT => ProposeError::Timeout { group },
-        outcome::OUTCOME_UNKNOWN => ProposeError::OutcomeUnknown { group },
-        outcome::STALE_ROUTING => ProposeError::StaleRouting {
+        outcome::GROUP_NOT_FOUND => RequestError::GroupNotFound { group },
+        outcome::PROPOSAL_DROPPED => RequestError::ProposalDropped { group },
+        outcome::TIMEOUT => RequestError::Timeout { group },
+        outcome::OUTCOME_UNKNOWN => RequestError::OutcomeUnknown { group },
+        outcome::STALE_ROUTING => RequestError::StaleRouting {
             vshard: VShardId(reply.vshard),
             group,
             table_version: reply.table_version,
         },
-        outcome::SHUTTING_DOWN => ProposeError::ShuttingDown,
-        _ => ProposeError::Refused {
+        outcome::SHUTTING_DOWN => RequestError::ShuttingDown,
+        _ => RequestError::Refused {
             group,
             reason: reply.message.clone(),
         },
@@ -550,7 +550,7 @@ impl KvService {
 
     async fn answer(&self, request: Request) -> Reply {
         let group = GroupId(request.group);
-        let done = |result: Result<(), ProposeError>| match result {
+        let done = |result: Result<(), RequestError>| match result {
             Ok(()) => ok_reply(),
             Err(e) => self.propose_error(&e),
         };
@@ -650,15 +650,15 @@ impl KvService {
     /// [`KvService::propose_error`] for key-value requests: a group this node holds no replica
     /// of (the cluster changed shape) is a redirect to a node that holds one, which the client
     /// follows like any `NotLeader`.
-    fn kv_error(&self, error: &ProposeError) -> Reply {
-        if let ProposeError::GroupNotFound { group } = error {
+    fn kv_error(&self, error: &RequestError) -> Reply {
+        if let RequestError::GroupNotFound { group } = error {
             let table = self.node.routing();
             let replica = table
                 .leader_hint(*group)
                 .or_else(|| table.replicas(*group).and_then(|r| r.first().copied()))
                 .filter(|r| *r != self.node.id());
             if let Some(replica) = replica {
-                return self.propose_error(&ProposeError::NotLeader {
+                return self.propose_error(&RequestError::NotLeader {
                     group: *group,
                     leader: Some(replica),
                 });
@@ -684,7 +684,7 @@ impl KvService {
                     ..ok_reply()
                 };
             }
-            last = Some(ProposeError::StaleRouting {
+            last = Some(RequestError::StaleRouting {
                 vshard: read.vshard,
                 group: read.group,
                 table_version: self.node.routing().version(),
@@ -706,7 +706,7 @@ impl KvService {
                     .map(GroupStatusMsg::from)
                     .collect();
                 if statuses.is_empty() && group != GroupId(0) {
-                    return self.propose_error(&ProposeError::GroupNotFound { group });
+                    return self.propose_error(&RequestError::GroupNotFound { group });
                 }
                 Reply {
                     statuses,
@@ -717,9 +717,9 @@ impl KvService {
         }
     }
 
-    fn propose_error(&self, error: &ProposeError) -> Reply {
+    fn propose_error(&self, error: &RequestError) -> Reply {
         let mut reply = error_to_reply(error);
-        if let ProposeError::NotLeader {
+        if let RequestError::NotLeader {
             leader: Some(leader),
             ..
         } = error
@@ -750,31 +750,31 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn every_error() -> Vec<ProposeError> {
+    fn every_error() -> Vec<RequestError> {
         let group = GroupId(7);
         vec![
-            ProposeError::NotLeader {
+            RequestError::NotLeader {
                 group,
                 leader: Some(NodeId(3)),
             },
-            ProposeError::NotLeader {
+            RequestError::NotLeader {
                 group,
                 leader: None,
             },
-            ProposeError::GroupNotFound { group },
-            ProposeError::ProposalDropped { group },
-            ProposeError::Timeout { group },
-            ProposeError::OutcomeUnknown { group },
-            ProposeError::StaleRouting {
+            RequestError::GroupNotFound { group },
+            RequestError::ProposalDropped { group },
+            RequestError::Timeout { group },
+            RequestError::OutcomeUnknown { group },
+            RequestError::StaleRouting {
                 vshard: VShardId(12),
                 group,
                 table_version: 9,
             },
-            ProposeError::Refused {
+            RequestError::Refused {
                 group,
                 reason: "version 4 expected, table is at 5".into(),
             },
-            ProposeError::ShuttingDown,
+            RequestError::ShuttingDown,
         ]
     }
 
@@ -799,7 +799,7 @@ mod tests {
             };
             assert!(matches!(
                 reply_error(&reply),
-                Some(ProposeError::Refused { reason, .. }) if reason == "unknown op 42"
+                Some(RequestError::Refused { reason, .. }) if reason == "unknown op 42"
             ));
         }
     }

@@ -21,7 +21,7 @@ use transport::Envelope;
 
 use crate::conf_change;
 use crate::config::RaftConfig;
-use crate::error::{CoordinatorError, ProposeError};
+use crate::error::{CoordinatorError, RequestError};
 use crate::logging::group_logger;
 use crate::outbox::{self, CoalesceCount, Outbox};
 use crate::proposal_batch;
@@ -588,11 +588,11 @@ impl MultiRaft {
     }
 
     /// The group, awake and marked touched: every caller is about to give it work.
-    fn group_mut(&mut self, group: GroupId) -> Result<&mut Group, ProposeError> {
+    fn group_mut(&mut self, group: GroupId) -> Result<&mut Group, RequestError> {
         let g = self
             .groups
             .get_mut(&group)
-            .ok_or(ProposeError::GroupNotFound { group })?;
+            .ok_or(RequestError::GroupNotFound { group })?;
         if g.quiet {
             Self::wake(g, &mut self.stats, &mut self.awake, group);
         }
@@ -760,19 +760,19 @@ impl MultiRaft {
     /// committed and handed out for applying, or in [`Event::ProposalDropped`].
     ///
     /// # Errors
-    /// [`ProposeError::NotLeader`] with the leader this node knows of, [`ProposeError::GroupNotFound`],
-    /// [`ProposeError::ProposalDropped`] when raft refuses it (leader transfer in progress, too
+    /// [`RequestError::NotLeader`] with the leader this node knows of, [`RequestError::GroupNotFound`],
+    /// [`RequestError::ProposalDropped`] when raft refuses it (leader transfer in progress, too
     /// many uncommitted bytes).
     pub fn propose(
         &mut self,
         group: GroupId,
         data: Vec<u8>,
         token: Token,
-    ) -> Result<(), ProposeError> {
+    ) -> Result<(), RequestError> {
         let g = self
             .groups
             .get_mut(&group)
-            .ok_or(ProposeError::GroupNotFound { group })?;
+            .ok_or(RequestError::GroupNotFound { group })?;
         Self::ensure_leader(group, g)?;
         if g.quiet {
             Self::wake(g, &mut self.stats, &mut self.awake, group);
@@ -848,16 +848,16 @@ impl MultiRaft {
         group: GroupId,
         change: &ConfChangeV2,
         token: Token,
-    ) -> Result<(), ProposeError> {
+    ) -> Result<(), RequestError> {
         let g = self.group_mut(group)?;
         Self::ensure_leader(group, g)?;
         let last_before = g.raw.raft.raft_log.last_index();
         g.raw
             .propose_conf_change(vec![], change.clone())
-            .map_err(|_| ProposeError::ProposalDropped { group })?;
+            .map_err(|_| RequestError::ProposalDropped { group })?;
         let (index, term) = (g.raw.raft.raft_log.last_index(), g.raw.raft.term);
         if index == last_before {
-            return Err(ProposeError::ProposalDropped { group });
+            return Err(RequestError::ProposalDropped { group });
         }
         self.proposals.insert(
             (group, index),
@@ -874,11 +874,11 @@ impl MultiRaft {
     /// local state machine has applied everything committed when the read began.
     ///
     /// # Errors
-    /// [`ProposeError::GroupNotFound`]; [`ProposeError::NotLeader`] with no leader known.
-    pub fn read_index(&mut self, group: GroupId, token: Token) -> Result<(), ProposeError> {
+    /// [`RequestError::GroupNotFound`]; [`RequestError::NotLeader`] with no leader known.
+    pub fn read_index(&mut self, group: GroupId, token: Token) -> Result<(), RequestError> {
         let g = self.group_mut(group)?;
         if g.raw.raft.leader_id == raft::INVALID_ID {
-            return Err(ProposeError::NotLeader {
+            return Err(RequestError::NotLeader {
                 group,
                 leader: None,
             });
@@ -890,8 +890,8 @@ impl MultiRaft {
     /// Asks the leader of `group` to hand leadership to `to`.
     ///
     /// # Errors
-    /// [`ProposeError::GroupNotFound`], [`ProposeError::NotLeader`].
-    pub fn transfer_leader(&mut self, group: GroupId, to: NodeId) -> Result<(), ProposeError> {
+    /// [`RequestError::GroupNotFound`], [`RequestError::NotLeader`].
+    pub fn transfer_leader(&mut self, group: GroupId, to: NodeId) -> Result<(), RequestError> {
         let g = self.group_mut(group)?;
         Self::ensure_leader(group, g)?;
         g.raw.transfer_leader(to.get());
@@ -901,8 +901,8 @@ impl MultiRaft {
     /// Starts an election in `group` now (tests and operator tools).
     ///
     /// # Errors
-    /// [`ProposeError::GroupNotFound`].
-    pub fn campaign(&mut self, group: GroupId) -> Result<(), ProposeError> {
+    /// [`RequestError::GroupNotFound`].
+    pub fn campaign(&mut self, group: GroupId) -> Result<(), RequestError> {
         let _ = self.group_mut(group)?.raw.campaign();
         if let Some(g) = self.groups.get_mut(&group) {
             Self::jitter_election(&mut self.rng, &self.config, g);
@@ -915,8 +915,8 @@ impl MultiRaft {
     /// elections, however many groups it has.
     ///
     /// # Errors
-    /// [`ProposeError::GroupNotFound`].
-    pub fn campaign_soon(&mut self, group: GroupId) -> Result<(), ProposeError> {
+    /// [`RequestError::GroupNotFound`].
+    pub fn campaign_soon(&mut self, group: GroupId) -> Result<(), RequestError> {
         let raft = &mut self.group_mut(group)?.raw.raft;
         raft.election_elapsed = raft.randomized_election_timeout().saturating_sub(1);
         self.awake.insert(group);
@@ -963,12 +963,12 @@ impl MultiRaft {
         }
     }
 
-    fn ensure_leader(group: GroupId, g: &Group) -> Result<(), ProposeError> {
+    fn ensure_leader(group: GroupId, g: &Group) -> Result<(), RequestError> {
         if g.raw.raft.state == StateRole::Leader {
             Ok(())
         } else {
             let leader = g.raw.raft.leader_id;
-            Err(ProposeError::NotLeader {
+            Err(RequestError::NotLeader {
                 group,
                 leader: (leader != raft::INVALID_ID).then_some(NodeId(leader)),
             })

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::SharedKv;
-use pontoon_coordinator::ProposeError;
+use pontoon_coordinator::RequestError;
 use pontoon_coordinator::testkit::local::LocalCluster;
 use routing::{META_GROUP, NodeId, RoutingTable, VShardId};
 
@@ -259,7 +259,7 @@ async fn stale_routing_is_refused_and_retried_on_the_new_table() {
     .await
     .unwrap();
     assert!(
-        matches!(stale, Err(ProposeError::StaleRouting { vshard: v, group, .. }) if v == vshard && group == from),
+        matches!(stale, Err(RequestError::StaleRouting { vshard: v, group, .. }) if v == vshard && group == from),
         "{stale:?}"
     );
     // Taking it back makes it serve again; the refused write never took effect.

@@ -54,7 +54,7 @@ pub enum BenchError {
     NoLeaders(std::time::Duration),
     /// A node did not report its counters.
     #[error("node status: {0}")]
-    Status(#[from] coordinator::ProposeError),
+    Status(#[from] coordinator::RequestError),
     /// Not a single proposal was acknowledged, so no per-proposal figure exists.
     #[error("no proposal was acknowledged ({failed} failed)")]
     NothingAcknowledged {

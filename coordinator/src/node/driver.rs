@@ -16,13 +16,13 @@ use super::NodeStatus;
 use super::handle::Command;
 use super::pending::{Completed, Done, Kind, Pending};
 use super::reconcile::Placement;
-use crate::error::{CoordinatorError, ProposeError};
+use crate::error::{CoordinatorError, RequestError};
 use crate::multiraft::{CycleId, Event, MultiRaft, Token};
 use crate::replicated::Replicated;
 use crate::state_machine::StateMachine;
 
 /// Where a caller waits for its answer.
-pub(super) type Reply<T> = oneshot::Sender<Result<T, ProposeError>>;
+pub(super) type Reply<T> = oneshot::Sender<Result<T, RequestError>>;
 
 /// A caller waiting for a request, typed by what it waits for.
 pub(super) enum Waiter {
@@ -35,7 +35,7 @@ pub(super) enum Waiter {
 }
 
 impl Waiter {
-    fn send(self, group: GroupId, token: Token, result: Result<Done, ProposeError>) {
+    fn send(self, group: GroupId, token: Token, result: Result<Done, RequestError>) {
         // A closed receiver is a caller that gave up waiting: nothing to tell it.
         let _ = match (self, result) {
             (Self::Response(tx), Ok(Done::Response(bytes))) => tx.send(Ok(bytes)).map_err(drop),
@@ -45,12 +45,12 @@ impl Waiter {
             (waiter, Ok(other)) => {
                 // Each request kind completes with its own outcome; this is a driver bug.
                 tracing::error!(%group, token, ?other, "a request completed with another kind's outcome");
-                waiter.fail(ProposeError::OutcomeUnknown { group })
+                waiter.fail(RequestError::OutcomeUnknown { group })
             }
         };
     }
 
-    fn fail(self, error: ProposeError) -> Result<(), ()> {
+    fn fail(self, error: RequestError) -> Result<(), ()> {
         match self {
             Self::Response(tx) => tx.send(Err(error)).map_err(drop),
             Self::Index(tx) => tx.send(Err(error)).map_err(drop),
@@ -267,12 +267,12 @@ impl Driver {
     }
 
     /// `error` with the leader this node last saw, when raft does not know one.
-    fn with_leader_hint(&self, error: ProposeError) -> ProposeError {
+    fn with_leader_hint(&self, error: RequestError) -> RequestError {
         match error {
-            ProposeError::NotLeader {
+            RequestError::NotLeader {
                 group,
                 leader: None,
-            } => ProposeError::NotLeader {
+            } => RequestError::NotLeader {
                 group,
                 leader: self
                     .placement
@@ -317,7 +317,7 @@ impl Driver {
         done.waiter.send(done.group, done.token, done.result);
     }
 
-    fn fail(&mut self, token: Token, error: impl FnOnce(GroupId) -> ProposeError) {
+    fn fail(&mut self, token: Token, error: impl FnOnce(GroupId) -> RequestError) {
         if let Some(done) = self.pending.fail(token, error) {
             self.reply(done);
         }
@@ -330,26 +330,23 @@ impl Driver {
                 break;
             }
             self.deadlines.pop_front();
-            self.fail(token, |group| ProposeError::Timeout { group });
+            self.fail(token, |group| RequestError::Timeout { group });
         }
     }
 
     fn compact(&mut self) -> Result<(), CoordinatorError> {
         for group in self.core.compaction_due() {
-            let data =
-                self.state_machine
-                    .snapshot(group)
-                    .map_err(|e| CoordinatorError::StateMachine {
-                        group,
-                        message: e.to_string(),
-                    })?;
+            let data = self
+                .state_machine
+                .snapshot(group)
+                .map_err(|source| CoordinatorError::StateMachine { group, source })?;
             self.core.compact(group, data)?;
         }
         Ok(())
     }
 
     fn fail_all(&mut self) {
-        for done in self.pending.fail_all(&ProposeError::ShuttingDown) {
+        for done in self.pending.fail_all(&RequestError::ShuttingDown) {
             self.reply(done);
         }
     }
@@ -360,7 +357,7 @@ impl Driver {
             .placement
             .reconcile(&mut self.core, &mut self.state_machine)?;
         for token in lost {
-            self.fail(token, |group| ProposeError::OutcomeUnknown { group });
+            self.fail(token, |group| RequestError::OutcomeUnknown { group });
         }
         Ok(())
     }

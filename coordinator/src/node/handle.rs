@@ -20,7 +20,7 @@ use super::pending::Request;
 use super::placement::bootstrap_groups;
 use super::reconcile::{KnownGroups, Placement};
 use super::{KeyRead, NodeConfig, NodeError, NodeStatus};
-use crate::error::{CoordinatorError, ProposeError};
+use crate::error::{CoordinatorError, RequestError};
 use crate::lock;
 use crate::multiraft::{GroupStatus, MultiRaft};
 use crate::replicated::{Fences, Frame, Replicated, VShardStep};
@@ -105,10 +105,7 @@ impl Node {
             });
         }
         config.raft.validate().map_err(CoordinatorError::from)?;
-        config
-            .transport
-            .validate()
-            .map_err(|e| NodeError::Config(e.to_string()))?;
+        config.transport.validate()?;
         let address_book = AddressBook::new();
         for (node, addr) in &config.peers {
             address_book.insert(*node, *addr);
@@ -282,23 +279,23 @@ impl Node {
         self.address_book.insert(node, addr);
     }
 
-    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, ProposeError> {
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, RequestError> {
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(make(reply))
             .await
-            .map_err(|_| ProposeError::ShuttingDown)?;
-        rx.await.map_err(|_| ProposeError::ShuttingDown)?
+            .map_err(|_| RequestError::ShuttingDown)?;
+        rx.await.map_err(|_| RequestError::ShuttingDown)?
     }
 
     /// Replicates `command` in the group that owns `key`, and returns the state machine's
     /// response once the command is committed by a quorum and applied here.
     ///
     /// # Errors
-    /// [`ProposeError::NotLeader`] (retry on the leader it names), [`ProposeError::GroupNotFound`],
-    /// [`ProposeError::ProposalDropped`] (did not take effect), [`ProposeError::Timeout`]
-    /// (outcome unknown), [`ProposeError::ShuttingDown`].
-    pub async fn propose(&self, key: &[u8], command: Vec<u8>) -> Result<Vec<u8>, ProposeError> {
+    /// [`RequestError::NotLeader`] (retry on the leader it names), [`RequestError::GroupNotFound`],
+    /// [`RequestError::ProposalDropped`] (did not take effect), [`RequestError::Timeout`]
+    /// (outcome unknown), [`RequestError::ShuttingDown`].
+    pub async fn propose(&self, key: &[u8], command: Vec<u8>) -> Result<Vec<u8>, RequestError> {
         self.routed(key, |group, vshard| {
             self.propose_frame(group, Frame::encode_user(Some(vshard), command.clone()))
         })
@@ -312,9 +309,9 @@ impl Node {
         &self,
         key: &[u8],
         mut attempt: impl FnMut(GroupId, VShardId) -> F,
-    ) -> Result<T, ProposeError>
+    ) -> Result<T, RequestError>
     where
-        F: Future<Output = Result<T, ProposeError>>,
+        F: Future<Output = Result<T, RequestError>>,
     {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         loop {
@@ -327,7 +324,7 @@ impl Node {
                 (vshard, group, routing.version())
             };
             let result = attempt(group, vshard).await;
-            let Err(ProposeError::StaleRouting { .. }) = &result else {
+            let Err(RequestError::StaleRouting { .. }) = &result else {
                 return result;
             };
             let mut versions = self.routing_version.clone();
@@ -343,7 +340,7 @@ impl Node {
         group: GroupId,
         request: Request,
         waiter: impl FnOnce(Reply<T>) -> Waiter,
-    ) -> Result<T, ProposeError> {
+    ) -> Result<T, RequestError> {
         self.call(|reply| Command::Request {
             group,
             request,
@@ -360,12 +357,12 @@ impl Node {
         &self,
         group: GroupId,
         command: Vec<u8>,
-    ) -> Result<Vec<u8>, ProposeError> {
+    ) -> Result<Vec<u8>, RequestError> {
         self.propose_frame(group, Frame::encode_user(None, command))
             .await
     }
 
-    async fn propose_frame(&self, group: GroupId, data: Vec<u8>) -> Result<Vec<u8>, ProposeError> {
+    async fn propose_frame(&self, group: GroupId, data: Vec<u8>) -> Result<Vec<u8>, RequestError> {
         self.request(group, Request::Propose(data), Waiter::Response)
             .await
     }
@@ -375,24 +372,24 @@ impl Node {
     /// table once this node has applied it.
     ///
     /// # Errors
-    /// [`ProposeError::NotLeader`] (retry on the meta group's leader),
-    /// [`ProposeError::Refused`] (another version, or an invalid change), and those of
+    /// [`RequestError::NotLeader`] (retry on the meta group's leader),
+    /// [`RequestError::Refused`] (another version, or an invalid change), and those of
     /// [`Node::propose`].
     pub async fn propose_routing(
         &self,
         change: &RoutingChange,
         expected_version: u64,
-    ) -> Result<RoutingTable, ProposeError> {
+    ) -> Result<RoutingTable, RequestError> {
         let frame = Frame::Routing(change.encode(expected_version)).encode();
         let bytes = self.propose_frame(META_GROUP, frame).await?;
-        RoutingTable::decode(&bytes).map_err(|e| ProposeError::Refused {
+        RoutingTable::decode(&bytes).map_err(|e| RequestError::Refused {
             group: META_GROUP,
             reason: e.to_string(),
         })
     }
 
     /// Fences `vshard` in `group` (the first step of moving it away): every command for it
-    /// ordered after this one is refused with [`ProposeError::StaleRouting`]. Its data stays.
+    /// ordered after this one is refused with [`RequestError::StaleRouting`]. Its data stays.
     ///
     /// # Errors
     /// As [`Node::propose`].
@@ -400,7 +397,7 @@ impl Node {
         &self,
         group: GroupId,
         vshard: VShardId,
-    ) -> Result<(), ProposeError> {
+    ) -> Result<(), RequestError> {
         self.vshard_step(group, vshard, VShardStep::Release).await
     }
 
@@ -414,7 +411,7 @@ impl Node {
         group: GroupId,
         vshard: VShardId,
         step: VShardStep,
-    ) -> Result<(), ProposeError> {
+    ) -> Result<(), RequestError> {
         self.propose_frame(group, step.frame(vshard).encode())
             .await
             .map(drop)
@@ -431,7 +428,7 @@ impl Node {
         group: GroupId,
         vshard: VShardId,
         data: Option<Vec<u8>>,
-    ) -> Result<(), ProposeError> {
+    ) -> Result<(), RequestError> {
         self.vshard_step(group, vshard, VShardStep::Acquire(data))
             .await
     }
@@ -440,7 +437,7 @@ impl Node {
     ///
     /// # Errors
     /// As [`Node::propose`].
-    pub async fn purge_vshard(&self, group: GroupId, vshard: VShardId) -> Result<(), ProposeError> {
+    pub async fn purge_vshard(&self, group: GroupId, vshard: VShardId) -> Result<(), RequestError> {
         self.vshard_step(group, vshard, VShardStep::Purge).await
     }
 
@@ -448,13 +445,13 @@ impl Node {
     /// barrier, through [`StateMachine::export_vshard`].
     ///
     /// # Errors
-    /// As [`Node::read_index`], or [`ProposeError::Refused`] when the state machine cannot
+    /// As [`Node::read_index`], or [`RequestError::Refused`] when the state machine cannot
     /// export.
     pub async fn export_vshard(
         &self,
         group: GroupId,
         vshard: VShardId,
-    ) -> Result<Vec<u8>, ProposeError> {
+    ) -> Result<Vec<u8>, RequestError> {
         self.request(group, Request::Export(vshard), Waiter::Response)
             .await
     }
@@ -462,8 +459,8 @@ impl Node {
     /// One group's status on this node (`None`: it holds no replica of it).
     ///
     /// # Errors
-    /// [`ProposeError::ShuttingDown`].
-    pub async fn group_status(&self, group: GroupId) -> Result<Option<GroupStatus>, ProposeError> {
+    /// [`RequestError::ShuttingDown`].
+    pub async fn group_status(&self, group: GroupId) -> Result<Option<GroupStatus>, RequestError> {
         let status = self.status().await?;
         Ok(status.groups.into_iter().find(|g| g.group == group))
     }
@@ -487,9 +484,9 @@ impl Node {
     /// vShard did not leave while reading (if it did, read again).
     ///
     /// # Errors
-    /// As [`Node::read_index`], and [`ProposeError::StaleRouting`] when no newer table came
+    /// As [`Node::read_index`], and [`RequestError::StaleRouting`] when no newer table came
     /// before the deadline.
-    pub async fn read_key(&self, key: &[u8]) -> Result<KeyRead, ProposeError> {
+    pub async fn read_key(&self, key: &[u8]) -> Result<KeyRead, RequestError> {
         self.routed(key, |group, vshard| async move {
             let read = Request::Read {
                 vshard: Some(vshard),
@@ -515,7 +512,7 @@ impl Node {
     ///
     /// # Errors
     /// As [`Node::propose`].
-    pub async fn read_index(&self, group: GroupId) -> Result<u64, ProposeError> {
+    pub async fn read_index(&self, group: GroupId) -> Result<u64, RequestError> {
         let read = Request::Read { vshard: None };
         self.request(group, read, Waiter::Index).await
     }
@@ -524,8 +521,8 @@ impl Node {
     /// is made; watch [`Node::status`] for the outcome.
     ///
     /// # Errors
-    /// [`ProposeError::NotLeader`], [`ProposeError::GroupNotFound`], [`ProposeError::ShuttingDown`].
-    pub async fn transfer_leader(&self, group: GroupId, to: NodeId) -> Result<(), ProposeError> {
+    /// [`RequestError::NotLeader`], [`RequestError::GroupNotFound`], [`RequestError::ShuttingDown`].
+    pub async fn transfer_leader(&self, group: GroupId, to: NodeId) -> Result<(), RequestError> {
         self.call(|reply| Command::TransferLeader { group, to, reply })
             .await
     }
@@ -540,7 +537,7 @@ impl Node {
         &self,
         group: GroupId,
         change: ConfChangeV2,
-    ) -> Result<ConfState, ProposeError> {
+    ) -> Result<ConfState, RequestError> {
         self.request(group, Request::ConfChange(change), Waiter::Configured)
             .await
     }
@@ -553,7 +550,7 @@ impl Node {
         &self,
         group: GroupId,
         node: NodeId,
-    ) -> Result<ConfState, ProposeError> {
+    ) -> Result<ConfState, RequestError> {
         self.change_membership(group, single_change(ConfChangeType::AddLearnerNode, node))
             .await
     }
@@ -562,7 +559,7 @@ impl Node {
     ///
     /// # Errors
     /// As [`Node::change_membership`].
-    pub async fn add_voter(&self, group: GroupId, node: NodeId) -> Result<ConfState, ProposeError> {
+    pub async fn add_voter(&self, group: GroupId, node: NodeId) -> Result<ConfState, RequestError> {
         self.change_membership(group, single_change(ConfChangeType::AddNode, node))
             .await
     }
@@ -575,7 +572,7 @@ impl Node {
         &self,
         group: GroupId,
         node: NodeId,
-    ) -> Result<ConfState, ProposeError> {
+    ) -> Result<ConfState, RequestError> {
         self.change_membership(group, single_change(ConfChangeType::RemoveNode, node))
             .await
     }
@@ -583,14 +580,14 @@ impl Node {
     /// Every group's status and the node's counters.
     ///
     /// # Errors
-    /// [`ProposeError::ShuttingDown`].
-    pub async fn status(&self) -> Result<NodeStatus, ProposeError> {
+    /// [`RequestError::ShuttingDown`].
+    pub async fn status(&self) -> Result<NodeStatus, RequestError> {
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::Status { reply })
             .await
-            .map_err(|_| ProposeError::ShuttingDown)?;
-        rx.await.map_err(|_| ProposeError::ShuttingDown)
+            .map_err(|_| RequestError::ShuttingDown)?;
+        rx.await.map_err(|_| RequestError::ShuttingDown)
     }
 
     /// Stops the node: pending requests fail with `ShuttingDown`, the endpoint closes, and the

@@ -56,9 +56,9 @@ pub enum NodeError {
     /// The routing table gives this node no group.
     #[error("the routing table gives node {0} no group; check the node id and the table")]
     NoGroups(NodeId),
-    /// A setting is invalid.
+    /// A transport setting is invalid.
     #[error("invalid node config: {0}")]
-    Config(String),
+    Config(#[from] transport::ConfigError),
 }
 
 /// A node's view of all its groups, with its counters.

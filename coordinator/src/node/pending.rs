@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use raft::eraftpb::{ConfChangeV2, ConfState};
 use routing::{GroupId, VShardId};
 
-use crate::error::{CoordinatorError, ProposeError};
+use crate::error::{CoordinatorError, RequestError};
 use crate::multiraft::{Apply, Event, MultiRaft, Token};
 use crate::replicated::{Replicated, Reply};
 use crate::state_machine::StateMachine;
@@ -56,7 +56,7 @@ pub(crate) struct Completed<W> {
     pub(crate) group: GroupId,
     pub(crate) kind: Kind,
     pub(crate) waiter: W,
-    pub(crate) result: Result<Done, ProposeError>,
+    pub(crate) result: Result<Done, RequestError>,
 }
 
 struct Entry<W> {
@@ -88,7 +88,7 @@ impl<W> Pending<W> {
         group: GroupId,
         request: Request,
         waiter: W,
-    ) -> Result<(), (W, ProposeError)> {
+    ) -> Result<(), (W, RequestError)> {
         let (kind, submitted) = match request {
             Request::Propose(data) => (Kind::Propose, core.propose(group, data, token)),
             Request::Read { vshard } => (Kind::Read { vshard }, core.read_index(group, token)),
@@ -130,7 +130,7 @@ impl<W> Pending<W> {
     pub(crate) fn complete(
         &mut self,
         token: Token,
-        result: impl FnOnce(GroupId, Kind) -> Result<Done, ProposeError>,
+        result: impl FnOnce(GroupId, Kind) -> Result<Done, RequestError>,
     ) -> Option<Completed<W>> {
         let entry = self.requests.remove(&token)?;
         Some(Completed {
@@ -146,7 +146,7 @@ impl<W> Pending<W> {
     pub(crate) fn fail(
         &mut self,
         token: Token,
-        error: impl FnOnce(GroupId) -> ProposeError,
+        error: impl FnOnce(GroupId) -> RequestError,
     ) -> Option<Completed<W>> {
         self.complete(token, |group, _| Err(error(group)))
     }
@@ -158,7 +158,7 @@ impl<W> Pending<W> {
     }
 
     /// Fails every request with `error` (the driver stops).
-    pub(crate) fn fail_all(&mut self, error: &ProposeError) -> Vec<Completed<W>> {
+    pub(crate) fn fail_all(&mut self, error: &RequestError) -> Vec<Completed<W>> {
         let tokens: Vec<Token> = self.requests.keys().copied().collect();
         tokens
             .into_iter()
@@ -181,7 +181,7 @@ impl<W> Pending<W> {
             match apply {
                 Apply::Restore { group, data, .. } => state_machine
                     .restore(group, &data)
-                    .map_err(|e| state_machine_failed(group, &e))?,
+                    .map_err(|source| CoordinatorError::StateMachine { group, source })?,
                 Apply::Command {
                     group,
                     index,
@@ -191,17 +191,17 @@ impl<W> Pending<W> {
                 } => {
                     let reply = state_machine
                         .apply(group, index, &data)
-                        .map_err(|e| state_machine_failed(group, &e))?;
+                        .map_err(|source| CoordinatorError::StateMachine { group, source })?;
                     let table_version = state_machine.table().version();
                     completed.extend(proposal.and_then(|token| {
                         self.complete(token, |group, _| match reply {
                             Reply::Applied(bytes) => Ok(Done::Response(bytes)),
-                            Reply::StaleRouting(vshard) => Err(ProposeError::StaleRouting {
+                            Reply::StaleRouting(vshard) => Err(RequestError::StaleRouting {
                                 vshard,
                                 group,
                                 table_version,
                             }),
-                            Reply::Refused(reason) => Err(ProposeError::Refused { group, reason }),
+                            Reply::Refused(reason) => Err(RequestError::Refused { group, reason }),
                         })
                     }));
                 }
@@ -230,10 +230,10 @@ impl<W> Pending<W> {
                 read_outcome(state_machine, group, kind, index)
             }),
             Event::ProposalDropped { token, .. } => {
-                self.fail(token, |group| ProposeError::ProposalDropped { group })
+                self.fail(token, |group| RequestError::ProposalDropped { group })
             }
             Event::ProposalOutcomeUnknown { token, .. } => {
-                self.fail(token, |group| ProposeError::OutcomeUnknown { group })
+                self.fail(token, |group| RequestError::OutcomeUnknown { group })
             }
             Event::LeaderChanged { .. } => None,
         }
@@ -246,11 +246,11 @@ fn read_outcome<S: StateMachine>(
     group: GroupId,
     kind: Kind,
     index: u64,
-) -> Result<Done, ProposeError> {
+) -> Result<Done, RequestError> {
     match kind {
         Kind::Read {
             vshard: Some(vshard),
-        } if state_machine.is_fenced(group, vshard) => Err(ProposeError::StaleRouting {
+        } if state_machine.is_fenced(group, vshard) => Err(RequestError::StaleRouting {
             vshard,
             group,
             table_version: state_machine.table().version(),
@@ -258,17 +258,10 @@ fn read_outcome<S: StateMachine>(
         Kind::Export(vshard) => state_machine
             .export_vshard(group, vshard)
             .map(Done::Response)
-            .map_err(|e| ProposeError::Refused {
+            .map_err(|e| RequestError::Refused {
                 group,
                 reason: e.to_string(),
             }),
         _ => Ok(Done::Read(index)),
-    }
-}
-
-fn state_machine_failed(group: GroupId, error: &crate::StateMachineError) -> CoordinatorError {
-    CoordinatorError::StateMachine {
-        group,
-        message: error.to_string(),
     }
 }

@@ -17,7 +17,7 @@ use std::future::Future;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2};
 use routing::{GroupId, META_GROUP, NodeId, RoutingChange, RoutingError, RoutingTable, VShardId};
 
-use crate::error::ProposeError;
+use crate::error::RequestError;
 use crate::multiraft::{GroupStatus, Role};
 use crate::node::placement::META_VOTERS;
 
@@ -36,7 +36,7 @@ pub trait ClusterControl {
         node: NodeId,
         change: RoutingChange,
         expected_version: u64,
-    ) -> impl Future<Output = Result<RoutingTable, ProposeError>>;
+    ) -> impl Future<Output = Result<RoutingTable, RequestError>>;
     /// `group` as `node` sees it (`None`: unreachable, or it holds no replica).
     fn status(&self, node: NodeId, group: GroupId) -> impl Future<Output = Option<GroupStatus>>;
     /// Proposes a membership change of `group` on `node` (its leader).
@@ -45,14 +45,14 @@ pub trait ClusterControl {
         node: NodeId,
         group: GroupId,
         change: ConfChangeV2,
-    ) -> impl Future<Output = Result<(), ProposeError>>;
+    ) -> impl Future<Output = Result<(), RequestError>>;
     /// Asks `node`, leader of `group`, to hand leadership to `to`.
     fn transfer_leader(
         &self,
         node: NodeId,
         group: GroupId,
         to: NodeId,
-    ) -> impl Future<Output = Result<(), ProposeError>>;
+    ) -> impl Future<Output = Result<(), RequestError>>;
     /// Proposes a vShard step to `group` on `node` (its leader).
     fn vshard_step(
         &self,
@@ -60,14 +60,14 @@ pub trait ClusterControl {
         group: GroupId,
         vshard: VShardId,
         step: VShardStep,
-    ) -> impl Future<Output = Result<(), ProposeError>>;
+    ) -> impl Future<Output = Result<(), RequestError>>;
     /// Exports `vshard` from `node`'s replica of `group` after a read barrier.
     fn export_vshard(
         &self,
         node: NodeId,
         group: GroupId,
         vshard: VShardId,
-    ) -> impl Future<Output = Result<Vec<u8>, ProposeError>>;
+    ) -> impl Future<Output = Result<Vec<u8>, RequestError>>;
     /// Waits a little before looking again (a tick in a simulation, tens of ms for real).
     fn pause(&self) -> impl Future<Output = ()>;
     /// Nodes to ask when looking for leaders, besides the table's members (a node being
@@ -688,7 +688,7 @@ impl<C: ClusterControl> Reshaper<C> {
                 .await
             {
                 Ok(()) => return Ok(()),
-                Err(ProposeError::Refused { reason, .. }) => {
+                Err(RequestError::Refused { reason, .. }) => {
                     return Err(ReshapeError::Invalid(reason));
                 }
                 Err(e) => last = e.to_string(),
@@ -705,7 +705,7 @@ impl<C: ClusterControl> Reshaper<C> {
             let node = leader.leader.unwrap_or(NodeId(0));
             match self.control.export_vshard(node, group, vshard).await {
                 Ok(data) => return Ok(data),
-                Err(ProposeError::Refused { reason, .. }) => {
+                Err(RequestError::Refused { reason, .. }) => {
                     return Err(ReshapeError::Invalid(reason));
                 }
                 Err(e) => last = e.to_string(),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use routing::{GroupId, NodeId, RoutingTable};
 
-use crate::{Node, ProposeError};
+use crate::{Node, RequestError};
 
 /// [`crate::reshape::ClusterControl`] over in-process [`Node`] handles.
 pub struct NodeSet {
@@ -22,8 +22,8 @@ impl NodeSet {
         }
     }
 
-    fn node(&self, node: NodeId) -> Result<&Node, ProposeError> {
-        self.nodes.get(&node).ok_or(ProposeError::ShuttingDown)
+    fn node(&self, node: NodeId) -> Result<&Node, RequestError> {
+        self.nodes.get(&node).ok_or(RequestError::ShuttingDown)
     }
 }
 
@@ -40,7 +40,7 @@ impl crate::reshape::ClusterControl for NodeSet {
         node: NodeId,
         change: routing::RoutingChange,
         expected_version: u64,
-    ) -> Result<RoutingTable, ProposeError> {
+    ) -> Result<RoutingTable, RequestError> {
         self.node(node)?
             .propose_routing(&change, expected_version)
             .await
@@ -55,7 +55,7 @@ impl crate::reshape::ClusterControl for NodeSet {
         node: NodeId,
         group: GroupId,
         change: raft::eraftpb::ConfChangeV2,
-    ) -> Result<(), ProposeError> {
+    ) -> Result<(), RequestError> {
         self.node(node)?
             .change_membership(group, change)
             .await
@@ -67,7 +67,7 @@ impl crate::reshape::ClusterControl for NodeSet {
         node: NodeId,
         group: GroupId,
         to: NodeId,
-    ) -> Result<(), ProposeError> {
+    ) -> Result<(), RequestError> {
         self.node(node)?.transfer_leader(group, to).await
     }
 
@@ -77,7 +77,7 @@ impl crate::reshape::ClusterControl for NodeSet {
         group: GroupId,
         vshard: routing::VShardId,
         step: crate::reshape::VShardStep,
-    ) -> Result<(), ProposeError> {
+    ) -> Result<(), RequestError> {
         self.node(node)?.vshard_step(group, vshard, step).await
     }
 
@@ -86,7 +86,7 @@ impl crate::reshape::ClusterControl for NodeSet {
         node: NodeId,
         group: GroupId,
         vshard: routing::VShardId,
-    ) -> Result<Vec<u8>, ProposeError> {
+    ) -> Result<Vec<u8>, RequestError> {
         self.node(node)?.export_vshard(group, vshard).await
     }
 

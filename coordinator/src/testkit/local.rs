@@ -14,7 +14,7 @@ use routing::{GroupId, NodeId, RoutingTable};
 
 use crate::lock;
 use crate::reshape::NodeSet;
-use crate::{Node, NodeConfig, NodeError, ProposeError, StateMachine};
+use crate::{Node, NodeConfig, NodeError, RequestError, StateMachine};
 
 /// Builds the [`NodeConfig`] of each node from its id, address and data directory.
 pub type ConfigFn = Box<dyn Fn(NodeConfig) -> NodeConfig + Send + Sync>;
@@ -307,7 +307,7 @@ impl<S: StateMachine> LocalCluster<S> {
         key: &[u8],
         command: Vec<u8>,
         timeout: Duration,
-    ) -> Result<Vec<u8>, ProposeError> {
+    ) -> Result<Vec<u8>, RequestError> {
         let group = self
             .running()
             .first()
@@ -330,7 +330,7 @@ impl<S: StateMachine> LocalCluster<S> {
         group: GroupId,
         command: Vec<u8>,
         timeout: Duration,
-    ) -> Result<Vec<u8>, ProposeError> {
+    ) -> Result<Vec<u8>, RequestError> {
         self.on_leader(group, timeout, |node| {
             let command = command.clone();
             async move { node.propose_to_group(group, command).await }
@@ -345,15 +345,15 @@ impl<S: StateMachine> LocalCluster<S> {
         group: GroupId,
         timeout: Duration,
         request: F,
-    ) -> Result<Vec<u8>, ProposeError>
+    ) -> Result<Vec<u8>, RequestError>
     where
         F: Fn(Node) -> Fut,
-        Fut: std::future::Future<Output = Result<Vec<u8>, ProposeError>>,
+        Fut: std::future::Future<Output = Result<Vec<u8>, RequestError>>,
     {
         let deadline = Instant::now() + timeout;
         let cached = lock::mutex(&self.leader_cache).get(&group).copied();
         let mut target = cached.or_else(|| self.routing.leader_hint(group));
-        let mut last = ProposeError::ShuttingDown;
+        let mut last = RequestError::ShuttingDown;
         let candidates: Vec<NodeId> = self.running().iter().map(Node::id).collect();
         let mut next_candidate = 0;
         while Instant::now() < deadline {
@@ -361,7 +361,7 @@ impl<S: StateMachine> LocalCluster<S> {
                 Some(node) => node,
                 None => {
                     let Some(id) = candidates.get(next_candidate % candidates.len().max(1)) else {
-                        return Err(ProposeError::ShuttingDown);
+                        return Err(RequestError::ShuttingDown);
                     };
                     next_candidate += 1;
                     match self.node(*id) {
@@ -376,14 +376,14 @@ impl<S: StateMachine> LocalCluster<S> {
                     lock::mutex(&self.leader_cache).insert(group, id);
                     return Ok(response);
                 }
-                Err(ProposeError::NotLeader { leader, group }) => {
-                    last = ProposeError::NotLeader { group, leader };
+                Err(RequestError::NotLeader { leader, group }) => {
+                    last = RequestError::NotLeader { group, leader };
                     if leader.is_none() || leader == target {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                     target = leader;
                 }
-                Err(e @ (ProposeError::ProposalDropped { .. } | ProposeError::ShuttingDown)) => {
+                Err(e @ (RequestError::ProposalDropped { .. } | RequestError::ShuttingDown)) => {
                     last = e;
                     target = None;
                     tokio::time::sleep(Duration::from_millis(20)).await;

@@ -31,7 +31,7 @@ use transport::{Envelope, Inbound};
 use crate::node::pending::{Completed, Done, Pending, Request};
 use crate::replicated::{Frame, Replicated};
 use crate::{
-    Apply, CoordinatorError, CycleOutput, Event, GroupStatus, MultiRaft, ProposeError, RaftConfig,
+    Apply, CoordinatorError, CycleOutput, Event, GroupStatus, MultiRaft, RaftConfig, RequestError,
     Role, StateMachine, Token,
 };
 
@@ -138,7 +138,7 @@ pub struct Completion {
     pub token: Token,
     /// The state machine's response (proposals), the read index as 8 big-endian bytes (reads),
     /// or why it failed.
-    pub result: Result<Vec<u8>, ProposeError>,
+    pub result: Result<Vec<u8>, RequestError>,
 }
 
 /// A safety property the harness saw broken. See the [module docs](self).
@@ -386,11 +386,7 @@ impl<S: StateMachine> SimCluster<S> {
     ) -> Result<Self, CoordinatorError> {
         let node_ids: Vec<NodeId> = (1..=config.nodes).map(NodeId).collect();
         let routing =
-            RoutingTable::uniform(config.vshards, config.groups, &node_ids, config.replication)
-                .map_err(|e| CoordinatorError::StateMachine {
-                    group: GroupId(0),
-                    message: e.to_string(),
-                })?;
+            RoutingTable::uniform(config.vshards, config.groups, &node_ids, config.replication)?;
         let mut this = Self {
             net: SimNetwork::new(config.seed, config.faults),
             dir: dir.to_path_buf(),
@@ -574,11 +570,11 @@ impl<S: StateMachine> SimCluster<S> {
         node: NodeId,
         group: GroupId,
         request: Request,
-    ) -> Result<Token, ProposeError> {
+    ) -> Result<Token, RequestError> {
         let token = self.next_token;
         self.next_token += 1;
         let Some(Some(n)) = self.nodes.get_mut(&node) else {
-            return Err(ProposeError::ShuttingDown);
+            return Err(RequestError::ShuttingDown);
         };
         n.pending
             .submit(&mut n.core, token, group, request, ())
@@ -590,19 +586,19 @@ impl<S: StateMachine> SimCluster<S> {
     ///
     /// # Errors
     /// What [`MultiRaft::propose`] says at once (not leader, unknown group), or
-    /// [`ProposeError::ShuttingDown`] when the node is down.
+    /// [`RequestError::ShuttingDown`] when the node is down.
     pub fn propose(
         &mut self,
         node: NodeId,
         group: GroupId,
         data: Vec<u8>,
-    ) -> Result<Token, ProposeError> {
+    ) -> Result<Token, RequestError> {
         self.propose_frame(node, group, Frame::encode_user(None, data))
     }
 
     /// Proposes `data` for `key` on `node`, routed by the table `node` has applied: the
     /// command carries the key's vShard, so a group the vShard left refuses it with
-    /// [`ProposeError::StaleRouting`]. Returns the token and the group it went to.
+    /// [`RequestError::StaleRouting`]. Returns the token and the group it went to.
     ///
     /// # Errors
     /// As [`SimCluster::propose`].
@@ -611,19 +607,19 @@ impl<S: StateMachine> SimCluster<S> {
         node: NodeId,
         key: &[u8],
         data: Vec<u8>,
-    ) -> Result<(Token, GroupId), ProposeError> {
+    ) -> Result<(Token, GroupId), RequestError> {
         let (group, vshard) = self.route(node, key)?;
         self.propose_frame(node, group, Frame::encode_user(Some(vshard), data))
             .map(|t| (t, group))
     }
 
     /// A linearizable read of `key` on `node`, routed by its table: completes once the node
-    /// may serve it from its state machine, or with [`ProposeError::StaleRouting`] when its
+    /// may serve it from its state machine, or with [`RequestError::StaleRouting`] when its
     /// replica no longer serves the key's vShard at that point.
     ///
     /// # Errors
     /// As [`SimCluster::propose`].
-    pub fn read_key(&mut self, node: NodeId, key: &[u8]) -> Result<(Token, GroupId), ProposeError> {
+    pub fn read_key(&mut self, node: NodeId, key: &[u8]) -> Result<(Token, GroupId), RequestError> {
         let (group, vshard) = self.route(node, key)?;
         let read = Request::Read {
             vshard: Some(vshard),
@@ -631,12 +627,12 @@ impl<S: StateMachine> SimCluster<S> {
         self.submit(node, group, read).map(|t| (t, group))
     }
 
-    fn route(&self, node: NodeId, key: &[u8]) -> Result<(GroupId, VShardId), ProposeError> {
-        let table = self.table(node).ok_or(ProposeError::ShuttingDown)?;
+    fn route(&self, node: NodeId, key: &[u8]) -> Result<(GroupId, VShardId), RequestError> {
+        let table = self.table(node).ok_or(RequestError::ShuttingDown)?;
         let vshard = table.vshard_of_key(key);
         let group = table
             .group_of_vshard(vshard)
-            .map_err(|_| ProposeError::ShuttingDown)?;
+            .map_err(|_| RequestError::ShuttingDown)?;
         Ok((group, vshard))
     }
 
@@ -645,7 +641,7 @@ impl<S: StateMachine> SimCluster<S> {
         node: NodeId,
         group: GroupId,
         framed: Vec<u8>,
-    ) -> Result<Token, ProposeError> {
+    ) -> Result<Token, RequestError> {
         self.submit(node, group, Request::Propose(framed))
     }
 
@@ -689,7 +685,7 @@ impl<S: StateMachine> SimCluster<S> {
         node: NodeId,
         group: GroupId,
         vshard: VShardId,
-    ) -> Result<Token, ProposeError> {
+    ) -> Result<Token, RequestError> {
         self.submit(node, group, Request::Export(vshard))
     }
 
@@ -698,7 +694,7 @@ impl<S: StateMachine> SimCluster<S> {
     ///
     /// # Errors
     /// As [`SimCluster::propose`].
-    pub fn read_index(&mut self, node: NodeId, group: GroupId) -> Result<Token, ProposeError> {
+    pub fn read_index(&mut self, node: NodeId, group: GroupId) -> Result<Token, RequestError> {
         self.submit(node, group, Request::Read { vshard: None })
     }
 
@@ -772,12 +768,10 @@ impl<S: StateMachine> SimCluster<S> {
                     node.core.tick();
                     // As the Node driver does: snapshot the state machine, then compact the log.
                     for group in node.core.compaction_due() {
-                        let data = node.state_machine.snapshot(group).map_err(|e| {
-                            CoordinatorError::StateMachine {
-                                group,
-                                message: e.to_string(),
-                            }
-                        })?;
+                        let data = node
+                            .state_machine
+                            .snapshot(group)
+                            .map_err(|e| CoordinatorError::StateMachine { group, source: e })?;
                         node.core.compact(group, data)?;
                     }
                     Ok(())
@@ -959,14 +953,14 @@ impl<S: StateMachine> SimCluster<S> {
     /// [`Completion`] (empty response) once the change is applied there.
     ///
     /// # Errors
-    /// As [`MultiRaft::propose_conf_change`], or [`ProposeError::ShuttingDown`] when the node
+    /// As [`MultiRaft::propose_conf_change`], or [`RequestError::ShuttingDown`] when the node
     /// is down.
     pub fn propose_conf_change(
         &mut self,
         node: NodeId,
         group: GroupId,
         change: &ConfChangeV2,
-    ) -> Result<Token, ProposeError> {
+    ) -> Result<Token, RequestError> {
         self.submit(node, group, Request::ConfChange(change.clone()))
     }
 
@@ -1088,8 +1082,8 @@ impl<S: StateMachine> SimControl<S> {
     async fn wait(
         &self,
         group: GroupId,
-        issued: Result<Token, ProposeError>,
-    ) -> Result<Vec<u8>, ProposeError> {
+        issued: Result<Token, RequestError>,
+    ) -> Result<Vec<u8>, RequestError> {
         let token = issued?;
         self.cluster.borrow_mut().reserve(token);
         for _ in 0..self.wait_steps {
@@ -1100,13 +1094,13 @@ impl<S: StateMachine> SimControl<S> {
                 }
                 if !cluster.is_pending(token) {
                     cluster.forget(token);
-                    return Err(ProposeError::ShuttingDown);
+                    return Err(RequestError::ShuttingDown);
                 }
             }
             YieldOnce::default().await;
         }
         self.cluster.borrow_mut().forget(token);
-        Err(ProposeError::Timeout { group })
+        Err(RequestError::Timeout { group })
     }
 }
 
@@ -1139,14 +1133,14 @@ impl<S: StateMachine> crate::reshape::ClusterControl for SimControl<S> {
         node: NodeId,
         change: routing::RoutingChange,
         expected_version: u64,
-    ) -> Result<RoutingTable, ProposeError> {
+    ) -> Result<RoutingTable, RequestError> {
         let frame = Frame::Routing(change.encode(expected_version)).encode();
         let issued = self
             .cluster
             .borrow_mut()
             .propose_frame(node, META_GROUP, frame);
         let bytes = self.wait(META_GROUP, issued).await?;
-        RoutingTable::decode(&bytes).map_err(|e| ProposeError::Refused {
+        RoutingTable::decode(&bytes).map_err(|e| RequestError::Refused {
             group: META_GROUP,
             reason: e.to_string(),
         })
@@ -1161,7 +1155,7 @@ impl<S: StateMachine> crate::reshape::ClusterControl for SimControl<S> {
         node: NodeId,
         group: GroupId,
         change: ConfChangeV2,
-    ) -> Result<(), ProposeError> {
+    ) -> Result<(), RequestError> {
         let issued = self
             .cluster
             .borrow_mut()
@@ -1174,11 +1168,11 @@ impl<S: StateMachine> crate::reshape::ClusterControl for SimControl<S> {
         node: NodeId,
         group: GroupId,
         to: NodeId,
-    ) -> Result<(), ProposeError> {
+    ) -> Result<(), RequestError> {
         let mut cluster = self.cluster.borrow_mut();
         match cluster.core_mut(node) {
             Some(core) => core.transfer_leader(group, to),
-            None => Err(ProposeError::ShuttingDown),
+            None => Err(RequestError::ShuttingDown),
         }
     }
 
@@ -1188,7 +1182,7 @@ impl<S: StateMachine> crate::reshape::ClusterControl for SimControl<S> {
         group: GroupId,
         vshard: VShardId,
         step: crate::reshape::VShardStep,
-    ) -> Result<(), ProposeError> {
+    ) -> Result<(), RequestError> {
         let frame = step.frame(vshard).encode();
         let issued = self.cluster.borrow_mut().propose_frame(node, group, frame);
         self.wait(group, issued).await.map(drop)
@@ -1199,7 +1193,7 @@ impl<S: StateMachine> crate::reshape::ClusterControl for SimControl<S> {
         node: NodeId,
         group: GroupId,
         vshard: VShardId,
-    ) -> Result<Vec<u8>, ProposeError> {
+    ) -> Result<Vec<u8>, RequestError> {
         let issued = self.cluster.borrow_mut().export_vshard(node, group, vshard);
         self.wait(group, issued).await
     }
