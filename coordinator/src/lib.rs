@@ -44,6 +44,7 @@
 //! # Ok(()) }
 //! ```
 #![warn(missing_docs)]
+#![warn(unreachable_pub)]
 
 mod conf_change;
 mod config;
@@ -67,5 +68,5 @@ pub use multiraft::{
     Apply, CoordinatorStats, Cycle, CycleId, CycleOutput, Event, GroupStatus, MultiRaft, Role,
     Token,
 };
-pub use node::{KeyRead, META_VOTERS, Node, NodeConfig, NodeError, NodeStatus};
+pub use node::{KeyRead, Node, NodeConfig, NodeError, NodeStatus};
 pub use state_machine::{StateMachine, StateMachineError, VShardScope};

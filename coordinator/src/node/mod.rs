@@ -31,7 +31,6 @@ use crate::multiraft::{CoordinatorStats, GroupStatus};
 
 pub use config::NodeConfig;
 pub use handle::Node;
-pub use placement::META_VOTERS;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@
 use routing::{GroupId, META_GROUP, NodeId, RoutingTable};
 
 /// The most voters the meta group gets; every other member follows it as a learner.
-pub const META_VOTERS: usize = 5;
+pub(crate) const META_VOTERS: usize = 5;
 
 /// The groups a brand-new cluster starts with on `node`: its replicas of the data groups, and
 /// the meta group (the first [`META_VOTERS`] members vote, the rest learn).
