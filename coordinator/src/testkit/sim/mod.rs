@@ -23,129 +23,26 @@ use std::path::{Path, PathBuf};
 
 use raft::eraftpb::ConfChangeV2;
 use routing::{GroupId, META_GROUP, NodeId, RoutingTable, VShardId};
-use storage::{LogStore, Persist, StagedBatch, StoreOptions};
-use transport::mem::{FaultConfig, SimNetwork};
+use storage::{LogStore, StagedBatch, StoreOptions};
+use transport::mem::SimNetwork;
 use transport::{Envelope, Inbound};
 
+mod config;
 mod control;
 mod monitor;
 
+pub use config::{Completion, SimConfig, UNSYNCED_WINDOW};
+
 pub use control::SimControl;
 pub use monitor::Violation;
-use monitor::{Monitor, describe, fnv, panic_message};
+use monitor::{Monitor, Seen, panic_message};
 
-use crate::node::pending::{Completed, Done, Pending, Request};
+use crate::node::pending::{Done, Pending, Request};
 use crate::replicated::{Frame, Replicated};
 use crate::{
-    Apply, CoordinatorError, CycleOutput, Event, GroupStatus, MultiRaft, RaftConfig, RequestError,
-    Role, StateMachine, Token,
+    CoordinatorError, CycleOutput, Event, GroupStatus, MultiRaft, RequestError, Role, StateMachine,
+    Token,
 };
-
-/// The shape of a simulated cluster.
-#[derive(Clone, Debug)]
-#[must_use]
-pub struct SimConfig {
-    /// Number of nodes (ids 1..=nodes).
-    pub nodes: u64,
-    /// Number of groups (ids 1..=groups).
-    pub groups: u64,
-    /// Replicas per group.
-    pub replication: usize,
-    /// vShards in the routing table.
-    pub vshards: u32,
-    /// Seed of the network and of every node's election RNG.
-    pub seed: u64,
-    /// Network faults.
-    pub faults: FaultConfig,
-    /// Raft settings (the seed is replaced by one derived from [`SimConfig::seed`]).
-    pub raft: RaftConfig,
-    /// Time units per raft tick.
-    pub tick_every: u64,
-    /// Durability of the simulated stores. `Buffer` by default: the simulated crashes drop a
-    /// node's process state, not the OS page cache (the storage crate's kill tests cover fsync).
-    pub persist: Persist,
-    /// **A deliberate bug, for testing the checks.** Nodes stage each cycle's batch (so raft
-    /// reads it back) and act as if it were durable (acks and votes leave at once), but the
-    /// batch only reaches the store [`UNSYNCED_WINDOW`] time units later, like a log written
-    /// without fsync that the OS flushes when it pleases; a crash loses what was not flushed.
-    /// Off by default; never turn it on outside a test that expects failures.
-    pub unsynced_log: bool,
-    /// Run the meta group: the routing table is replicated, nodes act on its changes
-    /// (joining and deleting replicas), and restarted nodes recover only what their store
-    /// holds. Off by default (the routing table is then fixed, as in the older scenarios).
-    pub meta: bool,
-}
-
-/// How long a batch stays unflushed under [`SimConfig::unsynced_log`], in time units.
-pub const UNSYNCED_WINDOW: u64 = 40;
-
-impl SimConfig {
-    /// `nodes` nodes, `groups` groups of three replicas (or fewer nodes), no faults.
-    pub fn new(nodes: u64, groups: u64, seed: u64) -> Self {
-        Self {
-            nodes,
-            groups,
-            replication: usize::try_from(nodes.min(3)).unwrap_or(3),
-            vshards: 1024,
-            seed,
-            faults: FaultConfig {
-                drop: 0.0,
-                duplicate: 0.0,
-                min_delay: 1,
-                max_delay: 1,
-            },
-            raft: RaftConfig::default().compaction(0, 0),
-            tick_every: 5,
-            persist: Persist::Buffer,
-            unsynced_log: false,
-            meta: false,
-        }
-    }
-
-    /// Runs the meta group (see [`SimConfig::meta`]).
-    pub fn meta(mut self, on: bool) -> Self {
-        self.meta = on;
-        self
-    }
-
-    /// Sets the number of replicas per group.
-    pub fn replication(mut self, replicas: usize) -> Self {
-        self.replication = replicas;
-        self
-    }
-
-    /// Injects the durability bug of [`SimConfig::unsynced_log`].
-    pub fn unsynced_log(mut self, on: bool) -> Self {
-        self.unsynced_log = on;
-        self
-    }
-
-    /// Sets the network faults.
-    pub fn faults(mut self, faults: FaultConfig) -> Self {
-        self.faults = faults;
-        self
-    }
-
-    /// Sets the raft settings.
-    pub fn raft(mut self, raft: RaftConfig) -> Self {
-        self.raft = raft;
-        self
-    }
-}
-
-/// The outcome of a request made through the harness.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Completion {
-    /// The node the request was made on.
-    pub node: NodeId,
-    /// The group.
-    pub group: GroupId,
-    /// The token [`SimCluster::propose`] or [`SimCluster::read_index`] returned.
-    pub token: Token,
-    /// The state machine's response (proposals), the read index as 8 big-endian bytes (reads),
-    /// or why it failed.
-    pub result: Result<Vec<u8>, RequestError>,
-}
 
 struct SimNode<S> {
     core: MultiRaft,
@@ -813,50 +710,5 @@ impl<S: StateMachine> SimCluster<S> {
     /// Sends a raw envelope between two nodes (tests of hostile or odd input).
     pub fn inject(&mut self, from: NodeId, to: NodeId, envelope: Envelope) {
         self.net.send(self.now, from, to, envelope);
-    }
-}
-
-/// What one node's cycles of a step produced, for the monitor, the network and the clients.
-#[derive(Default)]
-struct Seen {
-    /// Applied commands: (group, index, position in a batched entry), term, hash of the bytes.
-    applied: Vec<((GroupId, u64, u32), u64, u64)>,
-    configurations: Vec<(GroupId, u64, String)>,
-    leaders: Vec<(GroupId, u64, NodeId)>,
-    messages: Vec<(NodeId, Envelope)>,
-    completed: Vec<Completed<()>>,
-}
-
-impl Seen {
-    fn observe(&mut self, applies: &[Apply]) {
-        let mut position: Option<((GroupId, u64), u32)> = None;
-        for apply in applies {
-            match apply {
-                Apply::Command {
-                    group,
-                    index,
-                    term,
-                    data,
-                    ..
-                } => {
-                    let pos = match position {
-                        Some((at, p)) if at == (*group, *index) => p + 1,
-                        _ => 0,
-                    };
-                    position = Some(((*group, *index), pos));
-                    self.applied
-                        .push(((*group, *index, pos), *term, fnv(data.iter().copied())));
-                }
-                Apply::ConfChanged {
-                    group,
-                    index,
-                    conf_state,
-                    ..
-                } => self
-                    .configurations
-                    .push((*group, *index, describe(conf_state))),
-                Apply::Restore { .. } => {}
-            }
-        }
     }
 }

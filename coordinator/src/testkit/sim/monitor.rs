@@ -5,8 +5,12 @@ use std::fmt;
 
 use raft::eraftpb::ConfState;
 use routing::{GroupId, NodeId};
+use transport::Envelope;
 
-/// A safety property the harness saw broken. See the [module docs](self).
+use crate::Apply;
+use crate::node::pending::Completed;
+
+/// A safety property the harness saw broken. See the [module docs](super).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Violation {
     /// Two nodes led (or were followed as leader of) the same group in the same term.
@@ -219,5 +223,50 @@ pub(super) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "non-string panic".to_string()
+    }
+}
+
+/// What one node's cycles of a step produced, for the monitor, the network and the clients.
+#[derive(Default)]
+pub(super) struct Seen {
+    /// Applied commands: (group, index, position in a batched entry), term, hash of the bytes.
+    pub(super) applied: Vec<((GroupId, u64, u32), u64, u64)>,
+    pub(super) configurations: Vec<(GroupId, u64, String)>,
+    pub(super) leaders: Vec<(GroupId, u64, NodeId)>,
+    pub(super) messages: Vec<(NodeId, Envelope)>,
+    pub(super) completed: Vec<Completed<()>>,
+}
+
+impl Seen {
+    pub(super) fn observe(&mut self, applies: &[Apply]) {
+        let mut position: Option<((GroupId, u64), u32)> = None;
+        for apply in applies {
+            match apply {
+                Apply::Command {
+                    group,
+                    index,
+                    term,
+                    data,
+                    ..
+                } => {
+                    let pos = match position {
+                        Some((at, p)) if at == (*group, *index) => p + 1,
+                        _ => 0,
+                    };
+                    position = Some(((*group, *index), pos));
+                    self.applied
+                        .push(((*group, *index, pos), *term, fnv(data.iter().copied())));
+                }
+                Apply::ConfChanged {
+                    group,
+                    index,
+                    conf_state,
+                    ..
+                } => self
+                    .configurations
+                    .push((*group, *index, describe(conf_state))),
+                Apply::Restore { .. } => {}
+            }
+        }
     }
 }
