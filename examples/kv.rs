@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 use pontoon::certs::ClusterCa;
 use pontoon::{
-    GroupId, Node, NodeConfig, NodeId, ProposeError, RoutingTable, StateMachine, StateMachineError,
+    GroupId, Node, NodeConfig, NodeId, RequestError, RoutingTable, StateMachine, StateMachineError,
 };
 
 // 1. The state machine: what your database replicates. Here a map per group; a command is
@@ -119,7 +119,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 .await
             {
                 Ok(_previous) => break,
-                Err(ProposeError::NotLeader {
+                Err(RequestError::NotLeader {
                     leader: Some(leader),
                     ..
                 }) => {
@@ -130,8 +130,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 }
                 // No leader yet (the cluster just started) or the proposal was dropped: retry.
                 Err(
-                    ProposeError::NotLeader { leader: None, .. }
-                    | ProposeError::ProposalDropped { .. },
+                    RequestError::NotLeader { leader: None, .. }
+                    | RequestError::ProposalDropped { .. },
                 ) => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }

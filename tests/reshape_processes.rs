@@ -317,7 +317,7 @@ fn misdirected_and_malformed_requests_fail_typed(cluster: &Cluster, entry: Socke
     use pontoon::admin::wire::ClientRequest;
     use pontoon::admin::{AdminRequest, NodeClient, RemoteControl, RemoteError};
     use pontoon::coordinator::reshape::ClusterControl as _;
-    use pontoon::{GroupId, NodeId, ProposeError};
+    use pontoon::{GroupId, NodeId, RequestError};
 
     let identity = pontoon::certs::files::load_client(&cluster.certs(), "admin").unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -370,7 +370,7 @@ fn misdirected_and_malformed_requests_fail_typed(cluster: &Cluster, entry: Socke
         let refused = control.transfer_leader(follower, group, leader).await;
         assert_eq!(
             refused,
-            Err(ProposeError::NotLeader {
+            Err(RequestError::NotLeader {
                 group,
                 leader: Some(leader)
             })

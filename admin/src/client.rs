@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use coordinator::ProposeError;
+use coordinator::RequestError;
 use routing::NodeId;
 
 use crate::wire::{ClientReply, ClientRequest, MAX_MESSAGE_BYTES, RemoteError, decode, encode};
@@ -88,7 +88,7 @@ fn next_step(reply: ClientReply, asked: SocketAddr) -> Next {
         return Next::Done(reply);
     };
     match failure.to_error() {
-        RemoteError::Propose(ProposeError::NotLeader { leader, .. }) => {
+        RemoteError::Propose(RequestError::NotLeader { leader, .. }) => {
             match failure.leader_addr.as_deref().map(str::parse::<SocketAddr>) {
                 Some(Ok(addr)) if addr != asked => Next::Redirect(addr, leader),
                 // No leader known yet, or it names the node just asked: an election is under
@@ -99,7 +99,7 @@ fn next_step(reply: ClientReply, asked: SocketAddr) -> Next {
         // It did not take effect (leadership changed under it, or it was routed by a table
         // that just changed): sending it again is safe.
         RemoteError::Propose(
-            ProposeError::ProposalDropped { .. } | ProposeError::StaleRouting { .. },
+            RequestError::ProposalDropped { .. } | RequestError::StaleRouting { .. },
         ) => Next::Wait(Duration::from_millis(50)),
         other => Next::Fail(other),
     }
@@ -302,7 +302,7 @@ mod tests {
     use crate::wire::Failure;
     use routing::GroupId;
 
-    fn failed(error: ProposeError, leader_addr: Option<&str>) -> ClientReply {
+    fn failed(error: RequestError, leader_addr: Option<&str>) -> ClientReply {
         let mut failure = Failure::from_error(&error.into());
         failure.leader_addr = leader_addr.map(str::to_string);
         ClientReply::failure(failure)
@@ -314,7 +314,7 @@ mod tests {
         let group = GroupId(4);
         let not_leader = |addr| {
             failed(
-                ProposeError::NotLeader {
+                RequestError::NotLeader {
                     group,
                     leader: Some(NodeId(2)),
                 },
@@ -335,12 +335,12 @@ mod tests {
             Next::Wait(_)
         ));
         assert!(matches!(
-            next_step(failed(ProposeError::ProposalDropped { group }, None), asked),
+            next_step(failed(RequestError::ProposalDropped { group }, None), asked),
             Next::Wait(_)
         ));
         assert!(matches!(
-            next_step(failed(ProposeError::Timeout { group }, None), asked),
-            Next::Fail(RemoteError::Propose(ProposeError::Timeout { .. }))
+            next_step(failed(RequestError::Timeout { group }, None), asked),
+            Next::Fail(RemoteError::Propose(RequestError::Timeout { .. }))
         ));
         assert!(matches!(
             next_step(ClientReply::app(vec![]), asked),

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use coordinator::{Node, ProposeError};
+use coordinator::{Node, RequestError};
 use routing::{GroupId, NodeId, RoutingChange, VShardId};
 
 use crate::caller::Caller;
@@ -90,7 +90,7 @@ impl AdminService {
     #[must_use]
     pub fn failure(&self, error: &RemoteError) -> Failure {
         let mut failure = Failure::from_error(error);
-        if let RemoteError::Propose(ProposeError::NotLeader {
+        if let RemoteError::Propose(RequestError::NotLeader {
             leader: Some(leader),
             ..
         }) = error
@@ -129,7 +129,7 @@ impl AdminService {
     }
 
     async fn run(&self, request: AdminRequest) -> Result<admin_reply::Body, RemoteError> {
-        let done = |r: Result<(), ProposeError>| {
+        let done = |r: Result<(), RequestError>| {
             r.map(|()| admin_reply::Body::Done(Empty {}))
                 .map_err(RemoteError::from)
         };
@@ -214,7 +214,7 @@ impl AdminService {
         if let Some(group) = group
             && statuses.is_empty()
         {
-            return Err(ProposeError::GroupNotFound { group }.into());
+            return Err(RequestError::GroupNotFound { group }.into());
         }
         Ok(admin_reply::Body::Statuses(admin_reply::Statuses {
             statuses,

@@ -19,7 +19,7 @@ use raft::eraftpb::ConfChangeV2;
 use routing::{GroupId, META_GROUP, NodeId, RoutingChange, RoutingTable, VShardId};
 use serde::Serialize;
 
-use coordinator::ProposeError;
+use coordinator::RequestError;
 
 use crate::client::{ClientError, NodeClient};
 use crate::proto::admin_request::vshard_step::{Acquire, Step};
@@ -139,35 +139,35 @@ impl RemoteControl {
     /// Sends `body` to `node` (this node, no redirect: a plan decides where to go next), with
     /// the node's typed error as the error. A refusal of the protocol (`Forbidden`,
     /// `BadRequest`) did not take effect and will not by repeating it: it reads as
-    /// [`ProposeError::Refused`] of `group`, which also names the group in errors of the
+    /// [`RequestError::Refused`] of `group`, which also names the group in errors of the
     /// exchange itself.
     async fn ask(
         &self,
         node: NodeId,
         group: GroupId,
         body: Body,
-    ) -> Result<admin_reply::Body, ProposeError> {
+    ) -> Result<admin_reply::Body, RequestError> {
         let Some(addr) = self.address(node) else {
             tracing::debug!(%node, "no address known");
-            return Err(ProposeError::ShuttingDown);
+            return Err(RequestError::ShuttingDown);
         };
         let request = ClientRequest::admin(AdminRequest::new(body));
         match self.client.request(addr, Some(node), &request).await {
             Ok(reply) => match reply.body {
                 Some(client_reply::Body::Admin(admin)) => {
-                    admin.body.ok_or_else(|| ProposeError::Refused {
+                    admin.body.ok_or_else(|| RequestError::Refused {
                         group,
                         reason: "an admin reply without a body".into(),
                     })
                 }
                 Some(client_reply::Body::Failure(f)) => match f.to_error() {
                     RemoteError::Propose(e) => Err(e),
-                    other => Err(ProposeError::Refused {
+                    other => Err(RequestError::Refused {
                         group,
                         reason: other.to_string(),
                     }),
                 },
-                _ => Err(ProposeError::Refused {
+                _ => Err(RequestError::Refused {
                     group,
                     reason: "the node answered with another kind of reply".into(),
                 }),
@@ -175,13 +175,13 @@ impl RemoteControl {
             // Sent, but no answer: it may or may not have taken effect.
             Err(ClientError::Io { reason, .. }) => {
                 tracing::debug!(%node, %reason, "no answer");
-                Err(ProposeError::Timeout { group })
+                Err(RequestError::Timeout { group })
             }
             // Not sendable at all (too large): repeating it will not help.
-            Err(ClientError::Unsendable(reason)) => Err(ProposeError::Refused { group, reason }),
+            Err(ClientError::Unsendable(reason)) => Err(RequestError::Refused { group, reason }),
             Err(e) => {
                 tracing::debug!(%node, error = %e, "unreachable");
-                Err(ProposeError::ShuttingDown)
+                Err(RequestError::ShuttingDown)
             }
         }
     }
@@ -389,7 +389,7 @@ impl ClusterControl for RemoteControl {
         node: NodeId,
         change: RoutingChange,
         expected_version: u64,
-    ) -> Result<RoutingTable, ProposeError> {
+    ) -> Result<RoutingTable, RequestError> {
         if let RoutingChange::AddMember { node, address } = &change
             && let Some(addr) = resolve(address)
         {
@@ -399,7 +399,7 @@ impl ClusterControl for RemoteControl {
             change: change.encode(expected_version),
         });
         let reply = self.ask(node, META_GROUP, body).await?;
-        let table = table_of(reply).map_err(|e| ProposeError::Refused {
+        let table = table_of(reply).map_err(|e| RequestError::Refused {
             group: META_GROUP,
             reason: format!("undecodable routing table: {e}"),
         })?;
@@ -426,7 +426,7 @@ impl ClusterControl for RemoteControl {
         node: NodeId,
         group: GroupId,
         change: ConfChangeV2,
-    ) -> Result<(), ProposeError> {
+    ) -> Result<(), RequestError> {
         let body = Body::ChangeMembership(admin_request::ChangeMembership::new(group, &change));
         self.ask(node, group, body).await.map(drop)
     }
@@ -436,7 +436,7 @@ impl ClusterControl for RemoteControl {
         node: NodeId,
         group: GroupId,
         to: NodeId,
-    ) -> Result<(), ProposeError> {
+    ) -> Result<(), RequestError> {
         let body = Body::TransferLeader(admin_request::TransferLeader {
             group: group.get(),
             to: to.get(),
@@ -450,7 +450,7 @@ impl ClusterControl for RemoteControl {
         group: GroupId,
         vshard: VShardId,
         step: VShardStep,
-    ) -> Result<(), ProposeError> {
+    ) -> Result<(), RequestError> {
         let step = match step {
             VShardStep::Release => Step::Release(Empty {}),
             VShardStep::Acquire(data) => Step::Acquire(Acquire { data }),
@@ -469,14 +469,14 @@ impl ClusterControl for RemoteControl {
         node: NodeId,
         group: GroupId,
         vshard: VShardId,
-    ) -> Result<Vec<u8>, ProposeError> {
+    ) -> Result<Vec<u8>, RequestError> {
         let body = Body::ExportVShard(admin_request::ExportVShard {
             group: group.get(),
             vshard: vshard.get(),
         });
         match self.ask(node, group, body).await? {
             admin_reply::Body::Export(e) => Ok(e.data),
-            _ => Err(ProposeError::Refused {
+            _ => Err(RequestError::Refused {
                 group,
                 reason: "the node answered without an export".into(),
             }),

@@ -6,7 +6,7 @@
 //! the same error an in-process caller would, and knows whether it may have taken effect.
 
 use bytes::BytesMut;
-use coordinator::ProposeError;
+use coordinator::RequestError;
 use routing::{GroupId, NodeId, VShardId};
 use transport::wire::{FrameDecoder, decode_body, encode_frame};
 
@@ -66,7 +66,7 @@ pub mod client_reply {
     }
 }
 
-/// Why a request failed: one variant per [`ProposeError`] variant, plus the refusals of the
+/// Why a request failed: one variant per [`RequestError`] variant, plus the refusals of the
 /// protocol itself ([`failure::Kind::Forbidden`], [`failure::Kind::BadRequest`]).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Failure {
@@ -88,7 +88,7 @@ pub mod failure {
         pub group: u64,
     }
 
-    /// See [`coordinator::ProposeError::NotLeader`].
+    /// See [`coordinator::RequestError::NotLeader`].
     #[derive(Clone, PartialEq, Eq, prost::Message)]
     pub struct NotLeader {
         /// The group.
@@ -99,7 +99,7 @@ pub mod failure {
         pub leader: Option<u64>,
     }
 
-    /// See [`coordinator::ProposeError::StaleRouting`].
+    /// See [`coordinator::RequestError::StaleRouting`].
     #[derive(Clone, PartialEq, Eq, prost::Message)]
     pub struct StaleRouting {
         /// The vShard the request was routed by.
@@ -113,7 +113,7 @@ pub mod failure {
         pub table_version: u64,
     }
 
-    /// See [`coordinator::ProposeError::Refused`].
+    /// See [`coordinator::RequestError::Refused`].
     #[derive(Clone, PartialEq, Eq, prost::Message)]
     pub struct Refused {
         /// The group.
@@ -188,7 +188,7 @@ pub mod failure {
 pub enum RemoteError {
     /// The node's coordinator refused or lost the request, exactly as in process.
     #[error(transparent)]
-    Propose(ProposeError),
+    Propose(RequestError),
     /// The caller's certificate does not allow the operation: it did not take effect. Use a
     /// client certificate issued with `--role admin`.
     #[error("{caller} may not {operation}: {reason}; it did not take effect")]
@@ -217,14 +217,14 @@ impl RemoteError {
         matches!(
             self,
             RemoteError::Propose(
-                ProposeError::Timeout { .. } | ProposeError::OutcomeUnknown { .. }
+                RequestError::Timeout { .. } | RequestError::OutcomeUnknown { .. }
             )
         )
     }
 
     /// The coordinator's error it carries, if that is what it is.
     #[must_use]
-    pub fn propose_error(&self) -> Option<&ProposeError> {
+    pub fn propose_error(&self) -> Option<&RequestError> {
         match self {
             RemoteError::Propose(e) => Some(e),
             _ => None,
@@ -232,8 +232,8 @@ impl RemoteError {
     }
 }
 
-impl From<ProposeError> for RemoteError {
-    fn from(e: ProposeError) -> Self {
+impl From<RequestError> for RemoteError {
+    fn from(e: RequestError) -> Self {
         RemoteError::Propose(e)
     }
 }
@@ -247,15 +247,15 @@ impl Failure {
         let group = |g: &GroupId| failure::Group { group: g.get() };
         let kind = match error {
             RemoteError::Propose(e) => match e {
-                ProposeError::NotLeader { group, leader } => Kind::NotLeader(failure::NotLeader {
+                RequestError::NotLeader { group, leader } => Kind::NotLeader(failure::NotLeader {
                     group: group.get(),
                     leader: leader.map(NodeId::get),
                 }),
-                ProposeError::GroupNotFound { group: g } => Kind::GroupNotFound(group(g)),
-                ProposeError::ProposalDropped { group: g } => Kind::ProposalDropped(group(g)),
-                ProposeError::Timeout { group: g } => Kind::Timeout(group(g)),
-                ProposeError::OutcomeUnknown { group: g } => Kind::OutcomeUnknown(group(g)),
-                ProposeError::StaleRouting {
+                RequestError::GroupNotFound { group: g } => Kind::GroupNotFound(group(g)),
+                RequestError::ProposalDropped { group: g } => Kind::ProposalDropped(group(g)),
+                RequestError::Timeout { group: g } => Kind::Timeout(group(g)),
+                RequestError::OutcomeUnknown { group: g } => Kind::OutcomeUnknown(group(g)),
+                RequestError::StaleRouting {
                     vshard,
                     group,
                     table_version,
@@ -264,11 +264,11 @@ impl Failure {
                     group: group.get(),
                     table_version: *table_version,
                 }),
-                ProposeError::Refused { group, reason } => Kind::Refused(failure::Refused {
+                RequestError::Refused { group, reason } => Kind::Refused(failure::Refused {
                     group: group.get(),
                     reason: reason.clone(),
                 }),
-                ProposeError::ShuttingDown => Kind::ShuttingDown(crate::proto::Empty {}),
+                RequestError::ShuttingDown => Kind::ShuttingDown(crate::proto::Empty {}),
             },
             RemoteError::Forbidden {
                 caller,
@@ -308,32 +308,32 @@ impl Failure {
             };
         };
         let propose = match kind {
-            Kind::NotLeader(n) => ProposeError::NotLeader {
+            Kind::NotLeader(n) => RequestError::NotLeader {
                 group: GroupId(n.group),
                 leader: n.leader.map(NodeId),
             },
-            Kind::GroupNotFound(g) => ProposeError::GroupNotFound {
+            Kind::GroupNotFound(g) => RequestError::GroupNotFound {
                 group: GroupId(g.group),
             },
-            Kind::ProposalDropped(g) => ProposeError::ProposalDropped {
+            Kind::ProposalDropped(g) => RequestError::ProposalDropped {
                 group: GroupId(g.group),
             },
-            Kind::Timeout(g) => ProposeError::Timeout {
+            Kind::Timeout(g) => RequestError::Timeout {
                 group: GroupId(g.group),
             },
-            Kind::OutcomeUnknown(g) => ProposeError::OutcomeUnknown {
+            Kind::OutcomeUnknown(g) => RequestError::OutcomeUnknown {
                 group: GroupId(g.group),
             },
-            Kind::StaleRouting(s) => ProposeError::StaleRouting {
+            Kind::StaleRouting(s) => RequestError::StaleRouting {
                 vshard: VShardId(s.vshard),
                 group: GroupId(s.group),
                 table_version: s.table_version,
             },
-            Kind::Refused(r) => ProposeError::Refused {
+            Kind::Refused(r) => RequestError::Refused {
                 group: GroupId(r.group),
                 reason: r.reason.clone(),
             },
-            Kind::ShuttingDown(_) => ProposeError::ShuttingDown,
+            Kind::ShuttingDown(_) => RequestError::ShuttingDown,
             Kind::Forbidden(f) => {
                 return RemoteError::Forbidden {
                     caller: f.caller.clone(),
@@ -451,28 +451,28 @@ mod tests {
     fn every_error() -> Vec<RemoteError> {
         let group = GroupId(7);
         let mut all: Vec<RemoteError> = [
-            ProposeError::NotLeader {
+            RequestError::NotLeader {
                 group,
                 leader: Some(NodeId(3)),
             },
-            ProposeError::NotLeader {
+            RequestError::NotLeader {
                 group,
                 leader: None,
             },
-            ProposeError::GroupNotFound { group },
-            ProposeError::ProposalDropped { group },
-            ProposeError::Timeout { group },
-            ProposeError::OutcomeUnknown { group },
-            ProposeError::StaleRouting {
+            RequestError::GroupNotFound { group },
+            RequestError::ProposalDropped { group },
+            RequestError::Timeout { group },
+            RequestError::OutcomeUnknown { group },
+            RequestError::StaleRouting {
                 vshard: VShardId(12),
                 group,
                 table_version: 9,
             },
-            ProposeError::Refused {
+            RequestError::Refused {
                 group,
                 reason: "version 4 expected, table is at 5".into(),
             },
-            ProposeError::ShuttingDown,
+            RequestError::ShuttingDown,
         ]
         .into_iter()
         .map(RemoteError::Propose)
@@ -504,7 +504,7 @@ mod tests {
             let unknown = matches!(
                 error,
                 RemoteError::Propose(
-                    ProposeError::Timeout { .. } | ProposeError::OutcomeUnknown { .. }
+                    RequestError::Timeout { .. } | RequestError::OutcomeUnknown { .. }
                 )
             );
             assert_eq!(error.may_have_taken_effect(), unknown, "{error}");

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use coordinator::local::LocalCluster;
+use coordinator::testkit::local::LocalCluster;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pontoon_benches::harness::{self, BenchConfig, CountingStateMachine};
 use tokio::runtime::Runtime;

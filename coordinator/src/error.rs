@@ -1,14 +1,18 @@
-//! Errors of the coordinator: one enum for what a caller's request can hit ([`ProposeError`]),
+//! Errors of the coordinator: one enum for what a caller's request can hit ([`RequestError`]),
 //! one for what stops the coordinator itself ([`CoordinatorError`]).
 
 use routing::{GroupId, NodeId, VShardId};
 
 use crate::conf_change::ConfChangeDecodeError;
 use crate::config::ConfigError;
+use crate::state_machine::StateMachineError;
 
-/// Why a proposal, read or leadership request did not complete.
+/// Why a request to a node (a proposal, a read barrier, a membership change, a vShard export,
+/// a leader transfer, a status query) did not complete. Each variant says whether the request
+/// took effect: "did not take effect" is safe to retry anywhere, "outcome unknown" only for an
+/// idempotent command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProposeError {
+pub enum RequestError {
     /// This node does not lead the group: retry on `leader` when it is known, else after an
     /// election timeout.
     #[error("this node is not the leader of {group}; leader: {}", leader.map_or("unknown".to_string(), |l| l.to_string()))]
@@ -66,7 +70,8 @@ pub enum ProposeError {
     },
     /// The request was refused and did not take effect: a routing change computed against
     /// another table version, or a state machine that cannot export a vShard. `reason` says
-    /// which; re-read the state and retry.
+    /// which; re-read the state and retry. A text, not a typed source: this error is cloned
+    /// to callers and crosses the client protocol, which carries the reason as text.
     #[error("{group} refused the request: {reason}")]
     Refused {
         /// The group.
@@ -139,13 +144,16 @@ pub enum CoordinatorError {
         cycle: u64,
     },
     /// The state machine failed; the node stops rather than diverge from its peers.
-    #[error("state machine failed on {group}: {message}")]
+    #[error("state machine failed on {group}: {source}")]
     StateMachine {
         /// The group.
         group: GroupId,
         /// What it said.
-        message: String,
+        source: StateMachineError,
     },
+    /// A routing table could not be built or read (a simulation's bad shape).
+    #[error("bad routing table: {0}")]
+    Routing(#[from] routing::RoutingError),
     /// A group was created while a cycle's batch was not yet durable (a driver bug): create
     /// groups between cycles.
     #[error(

@@ -1,8 +1,32 @@
 //! The coordinator: every raft group of a node, driven as one.
 //!
-//! [`MultiRaft`] is the sans-IO core (no sockets, clocks or threads). [`Node`] is its tokio
-//! driver and the API a database calls. If you know raft-rs's `five_mem_node` example, you
-//! know the cycle; here it is batched over every group of the node:
+//! A database hands this crate its [`StateMachine`] and calls a [`Node`]. The data flows
+//! one way through four layers:
+//!
+//! - **The handle** ([`Node`]): `propose`, `read_key`, membership and vShard calls. Each one
+//!   routes by the node's [`routing::RoutingTable`] to a group and becomes a command for the
+//!   driver task, then waits for its answer.
+//! - **The driver** (the `node` module): one tokio task that owns the core, the state
+//!   machine and the requests in flight. It feeds the core ticks, peer messages (through the
+//!   [`transport::Transport`] trait) and requests, persists each cycle's batch on a persister
+//!   thread (one fsync for all groups), sends, applies, and answers callers.
+//! - **The core** ([`MultiRaft`]): sans-IO, no sockets, clocks or threads. One raft-rs
+//!   `RawNode` per group, batched into one `Ready` cycle for all of them, with coalesced
+//!   heartbeats and quiescence.
+//! - **The system layer** (`replicated`): what every replica applies besides the database's
+//!   commands: the meta group's routing table and each group's vShard fences, so vShard
+//!   moves are linearizable. [`reshape`] plans cluster changes on top of it.
+//!
+//! Test and benchmark machinery (a deterministic simulation, a linearizability checker, an
+//! in-process cluster) lives in `testkit`, behind the `test-util` feature.
+//!
+//! Poisoned locks follow one rule everywhere: recover the data and go on (every writer
+//! updates its value in one step, so a panicking thread cannot leave it half-written).
+//!
+//! # The cycle
+//!
+//! If you know raft-rs's `five_mem_node` example, you know the cycle; here it is batched over
+//! every group of the node:
 //!
 //! 1. **Inputs.** [`MultiRaft::tick`] every tick interval; [`MultiRaft::step`] for what peers
 //!    send (coalesced heartbeats are expanded back into per-group messages);
@@ -44,12 +68,12 @@
 //! # Ok(()) }
 //! ```
 #![warn(missing_docs)]
+#![warn(unreachable_pub)]
 
 mod conf_change;
 mod config;
 mod error;
-pub mod linearizability;
-pub mod local;
+mod lock;
 mod logging;
 mod multiraft;
 mod node;
@@ -57,16 +81,16 @@ mod outbox;
 mod proposal_batch;
 mod replicated;
 pub mod reshape;
-pub mod sim;
 mod state_machine;
+#[cfg(feature = "test-util")]
+pub mod testkit;
 
 pub use conf_change::ConfChangeDecodeError;
 pub use config::{ConfigError, RaftConfig};
-pub use error::{CoordinatorError, ProposeError};
+pub use error::{CoordinatorError, RequestError};
 pub use multiraft::{
     Apply, CoordinatorStats, Cycle, CycleId, CycleOutput, Event, GroupStatus, MultiRaft, Role,
     Token,
 };
-pub use node::{KeyRead, META_VOTERS, Node, NodeConfig, NodeError, NodeStatus};
-pub use replicated::{Fences, Replicated, Reply};
+pub use node::{KeyRead, Node, NodeConfig, NodeError, NodeStatus};
 pub use state_machine::{StateMachine, StateMachineError, VShardScope};

@@ -13,11 +13,12 @@
 //! snapshot is the encoded table, so a node that was away catches up like any raft replica.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, RwLock};
 
 use prost::Message as _;
 use routing::{GroupId, META_GROUP, RoutingChange, RoutingTable, VShardId};
 
+use crate::lock;
 use crate::state_machine::{StateMachine, StateMachineError, VShardScope};
 
 /// One command of a group's log.
@@ -40,6 +41,28 @@ pub(crate) enum Frame {
     Purge { vshard: VShardId },
     /// A routing-table change (meta group only), encoded by [`RoutingChange::encode`].
     Routing(Vec<u8>),
+}
+
+/// A vShard step proposed to a group's leader.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VShardStep {
+    /// Fence the vShard in the group (it leaves).
+    Release,
+    /// Serve the vShard, importing its data (`None`: take back a released vShard).
+    Acquire(Option<Vec<u8>>),
+    /// Drop the released vShard's data.
+    Purge,
+}
+
+impl VShardStep {
+    /// The log entry that makes this step.
+    pub(crate) fn frame(self, vshard: VShardId) -> Frame {
+        match self {
+            Self::Release => Frame::Release { vshard },
+            Self::Acquire(data) => Frame::Acquire { vshard, data },
+            Self::Purge => Frame::Purge { vshard },
+        }
+    }
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -128,9 +151,10 @@ impl Frame {
     }
 }
 
-/// What a proposer gets back for one framed command.
+/// What a proposer gets back for one framed command. Never leaves the process: the driver
+/// turns it into the caller's result.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Reply {
+pub(crate) enum Reply {
     /// Applied; the state machine's response (for a routing change: the new table, encoded).
     Applied(Vec<u8>),
     /// Not applied: the vShard is not (or no longer) served by this group. Retry on a newer
@@ -139,44 +163,6 @@ pub enum Reply {
     /// Not applied: the command was refused (a routing change against another version, a
     /// command that is not framed). The text says why.
     Refused(String),
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct ReplyMsg {
-    #[prost(oneof = "ReplyKind", tags = "1, 2, 3")]
-    kind: Option<ReplyKind>,
-}
-
-#[derive(Clone, PartialEq, prost::Oneof)]
-enum ReplyKind {
-    #[prost(bytes = "vec", tag = "1")]
-    Applied(Vec<u8>),
-    #[prost(uint32, tag = "2")]
-    Stale(u32),
-    #[prost(string, tag = "3")]
-    Refused(String),
-}
-
-impl Reply {
-    fn encode(self) -> Vec<u8> {
-        let kind = match self {
-            Self::Applied(bytes) => ReplyKind::Applied(bytes),
-            Self::StaleRouting(v) => ReplyKind::Stale(v.get()),
-            Self::Refused(why) => ReplyKind::Refused(why),
-        };
-        ReplyMsg { kind: Some(kind) }.encode_to_vec()
-    }
-
-    /// Reads what a replica's apply returned (bytes produced by this crate on this node).
-    #[must_use]
-    pub fn decode(bytes: &[u8]) -> Self {
-        match ReplyMsg::decode(bytes).ok().and_then(|m| m.kind) {
-            Some(ReplyKind::Applied(b)) => Self::Applied(b),
-            Some(ReplyKind::Stale(v)) => Self::StaleRouting(VShardId(v)),
-            Some(ReplyKind::Refused(why)) => Self::Refused(why),
-            None => Self::Refused("unreadable reply".into()),
-        }
-    }
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -190,7 +176,7 @@ struct SnapshotMsg {
 /// The database's [`StateMachine`] plus what Pontoon itself replicates: the routing table (in
 /// the meta group) and the vShard fences of every group. A [`crate::Node`] wraps the state
 /// machine it is given in one; a simulation does the same.
-pub struct Replicated<S> {
+pub(crate) struct Replicated<S> {
     inner: S,
     /// The table the cluster was bootstrapped with: the meta group's state at its index 1.
     initial: RoutingTable,
@@ -201,25 +187,25 @@ pub struct Replicated<S> {
 
 /// The vShards each group has released, shared with readers (see [`Fences::serves`]).
 #[derive(Clone, Debug, Default)]
-pub struct Fences(Arc<RwLock<BTreeMap<GroupId, BTreeSet<VShardId>>>>);
+pub(crate) struct Fences(Arc<RwLock<BTreeMap<GroupId, BTreeSet<VShardId>>>>);
 
 impl Fences {
     /// Whether this node's replica of `group` still serves `vshard` (it has not applied a
     /// release of it, or has taken it back since). A read served from a replica must check
     /// this after reading: a released vShard's data there is frozen and may be dropped.
-    pub fn serves(&self, group: GroupId, vshard: VShardId) -> bool {
-        let fences = self.0.read().unwrap_or_else(PoisonError::into_inner);
+    pub(crate) fn serves(&self, group: GroupId, vshard: VShardId) -> bool {
+        let fences = lock::read(&self.0);
         !fences.get(&group).is_some_and(|f| f.contains(&vshard))
     }
 
     fn update<R>(&self, f: impl FnOnce(&mut BTreeMap<GroupId, BTreeSet<VShardId>>) -> R) -> R {
-        f(&mut self.0.write().unwrap_or_else(PoisonError::into_inner))
+        f(&mut lock::write(&self.0))
     }
 }
 
 impl<S: StateMachine> Replicated<S> {
     /// Wraps `inner`; `initial` is the table the cluster was bootstrapped with.
-    pub fn new(inner: S, initial: RoutingTable) -> Self {
+    pub(crate) fn new(inner: S, initial: RoutingTable) -> Self {
         Self {
             inner,
             table: initial.clone(),
@@ -230,32 +216,28 @@ impl<S: StateMachine> Replicated<S> {
     }
 
     /// A handle on the fences, for readers on other threads.
-    pub fn fences(&self) -> Fences {
+    pub(crate) fn fences(&self) -> Fences {
         self.fences.clone()
     }
 
     /// The database's state machine.
-    pub fn inner(&self) -> &S {
+    #[cfg(feature = "test-util")]
+    pub(crate) fn inner(&self) -> &S {
         &self.inner
     }
 
-    /// The database's state machine, mutably (vShard export).
-    pub fn inner_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
     /// The routing table as the meta group has applied it on this node.
-    pub fn table(&self) -> &RoutingTable {
+    pub(crate) fn table(&self) -> &RoutingTable {
         &self.table
     }
 
     /// The table, if it changed since the last call.
-    pub fn take_table_change(&mut self) -> Option<RoutingTable> {
+    pub(crate) fn take_table_change(&mut self) -> Option<RoutingTable> {
         std::mem::take(&mut self.table_changed).then(|| self.table.clone())
     }
 
     /// Whether `group` refuses commands for `vshard` (released and not taken back).
-    pub fn is_fenced(&self, group: GroupId, vshard: VShardId) -> bool {
+    pub(crate) fn is_fenced(&self, group: GroupId, vshard: VShardId) -> bool {
         !self.fences.serves(group, vshard)
     }
 
@@ -263,7 +245,7 @@ impl<S: StateMachine> Replicated<S> {
     ///
     /// # Errors
     /// The state machine's.
-    pub fn export_vshard(
+    pub(crate) fn export_vshard(
         &mut self,
         group: GroupId,
         vshard: VShardId,
@@ -342,24 +324,32 @@ impl<S: StateMachine> Replicated<S> {
     }
 }
 
-impl<S: StateMachine> StateMachine for Replicated<S> {
-    fn apply(
+impl<S: StateMachine> Replicated<S> {
+    /// Applies one committed command of `group`: a system command here, a user command by the
+    /// database's state machine unless its vShard is fenced.
+    ///
+    /// # Errors
+    /// The database's state machine failed.
+    pub(crate) fn apply(
         &mut self,
         group: GroupId,
         index: u64,
         command: &[u8],
-    ) -> Result<Vec<u8>, StateMachineError> {
+    ) -> Result<Reply, StateMachineError> {
         if group == META_GROUP {
-            return Ok(self.apply_meta(command).encode());
+            return Ok(self.apply_meta(command));
         }
-        let reply = match Frame::decode(command) {
-            Some(frame) => self.apply_frame(group, index, frame)?,
-            None => Reply::Refused("not a framed command".into()),
-        };
-        Ok(reply.encode())
+        match Frame::decode(command) {
+            Some(frame) => self.apply_frame(group, index, frame),
+            None => Ok(Reply::Refused("not a framed command".into())),
+        }
     }
 
-    fn snapshot(&mut self, group: GroupId) -> Result<Vec<u8>, StateMachineError> {
+    /// `group`'s snapshot: the database's, with the group's fences (the meta group: the table).
+    ///
+    /// # Errors
+    /// The database's state machine failed.
+    pub(crate) fn snapshot(&mut self, group: GroupId) -> Result<Vec<u8>, StateMachineError> {
         if group == META_GROUP {
             return Ok(self.table.encode());
         }
@@ -375,7 +365,15 @@ impl<S: StateMachine> StateMachine for Replicated<S> {
         .encode_to_vec())
     }
 
-    fn restore(&mut self, group: GroupId, snapshot: &[u8]) -> Result<(), StateMachineError> {
+    /// Replaces `group`'s state with `snapshot` (from a peer: malformed bytes are an error).
+    ///
+    /// # Errors
+    /// A malformed snapshot, or the database's state machine failed.
+    pub(crate) fn restore(
+        &mut self,
+        group: GroupId,
+        snapshot: &[u8],
+    ) -> Result<(), StateMachineError> {
         if group == META_GROUP {
             let table = if snapshot.is_empty() {
                 self.initial.clone()
@@ -451,7 +449,7 @@ mod tests {
     }
 
     fn apply(r: &mut Replicated<Log>, group: u64, frame: &Frame) -> Reply {
-        Reply::decode(&r.apply(GroupId(group), 5, &frame.encode()).unwrap())
+        r.apply(GroupId(group), 5, &frame.encode()).unwrap()
     }
 
     #[test]
@@ -539,9 +537,9 @@ mod tests {
     fn unframed_or_garbage_commands_are_refused_not_applied() {
         let mut r = replicated();
         for bytes in [&b"\xff\xff\xff"[..], b"", b"\x0a"] {
-            let reply = Reply::decode(&r.apply(GroupId(1), 1, bytes).unwrap());
+            let reply = r.apply(GroupId(1), 1, bytes).unwrap();
             assert!(matches!(reply, Reply::Refused(_)), "{bytes:?} -> {reply:?}");
-            let meta = Reply::decode(&r.apply(META_GROUP, 1, bytes).unwrap());
+            let meta = r.apply(META_GROUP, 1, bytes).unwrap();
             assert!(matches!(meta, Reply::Refused(_)));
         }
         assert!(r.inner().applied.is_empty());

@@ -4,7 +4,7 @@
 //! history is sequential).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
 
-use pontoon_coordinator::linearizability::{
+use pontoon_coordinator::testkit::linearizability::{
     CheckError, OpKind, OpResult, Operation, Outcome, Value, check,
 };
 use proptest::prelude::*;

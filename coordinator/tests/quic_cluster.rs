@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use common::SharedKv;
-use pontoon_coordinator::local::LocalCluster;
+use pontoon_coordinator::testkit::local::LocalCluster;
 use routing::{NodeId, RoutingTable};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

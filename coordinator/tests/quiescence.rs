@@ -6,7 +6,7 @@
 mod common;
 
 use common::{Kv, Workload, assert_acked_everywhere, assert_replicas_agree, elect_all, groups};
-use pontoon_coordinator::sim::{SimCluster, SimConfig};
+use pontoon_coordinator::testkit::sim::{SimCluster, SimConfig};
 use pontoon_coordinator::{RaftConfig, Role};
 use routing::NodeId;
 

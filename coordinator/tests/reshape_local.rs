@@ -1,6 +1,7 @@
 //! Reshaping a real cluster (QUIC + mutual TLS, in one process) while clients write: grow 3
 //! nodes to 4, move a vShard to another group, balance leaders, shrink back to 3. Every
-//! acknowledged write must be on every replica of its key's current group at the end.
+//! acknowledged write must be on every replica of its key's current group at the end, and
+//! writes keep being acknowledged after every step.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
 
 mod common;
@@ -11,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::SharedKv;
-use pontoon_coordinator::ProposeError;
-use pontoon_coordinator::local::LocalCluster;
+use pontoon_coordinator::RequestError;
+use pontoon_coordinator::testkit::local::LocalCluster;
 use routing::{META_GROUP, NodeId, RoutingTable, VShardId};
 
 type Machines = Arc<Mutex<BTreeMap<NodeId, SharedKv>>>;
@@ -48,6 +49,8 @@ async fn start(dir: &std::path::Path, machines: Machines) -> Arc<LocalCluster<Sh
 struct Load {
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<BTreeMap<String, String>>>,
+    /// Acknowledged writes so far (every one, not per key).
+    acks: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
     handles: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -56,10 +59,16 @@ fn load(cluster: &Arc<LocalCluster<SharedKv>>, writers: usize) -> Load {
     let stop = Arc::new(AtomicBool::new(false));
     let acked: Arc<Mutex<BTreeMap<String, String>>> = Default::default();
     let failed = Arc::new(AtomicU64::new(0));
+    let acks = Arc::new(AtomicU64::new(0));
     let handles = (0..writers)
         .map(|w| {
-            let (cluster, stop, acked, failed) =
-                (cluster.clone(), stop.clone(), acked.clone(), failed.clone());
+            let (cluster, stop, acked, failed, acks) = (
+                cluster.clone(),
+                stop.clone(),
+                acked.clone(),
+                failed.clone(),
+                acks.clone(),
+            );
             tokio::spawn(async move {
                 let mut seq = 0u64;
                 while !stop.load(Ordering::Relaxed) {
@@ -74,6 +83,7 @@ fn load(cluster: &Arc<LocalCluster<SharedKv>>, writers: usize) -> Load {
                         // nothing lost, nothing applied twice.
                         Ok(_) => {
                             acked.lock().unwrap().insert(key, value);
+                            acks.fetch_add(1, Ordering::Relaxed);
                         }
                         Err(_) => {
                             failed.fetch_add(1, Ordering::Relaxed);
@@ -87,12 +97,29 @@ fn load(cluster: &Arc<LocalCluster<SharedKv>>, writers: usize) -> Load {
     Load {
         stop,
         acked,
+        acks,
         failed,
         handles,
     }
 }
 
 impl Load {
+    /// Waits until `more` writes beyond those acknowledged so far are acknowledged, failing
+    /// the test when they do not come within a generous deadline: the cluster must keep
+    /// serving writes after `step`.
+    async fn keeps_acknowledging(&self, more: u64, step: &str) {
+        let target = self.acks.load(Ordering::Relaxed) + more;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while self.acks.load(Ordering::Relaxed) < target {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "writes stopped being acknowledged after {step}: {} of {target}",
+                self.acks.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     async fn finish(self) -> (BTreeMap<String, String>, u64) {
         self.stop.store(true, Ordering::Relaxed);
         for h in self.handles {
@@ -145,7 +172,7 @@ async fn grow_move_a_vshard_balance_and_shrink_under_load() {
     let machines: Machines = Default::default();
     let cluster = start(dir.path(), machines.clone()).await;
     let writers = load(&cluster, 8);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    writers.keeps_acknowledging(50, "start").await;
 
     // Grow: node 4 joins empty, then takes its share of replicas.
     let addr = cluster.join_node(NodeId(4)).await.unwrap();
@@ -169,6 +196,7 @@ async fn grow_move_a_vshard_balance_and_shrink_under_load() {
         .await
         .unwrap();
     assert!(meta.is_some(), "node 4 follows the meta group");
+    writers.keeps_acknowledging(50, "adding node 4").await;
 
     // Move a vShard whose keys are being written to another group.
     let vshard: VShardId = table.vshard_of_key(b"w0-0");
@@ -184,8 +212,10 @@ async fn grow_move_a_vshard_balance_and_shrink_under_load() {
     let moved = node2.routing();
     assert_eq!(moved.group_of_vshard(vshard).unwrap(), to);
     assert_eq!(moved.version(), table.version() + 1);
+    writers.keeps_acknowledging(50, "moving a vShard").await;
 
     cluster.reshaper(500).balance_leaders().await.unwrap();
+    writers.keeps_acknowledging(50, "balancing leaders").await;
 
     // Shrink: node 1 hands everything over and leaves.
     let report = cluster.reshaper(500).remove_node(NodeId(1)).await.unwrap();
@@ -194,14 +224,9 @@ async fn grow_move_a_vshard_balance_and_shrink_under_load() {
     assert!(!table.is_member(NodeId(1)));
     assert!(table.groups_on_node(NodeId(1)).is_empty());
     cluster.forget_node(NodeId(1)).await;
+    writers.keeps_acknowledging(50, "removing node 1").await;
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let (acked, failed) = writers.finish().await;
-    assert!(
-        acked.len() >= 100,
-        "writes kept flowing: {} keys",
-        acked.len()
-    );
     eprintln!(
         "acknowledged keys {}, failed proposals {failed}",
         acked.len()
@@ -234,7 +259,7 @@ async fn stale_routing_is_refused_and_retried_on_the_new_table() {
     .await
     .unwrap();
     assert!(
-        matches!(stale, Err(ProposeError::StaleRouting { vshard: v, group, .. }) if v == vshard && group == from),
+        matches!(stale, Err(RequestError::StaleRouting { vshard: v, group, .. }) if v == vshard && group == from),
         "{stale:?}"
     );
     // Taking it back makes it serve again; the refused write never took effect.

@@ -9,7 +9,7 @@ use common::{
     Kv, Workload, assert_acked_everywhere, assert_replicas_agree, elect_all, groups, missing_acked,
 };
 use pontoon_coordinator::RaftConfig;
-use pontoon_coordinator::sim::{SimCluster, SimConfig};
+use pontoon_coordinator::testkit::sim::{SimCluster, SimConfig};
 use routing::{GroupId, NodeId};
 
 fn cluster(dir: &std::path::Path, groups: u64, seed: u64, raft: RaftConfig) -> SimCluster<Kv> {

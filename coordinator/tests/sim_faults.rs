@@ -14,9 +14,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use pontoon_coordinator::linearizability::{self, OpKind, OpResult, Operation};
-use pontoon_coordinator::sim::{SimCluster, SimConfig};
-use pontoon_coordinator::{ProposeError, RaftConfig, StateMachine, StateMachineError};
+use pontoon_coordinator::testkit::linearizability::{self, OpKind, OpResult, Operation};
+use pontoon_coordinator::testkit::sim::{SimCluster, SimConfig};
+use pontoon_coordinator::{RaftConfig, RequestError, StateMachine, StateMachineError};
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 use routing::{GroupId, NodeId};
 use transport::mem::FaultConfig;
@@ -492,7 +492,7 @@ impl Run {
                         result: OpResult::Read(value),
                     }
                 }
-                (Err(ProposeError::ProposalDropped { .. }), _) => Status::Dropped,
+                (Err(RequestError::ProposalDropped { .. }), _) => Status::Dropped,
                 (Err(e), _) => {
                     return Err(format!("unexpected completion {e} for op {}", rec.op));
                 }
@@ -1015,7 +1015,12 @@ impl Run {
             .cluster
             .violations()
             .iter()
-            .filter(|v| matches!(v, pontoon_coordinator::sim::Violation::NodePanicked { .. }))
+            .filter(|v| {
+                matches!(
+                    v,
+                    pontoon_coordinator::testkit::sim::Violation::NodePanicked { .. }
+                )
+            })
             .count() as u64;
         Report {
             scenario: self.scenario,

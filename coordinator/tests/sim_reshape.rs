@@ -17,11 +17,11 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-use pontoon_coordinator::linearizability::{OpKind, OpResult, Operation, check};
 use pontoon_coordinator::reshape::{ReshapeError, Reshaper};
-use pontoon_coordinator::sim::{SimCluster, SimConfig, SimControl};
+use pontoon_coordinator::testkit::linearizability::{OpKind, OpResult, Operation, check};
+use pontoon_coordinator::testkit::sim::{SimCluster, SimConfig, SimControl};
 use pontoon_coordinator::{
-    ProposeError, RaftConfig, Role, StateMachine, StateMachineError, VShardScope,
+    RaftConfig, RequestError, Role, StateMachine, StateMachineError, VShardScope,
 };
 use routing::{GroupId, META_GROUP, NodeId, VShardId};
 use transport::mem::FaultConfig;
@@ -327,11 +327,11 @@ impl Run {
                     OpResult::Read(value)
                 }
                 // Refused by a fence or dropped: it did not take effect.
-                (Err(ProposeError::StaleRouting { .. }), _) => {
+                (Err(RequestError::StaleRouting { .. }), _) => {
                     self.stale_refusals += 1;
                     continue;
                 }
-                (Err(ProposeError::ProposalDropped { .. }), _) => continue,
+                (Err(RequestError::ProposalDropped { .. }), _) => continue,
                 (Err(e), _) => panic!("seed {}: unexpected outcome {e}", self.seed),
             };
             self.history

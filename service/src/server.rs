@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use admin::wire::{ClientReply, ClientRequest, Failure, RemoteError, client_request};
 use admin::{AdminService, Caller};
-use coordinator::{Node, ProposeError};
+use coordinator::{Node, RequestError};
 use prost::Message as _;
 use routing::NodeId;
 
@@ -163,8 +163,8 @@ impl KvService {
     /// The failure for a key-value request's error: a group this node holds no replica of
     /// (the cluster changed shape) is a redirect to a node that holds one, which the client
     /// follows like any `NotLeader`.
-    fn kv_failure(&self, error: &ProposeError) -> Failure {
-        if let ProposeError::GroupNotFound { group } = error {
+    fn kv_failure(&self, error: &RequestError) -> Failure {
+        if let RequestError::GroupNotFound { group } = error {
             let table = self.node().routing();
             let replica = table
                 .leader_hint(*group)
@@ -173,7 +173,7 @@ impl KvService {
             if let Some(replica) = replica {
                 return self
                     .admin
-                    .failure(&RemoteError::Propose(ProposeError::NotLeader {
+                    .failure(&RemoteError::Propose(RequestError::NotLeader {
                         group: *group,
                         leader: Some(replica),
                     }));
@@ -199,7 +199,7 @@ impl KvService {
                     outcome: Some(kv_reply::Outcome::Value(kv_reply::Value { value })),
                 });
             }
-            last = Some(ProposeError::StaleRouting {
+            last = Some(RequestError::StaleRouting {
                 vshard: read.vshard,
                 group: read.group,
                 table_version: self.node().routing().version(),

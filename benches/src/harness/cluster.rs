@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use coordinator::local::{LoadStats, LocalCluster};
+use coordinator::testkit::local::{LoadStats, LocalCluster};
 use routing::{NodeId, RoutingTable};
 use storage::StoreOptions;
 

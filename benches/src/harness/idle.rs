@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use coordinator::RaftConfig;
-use coordinator::local::LocalCluster;
+use coordinator::testkit::local::LocalCluster;
 use routing::{GroupId, NodeId, RoutingTable};
 use serde::Serialize;
 

@@ -48,13 +48,13 @@ pub enum BenchError {
     Routing(#[from] routing::RoutingError),
     /// The local cluster did not start.
     #[error("local cluster: {0}")]
-    Cluster(#[from] coordinator::local::LocalClusterError),
+    Cluster(#[from] coordinator::testkit::local::LocalClusterError),
     /// Some group elected no leader in time.
     #[error("groups elected no leader within {0:?}")]
     NoLeaders(std::time::Duration),
     /// A node did not report its counters.
     #[error("node status: {0}")]
-    Status(#[from] coordinator::ProposeError),
+    Status(#[from] coordinator::RequestError),
     /// Not a single proposal was acknowledged, so no per-proposal figure exists.
     #[error("no proposal was acknowledged ({failed} failed)")]
     NothingAcknowledged {

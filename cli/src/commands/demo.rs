@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use pontoon::coordinator::local::{LoadStats, LocalCluster};
+use coordinator::testkit::local::{LoadStats, LocalCluster};
 use pontoon::{GroupId, NodeId, RoutingTable};
 use service::{KvCommand, KvStateMachine};
 

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use pontoon_coordinator::sim::{Completion, SimCluster};
+use pontoon_coordinator::testkit::sim::{Completion, SimCluster};
 use pontoon_coordinator::{StateMachine, StateMachineError, VShardScope};
 use routing::{GroupId, NodeId};
 

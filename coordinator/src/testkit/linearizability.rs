@@ -14,7 +14,7 @@
 //! else is the same as it never happening.
 //!
 //! ```
-//! use pontoon_coordinator::linearizability::{check, OpKind, OpResult, Operation};
+//! use pontoon_coordinator::testkit::linearizability::{check, OpKind, OpResult, Operation};
 //!
 //! let history = vec![
 //!     Operation::returned(1, OpKind::Put(7), 0, 2, OpResult::Written),

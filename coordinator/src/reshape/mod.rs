@@ -12,127 +12,23 @@
 //! be re-run to finish; steps that fail before a change is committed are rolled back.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 
-use raft::eraftpb::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2};
+use raft::eraftpb::{ConfChangeType, ConfChangeV2};
 use routing::{GroupId, META_GROUP, NodeId, RoutingChange, RoutingError, RoutingTable, VShardId};
 
-use crate::error::ProposeError;
+use crate::error::RequestError;
 use crate::multiraft::{GroupStatus, Role};
-use crate::node::META_VOTERS;
+use crate::node::placement::META_VOTERS;
 
-/// A vShard step proposed to a group's leader.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum VShardStep {
-    /// Fence the vShard in the group (it leaves).
-    Release,
-    /// Serve the vShard, importing its data (`None`: take back a released vShard).
-    Acquire(Option<Vec<u8>>),
-    /// Drop the released vShard's data.
-    Purge,
-}
+mod balance;
+mod control;
+mod node_set;
 
-impl VShardStep {
-    /// The log entry that makes this step.
-    pub(crate) fn frame(self, vshard: VShardId) -> crate::replicated::Frame {
-        use crate::replicated::Frame;
-        match self {
-            Self::Release => Frame::Release { vshard },
-            Self::Acquire(data) => Frame::Acquire { vshard, data },
-            Self::Purge => Frame::Purge { vshard },
-        }
-    }
-}
-
-/// The primitives a reshaping plan needs. Every method talks to one node; the plan finds the
-/// right node itself (the leader of a group, a node that holds a replica).
-pub trait ClusterControl {
-    /// The routing table as `node` has applied it (`None`: the node is unreachable).
-    fn table(&self, node: NodeId) -> impl Future<Output = Option<RoutingTable>>;
-    /// Proposes a routing change on `node` (the meta group's leader).
-    fn change_routing(
-        &self,
-        node: NodeId,
-        change: RoutingChange,
-        expected_version: u64,
-    ) -> impl Future<Output = Result<RoutingTable, ProposeError>>;
-    /// `group` as `node` sees it (`None`: unreachable, or it holds no replica).
-    fn status(&self, node: NodeId, group: GroupId) -> impl Future<Output = Option<GroupStatus>>;
-    /// Proposes a membership change of `group` on `node` (its leader).
-    fn change_membership(
-        &self,
-        node: NodeId,
-        group: GroupId,
-        change: ConfChangeV2,
-    ) -> impl Future<Output = Result<(), ProposeError>>;
-    /// Asks `node`, leader of `group`, to hand leadership to `to`.
-    fn transfer_leader(
-        &self,
-        node: NodeId,
-        group: GroupId,
-        to: NodeId,
-    ) -> impl Future<Output = Result<(), ProposeError>>;
-    /// Proposes a vShard step to `group` on `node` (its leader).
-    fn vshard_step(
-        &self,
-        node: NodeId,
-        group: GroupId,
-        vshard: VShardId,
-        step: VShardStep,
-    ) -> impl Future<Output = Result<(), ProposeError>>;
-    /// Exports `vshard` from `node`'s replica of `group` after a read barrier.
-    fn export_vshard(
-        &self,
-        node: NodeId,
-        group: GroupId,
-        vshard: VShardId,
-    ) -> impl Future<Output = Result<Vec<u8>, ProposeError>>;
-    /// Waits a little before looking again (a tick in a simulation, tens of ms for real).
-    fn pause(&self) -> impl Future<Output = ()>;
-    /// Nodes to ask when looking for leaders, besides the table's members (a node being
-    /// added is not in every table yet).
-    fn contact_points(&self) -> Vec<NodeId>;
-}
-
-/// Why a reshaping operation stopped.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ReshapeError {
-    /// The request does not fit the cluster (unknown node, a node added twice, too few nodes
-    /// left for the replication factor, ...). Nothing was changed.
-    #[error("invalid request: {0}")]
-    Invalid(String),
-    /// The routing table refused a change.
-    #[error("routing change refused: {0}")]
-    Routing(#[from] RoutingError),
-    /// A step did not complete within the operation's patience; the cluster is in a valid
-    /// intermediate state and re-running the same operation finishes it.
-    #[error("{step} did not complete ({last}); re-run the operation to finish it")]
-    Stalled {
-        /// The step.
-        step: String,
-        /// The last error or state seen.
-        last: String,
-    },
-    /// A step failed and what it had done was undone; the cluster is as before the operation.
-    #[error("{step} failed ({cause}); rolled back")]
-    RolledBack {
-        /// The step.
-        step: String,
-        /// Why it failed.
-        cause: String,
-    },
-}
-
-/// What one operation did, for reports.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct ReshapeReport {
-    /// Replicas moved (group, from, to).
-    pub replicas_moved: Vec<(GroupId, NodeId, NodeId)>,
-    /// Leader transfers made (group, from, to).
-    pub leaders_moved: Vec<(GroupId, NodeId, NodeId)>,
-    /// The routing version at the end.
-    pub routing_version: u64,
-}
+pub use crate::replicated::VShardStep;
+use balance::{changes, next_move};
+pub use control::{ClusterControl, ReshapeError, ReshapeReport};
+use control::{rolled_back, stalled};
+pub use node_set::NodeSet;
 
 /// Runs reshaping plans over a [`ClusterControl`].
 pub struct Reshaper<C> {
@@ -707,7 +603,7 @@ impl<C: ClusterControl> Reshaper<C> {
                 .await
             {
                 Ok(()) => return Ok(()),
-                Err(ProposeError::Refused { reason, .. }) => {
+                Err(RequestError::Refused { reason, .. }) => {
                     return Err(ReshapeError::Invalid(reason));
                 }
                 Err(e) => last = e.to_string(),
@@ -724,7 +620,7 @@ impl<C: ClusterControl> Reshaper<C> {
             let node = leader.leader.unwrap_or(NodeId(0));
             match self.control.export_vshard(node, group, vshard).await {
                 Ok(data) => return Ok(data),
-                Err(ProposeError::Refused { reason, .. }) => {
+                Err(RequestError::Refused { reason, .. }) => {
                     return Err(ReshapeError::Invalid(reason));
                 }
                 Err(e) => last = e.to_string(),
@@ -732,139 +628,5 @@ impl<C: ClusterControl> Reshaper<C> {
             self.control.pause().await;
         }
         Err(stalled("exporting the vShard", last))
-    }
-}
-
-/// The next replica move that evens out replica counts: from the fullest member (or the
-/// draining node) to the emptiest member that lacks the group.
-fn next_move(table: &RoutingTable, draining: Option<NodeId>) -> Option<(GroupId, NodeId, NodeId)> {
-    let mut counts: BTreeMap<NodeId, usize> = table
-        .members()
-        .filter(|(n, _)| Some(*n) != draining)
-        .map(|(n, _)| (n, 0))
-        .collect();
-    for (_, p) in table.groups() {
-        for r in &p.replicas {
-            if let Some(c) = counts.get_mut(r) {
-                *c += 1;
-            }
-        }
-    }
-    let emptiest_lacking = |replicas: &[NodeId]| {
-        counts
-            .iter()
-            .filter(|(n, _)| !replicas.contains(n))
-            .min_by_key(|(n, c)| (**c, **n))
-            .map(|(n, c)| (*n, *c))
-    };
-    if let Some(d) = draining {
-        return table
-            .groups()
-            .filter(|(_, p)| p.replicas.contains(&d))
-            .find_map(|(g, p)| emptiest_lacking(&p.replicas).map(|(to, _)| (g, d, to)));
-    }
-    let (&fullest, &most) = counts
-        .iter()
-        .max_by_key(|(n, c)| (**c, std::cmp::Reverse(**n)))?;
-    table
-        .groups()
-        .filter(|(_, p)| p.replicas.contains(&fullest))
-        .filter_map(|(g, p)| emptiest_lacking(&p.replicas).map(|(to, c)| (g, to, c)))
-        .filter(|(_, _, c)| c + 1 < most)
-        .min_by_key(|(g, _, c)| (*c, *g))
-        .map(|(g, to, _)| (g, fullest, to))
-}
-
-fn changes(steps: &[(ConfChangeType, NodeId)]) -> ConfChangeV2 {
-    let mut change = ConfChangeV2::default();
-    for (kind, node) in steps {
-        let mut single = ConfChangeSingle::default();
-        single.set_change_type(*kind);
-        single.node_id = node.get();
-        change.mut_changes().push(single);
-    }
-    if steps.len() > 1 {
-        // Enter the joint configuration and let raft leave it on its own.
-        change.set_transition(ConfChangeTransition::Auto);
-    }
-    change
-}
-
-fn stalled(step: impl Into<String>, last: impl Into<String>) -> ReshapeError {
-    ReshapeError::Stalled {
-        step: step.into(),
-        last: last.into(),
-    }
-}
-
-fn rolled_back(step: &str, cause: &ReshapeError) -> ReshapeError {
-    ReshapeError::RolledBack {
-        step: step.into(),
-        cause: cause.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn table(nodes: u64, groups: u64) -> RoutingTable {
-        let ids: Vec<NodeId> = (1..=nodes).map(NodeId).collect();
-        RoutingTable::uniform(64, groups, &ids, 3).unwrap()
-    }
-
-    /// Plays `next_move` to its end on a table alone.
-    fn settle(mut t: RoutingTable, draining: Option<NodeId>) -> RoutingTable {
-        let mut moves = 0;
-        while let Some((g, from, to)) = next_move(&t, draining) {
-            let mut r: Vec<NodeId> = t.replicas(g).unwrap().to_vec();
-            r.retain(|n| *n != from);
-            r.push(to);
-            t.set_replicas(g, r).unwrap();
-            moves += 1;
-            assert!(moves < 1000, "next_move does not converge");
-        }
-        t
-    }
-
-    fn load(t: &RoutingTable) -> Vec<usize> {
-        t.members()
-            .map(|(n, _)| t.groups_on_node(n).len())
-            .collect()
-    }
-
-    #[test]
-    fn a_new_node_gets_an_even_share_and_a_drained_node_none() {
-        let mut t = table(3, 10);
-        t.add_member(NodeId(4), String::new()).unwrap();
-        t.add_member(NodeId(5), String::new()).unwrap();
-        let grown = settle(t, None);
-        let l = load(&grown);
-        assert!(
-            l.iter().max().unwrap() - l.iter().min().unwrap() <= 1,
-            "{l:?}"
-        );
-        assert_eq!(l.iter().sum::<usize>(), 30);
-        let shrunk = settle(grown, Some(NodeId(5)));
-        assert!(shrunk.groups_on_node(NodeId(5)).is_empty());
-        for (_, p) in shrunk.groups() {
-            assert_eq!(p.replicas.len(), 3);
-        }
-    }
-
-    #[test]
-    fn several_changes_make_a_joint_change_and_one_a_simple_change() {
-        let joint = changes(&[
-            (ConfChangeType::AddNode, NodeId(4)),
-            (ConfChangeType::RemoveNode, NodeId(1)),
-        ]);
-        assert_eq!(joint.get_transition(), ConfChangeTransition::Auto);
-        assert_eq!(joint.changes.len(), 2);
-        assert_eq!(
-            changes(&[(ConfChangeType::AddLearnerNode, NodeId(4))])
-                .changes
-                .len(),
-            1
-        );
     }
 }

@@ -6,13 +6,15 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use certs::NodeIdentity;
 use routing::{GroupId, NodeId, RoutingTable};
 
-use crate::{Node, NodeConfig, NodeError, ProposeError, StateMachine};
+use crate::lock;
+use crate::reshape::NodeSet;
+use crate::{Node, NodeConfig, NodeError, RequestError, StateMachine};
 
 /// Builds the [`NodeConfig`] of each node from its id, address and data directory.
 pub type ConfigFn = Box<dyn Fn(NodeConfig) -> NodeConfig + Send + Sync>;
@@ -63,29 +65,18 @@ impl LoadStats {
     fn record(&self, latency: Duration) {
         self.acknowledged.fetch_add(1, Ordering::Relaxed);
         let us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
-        self.latencies_us
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(us);
+        lock::mutex(&self.latencies_us).push(us);
     }
 
     /// The latency at quantile `q` (0.0..=1.0) of the proposals acknowledged so far, in µs.
     pub fn latency_us(&self, q: f64) -> u64 {
-        let mut all = self
-            .latencies_us
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let mut all = lock::mutex(&self.latencies_us).clone();
         quantile(&mut all, q)
     }
 
     /// Latencies at several quantiles at once (one sort).
     pub fn latencies_us(&self, qs: &[f64]) -> Vec<u64> {
-        let mut all = self
-            .latencies_us
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let mut all = lock::mutex(&self.latencies_us).clone();
         all.sort_unstable();
         qs.iter().map(|q| quantile(&mut all, *q)).collect()
     }
@@ -153,7 +144,7 @@ impl<S: StateMachine> LocalCluster<S> {
     }
 
     fn nodes(&self) -> MutexGuard<'_, BTreeMap<NodeId, Option<Node>>> {
-        lock(&self.nodes)
+        lock::mutex(&self.nodes)
     }
 
     /// Starts a new node `node` that joins the running cluster (a certificate of the
@@ -167,8 +158,8 @@ impl<S: StateMachine> LocalCluster<S> {
         let identity =
             certs::files::issue_node_files(&cert_dir, node, &["127.0.0.1".to_string()], true)?;
         let addr = free_udp_port()?;
-        lock(&self.identities).insert(node, identity);
-        lock(&self.addrs).insert(node, addr);
+        lock::mutex(&self.identities).insert(node, identity);
+        lock::mutex(&self.addrs).insert(node, addr);
         self.nodes().insert(node, None);
         self.start_node(node, true).await?;
         Ok(addr)
@@ -179,20 +170,14 @@ impl<S: StateMachine> LocalCluster<S> {
     pub async fn forget_node(&self, node: NodeId) {
         self.kill(node).await;
         self.nodes().remove(&node);
-        lock(&self.addrs).remove(&node);
+        lock::mutex(&self.addrs).remove(&node);
     }
 
     /// A [`crate::reshape::Reshaper`] over the running nodes, waiting up to `patience` pauses of
     /// 20 ms per step.
     pub fn reshaper(&self, patience: u32) -> crate::reshape::Reshaper<NodeSet> {
-        let nodes = self.running().into_iter().map(|n| (n.id(), n)).collect();
-        crate::reshape::Reshaper::new(
-            NodeSet {
-                nodes,
-                pause: Duration::from_millis(20),
-            },
-            patience,
-        )
+        let nodes = NodeSet::new(self.running(), Duration::from_millis(20));
+        crate::reshape::Reshaper::new(nodes, patience)
     }
 
     /// Every node id, running or not.
@@ -209,14 +194,14 @@ impl<S: StateMachine> LocalCluster<S> {
     }
 
     async fn start_node(&self, node: NodeId, join: bool) -> Result<(), LocalClusterError> {
-        let identity = lock(&self.identities).get(&node).cloned();
+        let identity = lock::mutex(&self.identities).get(&node).cloned();
         let Some(identity) = identity else {
             return Err(LocalClusterError::Node {
                 node,
                 source: NodeError::NoGroups(node),
             });
         };
-        let addrs = lock(&self.addrs).clone();
+        let addrs = lock::mutex(&self.addrs).clone();
         let listen = addrs
             .get(&node)
             .copied()
@@ -322,7 +307,7 @@ impl<S: StateMachine> LocalCluster<S> {
         key: &[u8],
         command: Vec<u8>,
         timeout: Duration,
-    ) -> Result<Vec<u8>, ProposeError> {
+    ) -> Result<Vec<u8>, RequestError> {
         let group = self
             .running()
             .first()
@@ -345,7 +330,7 @@ impl<S: StateMachine> LocalCluster<S> {
         group: GroupId,
         command: Vec<u8>,
         timeout: Duration,
-    ) -> Result<Vec<u8>, ProposeError> {
+    ) -> Result<Vec<u8>, RequestError> {
         self.on_leader(group, timeout, |node| {
             let command = command.clone();
             async move { node.propose_to_group(group, command).await }
@@ -360,20 +345,15 @@ impl<S: StateMachine> LocalCluster<S> {
         group: GroupId,
         timeout: Duration,
         request: F,
-    ) -> Result<Vec<u8>, ProposeError>
+    ) -> Result<Vec<u8>, RequestError>
     where
         F: Fn(Node) -> Fut,
-        Fut: std::future::Future<Output = Result<Vec<u8>, ProposeError>>,
+        Fut: std::future::Future<Output = Result<Vec<u8>, RequestError>>,
     {
         let deadline = Instant::now() + timeout;
-        let cached = self
-            .leader_cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&group)
-            .copied();
+        let cached = lock::mutex(&self.leader_cache).get(&group).copied();
         let mut target = cached.or_else(|| self.routing.leader_hint(group));
-        let mut last = ProposeError::ShuttingDown;
+        let mut last = RequestError::ShuttingDown;
         let candidates: Vec<NodeId> = self.running().iter().map(Node::id).collect();
         let mut next_candidate = 0;
         while Instant::now() < deadline {
@@ -381,7 +361,7 @@ impl<S: StateMachine> LocalCluster<S> {
                 Some(node) => node,
                 None => {
                     let Some(id) = candidates.get(next_candidate % candidates.len().max(1)) else {
-                        return Err(ProposeError::ShuttingDown);
+                        return Err(RequestError::ShuttingDown);
                     };
                     next_candidate += 1;
                     match self.node(*id) {
@@ -393,20 +373,17 @@ impl<S: StateMachine> LocalCluster<S> {
             let id = node.id();
             match request(node).await {
                 Ok(response) => {
-                    self.leader_cache
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(group, id);
+                    lock::mutex(&self.leader_cache).insert(group, id);
                     return Ok(response);
                 }
-                Err(ProposeError::NotLeader { leader, group }) => {
-                    last = ProposeError::NotLeader { group, leader };
+                Err(RequestError::NotLeader { leader, group }) => {
+                    last = RequestError::NotLeader { group, leader };
                     if leader.is_none() || leader == target {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                     target = leader;
                 }
-                Err(e @ (ProposeError::ProposalDropped { .. } | ProposeError::ShuttingDown)) => {
+                Err(e @ (RequestError::ProposalDropped { .. } | RequestError::ShuttingDown)) => {
                     last = e;
                     target = None;
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -466,101 +443,5 @@ impl<S: StateMachine> LocalCluster<S> {
         for node in self.node_ids() {
             self.kill(node).await;
         }
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// [`crate::reshape::ClusterControl`] over in-process [`Node`] handles.
-pub struct NodeSet {
-    nodes: BTreeMap<NodeId, Node>,
-    pause: Duration,
-}
-
-impl NodeSet {
-    /// Control over `nodes`, pausing `pause` between looks.
-    pub fn new(nodes: impl IntoIterator<Item = Node>, pause: Duration) -> Self {
-        Self {
-            nodes: nodes.into_iter().map(|n| (n.id(), n)).collect(),
-            pause,
-        }
-    }
-
-    fn node(&self, node: NodeId) -> Result<&Node, ProposeError> {
-        self.nodes.get(&node).ok_or(ProposeError::ShuttingDown)
-    }
-}
-
-impl crate::reshape::ClusterControl for NodeSet {
-    async fn table(&self, node: NodeId) -> Option<RoutingTable> {
-        let node = self.nodes.get(&node)?;
-        // A stopped node answers nothing.
-        node.status().await.ok()?;
-        Some(node.routing())
-    }
-
-    async fn change_routing(
-        &self,
-        node: NodeId,
-        change: routing::RoutingChange,
-        expected_version: u64,
-    ) -> Result<RoutingTable, ProposeError> {
-        self.node(node)?
-            .propose_routing(&change, expected_version)
-            .await
-    }
-
-    async fn status(&self, node: NodeId, group: GroupId) -> Option<crate::GroupStatus> {
-        self.nodes.get(&node)?.group_status(group).await.ok()?
-    }
-
-    async fn change_membership(
-        &self,
-        node: NodeId,
-        group: GroupId,
-        change: raft::eraftpb::ConfChangeV2,
-    ) -> Result<(), ProposeError> {
-        self.node(node)?
-            .change_membership(group, change)
-            .await
-            .map(drop)
-    }
-
-    async fn transfer_leader(
-        &self,
-        node: NodeId,
-        group: GroupId,
-        to: NodeId,
-    ) -> Result<(), ProposeError> {
-        self.node(node)?.transfer_leader(group, to).await
-    }
-
-    async fn vshard_step(
-        &self,
-        node: NodeId,
-        group: GroupId,
-        vshard: routing::VShardId,
-        step: crate::reshape::VShardStep,
-    ) -> Result<(), ProposeError> {
-        self.node(node)?.vshard_step(group, vshard, step).await
-    }
-
-    async fn export_vshard(
-        &self,
-        node: NodeId,
-        group: GroupId,
-        vshard: routing::VShardId,
-    ) -> Result<Vec<u8>, ProposeError> {
-        self.node(node)?.export_vshard(group, vshard).await
-    }
-
-    async fn pause(&self) {
-        tokio::time::sleep(self.pause).await;
-    }
-
-    fn contact_points(&self) -> Vec<NodeId> {
-        self.nodes.keys().copied().collect()
     }
 }

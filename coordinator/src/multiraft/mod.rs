@@ -1,0 +1,549 @@
+//! [`MultiRaft`]: every raft group of one node behind one sans-IO state machine.
+//!
+//! Inputs: [`MultiRaft::tick`], [`MultiRaft::step`], [`MultiRaft::propose`], reads, conf changes.
+//! Output: [`MultiRaft::poll_cycle`] gathers the `Ready` of every group into one [`Cycle`]: one
+//! storage batch for all groups, the messages that may leave now, the entries to apply, and
+//! events. Once the driver has made the batch durable it calls [`MultiRaft::on_persisted`],
+//! which releases the messages that had to wait for the fsync (votes, follower acks).
+//!
+//! No sockets, clocks or threads: the same code runs under the tokio [`crate::Node`] and under a
+//! deterministic simulation.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot};
+use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+use routing::{GroupId, NodeId};
+use storage::{GroupStorage, LogStore, WriteBatch};
+use transport::Envelope;
+
+use crate::conf_change;
+use crate::config::RaftConfig;
+use crate::error::{CoordinatorError, RequestError};
+use crate::logging::group_logger;
+use crate::outbox::{self, CoalesceCount, Outbox};
+use crate::proposal_batch;
+
+mod cycle;
+mod groups;
+mod pacing;
+mod quiesce;
+mod types;
+
+pub use types::{
+    Apply, CoordinatorStats, Cycle, CycleId, CycleOutput, Event, GroupStatus, Role, Token,
+};
+
+struct Group {
+    raw: RawNode<GroupStorage>,
+    /// Highest index handed out for applying.
+    applied: u64,
+    leader: Option<NodeId>,
+    term: u64,
+    role: StateRole,
+    /// Reads whose index is not applied yet.
+    reads: Vec<(u64, Token)>,
+    /// Commands proposed since the last cycle, batched into one entry at the next.
+    queued: Vec<(Vec<u8>, Token)>,
+    /// Quiescent: not ticked until something happens (see the quiescence section below).
+    quiet: bool,
+    /// Ticks this group has led with nothing to do.
+    idle_ticks: usize,
+    /// Its first election timeout was spread out (see `spread_first_elections`).
+    first_spread: bool,
+}
+
+/// An entry proposed through this node: the term it was proposed in and its commands' tokens.
+struct Proposed {
+    term: u64,
+    tokens: Vec<Token>,
+    /// A membership change (raft may replace a refused one with an empty normal entry).
+    conf_change: bool,
+}
+
+struct Inflight {
+    id: CycleId,
+    readies: Vec<(GroupId, u64)>,
+    after_persist: Outbox,
+}
+
+/// Every raft group of one node. See the module docs.
+pub struct MultiRaft {
+    id: NodeId,
+    config: RaftConfig,
+    store: LogStore,
+    groups: BTreeMap<GroupId, Group>,
+    rng: StdRng,
+    /// Writes made outside a `Ready` (group creation, compaction), merged into the next cycle.
+    pending: WriteBatch,
+    pending_applies: Vec<Apply>,
+    inflight: VecDeque<Inflight>,
+    next_cycle: u64,
+    /// Entries proposed here, by (group, index): the term and the tokens of their commands.
+    proposals: BTreeMap<(GroupId, u64), Proposed>,
+    /// Groups with commands queued for the next cycle's batch.
+    queued_groups: BTreeSet<GroupId>,
+    /// Groups that are not quiet: the only ones `tick` visits (quiet ones leave lazily).
+    awake: BTreeSet<GroupId>,
+    /// Groups that applied entries since the last `compaction_due`.
+    applied_since_check: BTreeSet<GroupId>,
+    /// Groups touched since the last cycle (stepped, ticked, proposed to): only these can have
+    /// a `Ready`, so a cycle costs what happened, not how many groups the node holds.
+    dirty: BTreeSet<GroupId>,
+    /// Messages the coordinator itself sends (quiesce heartbeats, liveness), in the next cycle.
+    own_messages: Outbox,
+    /// Ticks since each peer was last heard from, for node-level liveness.
+    silent_ticks: BTreeMap<NodeId, usize>,
+    /// The tick at which each peer was last reported unreachable to every group.
+    unreachable_reported: BTreeMap<NodeId, u64>,
+    /// The peer set must be recomputed (groups or configurations changed).
+    peers_stale: bool,
+    /// Elections this node may still start now (see [`RaftConfig::max_campaigns`]).
+    campaign_tokens: usize,
+    ticks: u64,
+    stats: CoordinatorStats,
+}
+
+const BOOTSTRAP_INDEX: u64 = 1;
+/// How many groups' first elections one election window takes (see `spread_first_elections`).
+const GROUPS_PER_ELECTION_WINDOW: usize = 4096;
+const BOOTSTRAP_TERM: u64 = 1;
+
+impl MultiRaft {
+    /// Builds the core for node `id` on `store`, recovering every group the store holds.
+    ///
+    /// # Errors
+    /// A bad config, or a group whose stored state raft rejects.
+    pub fn new(id: NodeId, config: RaftConfig, store: LogStore) -> Result<Self, CoordinatorError> {
+        config.validate()?;
+        if id.get() == 0 {
+            return Err(CoordinatorError::InvalidNodeId);
+        }
+        let campaign_tokens = config.max_campaigns;
+        let mut this = Self {
+            id,
+            rng: StdRng::seed_from_u64(config.seed ^ id.get().rotate_left(32)),
+            config,
+            pending: store.batch(),
+            pending_applies: Vec::new(),
+            store,
+            groups: BTreeMap::new(),
+            inflight: VecDeque::new(),
+            next_cycle: 1,
+            proposals: BTreeMap::new(),
+            queued_groups: BTreeSet::new(),
+            dirty: BTreeSet::new(),
+            awake: BTreeSet::new(),
+            applied_since_check: BTreeSet::new(),
+            own_messages: Outbox::default(),
+            silent_ticks: BTreeMap::new(),
+            unreachable_reported: BTreeMap::new(),
+            peers_stale: true,
+            campaign_tokens,
+            ticks: 0,
+            stats: CoordinatorStats::default(),
+        };
+        let stored = this.store.groups();
+        for group in &stored {
+            let storage = this.store.group(*group)?;
+            this.load_group(*group, storage)?;
+        }
+        this.spread_first_elections(&stored);
+        Ok(this)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The groups this node holds.
+    pub fn groups(&self) -> impl Iterator<Item = GroupId> + '_ {
+        self.groups.keys().copied()
+    }
+
+    /// Whether this node holds `group`.
+    pub fn has_group(&self, group: GroupId) -> bool {
+        self.groups.contains_key(&group)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &CoordinatorStats {
+        &self.stats
+    }
+
+    /// Forgets the proposals of `group` at indexes up to `up_to`, returning their tokens.
+    fn take_proposals(&mut self, group: GroupId, up_to: u64) -> Vec<Token> {
+        let keys: Vec<_> = self
+            .proposals
+            .range((group, 0)..=(group, up_to))
+            .map(|(k, _)| *k)
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| self.proposals.remove(&k))
+            .flat_map(|p| p.tokens)
+            .collect()
+    }
+
+    /// The group, awake and marked touched: every caller is about to give it work.
+    fn group_mut(&mut self, group: GroupId) -> Result<&mut Group, RequestError> {
+        let g = self
+            .groups
+            .get_mut(&group)
+            .ok_or(RequestError::GroupNotFound { group })?;
+        if g.quiet {
+            Self::wake(g, &mut self.stats, &mut self.awake, group);
+        }
+        self.dirty.insert(group);
+        Ok(g)
+    }
+
+    /// Hands what a peer sent to the groups it is for. Coalesced heartbeats are expanded back
+    /// into per-group messages here.
+    ///
+    /// Messages for a group this node does not hold are counted and dropped; raft errors of a
+    /// single message (stale term and the like) are logged and dropped, as raft expects.
+    pub fn step(&mut self, from: NodeId, envelope: Envelope) {
+        // Any message proves the peer alive (an empty heartbeat batch is the liveness ping).
+        if let Some(silent) = self.silent_ticks.get_mut(&from) {
+            *silent = 0;
+        }
+        match envelope {
+            Envelope::Raft { group, messages } => {
+                for m in messages {
+                    self.step_one(from, group, m, false);
+                }
+            }
+            Envelope::Heartbeats(batch) => {
+                let expanded: Vec<_> = outbox::expand(from, self.id, &batch).collect();
+                for (group, m, quiesce) in expanded {
+                    self.step_one(from, group, m, quiesce);
+                }
+            }
+            Envelope::Snapshot { group, message } => self.step_one(from, group, message, false),
+        }
+    }
+
+    fn step_one(&mut self, from: NodeId, group: GroupId, mut m: Message, quiesce: bool) {
+        let Some(g) = self.groups.get_mut(&group) else {
+            self.stats.unknown_group_messages += 1;
+            tracing::debug!(%group, %from, "message for a group this node does not hold");
+            return;
+        };
+        // The transport proved who sent it; raft must not be told otherwise.
+        m.from = from.get();
+        m.to = self.id.get();
+        // A heartbeat response changes nothing a quiet leader must act on; anything else
+        // means the group has work again.
+        if g.quiet && m.get_msg_type() != MessageType::MsgHeartbeatResponse && !quiesce {
+            Self::wake(g, &mut self.stats, &mut self.awake, group);
+        }
+        if let Err(error) = g.raw.step(m) {
+            tracing::debug!(%group, %from, %error, "raft rejected a message");
+        }
+        Self::jitter_election(&mut self.rng, &self.config, g);
+        self.dirty.insert(group);
+        let raft = &g.raw.raft;
+        if quiesce
+            && !g.quiet
+            && raft.state == StateRole::Follower
+            && raft.leader_id == from.get()
+            && raft.raft_log.committed == raft.raft_log.last_index()
+        {
+            g.quiet = true;
+            self.stats.quiesced += 1;
+        }
+    }
+
+    /// Proposes `data` to `group`. `token` comes back in [`Apply::Command`] when the entry is
+    /// committed and handed out for applying, or in [`Event::ProposalDropped`].
+    ///
+    /// # Errors
+    /// [`RequestError::NotLeader`] with the leader this node knows of, [`RequestError::GroupNotFound`],
+    /// [`RequestError::ProposalDropped`] when raft refuses it (leader transfer in progress, too
+    /// many uncommitted bytes).
+    pub fn propose(
+        &mut self,
+        group: GroupId,
+        data: Vec<u8>,
+        token: Token,
+    ) -> Result<(), RequestError> {
+        let g = self
+            .groups
+            .get_mut(&group)
+            .ok_or(RequestError::GroupNotFound { group })?;
+        Self::ensure_leader(group, g)?;
+        if g.quiet {
+            Self::wake(g, &mut self.stats, &mut self.awake, group);
+        }
+        g.queued.push((data, token));
+        self.queued_groups.insert(group);
+        self.dirty.insert(group);
+        Ok(())
+    }
+
+    /// Proposes a membership change (joint consensus when it has several steps).
+    ///
+    /// # Errors
+    /// As [`MultiRaft::propose`]; raft also refuses while another change is pending.
+    pub fn propose_conf_change(
+        &mut self,
+        group: GroupId,
+        change: &ConfChangeV2,
+        token: Token,
+    ) -> Result<(), RequestError> {
+        let g = self.group_mut(group)?;
+        Self::ensure_leader(group, g)?;
+        let last_before = g.raw.raft.raft_log.last_index();
+        g.raw
+            .propose_conf_change(vec![], change.clone())
+            .map_err(|_| RequestError::ProposalDropped { group })?;
+        let (index, term) = (g.raw.raft.raft_log.last_index(), g.raw.raft.term);
+        if index == last_before {
+            return Err(RequestError::ProposalDropped { group });
+        }
+        self.proposals.insert(
+            (group, index),
+            Proposed {
+                term,
+                tokens: vec![token],
+                conf_change: true,
+            },
+        );
+        Ok(())
+    }
+
+    /// Starts a linearizable read of `group`: [`Event::ReadReady`] with `token` follows once the
+    /// local state machine has applied everything committed when the read began.
+    ///
+    /// # Errors
+    /// [`RequestError::GroupNotFound`]; [`RequestError::NotLeader`] with no leader known.
+    pub fn read_index(&mut self, group: GroupId, token: Token) -> Result<(), RequestError> {
+        let g = self.group_mut(group)?;
+        if g.raw.raft.leader_id == raft::INVALID_ID {
+            return Err(RequestError::NotLeader {
+                group,
+                leader: None,
+            });
+        }
+        g.raw.read_index(token.to_be_bytes().to_vec());
+        Ok(())
+    }
+
+    /// Asks the leader of `group` to hand leadership to `to`.
+    ///
+    /// # Errors
+    /// [`RequestError::GroupNotFound`], [`RequestError::NotLeader`].
+    pub fn transfer_leader(&mut self, group: GroupId, to: NodeId) -> Result<(), RequestError> {
+        let g = self.group_mut(group)?;
+        Self::ensure_leader(group, g)?;
+        g.raw.transfer_leader(to.get());
+        Ok(())
+    }
+
+    /// Starts an election in `group` now (tests and operator tools).
+    ///
+    /// # Errors
+    /// [`RequestError::GroupNotFound`].
+    pub fn campaign(&mut self, group: GroupId) -> Result<(), RequestError> {
+        let _ = self.group_mut(group)?.raw.campaign();
+        if let Some(g) = self.groups.get_mut(&group) {
+            Self::jitter_election(&mut self.rng, &self.config, g);
+        }
+        Ok(())
+    }
+
+    /// Makes `group` campaign on the next tick [`RaftConfig::max_campaigns`] lets it: how a
+    /// new cluster elects the leaders its routing table hints at without a storm of
+    /// elections, however many groups it has.
+    ///
+    /// # Errors
+    /// [`RequestError::GroupNotFound`].
+    pub fn campaign_soon(&mut self, group: GroupId) -> Result<(), RequestError> {
+        let raft = &mut self.group_mut(group)?.raw.raft;
+        raft.election_elapsed = raft.randomized_election_timeout().saturating_sub(1);
+        self.awake.insert(group);
+        Ok(())
+    }
+
+    /// The transport could not reach `to`: raft probes it again instead of streaming appends.
+    pub fn report_unreachable(&mut self, to: NodeId, group: Option<GroupId>) {
+        match group {
+            // Only a progress state changes (replicate -> probe): no `Ready` follows, so the
+            // group need not be in the next cycle.
+            Some(group) => {
+                if let Some(g) = self.groups.get_mut(&group) {
+                    g.raw.report_unreachable(to.get());
+                }
+            }
+            // A coalesced message (or the connection) failed: every group led here hears it,
+            // but once per tick per peer, or a burst of failures would walk every group
+            // for each one.
+            None => {
+                if self.unreachable_reported.get(&to) == Some(&self.ticks) {
+                    return;
+                }
+                self.unreachable_reported.insert(to, self.ticks);
+                for g in self.groups.values_mut() {
+                    if g.raw.raft.state == StateRole::Leader && !g.quiet {
+                        g.raw.report_unreachable(to.get());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The transport finished (or failed) sending a snapshot of `group` to `to`.
+    pub fn report_snapshot(&mut self, to: NodeId, group: GroupId, delivered: bool) {
+        if let Some(g) = self.groups.get_mut(&group) {
+            let status = if delivered {
+                SnapshotStatus::Finish
+            } else {
+                SnapshotStatus::Failure
+            };
+            g.raw.report_snapshot(to.get(), status);
+            self.dirty.insert(group);
+        }
+    }
+
+    fn ensure_leader(group: GroupId, g: &Group) -> Result<(), RequestError> {
+        if g.raw.raft.state == StateRole::Leader {
+            Ok(())
+        } else {
+            let leader = g.raw.raft.leader_id;
+            Err(RequestError::NotLeader {
+                group,
+                leader: (leader != raft::INVALID_ID).then_some(NodeId(leader)),
+            })
+        }
+    }
+
+    /// The status of `group`.
+    pub fn status(&self, group: GroupId) -> Option<GroupStatus> {
+        let g = self.groups.get(&group)?;
+        let raft = &g.raw.raft;
+        let conf = raft.prs().conf();
+        let mut voters: Vec<NodeId> = conf.voters().ids().iter().map(NodeId).collect();
+        voters.sort();
+        let mut learners: Vec<NodeId> = conf.learners().iter().copied().map(NodeId).collect();
+        learners.sort();
+        Some(GroupStatus {
+            group,
+            role: raft.state.into(),
+            term: raft.term,
+            leader: (raft.leader_id != raft::INVALID_ID).then_some(NodeId(raft.leader_id)),
+            commit: raft.raft_log.committed,
+            applied: g.applied,
+            first_index: raft.raft_log.first_index(),
+            last_index: raft.raft_log.last_index(),
+            voters,
+            learners,
+            joint: !raft.prs().conf().to_conf_state().voters_outgoing.is_empty(),
+            quiet: g.quiet,
+        })
+    }
+
+    /// How many groups are campaigning (pre-vote or vote) now. Walks every group.
+    pub fn campaigning(&self) -> usize {
+        self.groups
+            .values()
+            .filter(|g| {
+                matches!(
+                    g.raw.raft.state,
+                    StateRole::PreCandidate | StateRole::Candidate
+                )
+            })
+            .count()
+    }
+
+    /// How many groups are quiet now.
+    pub fn quiet_groups(&self) -> usize {
+        self.groups.values().filter(|g| g.quiet).count()
+    }
+
+    /// Whether any group has work for a cycle.
+    pub fn has_ready(&self) -> bool {
+        !self.pending.is_empty()
+            || !self.queued_groups.is_empty()
+            || !self.pending_applies.is_empty()
+            || !self.own_messages.is_empty()
+            || self
+                .dirty
+                .iter()
+                .any(|id| self.groups.get(id).is_some_and(|g| g.raw.has_ready()))
+    }
+
+    /// Groups whose log has grown past the compaction threshold since their last snapshot.
+    /// For each, the driver takes a state-machine snapshot and calls [`MultiRaft::compact`].
+    /// Also the groups whose leader needs a fresher snapshot to send (a replica added after
+    /// the last one was taken).
+    ///
+    /// Only groups that applied entries since the last call are examined.
+    pub fn compaction_due(&mut self) -> Vec<GroupId> {
+        let mut due: BTreeSet<GroupId> = self
+            .store
+            .take_snapshot_requests()
+            .into_iter()
+            .filter(|g| self.groups.contains_key(g))
+            .collect();
+        let applied = std::mem::take(&mut self.applied_since_check);
+        if self.config.compact_threshold != 0 {
+            due.extend(applied.into_iter().filter(|id| {
+                self.groups.get(id).is_some_and(|g| {
+                    g.applied.saturating_sub(g.raw.raft.raft_log.first_index()) + 1
+                        > self.config.compact_threshold
+                })
+            }));
+        }
+        due.into_iter().collect()
+    }
+
+    /// Stores `data`, the state machine's snapshot of `group` at its applied index, and drops
+    /// the log before it (keeping [`RaftConfig::compact_keep`] entries), in the next batch.
+    ///
+    /// # Errors
+    /// [`CoordinatorError::GroupNotFound`]; a raft log error reading the snapshot's term.
+    pub fn compact(&mut self, group: GroupId, data: Vec<u8>) -> Result<(), CoordinatorError> {
+        let g = self
+            .groups
+            .get_mut(&group)
+            .ok_or(CoordinatorError::GroupNotFound { group })?;
+        let index = g.applied;
+        let first = g.raw.raft.raft_log.first_index();
+        if index < first {
+            return Ok(());
+        }
+        let term = g
+            .raw
+            .raft
+            .raft_log
+            .term(index)
+            .map_err(|source| CoordinatorError::Raft { group, source })?;
+        let mut snapshot = Snapshot {
+            data: data.into(),
+            ..Default::default()
+        };
+        let meta = snapshot.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        let conf_state = g.raw.raft.prs().conf().to_conf_state();
+        meta.set_conf_state(conf_state.clone());
+        self.pending.save_snapshot(group, snapshot);
+        // The stored conf state is always the one at the stored snapshot (see `hand_out`).
+        self.pending.set_conf_state(group, conf_state);
+        // With compaction off, a snapshot is still taken when a new replica needs one.
+        let keep = if self.config.compact_threshold == 0 {
+            u64::MAX
+        } else {
+            self.config.compact_keep
+        };
+        let compact_to = (index + 1).saturating_sub(keep).max(first);
+        if compact_to > first {
+            self.pending.compact(group, compact_to);
+        }
+        self.stats.compactions += 1;
+        Ok(())
+    }
+}

@@ -1,0 +1,147 @@
+//! Quiescence and node-level liveness (see the `impl` block's docs).
+
+use super::*;
+
+/// Quiescence (CockroachDB's idea, TiKV's "hibernate"): a leader whose group is fully
+/// replicated, applied and idle tells its followers with a last heartbeat marked `quiesce`, and
+/// from then on neither side ticks the group: no heartbeats, no election timers. Any proposal,
+/// read, conf change or incoming message (other than a heartbeat response) wakes it at once.
+/// Failure detection for quiet groups moves to the node: each node pings each peer once per
+/// liveness interval; a peer silent for the liveness timeout has its quiet groups woken on
+/// every other node, where raft's own election then replaces it.
+impl MultiRaft {
+    pub(super) fn can_quiesce(me: NodeId, g: &Group) -> bool {
+        let raft = &g.raw.raft;
+        if raft.state != StateRole::Leader {
+            return false;
+        }
+        // Reading the last index takes the group's storage lock: followers, the many, skip it.
+        let last = raft.raft_log.last_index();
+        g.queued.is_empty()
+            && g.reads.is_empty()
+            && raft.pending_read_count() == 0
+            && raft.lead_transferee.is_none()
+            && raft.raft_log.committed == last
+            && g.applied == last
+            && raft.pending_conf_index <= g.applied
+            && raft
+                .prs()
+                .iter()
+                .all(|(id, pr)| *id == me.get() || pr.matched == last)
+            // Not in the middle of a joint configuration change.
+            && raft.prs().conf().to_conf_state().voters_outgoing.is_empty()
+    }
+
+    pub(super) fn quiesce_leader(&mut self, group: GroupId) {
+        let Some(g) = self.groups.get_mut(&group) else {
+            return;
+        };
+        if g.raw.has_ready() {
+            return;
+        }
+        let raft = &g.raw.raft;
+        let (term, commit) = (raft.term, raft.raft_log.committed);
+        for (&id, _) in raft.prs().iter() {
+            if id != self.id.get() {
+                self.own_messages
+                    .push_quiesce(group, NodeId(id), term, commit);
+            }
+        }
+        g.quiet = true;
+        g.idle_ticks = 0;
+        self.stats.quiesced += 1;
+    }
+
+    pub(super) fn wake(
+        g: &mut Group,
+        stats: &mut CoordinatorStats,
+        awake: &mut BTreeSet<GroupId>,
+        id: GroupId,
+    ) {
+        awake.insert(id);
+        g.quiet = false;
+        g.idle_ticks = 0;
+        if g.raw.raft.state == StateRole::Leader {
+            // Followers were quiet, not dead (liveness would have said so): give the leader a
+            // fresh check-quorum window instead of stepping down on stale activity flags.
+            let me = g.raw.raft.id;
+            for (id, pr) in g.raw.raft.mut_prs().iter_mut() {
+                if *id != me {
+                    pr.recent_active = true;
+                }
+            }
+            g.raw.raft.election_elapsed = 0;
+        }
+        stats.woken += 1;
+    }
+
+    /// A quiet group whose leader the liveness check declared dead: its followers were all
+    /// caught up, so any of them may lead. The node-level detector already waited out the
+    /// leader, so there is no lease left to honour: forget the leader (voters grant at once)
+    /// and let the surviving voters campaign in node-id order, half an election apart, so one
+    /// of them wins the first round instead of splitting the vote.
+    pub(super) fn stagger_election(me: NodeId, lost: NodeId, election_tick: usize, g: &mut Group) {
+        let raft = &mut g.raw.raft;
+        let mut voters: Vec<u64> = raft
+            .prs()
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .filter(|v| *v != lost.get())
+            .collect();
+        voters.sort_unstable();
+        let Some(rank) = voters.iter().position(|v| *v == me.get()) else {
+            return;
+        };
+        raft.leader_id = raft::INVALID_ID;
+        let timeout = raft.randomized_election_timeout();
+        raft.election_elapsed = timeout.saturating_sub(1 + rank * (election_tick / 2).max(1));
+    }
+
+    pub(super) fn tick_liveness(&mut self) {
+        if !self.config.quiesce {
+            return;
+        }
+        if self.peers_stale {
+            let mut peers = BTreeSet::new();
+            for g in self.groups.values() {
+                peers.extend(g.raw.raft.prs().iter().map(|(id, _)| NodeId(*id)));
+            }
+            peers.remove(&self.id);
+            self.silent_ticks.retain(|p, _| peers.contains(p));
+            for p in peers {
+                self.silent_ticks.entry(p).or_insert(0);
+            }
+            self.peers_stale = false;
+        }
+        let timeout = self.config.liveness_timeout_ticks;
+        let mut lost = Vec::new();
+        for (peer, silent) in &mut self.silent_ticks {
+            *silent += 1;
+            if *silent == timeout {
+                lost.push(*peer);
+            }
+        }
+        if self
+            .ticks
+            .is_multiple_of(self.config.liveness_interval_ticks as u64)
+        {
+            for peer in self.silent_ticks.keys() {
+                self.own_messages.push_liveness(*peer);
+                self.stats.liveness_pings += 1;
+            }
+        }
+        for peer in lost {
+            self.stats.peers_lost += 1;
+            tracing::debug!(%peer, "peer silent past the liveness timeout; waking the groups it leads");
+            for (&id, g) in &mut self.groups {
+                if g.quiet && g.raw.raft.leader_id == peer.get() {
+                    Self::wake(g, &mut self.stats, &mut self.awake, id);
+                    Self::stagger_election(self.id, peer, self.config.election_tick, g);
+                    self.dirty.insert(id);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! What a node is started with, and the transport limits its routing table calls for.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use routing::{NodeId, RoutingTable};
+use storage::StoreOptions;
+use transport::TransportConfig;
+
+use crate::config::RaftConfig;
+
+/// Everything a node needs besides its identity, routing and state machine.
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct NodeConfig {
+    /// This node's id; must match its certificate.
+    pub node_id: NodeId,
+    /// UDP address the QUIC endpoint binds.
+    pub listen: SocketAddr,
+    /// Where the other nodes are reached.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// The log store's directory.
+    pub data_dir: PathBuf,
+    /// Raft settings of every group.
+    pub raft: RaftConfig,
+    /// QUIC limits.
+    pub transport: TransportConfig,
+    /// Log store settings (durability mode among them).
+    pub store: StoreOptions,
+    /// Wall-clock length of one raft tick.
+    pub tick_interval: Duration,
+    /// How long a proposal or read may wait before it fails with `Timeout`.
+    pub request_timeout: Duration,
+    /// Join a running cluster instead of bootstrapping one: the node starts with no group and
+    /// learns the routing table (and its replicas) once an operator adds it
+    /// (`add_node`). Ignored when the data directory already holds groups (a restart).
+    pub join: bool,
+}
+
+impl NodeConfig {
+    /// A config with safe defaults: 100 ms ticks (1-2 s elections), 10 s request timeout,
+    /// fdatasync on every cycle.
+    pub fn new(node_id: NodeId, listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            node_id,
+            listen,
+            peers: BTreeMap::new(),
+            data_dir: data_dir.into(),
+            raft: RaftConfig::default(),
+            transport: TransportConfig::default(),
+            store: StoreOptions::default(),
+            tick_interval: Duration::from_millis(100),
+            request_timeout: Duration::from_secs(10),
+            join: false,
+        }
+    }
+
+    /// Joins a running cluster instead of bootstrapping one (see [`NodeConfig::join`]).
+    pub fn join(mut self, join: bool) -> Self {
+        self.join = join;
+        self
+    }
+
+    /// Adds a peer's address.
+    pub fn peer(mut self, node: NodeId, addr: SocketAddr) -> Self {
+        self.peers.insert(node, addr);
+        self
+    }
+
+    /// Sets the raft settings.
+    pub fn raft(mut self, raft: RaftConfig) -> Self {
+        self.raft = raft;
+        self
+    }
+
+    /// Sets the tick interval.
+    pub fn tick_interval(mut self, tick: Duration) -> Self {
+        self.tick_interval = tick;
+        self
+    }
+
+    /// Sets the request timeout.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Sets the log store options.
+    pub fn store(mut self, store: StoreOptions) -> Self {
+        self.store = store;
+        self
+    }
+
+    /// Sets the transport limits.
+    pub fn transport(mut self, transport: TransportConfig) -> Self {
+        self.transport = transport;
+        self
+    }
+}
+
+/// Streams kept beyond one per group: the heartbeat stream and the meta group's.
+const STREAM_HEADROOM: u32 = 64;
+
+/// `config` with room for one stream per group of `routing` from each peer: quinn never lets
+/// a peer open more than `max_concurrent_uni_streams`, and a group stream stays open, so a
+/// node holding more groups than that would leave the rest silent, their messages queued
+/// until refused. Only ever raised.
+pub(super) fn transport_for(config: &TransportConfig, routing: &RoutingTable) -> TransportConfig {
+    let groups = u32::try_from(routing.groups().count()).unwrap_or(u32::MAX);
+    let needed = groups.saturating_add(STREAM_HEADROOM);
+    let mut config = config.clone();
+    if config.max_concurrent_uni_streams < needed {
+        config.max_concurrent_uni_streams = needed;
+    }
+    config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_transport_has_room_for_a_stream_per_group_and_is_never_narrowed() {
+        let nodes = [NodeId(1), NodeId(2), NodeId(3)];
+        let many = RoutingTable::uniform(1024, 100_000, &nodes, 3).expect("table");
+        let raised = transport_for(&TransportConfig::default(), &many);
+        assert_eq!(raised.max_concurrent_uni_streams, 100_000 + STREAM_HEADROOM);
+        let few = RoutingTable::uniform(1024, 64, &nodes, 3).expect("table");
+        let wide = TransportConfig::default().max_concurrent_uni_streams(500_000);
+        assert_eq!(
+            transport_for(&wide, &few).max_concurrent_uni_streams,
+            500_000
+        );
+    }
+}

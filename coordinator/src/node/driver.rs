@@ -1,0 +1,364 @@
+//! The driver task: the only owner of the core, the state machine and the pending requests.
+//! It ticks the groups, steps what the transport delivers, runs cycles (persisted on a
+//! persister thread while the next cycle's work piles up), and answers requests.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use raft::eraftpb::ConfState;
+use routing::{GroupId, NodeId};
+use storage::LogStore;
+use tokio::sync::{mpsc, oneshot};
+use transport::{Envelope, Inbound, Transport};
+
+use super::NodeStatus;
+use super::handle::Command;
+use super::pending::{Completed, Done, Kind, Pending};
+use super::reconcile::Placement;
+use crate::error::{CoordinatorError, RequestError};
+use crate::multiraft::{CycleId, Event, MultiRaft, Token};
+use crate::replicated::Replicated;
+use crate::state_machine::StateMachine;
+
+/// Where a caller waits for its answer.
+pub(super) type Reply<T> = oneshot::Sender<Result<T, RequestError>>;
+
+/// A caller waiting for a request, typed by what it waits for.
+pub(super) enum Waiter {
+    /// A command's response, or an exported vShard's data.
+    Response(Reply<Vec<u8>>),
+    /// A read barrier's applied index.
+    Index(Reply<u64>),
+    /// The configuration after a membership change.
+    Configured(Reply<ConfState>),
+}
+
+impl Waiter {
+    fn send(self, group: GroupId, token: Token, result: Result<Done, RequestError>) {
+        // A closed receiver is a caller that gave up waiting: nothing to tell it.
+        let _ = match (self, result) {
+            (Self::Response(tx), Ok(Done::Response(bytes))) => tx.send(Ok(bytes)).map_err(drop),
+            (Self::Index(tx), Ok(Done::Read(index))) => tx.send(Ok(index)).map_err(drop),
+            (Self::Configured(tx), Ok(Done::Configured(conf))) => tx.send(Ok(conf)).map_err(drop),
+            (waiter, Err(error)) => waiter.fail(error),
+            (waiter, Ok(other)) => {
+                // Each request kind completes with its own outcome; this is a driver bug.
+                tracing::error!(%group, token, ?other, "a request completed with another kind's outcome");
+                waiter.fail(RequestError::OutcomeUnknown { group })
+            }
+        };
+    }
+
+    fn fail(self, error: RequestError) -> Result<(), ()> {
+        match self {
+            Self::Response(tx) => tx.send(Err(error)).map_err(drop),
+            Self::Index(tx) => tx.send(Err(error)).map_err(drop),
+            Self::Configured(tx) => tx.send(Err(error)).map_err(drop),
+        }
+    }
+}
+
+pub(super) struct Driver {
+    core: MultiRaft,
+    store: LogStore,
+    transport: Arc<dyn Transport>,
+    state_machine: Replicated<Box<dyn StateMachine>>,
+    placement: Placement,
+    pending: Pending<Waiter>,
+    /// Tokens in the order they were issued; their deadlines grow in the same order.
+    deadlines: VecDeque<(Instant, Token)>,
+    next_token: Token,
+    request_timeout: Duration,
+    acknowledged: u64,
+}
+
+type PersistResult = Result<(), storage::StorageError>;
+
+impl Driver {
+    pub(super) fn new(
+        core: MultiRaft,
+        store: LogStore,
+        transport: Arc<dyn Transport>,
+        state_machine: Replicated<Box<dyn StateMachine>>,
+        placement: Placement,
+        request_timeout: Duration,
+    ) -> Self {
+        Self {
+            core,
+            store,
+            transport,
+            state_machine,
+            placement,
+            pending: Pending::default(),
+            deadlines: VecDeque::new(),
+            next_token: 1,
+            request_timeout,
+            acknowledged: 0,
+        }
+    }
+
+    pub(super) async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut inbound: mpsc::Receiver<Inbound>,
+        mut stop: oneshot::Receiver<()>,
+        tick_interval: Duration,
+    ) {
+        let (persist_tx, persist_rx) = std::sync::mpsc::channel::<storage::StagedBatch>();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<PersistResult>();
+        let store = self.store.clone();
+        let persister = std::thread::Builder::new()
+            .name("pontoon-persist".into())
+            .spawn(move || {
+                while let Ok(staged) = persist_rx.recv() {
+                    let result = store.commit(staged).map(|_| ());
+                    let failed = result.is_err();
+                    if done_tx.send(result).is_err() || failed {
+                        break;
+                    }
+                }
+            });
+        if let Err(error) = persister {
+            tracing::error!(%error, "cannot start the persister thread; node stops");
+            return;
+        }
+        let mut ticker = tokio::time::interval(tick_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut persisting: Option<CycleId> = None;
+        let result: Result<(), CoordinatorError> = async {
+            loop {
+                if persisting.is_none() {
+                    // Between cycles: creating a replica writes to the store on its own,
+                    // which must not overtake a cycle's batch still being made durable.
+                    self.reconcile()?;
+                }
+                if persisting.is_none()
+                    && let Some(cycle) = self.core.poll_cycle()?
+                {
+                    self.send(cycle.messages);
+                    self.answer(cycle.applies, &cycle.events)?;
+                    if persist_tx.send(cycle.batch).is_err() {
+                        return Err(CoordinatorError::PersisterStopped);
+                    }
+                    persisting = Some(cycle.id);
+                }
+                tokio::select! {
+                    biased;
+                    _ = &mut stop => return Ok(()),
+                    done = done_rx.recv(), if persisting.is_some() => {
+                        match done {
+                            Some(Ok(())) => {}
+                            Some(Err(e)) => return Err(e.into()),
+                            None => return Err(CoordinatorError::PersisterStopped),
+                        }
+                        if let Some(id) = persisting.take() {
+                            let messages = self.core.on_persisted(id)?;
+                            self.send(messages);
+                        }
+                    }
+                    _ = ticker.tick() => {
+                        self.core.tick();
+                        self.expire_requests();
+                        self.compact()?;
+                    }
+                    Some(message) = inbound.recv() => {
+                        self.on_inbound(message);
+                        // Drain what is already queued so one cycle covers it all.
+                        for _ in 0..1024 {
+                            match inbound.try_recv() {
+                                Ok(message) => self.on_inbound(message),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    command = commands.recv() => match command {
+                        Some(command) => {
+                            self.on_command(command);
+                            for _ in 0..1024 {
+                                match commands.try_recv() {
+                                    Ok(command) => self.on_command(command),
+                                    Err(_) => break,
+                                }
+                            }
+                        }
+                        None => return Ok(()),
+                    },
+                }
+            }
+        }
+        .await;
+        if let Err(error) = result {
+            tracing::error!(%error, "coordinator stopped on a fatal error; pending requests fail");
+        }
+        // Wait for an fsync in flight, so a restart does not race it; then fail what is left.
+        if persisting.is_some() {
+            let _ = done_rx.recv().await;
+        }
+        drop(persist_tx);
+        self.fail_all();
+    }
+
+    fn send(&mut self, messages: Vec<(NodeId, Envelope)>) {
+        for (to, envelope) in messages {
+            let group = envelope.group();
+            if let Err(error) = self.transport.send(to, envelope) {
+                tracing::debug!(%to, %error, "send failed; raft will retry");
+                self.core.report_unreachable(to, group);
+            }
+        }
+    }
+
+    fn on_inbound(&mut self, inbound: Inbound) {
+        match inbound {
+            Inbound::Message { from, envelope } => self.core.step(from, envelope),
+            Inbound::Unreachable { to, group } => self.core.report_unreachable(to, group),
+            Inbound::SnapshotStatus {
+                to,
+                group,
+                delivered,
+            } => self.core.report_snapshot(to, group, delivered),
+        }
+    }
+
+    fn token(&mut self) -> Token {
+        let token = self.next_token;
+        self.next_token += 1;
+        self.deadlines
+            .push_back((Instant::now() + self.request_timeout, token));
+        token
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Request {
+                group,
+                request,
+                waiter,
+            } => {
+                let token = self.token();
+                if let Err((waiter, error)) =
+                    self.pending
+                        .submit(&mut self.core, token, group, request, waiter)
+                {
+                    let _ = waiter.fail(self.with_leader_hint(error));
+                }
+            }
+            Command::TransferLeader { group, to, reply } => {
+                let _ = reply.send(self.core.transfer_leader(group, to));
+            }
+            Command::Status { reply } => {
+                let groups = self
+                    .core
+                    .groups()
+                    .filter_map(|g| self.core.status(g))
+                    .collect();
+                let _ = reply.send(NodeStatus {
+                    node: self.core.id(),
+                    groups,
+                    coordinator: self.core.stats().clone(),
+                    storage: self.store.stats(),
+                    transport: self.transport.stats(),
+                    proposals_acknowledged: self.acknowledged,
+                    routing_version: self.state_machine.table().version(),
+                });
+            }
+        }
+    }
+
+    /// `error` with the leader this node last saw, when raft does not know one.
+    fn with_leader_hint(&self, error: RequestError) -> RequestError {
+        match error {
+            RequestError::NotLeader {
+                group,
+                leader: None,
+            } => RequestError::NotLeader {
+                group,
+                leader: self
+                    .placement
+                    .leader_hint(group)
+                    .filter(|l| *l != self.core.id()),
+            },
+            other => other,
+        }
+    }
+
+    /// Applies a cycle's committed work and answers the requests it and its events complete.
+    fn answer(
+        &mut self,
+        applies: Vec<crate::multiraft::Apply>,
+        events: &[Event],
+    ) -> Result<(), CoordinatorError> {
+        let mut completed = Vec::new();
+        self.pending
+            .apply(&mut self.state_machine, applies, &mut completed)?;
+        for event in events {
+            if let Event::LeaderChanged {
+                group,
+                leader,
+                term,
+            } = *event
+            {
+                tracing::debug!(%group, ?leader, term, "leader changed");
+                self.placement.set_leader_hint(group, leader);
+            }
+            completed.extend(self.pending.on_event(&mut self.state_machine, event));
+        }
+        for done in completed {
+            self.reply(done);
+        }
+        Ok(())
+    }
+
+    fn reply(&mut self, done: Completed<Waiter>) {
+        if done.kind == Kind::Propose && done.result.is_ok() {
+            self.acknowledged += 1;
+        }
+        done.waiter.send(done.group, done.token, done.result);
+    }
+
+    fn fail(&mut self, token: Token, error: impl FnOnce(GroupId) -> RequestError) {
+        if let Some(done) = self.pending.fail(token, error) {
+            self.reply(done);
+        }
+    }
+
+    fn expire_requests(&mut self) {
+        let now = Instant::now();
+        while let Some(&(deadline, token)) = self.deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            self.fail(token, |group| RequestError::Timeout { group });
+        }
+    }
+
+    fn compact(&mut self) -> Result<(), CoordinatorError> {
+        for group in self.core.compaction_due() {
+            let data = self
+                .state_machine
+                .snapshot(group)
+                .map_err(|source| CoordinatorError::StateMachine { group, source })?;
+            self.core.compact(group, data)?;
+        }
+        Ok(())
+    }
+
+    fn fail_all(&mut self) {
+        for done in self.pending.fail_all(&RequestError::ShuttingDown) {
+            self.reply(done);
+        }
+    }
+
+    /// See [`Placement::reconcile`]; the proposals it lost track of fail as outcome unknown.
+    fn reconcile(&mut self) -> Result<(), CoordinatorError> {
+        let lost = self
+            .placement
+            .reconcile(&mut self.core, &mut self.state_machine)?;
+        for token in lost {
+            self.fail(token, |group| RequestError::OutcomeUnknown { group });
+        }
+        Ok(())
+    }
+}

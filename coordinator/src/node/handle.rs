@@ -1,0 +1,614 @@
+//! [`Node`]: the handle a database calls. Every call becomes a [`Command`] for the driver task
+//! and waits for its answer; nothing here touches the core.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState};
+use routing::{GroupId, META_GROUP, NodeId, RoutingChange, RoutingTable, VShardId};
+use storage::LogStore;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument as _;
+use transport::{AddressBook, Inbound, QuicTransport, Transport};
+
+use super::config::transport_for;
+use super::driver::{Driver, Reply, Waiter};
+use super::pending::Request;
+use super::placement::bootstrap_groups;
+use super::reconcile::{KnownGroups, Placement};
+use super::{KeyRead, NodeConfig, NodeError, NodeStatus};
+use crate::error::{CoordinatorError, RequestError};
+use crate::lock;
+use crate::multiraft::{GroupStatus, MultiRaft};
+use crate::replicated::{Fences, Frame, Replicated, VShardStep};
+use crate::state_machine::StateMachine;
+
+/// What stops the coordinator task and waits for it.
+type DriverHandle = (oneshot::Sender<()>, tokio::task::JoinHandle<()>);
+
+/// What the handle asks the driver task.
+pub(super) enum Command {
+    /// A request answered from a cycle's output.
+    Request {
+        group: GroupId,
+        request: Request,
+        waiter: Waiter,
+    },
+    TransferLeader {
+        group: GroupId,
+        to: NodeId,
+        reply: Reply<()>,
+    },
+    Status {
+        reply: oneshot::Sender<NodeStatus>,
+    },
+}
+
+/// A running node: every raft group the routing table gives it, on one QUIC endpoint and one
+/// log store. Cheap to clone; all clones talk to the same node.
+#[derive(Clone)]
+pub struct Node {
+    id: NodeId,
+    commands: mpsc::Sender<Command>,
+    routing: Arc<RwLock<RoutingTable>>,
+    /// The applied routing version, for waiting on a newer table.
+    routing_version: watch::Receiver<u64>,
+    fences: Fences,
+    request_timeout: Duration,
+    local_addr: SocketAddr,
+    shutdown: Arc<tokio::sync::Mutex<Option<DriverHandle>>>,
+    address_book: AddressBook,
+    /// The QUIC endpoint (absent over other transports). The driver sends through the
+    /// [`Transport`] trait; the handle keeps the concrete type only for what the trait does not
+    /// offer: closing the endpoint on `shutdown`, and the client connections it accepted.
+    quic: Option<Arc<QuicTransport>>,
+}
+
+/// How a node is wired to its transport.
+struct Wiring {
+    transport: Arc<dyn Transport>,
+    inbound: mpsc::Receiver<Inbound>,
+    address_book: AddressBook,
+    local_addr: SocketAddr,
+    /// The groups the QUIC endpoint accepts streams for (QUIC only).
+    known: Option<KnownGroups>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.id)
+            .field("local_addr", &self.local_addr)
+            .finish()
+    }
+}
+
+impl Node {
+    /// Starts a node: opens the log store, binds the QUIC endpoint, creates (or recovers) every
+    /// group the routing table gives this node, and runs the coordinator.
+    ///
+    /// # Errors
+    /// [`NodeError`] saying which part could not start.
+    pub async fn start(
+        config: NodeConfig,
+        identity: &certs::NodeIdentity,
+        routing: RoutingTable,
+        state_machine: impl StateMachine,
+    ) -> Result<Node, NodeError> {
+        if identity.node_id() != config.node_id {
+            return Err(NodeError::IdentityMismatch {
+                config: config.node_id,
+                certificate: identity.node_id(),
+            });
+        }
+        config.raft.validate().map_err(CoordinatorError::from)?;
+        config.transport.validate()?;
+        let address_book = AddressBook::new();
+        for (node, addr) in &config.peers {
+            address_book.insert(*node, *addr);
+        }
+        // Before the endpoint accepts anything: a peer's stream for a group this node is about
+        // to load would otherwise be reset while thousands of groups load. The driver keeps
+        // the set current as the routing table moves replicas here or away.
+        let store = LogStore::open(&config.data_dir, config.store.clone())?;
+        let initial: HashSet<GroupId> = if !store.groups().is_empty() {
+            store.groups().into_iter().collect()
+        } else if config.join {
+            HashSet::from([META_GROUP])
+        } else {
+            bootstrap_groups(&routing, config.node_id)
+                .into_iter()
+                .map(|(g, _, _)| g)
+                .collect()
+        };
+        let known: KnownGroups = Arc::new(RwLock::new(initial));
+        let filter_set = known.clone();
+        let filter: transport::GroupFilter =
+            Arc::new(move |group| lock::read(&filter_set).contains(&group));
+        let (quic, inbound) = QuicTransport::bind(
+            config.listen,
+            identity,
+            transport_for(&config.transport, &routing),
+            address_book.clone(),
+            filter,
+        )
+        .await?;
+        let quic = Arc::new(quic);
+        let wiring = Wiring {
+            local_addr: quic.local_addr(),
+            transport: quic.clone(),
+            inbound,
+            address_book,
+            known: Some(known),
+        };
+        let mut node = Self::start_inner(config, store, wiring, routing, Box::new(state_machine))?;
+        node.quic = Some(quic);
+        Ok(node)
+    }
+
+    /// Starts a node over any [`Transport`] (the in-memory one in tests).
+    ///
+    /// # Errors
+    /// [`NodeError`] saying which part could not start.
+    pub fn start_with_transport(
+        config: NodeConfig,
+        transport: Arc<dyn Transport>,
+        inbound: mpsc::Receiver<Inbound>,
+        address_book: AddressBook,
+        local_addr: SocketAddr,
+        routing: RoutingTable,
+        state_machine: impl StateMachine,
+    ) -> Result<Node, NodeError> {
+        let store = LogStore::open(&config.data_dir, config.store.clone())?;
+        let wiring = Wiring {
+            transport,
+            inbound,
+            address_book,
+            local_addr,
+            known: None,
+        };
+        Self::start_inner(config, store, wiring, routing, Box::new(state_machine))
+    }
+
+    fn start_inner(
+        config: NodeConfig,
+        store: LogStore,
+        wiring: Wiring,
+        routing: RoutingTable,
+        state_machine: Box<dyn StateMachine>,
+    ) -> Result<Node, NodeError> {
+        let id = config.node_id;
+        let fresh = store.groups().is_empty();
+        if fresh && !config.join && !routing.is_member(id) {
+            return Err(NodeError::NoGroups(id));
+        }
+        let mut core = MultiRaft::new(id, config.raft.clone(), store.clone())?;
+        if fresh && config.join {
+            // Everything arrives from the cluster: first the meta group's table, then the
+            // replicas it places here.
+            core.create_joining_group(META_GROUP)?;
+        } else if fresh {
+            let created = core.create_groups_with_learners(bootstrap_groups(&routing, id))?;
+            // A brand-new cluster need not wait out an election timeout per group: the routing
+            // table's leader hints are balanced, so each hinted replica campaigns on the first
+            // tick, as many at a time as `RaftConfig::max_campaigns` lets it (the others'
+            // first elections are spread out, see MultiRaft).
+            for group in created {
+                if routing.leader_hint(group) == Some(id) {
+                    let _ = core.campaign_soon(group);
+                }
+            }
+        }
+        // A restart recovers exactly the groups its store holds; the meta group's log then
+        // replays the table (and any replica moves) from where this node left off.
+        if let Some(known) = &wiring.known {
+            lock::write(known).extend(core.groups());
+        }
+        // Restores from stored snapshots come out of the first cycle; nothing else may run first.
+        let (version_tx, version_rx) = watch::channel(routing.version());
+        let state_machine = Replicated::new(state_machine, routing.clone());
+        let fences = state_machine.fences();
+        let routing = Arc::new(RwLock::new(routing));
+        let (commands_tx, commands_rx) = mpsc::channel(4096);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let placement = Placement::new(
+            routing.clone(),
+            version_tx,
+            wiring.known,
+            wiring.address_book.clone(),
+        );
+        let driver = Driver::new(
+            core,
+            store,
+            wiring.transport,
+            state_machine,
+            placement,
+            config.request_timeout,
+        );
+        let span = tracing::info_span!("node", node = %id);
+        let handle = tokio::spawn(
+            driver
+                .run(commands_rx, wiring.inbound, stop_rx, config.tick_interval)
+                .instrument(span),
+        );
+        Ok(Node {
+            id,
+            commands: commands_tx,
+            routing,
+            routing_version: version_rx,
+            fences,
+            request_timeout: config.request_timeout,
+            local_addr: wiring.local_addr,
+            shutdown: Arc::new(tokio::sync::Mutex::new(Some((stop_tx, handle)))),
+            address_book: wiring.address_book,
+            quic: None,
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The address the endpoint is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Client connections (ALPN `pontoon-client/1`) the endpoint accepted, when the transport
+    /// config has `accept_clients`; `Some` once. The example key-value service serves them.
+    pub fn take_client_connections(&self) -> Option<mpsc::Receiver<transport::ClientConnection>> {
+        self.quic.as_ref()?.take_client_connections()
+    }
+
+    /// The routing table as this node knows it (leader hints kept current).
+    pub fn routing(&self) -> RoutingTable {
+        lock::read(&self.routing).clone()
+    }
+
+    /// The group that serves `key` by this node's routing table.
+    pub fn group_for_key(&self, key: &[u8]) -> GroupId {
+        lock::read(&self.routing).group_for_key(key)
+    }
+
+    /// Changes where `node` is reached (it moved, or a new node joined).
+    pub fn set_peer_address(&self, node: NodeId, addr: SocketAddr) {
+        self.address_book.insert(node, addr);
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(make(reply))
+            .await
+            .map_err(|_| RequestError::ShuttingDown)?;
+        rx.await.map_err(|_| RequestError::ShuttingDown)?
+    }
+
+    /// Replicates `command` in the group that owns `key`, and returns the state machine's
+    /// response once the command is committed by a quorum and applied here.
+    ///
+    /// # Errors
+    /// [`RequestError::NotLeader`] (retry on the leader it names), [`RequestError::GroupNotFound`],
+    /// [`RequestError::ProposalDropped`] (did not take effect), [`RequestError::Timeout`]
+    /// (outcome unknown), [`RequestError::ShuttingDown`].
+    pub async fn propose(&self, key: &[u8], command: Vec<u8>) -> Result<Vec<u8>, RequestError> {
+        self.routed(key, |group, vshard| {
+            self.propose_frame(group, Frame::encode_user(Some(vshard), command.clone()))
+        })
+        .await
+    }
+
+    /// Runs `attempt` on the group that serves `key`'s vShard by this node's table. A group
+    /// that refuses it as stale routing did not act on it, so it runs again once this node
+    /// has a newer table, until the request timeout.
+    async fn routed<T, F>(
+        &self,
+        key: &[u8],
+        mut attempt: impl FnMut(GroupId, VShardId) -> F,
+    ) -> Result<T, RequestError>
+    where
+        F: Future<Output = Result<T, RequestError>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        loop {
+            let (vshard, group, version) = {
+                let routing = lock::read(&self.routing);
+                let vshard = routing.vshard_of_key(key);
+                // A vShard the table does not place goes to no group: the driver answers
+                // GroupNotFound.
+                let group = routing.group_of_vshard(vshard).unwrap_or(GroupId(0));
+                (vshard, group, routing.version())
+            };
+            let result = attempt(group, vshard).await;
+            let Err(RequestError::StaleRouting { .. }) = &result else {
+                return result;
+            };
+            let mut versions = self.routing_version.clone();
+            let newer = tokio::time::timeout_at(deadline, versions.wait_for(|v| *v > version));
+            if !matches!(newer.await, Ok(Ok(_))) {
+                return result;
+            }
+        }
+    }
+
+    async fn request<T>(
+        &self,
+        group: GroupId,
+        request: Request,
+        waiter: impl FnOnce(Reply<T>) -> Waiter,
+    ) -> Result<T, RequestError> {
+        self.call(|reply| Command::Request {
+            group,
+            request,
+            waiter: waiter(reply),
+        })
+        .await
+    }
+
+    /// [`Node::propose`] to a group named directly.
+    ///
+    /// # Errors
+    /// As [`Node::propose`].
+    pub async fn propose_to_group(
+        &self,
+        group: GroupId,
+        command: Vec<u8>,
+    ) -> Result<Vec<u8>, RequestError> {
+        self.propose_frame(group, Frame::encode_user(None, command))
+            .await
+    }
+
+    async fn propose_frame(&self, group: GroupId, data: Vec<u8>) -> Result<Vec<u8>, RequestError> {
+        self.request(group, Request::Propose(data), Waiter::Response)
+            .await
+    }
+
+    /// Applies `change` to the cluster's routing table through the meta group, if the table is
+    /// still at `expected_version`. Must run on the meta group's leader. Resolves with the new
+    /// table once this node has applied it.
+    ///
+    /// # Errors
+    /// [`RequestError::NotLeader`] (retry on the meta group's leader),
+    /// [`RequestError::Refused`] (another version, or an invalid change), and those of
+    /// [`Node::propose`].
+    pub async fn propose_routing(
+        &self,
+        change: &RoutingChange,
+        expected_version: u64,
+    ) -> Result<RoutingTable, RequestError> {
+        let frame = Frame::Routing(change.encode(expected_version)).encode();
+        let bytes = self.propose_frame(META_GROUP, frame).await?;
+        RoutingTable::decode(&bytes).map_err(|e| RequestError::Refused {
+            group: META_GROUP,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Fences `vshard` in `group` (the first step of moving it away): every command for it
+    /// ordered after this one is refused with [`RequestError::StaleRouting`]. Its data stays.
+    ///
+    /// # Errors
+    /// As [`Node::propose`].
+    pub async fn release_vshard(
+        &self,
+        group: GroupId,
+        vshard: VShardId,
+    ) -> Result<(), RequestError> {
+        self.vshard_step(group, vshard, VShardStep::Release).await
+    }
+
+    /// Proposes one step of a vShard move to `group` (this node must lead it): see
+    /// [`Node::release_vshard`], [`Node::acquire_vshard`], [`Node::purge_vshard`].
+    ///
+    /// # Errors
+    /// As [`Node::propose`].
+    pub async fn vshard_step(
+        &self,
+        group: GroupId,
+        vshard: VShardId,
+        step: VShardStep,
+    ) -> Result<(), RequestError> {
+        self.propose_frame(group, step.frame(vshard).encode())
+            .await
+            .map(drop)
+    }
+
+    /// Makes `group` serve `vshard`, importing `data` (from [`Node::export_vshard`] on its old
+    /// group) through [`StateMachine::import_vshard`]; `None` takes back a vShard this group
+    /// released (a move rolled back). Idempotent: importing twice replaces the data.
+    ///
+    /// # Errors
+    /// As [`Node::propose`].
+    pub async fn acquire_vshard(
+        &self,
+        group: GroupId,
+        vshard: VShardId,
+        data: Option<Vec<u8>>,
+    ) -> Result<(), RequestError> {
+        self.vshard_step(group, vshard, VShardStep::Acquire(data))
+            .await
+    }
+
+    /// Drops the data of a vShard `group` released (when it is still fenced there).
+    ///
+    /// # Errors
+    /// As [`Node::propose`].
+    pub async fn purge_vshard(&self, group: GroupId, vshard: VShardId) -> Result<(), RequestError> {
+        self.vshard_step(group, vshard, VShardStep::Purge).await
+    }
+
+    /// `vshard`'s data in `group`, read from this node's replica after a linearizable read
+    /// barrier, through [`StateMachine::export_vshard`].
+    ///
+    /// # Errors
+    /// As [`Node::read_index`], or [`RequestError::Refused`] when the state machine cannot
+    /// export.
+    pub async fn export_vshard(
+        &self,
+        group: GroupId,
+        vshard: VShardId,
+    ) -> Result<Vec<u8>, RequestError> {
+        self.request(group, Request::Export(vshard), Waiter::Response)
+            .await
+    }
+
+    /// One group's status on this node (`None`: it holds no replica of it).
+    ///
+    /// # Errors
+    /// [`RequestError::ShuttingDown`].
+    pub async fn group_status(&self, group: GroupId) -> Result<Option<GroupStatus>, RequestError> {
+        let status = self.status().await?;
+        Ok(status.groups.into_iter().find(|g| g.group == group))
+    }
+
+    /// Waits until this node has applied a routing table of at least `version`, up to the
+    /// request timeout; returns the version it has.
+    pub async fn wait_for_routing(&self, version: u64) -> u64 {
+        let mut versions = self.routing_version.clone();
+        let reached =
+            tokio::time::timeout(self.request_timeout, versions.wait_for(|v| *v >= version));
+        match reached.await {
+            Ok(Ok(v)) => *v,
+            _ => *self.routing_version.borrow(),
+        }
+    }
+
+    /// A linearizable read barrier for `key`: resolves once this node's replica of the key's
+    /// group has applied everything committed before the call and still serves the key's
+    /// vShard, retrying on a newer routing table when the vShard moved. Read the local state
+    /// machine for `read.group` afterwards, then confirm with [`Node::serves`] that the
+    /// vShard did not leave while reading (if it did, read again).
+    ///
+    /// # Errors
+    /// As [`Node::read_index`], and [`RequestError::StaleRouting`] when no newer table came
+    /// before the deadline.
+    pub async fn read_key(&self, key: &[u8]) -> Result<KeyRead, RequestError> {
+        self.routed(key, |group, vshard| async move {
+            let read = Request::Read {
+                vshard: Some(vshard),
+            };
+            let index = self.request(group, read, Waiter::Index).await?;
+            Ok(KeyRead {
+                group,
+                vshard,
+                index,
+            })
+        })
+        .await
+    }
+
+    /// Whether this node's replica of `group` serves `vshard` (it has not released it).
+    pub fn serves(&self, group: GroupId, vshard: VShardId) -> bool {
+        self.fences.serves(group, vshard)
+    }
+
+    /// A linearizable read barrier: resolves once this node's state machine for `group` has
+    /// applied everything committed before the call, confirmed by a quorum. Read the local
+    /// state machine afterwards. Returns the applied index reached.
+    ///
+    /// # Errors
+    /// As [`Node::propose`].
+    pub async fn read_index(&self, group: GroupId) -> Result<u64, RequestError> {
+        let read = Request::Read { vshard: None };
+        self.request(group, read, Waiter::Index).await
+    }
+
+    /// Asks `group`'s leader (this node) to hand leadership to `to`. Resolves when the request
+    /// is made; watch [`Node::status`] for the outcome.
+    ///
+    /// # Errors
+    /// [`RequestError::NotLeader`], [`RequestError::GroupNotFound`], [`RequestError::ShuttingDown`].
+    pub async fn transfer_leader(&self, group: GroupId, to: NodeId) -> Result<(), RequestError> {
+        self.call(|reply| Command::TransferLeader { group, to, reply })
+            .await
+    }
+
+    /// Changes `group`'s membership through raft (joint consensus when `change` has several
+    /// steps; leave the joint state with an empty change). Resolves with the configuration in
+    /// force once the change is committed and applied.
+    ///
+    /// # Errors
+    /// As [`Node::propose`].
+    pub async fn change_membership(
+        &self,
+        group: GroupId,
+        change: ConfChangeV2,
+    ) -> Result<ConfState, RequestError> {
+        self.request(group, Request::ConfChange(change), Waiter::Configured)
+            .await
+    }
+
+    /// Adds `node` to `group` as a learner (it receives the log but does not vote).
+    ///
+    /// # Errors
+    /// As [`Node::change_membership`].
+    pub async fn add_learner(
+        &self,
+        group: GroupId,
+        node: NodeId,
+    ) -> Result<ConfState, RequestError> {
+        self.change_membership(group, single_change(ConfChangeType::AddLearnerNode, node))
+            .await
+    }
+
+    /// Adds `node` to `group` as a voter, or promotes it when it is a learner.
+    ///
+    /// # Errors
+    /// As [`Node::change_membership`].
+    pub async fn add_voter(&self, group: GroupId, node: NodeId) -> Result<ConfState, RequestError> {
+        self.change_membership(group, single_change(ConfChangeType::AddNode, node))
+            .await
+    }
+
+    /// Removes `node` from `group`.
+    ///
+    /// # Errors
+    /// As [`Node::change_membership`].
+    pub async fn remove_member(
+        &self,
+        group: GroupId,
+        node: NodeId,
+    ) -> Result<ConfState, RequestError> {
+        self.change_membership(group, single_change(ConfChangeType::RemoveNode, node))
+            .await
+    }
+
+    /// Every group's status and the node's counters.
+    ///
+    /// # Errors
+    /// [`RequestError::ShuttingDown`].
+    pub async fn status(&self) -> Result<NodeStatus, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Status { reply })
+            .await
+            .map_err(|_| RequestError::ShuttingDown)?;
+        rx.await.map_err(|_| RequestError::ShuttingDown)
+    }
+
+    /// Stops the node: pending requests fail with `ShuttingDown`, the endpoint closes, and the
+    /// call returns once the coordinator task has ended. Durable state stays on disk.
+    pub async fn shutdown(&self) {
+        let taken = self.shutdown.lock().await.take();
+        if let Some((stop, handle)) = taken {
+            let _ = stop.send(());
+            let _ = handle.await;
+        }
+        if let Some(quic) = &self.quic {
+            quic.shutdown().await;
+        }
+    }
+}
+
+fn single_change(kind: ConfChangeType, node: NodeId) -> ConfChangeV2 {
+    let mut single = ConfChangeSingle::default();
+    single.set_change_type(kind);
+    single.node_id = node.get();
+    let mut change = ConfChangeV2::default();
+    change.mut_changes().push(single);
+    change
+}

@@ -1,0 +1,103 @@
+//! [`Node`]: the tokio driver around [`MultiRaft`](crate::MultiRaft), and the API a database
+//! calls.
+//!
+//! One task owns the core, the state machine and the pending requests. It ticks the groups,
+//! steps what the transport delivers, and runs cycles: the cycle's batch is staged (readable by
+//! raft at once) and handed to a persister thread, and while that fsync runs the task keeps
+//! stepping and accepting proposals, which all land in the next cycle's batch. That is how one
+//! fsync covers many proposals of many groups.
+//!
+//! - `config`: what a node starts with; the transport limits its table calls for.
+//! - `handle`: [`Node`], the public API; each call is a command to the driver.
+//! - `driver`: the task's loop, and nothing else.
+//! - `pending`: the requests in flight and how a cycle answers them (shared with the
+//!   simulation, so both drivers answer alike).
+//! - `placement`: the groups a new cluster starts with.
+//! - `reconcile`: acting on routing tables the meta group applies.
+
+mod config;
+mod driver;
+mod handle;
+pub(crate) mod pending;
+pub(crate) mod placement;
+mod reconcile;
+
+use routing::{GroupId, NodeId, VShardId};
+use storage::StorageStats;
+use transport::TransportStats;
+
+use crate::error::CoordinatorError;
+use crate::multiraft::{CoordinatorStats, GroupStatus};
+
+pub use config::NodeConfig;
+pub use handle::Node;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The log store could not be opened.
+    #[error("cannot open the log store: {0}")]
+    Storage(#[from] storage::StorageError),
+    /// The transport could not start (address in use, bad certificate, bad limits).
+    #[error("cannot start the transport: {0}")]
+    Transport(#[from] transport::TransportError),
+    /// The coordinator could not start.
+    #[error(transparent)]
+    Coordinator(#[from] CoordinatorError),
+    /// The node's id does not match its certificate.
+    #[error("config says node {config} but the certificate is for node {certificate}")]
+    IdentityMismatch {
+        /// Id in the config.
+        config: NodeId,
+        /// Id in the certificate.
+        certificate: NodeId,
+    },
+    /// The routing table gives this node no group.
+    #[error("the routing table gives node {0} no group; check the node id and the table")]
+    NoGroups(NodeId),
+    /// A transport setting is invalid.
+    #[error("invalid node config: {0}")]
+    Config(#[from] transport::ConfigError),
+}
+
+/// A node's view of all its groups, with its counters.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct NodeStatus {
+    /// This node.
+    pub node: NodeId,
+    /// Every group it holds.
+    pub groups: Vec<GroupStatus>,
+    /// Coordinator counters.
+    pub coordinator: CoordinatorStats,
+    /// Log store counters.
+    #[serde(skip)]
+    pub storage: StorageStats,
+    /// Transport counters.
+    #[serde(skip)]
+    pub transport: TransportStats,
+    /// Proposals acknowledged to callers.
+    pub proposals_acknowledged: u64,
+    /// The version of the routing table this node has applied.
+    pub routing_version: u64,
+}
+
+impl NodeStatus {
+    /// How many groups this node leads.
+    pub fn leading(&self) -> usize {
+        self.groups
+            .iter()
+            .filter(|g| g.leader == Some(self.node))
+            .count()
+    }
+}
+
+/// Where a linearizable read of a key may be served: see [`Node::read_key`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyRead {
+    /// The group to read the key from.
+    pub group: GroupId,
+    /// The key's vShard (check [`Node::serves`] after reading).
+    pub vshard: VShardId,
+    /// The applied index the read reflects.
+    pub index: u64,
+}

@@ -1,0 +1,14 @@
+//! Test and benchmark machinery, behind the `test-util` feature (off by default), so it is
+//! never part of the API an embedder builds against by accident.
+//!
+//! - [`sim`]: a deterministic simulation of a whole cluster (real cores and stores, an
+//!   in-memory network with faults, virtual time from one seed).
+//! - [`linearizability`]: a checker for the key-value histories a simulation records.
+//! - [`local`]: N real nodes in one process over QUIC on loopback, and a load driver.
+//!
+//! Enable it from a dev-dependency:
+//! `pontoon-coordinator = { path = "…", features = ["test-util"] }`.
+
+pub mod linearizability;
+pub mod local;
+pub mod sim;
