@@ -35,8 +35,7 @@ pub use ca::{CA_VALIDITY, ClientIdentity, ClusterCa, LEAF_VALIDITY, NodeIdentity
 pub use error::CertError;
 pub use identity::{
     CLIENT_URI_PREFIX, CLUSTER_SERVER_NAME, ClientRole, NODE_URI_PREFIX, PeerIdentity,
-    ROLE_URI_PREFIX, client_role, leaf_serial, node_id_from_chain, node_server_name,
-    peer_identity,
+    ROLE_URI_PREFIX, client_role, leaf_serial, node_id_from_chain, node_server_name, peer_identity,
 };
 pub use tls::{ALPN, CLIENT_ALPN};
 

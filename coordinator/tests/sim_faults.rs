@@ -227,6 +227,8 @@ struct Scenario {
     max_duplicate: f64,
     max_delay: u64,
     unsynced_log: bool,
+    /// Chance per time unit of one forged raft message (`SimConfig::byzantine`).
+    byzantine: f64,
     /// `RaftConfig::max_campaigns`: 1 in half the seeds, so elections wait for room under
     /// every fault.
     max_campaigns: usize,
@@ -252,6 +254,7 @@ impl Scenario {
             max_duplicate: rng.range(0, 5) as f64 / 100.0,
             max_delay: rng.range(1, 8),
             unsynced_log: false,
+            byzantine: 0.0,
             // Drawn last: every other field keeps the value it had for this seed.
             max_campaigns: if rng.chance(0.5) { 1 } else { 1024 },
         }
@@ -264,9 +267,17 @@ impl Scenario {
         self
     }
 
+    /// The same run with byzantine senders forging raft traffic at a high rate.
+    fn with_byzantine_senders(mut self) -> Self {
+        self.byzantine = 0.3;
+        self
+    }
+
     fn replay_command(&self) -> String {
         let bug = if self.unsynced_log {
             "PONTOON_SIM_UNSYNCED_LOG=1 "
+        } else if self.byzantine > 0.0 {
+            "PONTOON_SIM_BYZANTINE=1 "
         } else {
             ""
         };
@@ -318,6 +329,10 @@ struct Counts {
     membership_applied: u64,
     fault_changes: u64,
     node_panics: u64,
+    /// Forged raft messages delivered (byzantine senders), and those refused by the nodes up
+    /// at the end (a crash forgets its counters).
+    forged: u64,
+    refused: u64,
 }
 
 /// What a run produced.
@@ -414,7 +429,8 @@ impl Run {
             .replication(3)
             .raft(raft)
             .faults(faults)
-            .unsynced_log(scenario.unsynced_log);
+            .unsynced_log(scenario.unsynced_log)
+            .byzantine(scenario.byzantine);
         let cluster = SimCluster::new(dir, config, |_| RegisterKv::default())
             .map_err(|e| format!("the cluster did not start: {e}"))?;
         Ok(Self {
@@ -1022,6 +1038,14 @@ impl Run {
                 )
             })
             .count() as u64;
+        counts.forged = self.cluster.forged();
+        counts.refused = self
+            .cluster
+            .node_ids()
+            .into_iter()
+            .filter_map(|n| self.cluster.core(n))
+            .map(|core| core.stats().refused_messages.values().sum::<u64>())
+            .sum();
         Report {
             scenario: self.scenario,
             hash,
@@ -1176,16 +1200,45 @@ fn replay() {
     if env_u64("PONTOON_SIM_UNSYNCED_LOG") == Some(1) {
         scenario = scenario.with_unsynced_log();
     }
+    if env_u64("PONTOON_SIM_BYZANTINE") == Some(1) {
+        scenario = scenario.with_byzantine_senders();
+    }
     let report = simulate(scenario);
     println!("{}", report.summary());
     assert!(report.failures.is_empty(), "{}", report.failure_text());
+}
+
+/// Byzantine senders (nodes outside the cluster sending anything, members sending what no
+/// honest node sends) forge raft traffic under every other fault: no safety check may break,
+/// no coordinator may panic, and the forgeries must have been refused, not just lost.
+/// `PONTOON_SIM_SEEDS=N` runs more.
+#[test]
+fn byzantine_senders_never_break_a_safety_check() {
+    let seeds = match env_u64("PONTOON_SIM_SEEDS") {
+        Some(n) => (1..=n).collect(),
+        None => vec![2, 3, 4, 5],
+    };
+    let mut failed = Vec::new();
+    for seed in seeds {
+        let report = simulate(Scenario::from_seed(seed).with_byzantine_senders());
+        println!("{}", report.summary());
+        if !report.failures.is_empty() {
+            failed.push(report.failure_text());
+        }
+        assert!(
+            report.counts.forged > 100 && report.counts.refused > 0,
+            "seed {seed}: the forgeries did not reach the nodes: {:?}",
+            report.counts
+        );
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
 
 /// The harness must be able to fail: with the raft log acknowledged before it is written
 /// (lost on crash), the checks catch it on every seed here.
 #[test]
 fn an_unsynced_raft_log_is_caught() {
-    for seed in [2, 3] {
+    for seed in [2, 5] {
         let report = simulate(Scenario::from_seed(seed).with_unsynced_log());
         println!("{}", report.summary());
         for f in &report.failures {

@@ -181,6 +181,18 @@ impl MultiRaft {
             .is_some_and(|s| s.applied >= s.commit)
     }
 
+    /// Records where `table` places each group and which nodes make the cluster: a node
+    /// placed on a group is heard by its replicas here before the membership change that adds
+    /// it applies, and a node outside the cluster is never heard (see [`crate::Refusal`]).
+    /// [`MultiRaft::place_replicas`] calls this; call it too with the table a node starts with.
+    pub fn set_placement(&mut self, table: &routing::RoutingTable) {
+        self.placement = table
+            .groups()
+            .map(|(group, placement)| (group, placement.replicas.iter().copied().collect()))
+            .collect();
+        self.cluster = Some(table.members().map(|(node, _)| node).collect());
+    }
+
     /// Makes this node hold exactly the replicas `table` places on it: joins the groups it
     /// lists this node in (empty, to be filled by the leader's snapshot), deletes the ones it
     /// no longer lists.
@@ -195,6 +207,7 @@ impl MultiRaft {
         &mut self,
         table: &routing::RoutingTable,
     ) -> Result<Vec<Token>, CoordinatorError> {
+        self.set_placement(table);
         let me = self.id;
         let placed: BTreeSet<GroupId> = table.groups_on_node(me).into_iter().collect();
         for group in &placed {

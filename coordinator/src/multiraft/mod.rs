@@ -26,6 +26,7 @@ use crate::logging::group_logger;
 use crate::outbox::{self, CoalesceCount, Outbox};
 use crate::proposal_batch;
 
+pub(crate) mod admission;
 mod cycle;
 mod groups;
 mod pacing;
@@ -100,6 +101,11 @@ pub struct MultiRaft {
     unreachable_reported: BTreeMap<NodeId, u64>,
     /// The peer set must be recomputed (groups or configurations changed).
     peers_stale: bool,
+    /// The nodes the routing table places on each group: heard by a replica before the
+    /// membership change that adds them applies (see [`MultiRaft::set_placement`]).
+    placement: BTreeMap<GroupId, BTreeSet<NodeId>>,
+    /// The nodes of the cluster, once a routing table said (see [`MultiRaft::set_placement`]).
+    cluster: Option<BTreeSet<NodeId>>,
     /// Elections this node may still start now (see [`RaftConfig::max_campaigns`]).
     campaign_tokens: usize,
     ticks: u64,
@@ -141,6 +147,8 @@ impl MultiRaft {
             silent_ticks: BTreeMap::new(),
             unreachable_reported: BTreeMap::new(),
             peers_stale: true,
+            placement: BTreeMap::new(),
+            cluster: None,
             campaign_tokens,
             ticks: 0,
             stats: CoordinatorStats::default(),
@@ -235,6 +243,47 @@ impl MultiRaft {
         // The transport proved who sent it; raft must not be told otherwise.
         m.from = from.get();
         m.to = self.id.get();
+        let standing = admission::Standing {
+            placed: self
+                .placement
+                .get(&group)
+                .is_some_and(|nodes| nodes.contains(&from)),
+            // Without a routing table (a core driven on its own) every sender counts as a node
+            // of the cluster; the meta replica of a joining node cannot know the cluster yet.
+            in_cluster: self
+                .cluster
+                .as_ref()
+                .is_none_or(|nodes| nodes.contains(&from))
+                || (group == routing::META_GROUP
+                    && !admission::RaftView::has_configuration(&g.raw)),
+        };
+        match admission::admit(&g.raw, from, standing, &m) {
+            Ok(admission::Verdict::Step) => {}
+            Ok(admission::Verdict::ClampCommit { to }) => {
+                self.stats.log_behind_leader += 1;
+                if self.stats.log_behind_leader.is_power_of_two() {
+                    tracing::error!(
+                        %group, leader = %from, commit = m.commit, last_index = to,
+                        "the leader says this replica acknowledged entries its log no longer \
+                         holds: durable log was lost (disk, filesystem or fsync failure)"
+                    );
+                }
+                m.commit = to;
+            }
+            Err(refusal) => {
+                let count = self
+                    .stats
+                    .refused_messages
+                    .entry(refusal.reason())
+                    .or_default();
+                *count += 1;
+                // Rate-limited: a hostile peer must not be able to flood the log.
+                if count.is_power_of_two() {
+                    tracing::warn!(%group, %from, %refusal, refused = *count, "refused a raft message");
+                }
+                return;
+            }
+        }
         // A heartbeat response changes nothing a quiet leader must act on; anything else
         // means the group has work again.
         if g.quiet && m.get_msg_type() != MessageType::MsgHeartbeatResponse && !quiesce {

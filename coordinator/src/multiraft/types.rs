@@ -3,6 +3,7 @@
 use raft::StateRole;
 use raft::eraftpb::ConfState;
 use routing::{GroupId, NodeId};
+use std::collections::BTreeMap;
 use storage::StagedBatch;
 use transport::Envelope;
 
@@ -178,6 +179,14 @@ pub struct CoordinatorStats {
     pub entries_applied: u64,
     /// Messages for groups this node does not hold.
     pub unknown_group_messages: u64,
+    /// Raft messages from peers that were not stepped, by the rule they broke (see
+    /// [`crate::Refusal::reason`]): a non-member sender, a type no peer sends, an index raft
+    /// would panic on.
+    pub refused_messages: BTreeMap<&'static str, u64>,
+    /// Heartbeats from this replica's leader that committed past its log: it had acknowledged
+    /// entries it no longer holds (its durable log was lost). Raft's commit was lowered to
+    /// the log's end; any count here is an alarm.
+    pub log_behind_leader: u64,
     /// Log compactions.
     pub compactions: u64,
     /// Times a group went quiet (leaders and followers).

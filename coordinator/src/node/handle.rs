@@ -186,6 +186,7 @@ impl Node {
             return Err(NodeError::NoGroups(id));
         }
         let mut core = MultiRaft::new(id, config.raft.clone(), store.clone())?;
+        core.set_placement(&routing);
         if fresh && config.join {
             // Everything arrives from the cluster: first the meta group's table, then the
             // replicas it places here.

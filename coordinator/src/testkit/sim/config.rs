@@ -39,6 +39,10 @@ pub struct SimConfig {
     /// (joining and deleting replicas), and restarted nodes recover only what their store
     /// holds. Off by default (the routing table is then fixed, as in the older scenarios).
     pub meta: bool,
+    /// Byzantine senders: the chance, at each time unit, that one forged raft message (from a
+    /// node outside the cluster, or an invalid one from a member: see `sim/byzantine.rs`)
+    /// reaches a random node. 0 by default. Every safety check must hold whatever it is.
+    pub byzantine: f64,
 }
 
 /// How long a batch stays unflushed under [`SimConfig::unsynced_log`], in time units.
@@ -64,7 +68,14 @@ impl SimConfig {
             persist: Persist::Buffer,
             unsynced_log: false,
             meta: false,
+            byzantine: 0.0,
         }
+    }
+
+    /// Runs the meta group (see [`SimConfig::meta`]).
+    pub fn byzantine(mut self, chance: f64) -> Self {
+        self.byzantine = chance;
+        self
     }
 
     /// Runs the meta group (see [`SimConfig::meta`]).

@@ -27,6 +27,7 @@ use storage::{LogStore, StagedBatch, StoreOptions};
 use transport::mem::SimNetwork;
 use transport::{Envelope, Inbound};
 
+mod byzantine;
 mod config;
 mod control;
 mod monitor;
@@ -54,6 +55,8 @@ struct SimNode<S> {
     unsynced: VecDeque<(u64, StagedBatch)>,
     /// Requests waiting for an outcome (gone with the node when it crashes).
     pending: Pending<()>,
+    /// `log_behind_leader` alarms already reported as violations.
+    log_lost_seen: u64,
 }
 
 /// A simulated cluster. See the [module docs](self).
@@ -72,6 +75,10 @@ pub struct SimCluster<S: StateMachine> {
     next_token: Token,
     trace: u64,
     monitor: Monitor,
+    /// Draws the byzantine senders' traffic (see [`SimConfig::byzantine`]).
+    forger: rand::rngs::StdRng,
+    /// Forged messages delivered so far.
+    forged: u64,
 }
 
 impl<S: StateMachine> SimCluster<S> {
@@ -100,6 +107,8 @@ impl<S: StateMachine> SimCluster<S> {
             next_token: 1,
             trace: 0xcbf2_9ce4_8422_2325,
             monitor: Monitor::default(),
+            forger: rand::SeedableRng::seed_from_u64(config.seed ^ 0xB72A_17E5),
+            forged: 0,
             config,
         };
         for node in node_ids {
@@ -117,6 +126,8 @@ impl<S: StateMachine> SimCluster<S> {
             .clone()
             .seed(self.config.seed.wrapping_mul(31).wrapping_add(node.get()));
         let mut core = MultiRaft::new(node, raft, store.clone())?;
+        // As the Node driver does: the routing table says who is in the cluster.
+        core.set_placement(&self.routing);
         if !self.config.meta {
             let groups: Vec<_> = self
                 .routing
@@ -142,6 +153,7 @@ impl<S: StateMachine> SimCluster<S> {
                 table_pending: false,
                 store,
                 unsynced: VecDeque::new(),
+                log_lost_seen: 0,
                 pending: Pending::default(),
             }),
         );
@@ -445,6 +457,7 @@ impl<S: StateMachine> SimCluster<S> {
     /// # Errors
     /// A node's coordinator or state machine failed.
     pub fn step(&mut self) -> Result<(), CoordinatorError> {
+        self.forge()?;
         for (to, inbound) in self.net.deliver(self.now) {
             self.guarded(to, |node, _| {
                 match inbound {
@@ -461,6 +474,7 @@ impl<S: StateMachine> SimCluster<S> {
                 Ok(())
             })?;
         }
+        self.check_log_lost();
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         if self.now.is_multiple_of(self.config.tick_every) {
             for id in &ids {
@@ -676,6 +690,46 @@ impl<S: StateMachine> SimCluster<S> {
             Some(Some(n)) => n.core.create_joining_group(group).map(|()| true),
             _ => Ok(false),
         }
+    }
+
+    /// Every alarm of a lost log is a violation: raft-rs would have panicked there.
+    fn check_log_lost(&mut self) {
+        for (id, node) in &mut self.nodes {
+            let Some(node) = node else { continue };
+            let alarms = node.core.stats().log_behind_leader;
+            if alarms > node.log_lost_seen {
+                node.log_lost_seen = alarms;
+                self.monitor.violations.push(Violation::LogLost {
+                    node: *id,
+                    at: self.now,
+                });
+            }
+        }
+    }
+
+    /// How many forged messages [`SimConfig::byzantine`] has delivered.
+    pub fn forged(&self) -> u64 {
+        self.forged
+    }
+
+    /// Delivers one forged message, as [`SimConfig::byzantine`] says.
+    fn forge(&mut self) -> Result<(), CoordinatorError> {
+        use rand::Rng as _;
+        if self.config.byzantine <= 0.0 || !self.forger.random_bool(self.config.byzantine.min(1.0))
+        {
+            return Ok(());
+        }
+        let nodes: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let groups: Vec<GroupId> = self.routing.groups().map(|(g, _)| g).collect();
+        let Some(forged) = byzantine::forge(&mut self.forger, &nodes, &groups) else {
+            return Ok(());
+        };
+        self.forged += 1;
+        self.guarded(forged.to, |node, _| {
+            node.core.step(forged.from, forged.envelope);
+            Ok(())
+        })
+        .map(|_| ())
     }
 
     /// Steps until `done` holds or `max_steps` have passed; returns whether it held.

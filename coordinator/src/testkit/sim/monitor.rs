@@ -57,6 +57,14 @@ pub enum Violation {
         /// Virtual time.
         at: u64,
     },
+    /// A node's leader said the node acknowledged entries its log no longer holds: its durable
+    /// log was lost (see `CoordinatorStats::log_behind_leader`).
+    LogLost {
+        /// The node.
+        node: NodeId,
+        /// Virtual time.
+        at: u64,
+    },
     /// A node panicked; the harness crashed it.
     NodePanicked {
         /// The node.
@@ -107,6 +115,9 @@ impl fmt::Display for Violation {
                  {}, {} reached {}",
                 first.0, first.1, now.0, now.1
             ),
+            Self::LogLost { node, at } => {
+                write!(f, "t={at}: {node} lost log entries it had acknowledged")
+            }
             Self::NodePanicked { node, message, at } => {
                 write!(f, "t={at}: {node} panicked: {message}")
             }
