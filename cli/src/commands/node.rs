@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
+use pontoon::coordinator::NodeStopped;
 use pontoon::{Node, NodeConfig, NodeId, RoutingTable};
 use serde::Deserialize;
 use service::{KvService, KvStateMachine};
@@ -196,6 +197,7 @@ async fn serve(file: NodeFile) -> Result<ExitCode, CliError> {
         );
     }
     let service = KvService::new(node.clone(), state, addresses);
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             client = clients.recv() => match client {
@@ -206,10 +208,23 @@ async fn serve(file: NodeFile) -> Result<ExitCode, CliError> {
                 None => break,
             },
             _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+            // A node that cannot serve exits: its endpoint is already closed.
+            stopped = node.stopped() => {
+                if let NodeStopped::Fatal { reason } = stopped {
+                    eprintln!("node {id} stopped: {reason}");
+                    return Ok(ExitCode::FAILURE);
+                }
+                break;
+            }
         }
     }
     println!("node {id} shutting down");
     node.shutdown().await;
+    if let Some(NodeStopped::Fatal { reason }) = node.stop_reason() {
+        eprintln!("node {id} stopped: {reason}");
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

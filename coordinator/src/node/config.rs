@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use routing::{NodeId, RoutingTable};
+use routing::NodeId;
 use storage::StoreOptions;
 use transport::TransportConfig;
 
@@ -97,41 +97,5 @@ impl NodeConfig {
     pub fn transport(mut self, transport: TransportConfig) -> Self {
         self.transport = transport;
         self
-    }
-}
-
-/// Streams kept beyond one per group: the heartbeat stream and the meta group's.
-const STREAM_HEADROOM: u32 = 64;
-
-/// `config` with room for one stream per group of `routing` from each peer: quinn never lets
-/// a peer open more than `max_concurrent_uni_streams`, and a group stream stays open, so a
-/// node holding more groups than that would leave the rest silent, their messages queued
-/// until refused. Only ever raised.
-pub(super) fn transport_for(config: &TransportConfig, routing: &RoutingTable) -> TransportConfig {
-    let groups = u32::try_from(routing.groups().count()).unwrap_or(u32::MAX);
-    let needed = groups.saturating_add(STREAM_HEADROOM);
-    let mut config = config.clone();
-    if config.max_concurrent_uni_streams < needed {
-        config.max_concurrent_uni_streams = needed;
-    }
-    config
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_transport_has_room_for_a_stream_per_group_and_is_never_narrowed() {
-        let nodes = [NodeId(1), NodeId(2), NodeId(3)];
-        let many = RoutingTable::uniform(1024, 100_000, &nodes, 3).expect("table");
-        let raised = transport_for(&TransportConfig::default(), &many);
-        assert_eq!(raised.max_concurrent_uni_streams, 100_000 + STREAM_HEADROOM);
-        let few = RoutingTable::uniform(1024, 64, &nodes, 3).expect("table");
-        let wide = TransportConfig::default().max_concurrent_uni_streams(500_000);
-        assert_eq!(
-            transport_for(&wide, &few).max_concurrent_uni_streams,
-            500_000
-        );
     }
 }

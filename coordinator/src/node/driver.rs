@@ -104,7 +104,7 @@ impl Driver {
         mut inbound: mpsc::Receiver<Inbound>,
         mut stop: oneshot::Receiver<()>,
         tick_interval: Duration,
-    ) {
+    ) -> Result<(), CoordinatorError> {
         let (persist_tx, persist_rx) = std::sync::mpsc::channel::<storage::StagedBatch>();
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<PersistResult>();
         let store = self.store.clone();
@@ -121,7 +121,8 @@ impl Driver {
             });
         if let Err(error) = persister {
             tracing::error!(%error, "cannot start the persister thread; node stops");
-            return;
+            self.fail_all();
+            return Err(CoordinatorError::PersisterStopped);
         }
         let mut ticker = tokio::time::interval(tick_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -188,7 +189,7 @@ impl Driver {
             }
         }
         .await;
-        if let Err(error) = result {
+        if let Err(error) = &result {
             tracing::error!(%error, "coordinator stopped on a fatal error; pending requests fail");
         }
         // Wait for an fsync in flight, so a restart does not race it; then fail what is left.
@@ -197,6 +198,7 @@ impl Driver {
         }
         drop(persist_tx);
         self.fail_all();
+        result
     }
 
     fn send(&mut self, messages: Vec<(NodeId, Envelope)>) {

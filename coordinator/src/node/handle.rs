@@ -14,7 +14,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument as _;
 use transport::{AddressBook, Inbound, QuicTransport, Transport};
 
-use super::config::transport_for;
 use super::driver::{Driver, Reply, Waiter};
 use super::pending::Request;
 use super::placement::bootstrap_groups;
@@ -28,6 +27,21 @@ use crate::state_machine::StateMachine;
 
 /// What stops the coordinator task and waits for it.
 type DriverHandle = (oneshot::Sender<()>, tokio::task::JoinHandle<()>);
+
+/// Why a node stopped: see [`Node::stopped`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeStopped {
+    /// [`Node::shutdown`] stopped it (or every handle was dropped).
+    Shutdown,
+    /// The coordinator stopped on its own: a fatal storage error (a failed fsync, a full
+    /// disk), a state machine failure, or a panic in a dependency. The endpoint is closed;
+    /// the process should exit non-zero with this reason. Requests in flight failed as
+    /// outcome-unknown or `ShuttingDown`.
+    Fatal {
+        /// What stopped it.
+        reason: String,
+    },
+}
 
 /// What the handle asks the driver task.
 pub(super) enum Command {
@@ -61,6 +75,8 @@ pub struct Node {
     local_addr: SocketAddr,
     shutdown: Arc<tokio::sync::Mutex<Option<DriverHandle>>>,
     address_book: AddressBook,
+    /// Why the node stopped, once it has (see [`Node::stopped`]).
+    stopped: watch::Receiver<Option<NodeStopped>>,
     /// The QUIC endpoint (absent over other transports). The driver sends through the
     /// [`Transport`] trait; the handle keeps the concrete type only for what the trait does not
     /// offer: closing the endpoint on `shutdown`, and the client connections it accepted.
@@ -75,6 +91,8 @@ struct Wiring {
     local_addr: SocketAddr,
     /// The groups the QUIC endpoint accepts streams for (QUIC only).
     known: Option<KnownGroups>,
+    /// The endpoint to close if the coordinator stops on its own (QUIC only).
+    quic: Option<Arc<QuicTransport>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -131,7 +149,10 @@ impl Node {
         let (quic, inbound) = QuicTransport::bind(
             config.listen,
             identity,
-            transport_for(&config.transport, &routing),
+            config
+                .transport
+                .clone()
+                .with_room_for_groups(routing.groups().count()),
             address_book.clone(),
             filter,
         )
@@ -143,8 +164,11 @@ impl Node {
             inbound,
             address_book,
             known: Some(known),
+            quic: Some(quic.clone()),
         };
+        let me = config.node_id;
         let mut node = Self::start_inner(config, store, wiring, routing, Box::new(state_machine))?;
+        admit_by_routing(&quic, me, &node.routing, node.routing_version.clone());
         node.quic = Some(quic);
         Ok(node)
     }
@@ -169,6 +193,7 @@ impl Node {
             address_book,
             local_addr,
             known: None,
+            quic: None,
         };
         Self::start_inner(config, store, wiring, routing, Box::new(state_machine))
     }
@@ -230,11 +255,43 @@ impl Node {
             config.request_timeout,
         );
         let span = tracing::info_span!("node", node = %id);
-        let handle = tokio::spawn(
+        let driver = tokio::spawn(
             driver
                 .run(commands_rx, wiring.inbound, stop_rx, config.tick_interval)
                 .instrument(span),
         );
+        // A node whose coordinator stopped must not linger: its endpoint closes (peers and
+        // clients see it gone) and whoever awaits `stopped` learns why.
+        let (stopped_tx, stopped_rx) = watch::channel(None);
+        let quic = wiring.quic;
+        let handle = tokio::spawn(async move {
+            let stopped = match driver.await {
+                Ok(Ok(())) => NodeStopped::Shutdown,
+                Ok(Err(error)) => NodeStopped::Fatal {
+                    reason: error.to_string(),
+                },
+                Err(join) => NodeStopped::Fatal {
+                    reason: match join.try_into_panic() {
+                        Ok(payload) => format!(
+                            "the coordinator panicked: {}",
+                            payload
+                                .downcast_ref::<String>()
+                                .map(String::as_str)
+                                .or_else(|| payload.downcast_ref::<&str>().copied())
+                                .unwrap_or("(no message)")
+                        ),
+                        Err(_) => "the coordinator task was cancelled".into(),
+                    },
+                },
+            };
+            if let NodeStopped::Fatal { reason } = &stopped {
+                tracing::error!(node = %id, %reason, "node stopped: closing its endpoint");
+                if let Some(quic) = &quic {
+                    quic.shutdown().await;
+                }
+            }
+            let _ = stopped_tx.send(Some(stopped));
+        });
         Ok(Node {
             id,
             commands: commands_tx,
@@ -245,6 +302,7 @@ impl Node {
             local_addr: wiring.local_addr,
             shutdown: Arc::new(tokio::sync::Mutex::new(Some((stop_tx, handle)))),
             address_book: wiring.address_book,
+            stopped: stopped_rx,
             quic: None,
         })
     }
@@ -591,6 +649,25 @@ impl Node {
         rx.await.map_err(|_| RequestError::ShuttingDown)
     }
 
+    /// Waits until the node has stopped, and says why: [`NodeStopped::Fatal`] when its
+    /// coordinator stopped on its own (the endpoint is then already closed). An embedder awaits
+    /// this beside its own work and exits non-zero on a fatal stop.
+    pub async fn stopped(&self) -> NodeStopped {
+        let mut stopped = self.stopped.clone();
+        match stopped.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or(NodeStopped::Shutdown),
+            // The supervisor is gone without a word: only a runtime shutting down does that.
+            Err(_) => NodeStopped::Fatal {
+                reason: "the node's runtime stopped".into(),
+            },
+        }
+    }
+
+    /// Why the node stopped, if it has (see [`Node::stopped`]).
+    pub fn stop_reason(&self) -> Option<NodeStopped> {
+        self.stopped.borrow().clone()
+    }
+
     /// Stops the node: pending requests fail with `ShuttingDown`, the endpoint closes, and the
     /// call returns once the coordinator task has ended. Durable state stays on disk.
     pub async fn shutdown(&self) {
@@ -612,4 +689,40 @@ fn single_change(kind: ConfChangeType, node: NodeId) -> ConfChangeV2 {
     let mut change = ConfChangeV2::default();
     change.mut_changes().push(single);
     change
+}
+
+/// The endpoint hears only nodes of the cluster the routing table names (a node still joining
+/// hears anyone until its table lists it), and none it revokes: checked after every handshake,
+/// and again on live connections each time a new table applies.
+fn admit_by_routing(
+    quic: &Arc<QuicTransport>,
+    me: NodeId,
+    routing: &Arc<RwLock<RoutingTable>>,
+    mut versions: watch::Receiver<u64>,
+) {
+    let table = routing.clone();
+    quic.set_peer_admission(Some(Arc::new(move |peer| {
+        let table = lock::read(&table);
+        !table.is_node_revoked(peer) && (table.is_member(peer) || !table.is_member(me))
+    })));
+    let revocations = |table: &RoutingTable| transport::Revocations {
+        nodes: table.revoked_nodes().iter().copied().collect(),
+        // Routing keeps serials without leading zero bytes; a certificate's DER integer has
+        // one when the high bit is set.
+        serials: table
+            .revoked_serials()
+            .iter()
+            .flat_map(|s| [s.clone(), [&[0u8][..], s].concat()])
+            .collect(),
+    };
+    quic.set_revocations(revocations(&lock::read(routing)));
+    let (quic, routing) = (Arc::downgrade(quic), routing.clone());
+    tokio::spawn(async move {
+        while versions.changed().await.is_ok() {
+            let Some(quic) = quic.upgrade() else { return };
+            let revoked = revocations(&lock::read(&routing));
+            quic.set_revocations(revoked);
+            quic.recheck_admission();
+        }
+    });
 }

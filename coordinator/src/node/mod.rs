@@ -30,7 +30,7 @@ use crate::error::CoordinatorError;
 use crate::multiraft::{CoordinatorStats, GroupStatus};
 
 pub use config::NodeConfig;
-pub use handle::Node;
+pub use handle::{Node, NodeStopped};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
