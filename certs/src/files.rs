@@ -13,6 +13,8 @@
 //! Nothing is overwritten unless `force` is passed; private keys are created with mode 0600
 //! from the start (never written world-readable and tightened afterwards).
 
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -203,6 +205,30 @@ impl NodeIdentity {
     pub fn from_pem_files(cert: &Path, key: &Path, ca: &Path) -> Result<Self, CertError> {
         Self::from_pem(&read(cert)?, &read(key)?, &read(ca)?)
     }
+}
+
+/// Loads every CA certificate of a PEM bundle (`ca.pem` holding the old and the new CA while
+/// a CA rolls over). A node's own certificate must be signed by the first.
+///
+/// # Errors
+///
+/// [`CertError::Io`] if the file cannot be read, [`CertError::Parse`] if it holds no
+/// certificate or a malformed one.
+pub fn load_ca_bundle(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
+    let pem = read(path)?;
+    let cas = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CertError::Parse {
+            what: "CA bundle",
+            reason: e.to_string(),
+        })?;
+    if cas.is_empty() {
+        return Err(CertError::Parse {
+            what: "CA bundle",
+            reason: "no certificate in it".into(),
+        });
+    }
+    Ok(cas)
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CertError + '_ {

@@ -37,6 +37,8 @@ pub use identity::{
     CLIENT_URI_PREFIX, CLUSTER_SERVER_NAME, ClientRole, NODE_URI_PREFIX, PeerIdentity,
     ROLE_URI_PREFIX, client_role, leaf_serial, node_id_from_chain, node_server_name, peer_identity,
 };
+/// The DER certificate type every config of this crate takes (re-exported from rustls).
+pub use rustls_pki_types::CertificateDer;
 pub use tls::{ALPN, CLIENT_ALPN};
 
 /// Re-exported: the id type certificates carry.

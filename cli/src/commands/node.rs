@@ -198,6 +198,7 @@ async fn serve(file: NodeFile) -> Result<ExitCode, CliError> {
     }
     let service = KvService::new(node.clone(), state, addresses);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
         tokio::select! {
             client = clients.recv() => match client {
@@ -209,6 +210,7 @@ async fn serve(file: NodeFile) -> Result<ExitCode, CliError> {
             },
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
+            _ = hangup.recv() => reload_tls(&node, &file),
             // A node that cannot serve exits: its endpoint is already closed.
             stopped = node.stopped() => {
                 if let NodeStopped::Fatal { reason } = stopped {
@@ -226,6 +228,28 @@ async fn serve(file: NodeFile) -> Result<ExitCode, CliError> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP: reads the node's certificate, key and CA bundle again (rotation, CA rollover) and
+/// swaps them in; a file that does not load leaves the running ones in place.
+fn reload_tls(node: &Node, file: &NodeFile) {
+    let loaded = pontoon::certs::NodeIdentity::from_pem_files(
+        &file.certs.cert,
+        &file.certs.key,
+        &file.certs.ca,
+    )
+    .and_then(|identity| {
+        pontoon::certs::files::load_ca_bundle(&file.certs.ca).map(|cas| (identity, cas))
+    });
+    let result = loaded
+        .map_err(|e| e.to_string())
+        .and_then(|(identity, cas)| node.reload_tls(&identity, &cas).map_err(|e| e.to_string()));
+    match result {
+        Ok(()) => tracing::info!("SIGHUP: certificates reloaded"),
+        Err(error) => {
+            tracing::error!(%error, "SIGHUP: certificates not reloaded; the old ones stay")
+        }
+    }
 }
 
 #[cfg(test)]

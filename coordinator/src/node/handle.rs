@@ -649,6 +649,23 @@ impl Node {
         rx.await.map_err(|_| RequestError::ShuttingDown)
     }
 
+    /// Swaps the node's certificate, key and trusted CAs without a restart (certificate
+    /// rotation; a CA rollover with both CAs trusted for a while). New handshakes use them at
+    /// once; live connections carry on. Nothing to do for a node not on QUIC.
+    ///
+    /// # Errors
+    /// [`NodeError`] when `identity` is another node's or the configs cannot be built.
+    pub fn reload_tls(
+        &self,
+        identity: &certs::NodeIdentity,
+        cas: &[certs::CertificateDer<'static>],
+    ) -> Result<(), NodeError> {
+        match &self.quic {
+            Some(quic) => Ok(quic.reload_tls(identity, cas)?),
+            None => Ok(()),
+        }
+    }
+
     /// Waits until the node has stopped, and says why: [`NodeStopped::Fatal`] when its
     /// coordinator stopped on its own (the endpoint is then already closed). An embedder awaits
     /// this beside its own work and exits non-zero on a fatal stop.
