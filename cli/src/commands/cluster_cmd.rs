@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use pontoon::admin::{ClusterView, NodeClient, RemoteControl};
-use pontoon::coordinator::reshape::{ReshapeReport, Reshaper};
+use pontoon::coordinator::reshape::{ReshapeReport, Reshaper, Revocation};
 use pontoon::routing::META_GROUP;
 use pontoon::{GroupId, NodeId, VShardId};
 
@@ -77,6 +77,18 @@ enum ClusterOp {
         #[command(flatten)]
         connect: Connect,
     },
+    /// Revoke a node id (after remove-node) or a certificate serial (at any time): every node
+    /// refuses it at the handshake and drops its live connections.
+    Revoke {
+        /// A node id that left the cluster.
+        #[arg(long, conflicts_with = "serial", required_unless_present = "serial")]
+        node: Option<u64>,
+        /// A certificate serial, in hex (as `openssl x509 -serial` prints it).
+        #[arg(long)]
+        serial: Option<String>,
+        #[command(flatten)]
+        connect: Connect,
+    },
     /// Move one vShard (and its data) to another group.
     MoveVshard {
         /// The vShard.
@@ -97,6 +109,7 @@ impl ClusterOp {
             | ClusterOp::AddNode { connect, .. }
             | ClusterOp::RemoveNode { connect, .. }
             | ClusterOp::Balance { connect }
+            | ClusterOp::Revoke { connect, .. }
             | ClusterOp::MoveVshard { connect, .. } => connect,
         }
     }
@@ -170,6 +183,20 @@ async fn execute(op: &ClusterOp, reshaper: &Reshaper<RemoteControl>) -> Result<E
                 started.elapsed(),
                 &report,
             )?;
+        }
+        ClusterOp::Revoke { node, serial, .. } => {
+            let revocation = match (node, serial) {
+                (Some(node), _) => Revocation::Node(NodeId(*node)),
+                (None, Some(hex)) => Revocation::Serial(parse_hex(hex)?),
+                (None, None) => return Err(CliError::from("revoke needs --node or --serial")),
+            };
+            let table = reshaper.revoke(revocation.clone()).await?;
+            let report = ReshapeReport {
+                routing_version: table.version(),
+                ..ReshapeReport::default()
+            };
+            let what = format!("revoked {revocation:?}");
+            print_report(json, "revoke", &what, started.elapsed(), &report)?;
         }
         ClusterOp::MoveVshard { vshard, group, .. } => {
             let (vshard, to) = (VShardId(*vshard), GroupId(*group));
@@ -318,4 +345,23 @@ fn render(view: &ClusterView) -> String {
         let _ = writeln!(out, "\nunreachable non-members: {}", ids(&outside));
     }
     out
+}
+
+/// A certificate serial as hex digits (colons allowed, as openssl prints them).
+fn parse_hex(text: &str) -> Result<Vec<u8>, CliError> {
+    let digits: String = text.chars().filter(|c| *c != ':').collect();
+    if digits.is_empty() || !digits.len().is_multiple_of(2) {
+        return Err(CliError::from(format!(
+            "--serial {text}: an even number of hex digits"
+        )));
+    }
+    (0..digits.len())
+        .step_by(2)
+        .map(|i| {
+            digits
+                .get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .ok_or_else(|| CliError::from(format!("--serial {text}: not hex")))
+        })
+        .collect()
 }

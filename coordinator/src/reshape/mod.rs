@@ -28,6 +28,15 @@ pub use crate::replicated::VShardStep;
 use balance::{changes, next_move};
 pub use control::{ClusterControl, ReshapeError, ReshapeReport};
 use control::{rolled_back, stalled};
+
+/// What [`Reshaper::revoke`] revokes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Revocation {
+    /// A node id, whatever certificate it presents.
+    Node(NodeId),
+    /// One certificate, by its serial (big-endian bytes).
+    Serial(Vec<u8>),
+}
 pub use node_set::NodeSet;
 
 /// Runs reshaping plans over a [`ClusterControl`].
@@ -450,6 +459,37 @@ impl<C: ClusterControl> Reshaper<C> {
             report.replicas_moved.push((group, from, to));
         }
         Ok(report)
+    }
+
+    /// Revokes a node id or a certificate serial in the replicated routing table: every node
+    /// refuses it at the handshake and closes its live connections once it applies the table.
+    /// A node id must leave the cluster first ([`Reshaper::remove_node`]); a serial may be
+    /// revoked at any time (the emergency cut-off for a stolen certificate).
+    ///
+    /// # Errors
+    /// [`ReshapeError::Invalid`] for a node id that is still a member; otherwise as every plan.
+    pub async fn revoke(&self, revocation: Revocation) -> Result<RoutingTable, ReshapeError> {
+        if let Revocation::Node(node) = revocation
+            && self.table().await?.is_member(node)
+        {
+            return Err(ReshapeError::Invalid(format!(
+                "{node} is still a member: remove it (pontoon cluster remove-node) before \
+                 revoking its id, or revoke its certificate's serial now"
+            )));
+        }
+        self.route("revoking", |t| {
+            Ok(match &revocation {
+                Revocation::Node(node) => {
+                    (!t.is_node_revoked(*node)).then_some(RoutingChange::RevokeNode { node: *node })
+                }
+                Revocation::Serial(serial) => {
+                    (!t.is_serial_revoked(serial)).then(|| RoutingChange::RevokeSerial {
+                        serial: serial.clone(),
+                    })
+                }
+            })
+        })
+        .await
     }
 
     /// Transfers leadership until no node leads more than its share (rounded up) of the
