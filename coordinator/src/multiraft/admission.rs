@@ -17,12 +17,13 @@
 //!   The one place an outsider may speak first is the meta replica of a node joining a
 //!   cluster, which cannot know the cluster's members before its first meta snapshot.
 //! - **raft-rs panics on some forged input** (`fatal!`): a heartbeat commit past the last
-//!   index, an empty `MsgPropose`, an empty `MsgReadIndex`, an append that rewrites a committed
-//!   entry, a snapshot whose configuration raft cannot restore. Each is checked here, and the
-//!   message refused with a [`Refusal`] that names the rule.
+//!   index, an empty `MsgPropose`, an empty `MsgReadIndex`, an append whose entries step back
+//!   onto a committed one, a snapshot whose configuration raft cannot restore. Each is checked
+//!   here, and the message refused with a [`Refusal`] that names the rule (a heartbeat past the
+//!   log from the replica's own leader is the one exception: see [`Verdict::ClampCommit`]).
 //!
-//! The checks read the replica through [`RaftView`], so this module knows what raft-rs would
-//! do with a message but never touches a `RawNode` itself. When raft-rs is upgraded, re-read
+//! The rules read the replica only through [`RaftView`], whose one implementation (for
+//! `RawNode`) is the single read-only reach into raft-rs here. When raft-rs is upgraded, re-read
 //! its `step`, `handle_append_entries`, `handle_heartbeat`, `restore` and `read_only` against
 //! the rules below.
 
