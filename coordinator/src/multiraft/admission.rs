@@ -107,7 +107,8 @@ pub enum Refusal {
         /// This replica's term.
         term: u64,
     },
-    /// A term or index at or above [`INDEX_LIMIT`].
+    /// A term or index at or above 2^48 (no honest cluster gets near it; raft's `+ 1` stays
+    /// far from overflowing).
     #[error("{field} {value} is out of range")]
     OutOfRange {
         /// Which field.
