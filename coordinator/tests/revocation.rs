@@ -85,7 +85,15 @@ async fn a_revoked_serial_is_refused_by_every_node_and_a_member_id_cannot_be_rev
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Nodes 1 and 2 still make a quorum and keep serving.
+    // Nodes 1 and 2 still make a quorum and keep serving once node 3 (cut off by its own
+    // revoked certificate) is taken away and its groups elect new leaders.
+    cluster.kill(NodeId(3)).await;
+    assert!(
+        cluster
+            .wait_for_leaders(Duration::from_secs(20))
+            .await
+            .is_some()
+    );
     cluster
         .propose(b"key", b"key=v".to_vec(), Duration::from_secs(10))
         .await
