@@ -29,7 +29,8 @@ pub use admin;
 pub use certs;
 pub use coordinator;
 pub use coordinator::{
-    Node, NodeConfig, RaftConfig, RequestError, StateMachine, StateMachineError,
+    Committed, GroupStateMachine, Node, NodeConfig, Position, RaftConfig, RequestError,
+    StateMachine, StateMachineError, StateMachineFactory, StateMachines,
 };
 pub use routing;
 pub use routing::{GroupId, NodeId, RoutingTable, VShardId};

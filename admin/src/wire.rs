@@ -6,7 +6,7 @@
 //! the same error an in-process caller would, and knows whether it may have taken effect.
 
 use bytes::BytesMut;
-use coordinator::RequestError;
+use coordinator::{BusyReason, RequestError};
 use routing::{GroupId, NodeId, VShardId};
 use transport::wire::{FrameDecoder, decode_body, encode_frame};
 
@@ -147,6 +147,17 @@ pub mod failure {
         pub reason: String,
     }
 
+    /// The group is overloaded (see `RequestError::Busy`).
+    #[derive(Clone, PartialEq, Eq, prost::Message)]
+    pub struct Busy {
+        /// The group.
+        #[prost(uint64, tag = "1")]
+        pub group: u64,
+        /// Which limit: 1 its state machine is behind, 2 too many uncommitted bytes.
+        #[prost(uint32, tag = "2")]
+        pub reason: u32,
+    }
+
     /// A failure's kind.
     #[derive(Clone, PartialEq, prost::Oneof)]
     pub enum Kind {
@@ -180,6 +191,9 @@ pub mod failure {
         /// The node could not read the request.
         #[prost(message, tag = "10")]
         BadRequest(BadRequest),
+        /// The group is overloaded; did not take effect, back off and retry.
+        #[prost(message, tag = "11")]
+        Busy(Busy),
     }
 }
 
@@ -268,6 +282,13 @@ impl Failure {
                     group: group.get(),
                     reason: reason.clone(),
                 }),
+                RequestError::Busy { group, reason } => Kind::Busy(failure::Busy {
+                    group: group.get(),
+                    reason: match reason {
+                        BusyReason::ApplyBacklog => 1,
+                        BusyReason::UncommittedBytes => 2,
+                    },
+                }),
                 RequestError::ShuttingDown => Kind::ShuttingDown(crate::proto::Empty {}),
             },
             RemoteError::Forbidden {
@@ -332,6 +353,14 @@ impl Failure {
             Kind::Refused(r) => RequestError::Refused {
                 group: GroupId(r.group),
                 reason: r.reason.clone(),
+            },
+            Kind::Busy(b) => RequestError::Busy {
+                group: GroupId(b.group),
+                reason: if b.reason == 2 {
+                    BusyReason::UncommittedBytes
+                } else {
+                    BusyReason::ApplyBacklog
+                },
             },
             Kind::ShuttingDown(_) => RequestError::ShuttingDown,
             Kind::Forbidden(f) => {
@@ -471,6 +500,14 @@ mod tests {
             RequestError::Refused {
                 group,
                 reason: "version 4 expected, table is at 5".into(),
+            },
+            RequestError::Busy {
+                group,
+                reason: BusyReason::ApplyBacklog,
+            },
+            RequestError::Busy {
+                group,
+                reason: BusyReason::UncommittedBytes,
             },
             RequestError::ShuttingDown,
         ]

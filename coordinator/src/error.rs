@@ -79,9 +79,30 @@ pub enum RequestError {
         /// Why.
         reason: String,
     },
+    /// The group is overloaded: its state machine is `backlog` commands behind (see
+    /// [`crate::NodeConfig::max_apply_backlog`]), or raft holds as many uncommitted bytes as
+    /// [`crate::RaftConfig`] allows. The command did not take effect: back off and retry.
+    #[error("{group} is busy ({reason}); the command did not take effect, back off and retry")]
+    Busy {
+        /// The group.
+        group: GroupId,
+        /// Which limit was reached.
+        reason: BusyReason,
+    },
     /// The node is shutting down (or stopped after a fatal error); send the request elsewhere.
     #[error("the node is shutting down")]
     ShuttingDown,
+}
+
+/// Which limit made a group [`RequestError::Busy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BusyReason {
+    /// Too many committed commands wait for the group's state machine.
+    #[error("its state machine is behind")]
+    ApplyBacklog,
+    /// The leader holds as many uncommitted bytes as its limit allows.
+    #[error("too many uncommitted bytes")]
+    UncommittedBytes,
 }
 
 /// A failure of the coordinator itself. A node that hits one stops (fail-stop): continuing

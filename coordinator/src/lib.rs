@@ -1,6 +1,8 @@
 //! The coordinator: every raft group of a node, driven as one.
 //!
-//! A database hands this crate its [`StateMachine`] and calls a [`Node`]. The data flows
+//! A database hands this crate its state machines (a [`StateMachineFactory`] making one
+//! [`GroupStateMachine`] per group replica, or one in-memory [`StateMachine`] for all) and
+//! calls a [`Node`]. The data flows
 //! one way through four layers:
 //!
 //! - **The handle** ([`Node`]): `propose`, `read_key`, membership and vShard calls. Each one
@@ -38,8 +40,9 @@
 //! 3. **Persist.** The driver commits the batch: one fsync for all groups.
 //! 4. **Send.** [`MultiRaft::on_persisted`] releases the messages that had to wait for the fsync
 //!    (votes, acks). Heartbeats of all groups bound for one peer leave as one message.
-//! 5. **Apply.** The cycle's [`Apply`] items go to the [`StateMachine`] in log order; proposals
-//!    complete with the state machine's response.
+//! 5. **Apply.** The cycle's [`Apply`] items go, batched per group, to each group's
+//!    [`GroupStateMachine`] on an apply worker thread (never on the driver's task), in log
+//!    order; proposals complete with the state machine's response.
 //!
 //! ```
 //! use pontoon_coordinator::{MultiRaft, RaftConfig};
@@ -70,9 +73,11 @@
 #![warn(missing_docs)]
 #![warn(unreachable_pub)]
 
+mod apply;
 mod conf_change;
 mod config;
 mod error;
+mod group_state_machine;
 mod lock;
 mod logging;
 mod multiraft;
@@ -87,7 +92,10 @@ pub mod testkit;
 
 pub use conf_change::ConfChangeDecodeError;
 pub use config::{ConfigError, RaftConfig};
-pub use error::{CoordinatorError, RequestError};
+pub use error::{BusyReason, CoordinatorError, RequestError};
+pub use group_state_machine::{
+    Committed, GroupStateMachine, Position, StateMachineFactory, StateMachines,
+};
 pub use multiraft::admission::Refusal;
 pub use multiraft::{
     Apply, CoordinatorStats, Cycle, CycleId, CycleOutput, Event, GroupStatus, MultiRaft, Role,

@@ -9,17 +9,17 @@
 //! instead of being applied, on every replica alike. That is what makes a vShard move
 //! linearizable while proposers still hold old tables (TiKV's region epoch check, per vShard).
 //!
-//! The meta group ([`META_GROUP`]) applies [`RoutingChange`]s to the [`RoutingTable`]; its
+//! The meta group ([`routing::META_GROUP`]) applies [`RoutingChange`]s to the [`RoutingTable`]; its
 //! snapshot is the encoded table, so a node that was away catches up like any raft replica.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 
 use prost::Message as _;
-use routing::{GroupId, META_GROUP, RoutingChange, RoutingTable, VShardId};
+use routing::{GroupId, RoutingChange, RoutingTable, VShardId};
 
 use crate::lock;
-use crate::state_machine::{StateMachine, StateMachineError, VShardScope};
+use crate::state_machine::StateMachineError;
 
 /// One command of a group's log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,7 +130,7 @@ impl Frame {
         .encode_to_vec()
     }
 
-    fn decode(bytes: &[u8]) -> Option<Self> {
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
         Some(match FrameMsg::decode(bytes).ok()?.kind? {
             FrameKind::User(m) => Self::User {
                 vshard: m.vshard.map(VShardId),
@@ -165,26 +165,6 @@ pub(crate) enum Reply {
     Refused(String),
 }
 
-#[derive(Clone, PartialEq, prost::Message)]
-struct SnapshotMsg {
-    #[prost(bytes = "vec", tag = "1")]
-    user: Vec<u8>,
-    #[prost(uint32, repeated, tag = "2")]
-    fenced: Vec<u32>,
-}
-
-/// The database's [`StateMachine`] plus what Pontoon itself replicates: the routing table (in
-/// the meta group) and the vShard fences of every group. A [`crate::Node`] wraps the state
-/// machine it is given in one; a simulation does the same.
-pub(crate) struct Replicated<S> {
-    inner: S,
-    /// The table the cluster was bootstrapped with: the meta group's state at its index 1.
-    initial: RoutingTable,
-    table: RoutingTable,
-    table_changed: bool,
-    fences: Fences,
-}
-
 /// The vShards each group has released, shared with readers (see [`Fences::serves`]).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Fences(Arc<RwLock<BTreeMap<GroupId, BTreeSet<VShardId>>>>);
@@ -198,32 +178,31 @@ impl Fences {
         !fences.get(&group).is_some_and(|f| f.contains(&vshard))
     }
 
-    fn update<R>(&self, f: impl FnOnce(&mut BTreeMap<GroupId, BTreeSet<VShardId>>) -> R) -> R {
+    pub(crate) fn update<R>(
+        &self,
+        f: impl FnOnce(&mut BTreeMap<GroupId, BTreeSet<VShardId>>) -> R,
+    ) -> R {
         f(&mut lock::write(&self.0))
     }
 }
 
-impl<S: StateMachine> Replicated<S> {
-    /// Wraps `inner`; `initial` is the table the cluster was bootstrapped with.
-    pub(crate) fn new(inner: S, initial: RoutingTable) -> Self {
+/// The meta group's replicated state: the routing table. Applied on the coordinator's task
+/// (it is small, and every routing decision reads it), unlike the database's groups.
+pub(crate) struct Meta {
+    /// The table the cluster was bootstrapped with: the meta group's state at its index 1.
+    initial: RoutingTable,
+    table: RoutingTable,
+    table_changed: bool,
+}
+
+impl Meta {
+    /// `initial` is the table the cluster was bootstrapped with.
+    pub(crate) fn new(initial: RoutingTable) -> Self {
         Self {
-            inner,
             table: initial.clone(),
             initial,
             table_changed: false,
-            fences: Fences::default(),
         }
-    }
-
-    /// A handle on the fences, for readers on other threads.
-    pub(crate) fn fences(&self) -> Fences {
-        self.fences.clone()
-    }
-
-    /// The database's state machine.
-    #[cfg(feature = "test-util")]
-    pub(crate) fn inner(&self) -> &S {
-        &self.inner
     }
 
     /// The routing table as the meta group has applied it on this node.
@@ -236,32 +215,9 @@ impl<S: StateMachine> Replicated<S> {
         std::mem::take(&mut self.table_changed).then(|| self.table.clone())
     }
 
-    /// Whether `group` refuses commands for `vshard` (released and not taken back).
-    pub(crate) fn is_fenced(&self, group: GroupId, vshard: VShardId) -> bool {
-        !self.fences.serves(group, vshard)
-    }
-
-    /// Exports `vshard`'s data from `group` (the caller made sure the replica is current).
-    ///
-    /// # Errors
-    /// The state machine's.
-    pub(crate) fn export_vshard(
-        &mut self,
-        group: GroupId,
-        vshard: VShardId,
-    ) -> Result<Vec<u8>, StateMachineError> {
-        let scope = self.scope(vshard);
-        self.inner.export_vshard(group, scope)
-    }
-
-    fn scope(&self, vshard: VShardId) -> VShardScope {
-        VShardScope {
-            vshard,
-            vshard_count: self.table.vshard_count(),
-        }
-    }
-
-    fn apply_meta(&mut self, command: &[u8]) -> Reply {
+    /// Applies one committed meta-group command: a routing change, by compare-and-set on the
+    /// table's version.
+    pub(crate) fn apply(&mut self, command: &[u8]) -> Reply {
         let Some(Frame::Routing(bytes)) = Frame::decode(command) else {
             return Reply::Refused("the meta group only applies routing changes".into());
         };
@@ -278,128 +234,26 @@ impl<S: StateMachine> Replicated<S> {
         }
     }
 
-    fn apply_frame(
-        &mut self,
-        group: GroupId,
-        index: u64,
-        frame: Frame,
-    ) -> Result<Reply, StateMachineError> {
-        Ok(match frame {
-            Frame::User { vshard, data } => {
-                if let Some(v) = vshard
-                    && self.is_fenced(group, v)
-                {
-                    return Ok(Reply::StaleRouting(v));
-                }
-                Reply::Applied(self.inner.apply(group, index, &data)?)
-            }
-            Frame::Release { vshard } => {
-                self.fences
-                    .update(|f| f.entry(group).or_default().insert(vshard));
-                Reply::Applied(Vec::new())
-            }
-            Frame::Acquire { vshard, data } => {
-                if let Some(data) = data {
-                    let scope = self.scope(vshard);
-                    self.inner.import_vshard(group, scope, &data)?;
-                }
-                self.fences.update(|f| {
-                    if let Some(set) = f.get_mut(&group) {
-                        set.remove(&vshard);
-                    }
-                });
-                Reply::Applied(Vec::new())
-            }
-            Frame::Purge { vshard } => {
-                // Only data that is still fenced here goes: a vShard taken back since the
-                // purge was planned keeps its data.
-                if self.is_fenced(group, vshard) {
-                    let scope = self.scope(vshard);
-                    self.inner.drop_vshard(group, scope)?;
-                }
-                Reply::Applied(Vec::new())
-            }
-            Frame::Routing(_) => Reply::Refused("routing changes go to the meta group".into()),
-        })
-    }
-}
-
-impl<S: StateMachine> Replicated<S> {
-    /// Applies one committed command of `group`: a system command here, a user command by the
-    /// database's state machine unless its vShard is fenced.
-    ///
-    /// # Errors
-    /// The database's state machine failed.
-    pub(crate) fn apply(
-        &mut self,
-        group: GroupId,
-        index: u64,
-        command: &[u8],
-    ) -> Result<Reply, StateMachineError> {
-        if group == META_GROUP {
-            return Ok(self.apply_meta(command));
-        }
-        match Frame::decode(command) {
-            Some(frame) => self.apply_frame(group, index, frame),
-            None => Ok(Reply::Refused("not a framed command".into())),
-        }
+    /// The meta group's snapshot: the encoded table.
+    pub(crate) fn snapshot(&self) -> Vec<u8> {
+        self.table.encode()
     }
 
-    /// `group`'s snapshot: the database's, with the group's fences (the meta group: the table).
+    /// Replaces the table with `snapshot` (empty: the bootstrap table). It came from a peer:
+    /// malformed bytes are an error.
     ///
     /// # Errors
-    /// The database's state machine failed.
-    pub(crate) fn snapshot(&mut self, group: GroupId) -> Result<Vec<u8>, StateMachineError> {
-        if group == META_GROUP {
-            return Ok(self.table.encode());
+    /// A malformed table.
+    pub(crate) fn restore(&mut self, snapshot: &[u8]) -> Result<(), StateMachineError> {
+        let table = if snapshot.is_empty() {
+            self.initial.clone()
+        } else {
+            RoutingTable::decode(snapshot)?
+        };
+        if table != self.table {
+            self.table = table;
+            self.table_changed = true;
         }
-        let fenced = self.fences.update(|f| {
-            f.get(&group)
-                .map(|set| set.iter().map(|v| v.get()).collect())
-                .unwrap_or_default()
-        });
-        Ok(SnapshotMsg {
-            user: self.inner.snapshot(group)?,
-            fenced,
-        }
-        .encode_to_vec())
-    }
-
-    /// Replaces `group`'s state with `snapshot` (from a peer: malformed bytes are an error).
-    ///
-    /// # Errors
-    /// A malformed snapshot, or the database's state machine failed.
-    pub(crate) fn restore(
-        &mut self,
-        group: GroupId,
-        snapshot: &[u8],
-    ) -> Result<(), StateMachineError> {
-        if group == META_GROUP {
-            let table = if snapshot.is_empty() {
-                self.initial.clone()
-            } else {
-                RoutingTable::decode(snapshot)?
-            };
-            if table != self.table {
-                self.table = table;
-                self.table_changed = true;
-            }
-            return Ok(());
-        }
-        if snapshot.is_empty() {
-            self.fences.update(|f| f.remove(&group));
-            return self.inner.restore(group, snapshot);
-        }
-        let msg = SnapshotMsg::decode(snapshot)?;
-        self.inner.restore(group, &msg.user)?;
-        let fenced: BTreeSet<VShardId> = msg.fenced.into_iter().map(VShardId).collect();
-        self.fences.update(|f| {
-            if fenced.is_empty() {
-                f.remove(&group)
-            } else {
-                f.insert(group, fenced)
-            }
-        });
         Ok(())
     }
 }
@@ -409,140 +263,44 @@ mod tests {
     use super::*;
     use routing::NodeId;
 
-    /// Records what reaches it; its snapshot is the list of applied commands.
-    #[derive(Default)]
-    struct Log {
-        applied: Vec<Vec<u8>>,
-        imported: Vec<(VShardId, Vec<u8>)>,
-        dropped: Vec<VShardId>,
-    }
-
-    impl StateMachine for Log {
-        fn apply(&mut self, _: GroupId, _: u64, c: &[u8]) -> Result<Vec<u8>, StateMachineError> {
-            self.applied.push(c.to_vec());
-            Ok(b"ok".to_vec())
-        }
-        fn snapshot(&mut self, _: GroupId) -> Result<Vec<u8>, StateMachineError> {
-            Ok(self.applied.concat())
-        }
-        fn restore(&mut self, _: GroupId, _: &[u8]) -> Result<(), StateMachineError> {
-            Ok(())
-        }
-        fn import_vshard(
-            &mut self,
-            _: GroupId,
-            scope: VShardScope,
-            data: &[u8],
-        ) -> Result<(), StateMachineError> {
-            self.imported.push((scope.vshard, data.to_vec()));
-            Ok(())
-        }
-        fn drop_vshard(&mut self, _: GroupId, scope: VShardScope) -> Result<(), StateMachineError> {
-            self.dropped.push(scope.vshard);
-            Ok(())
-        }
-    }
-
-    fn replicated() -> Replicated<Log> {
-        let table = RoutingTable::uniform(16, 2, &[NodeId(1), NodeId(2), NodeId(3)], 3).unwrap();
-        Replicated::new(Log::default(), table)
-    }
-
-    fn apply(r: &mut Replicated<Log>, group: u64, frame: &Frame) -> Reply {
-        r.apply(GroupId(group), 5, &frame.encode()).unwrap()
-    }
-
-    #[test]
-    fn a_released_vshard_refuses_commands_until_taken_back_and_survives_snapshots() {
-        let mut r = replicated();
-        let v = VShardId(3);
-        let put = Frame::User {
-            vshard: Some(v),
-            data: b"put".to_vec(),
-        };
-        assert_eq!(apply(&mut r, 1, &put), Reply::Applied(b"ok".to_vec()));
-        apply(&mut r, 1, &Frame::Release { vshard: v });
-        assert_eq!(apply(&mut r, 1, &put), Reply::StaleRouting(v));
-        // Other vShards and other groups are not affected.
-        let other = Frame::User {
-            vshard: Some(VShardId(4)),
-            data: b"x".to_vec(),
-        };
-        assert_eq!(apply(&mut r, 1, &other), Reply::Applied(b"ok".to_vec()));
-        assert_eq!(apply(&mut r, 2, &put), Reply::Applied(b"ok".to_vec()));
-        // The fence travels in the snapshot.
-        let snapshot = r.snapshot(GroupId(1)).unwrap();
-        let mut fresh = replicated();
-        fresh.restore(GroupId(1), &snapshot).unwrap();
-        assert_eq!(apply(&mut fresh, 1, &put), Reply::StaleRouting(v));
-        // Taken back without data (a rolled-back move), it serves again; purge then no-ops.
-        apply(
-            &mut fresh,
-            1,
-            &Frame::Acquire {
-                vshard: v,
-                data: None,
-            },
-        );
-        apply(&mut fresh, 1, &Frame::Purge { vshard: v });
-        assert!(fresh.inner().dropped.is_empty());
-        assert_eq!(apply(&mut fresh, 1, &put), Reply::Applied(b"ok".to_vec()));
-    }
-
-    #[test]
-    fn acquire_imports_and_purge_drops_only_fenced_data() {
-        let mut r = replicated();
-        let v = VShardId(9);
-        apply(
-            &mut r,
-            2,
-            &Frame::Acquire {
-                vshard: v,
-                data: Some(b"rows".to_vec()),
-            },
-        );
-        assert_eq!(r.inner().imported, vec![(v, b"rows".to_vec())]);
-        apply(&mut r, 1, &Frame::Release { vshard: v });
-        apply(&mut r, 1, &Frame::Purge { vshard: v });
-        assert_eq!(r.inner().dropped, vec![v]);
+    fn meta() -> Meta {
+        Meta::new(RoutingTable::uniform(16, 2, &[NodeId(1), NodeId(2), NodeId(3)], 3).unwrap())
     }
 
     #[test]
     fn the_meta_group_applies_routing_changes_by_compare_and_set() {
-        let mut r = replicated();
+        let mut m = meta();
         let change = RoutingChange::AddMember {
             node: NodeId(4),
             address: "127.0.0.1:1".into(),
         };
-        let frame = Frame::Routing(change.encode(1));
-        let Reply::Applied(table) = apply(&mut r, META_GROUP.get(), &frame) else {
+        let frame = Frame::Routing(change.encode(1)).encode();
+        let Reply::Applied(table) = m.apply(&frame) else {
             panic!("change refused")
         };
         assert_eq!(RoutingTable::decode(&table).unwrap().version(), 2);
-        assert_eq!(r.take_table_change().map(|t| t.version()), Some(2));
-        assert_eq!(r.take_table_change(), None);
+        assert_eq!(m.take_table_change().map(|t| t.version()), Some(2));
+        assert_eq!(m.take_table_change(), None);
         // The same change again was planned against version 1: refused, nothing changes.
-        assert!(matches!(
-            apply(&mut r, META_GROUP.get(), &frame),
-            Reply::Refused(_)
-        ));
-        let snapshot = r.snapshot(META_GROUP).unwrap();
-        let mut fresh = replicated();
-        fresh.restore(META_GROUP, &snapshot).unwrap();
+        assert!(matches!(m.apply(&frame), Reply::Refused(_)));
+        let snapshot = m.snapshot();
+        let mut fresh = meta();
+        fresh.restore(&snapshot).unwrap();
         assert_eq!(fresh.table().version(), 2);
         assert!(fresh.table().is_member(NodeId(4)));
     }
 
     #[test]
-    fn unframed_or_garbage_commands_are_refused_not_applied() {
-        let mut r = replicated();
+    fn the_meta_group_refuses_garbage() {
+        let mut m = meta();
         for bytes in [&b"\xff\xff\xff"[..], b"", b"\x0a"] {
-            let reply = r.apply(GroupId(1), 1, bytes).unwrap();
-            assert!(matches!(reply, Reply::Refused(_)), "{bytes:?} -> {reply:?}");
-            let meta = r.apply(META_GROUP, 1, bytes).unwrap();
-            assert!(matches!(meta, Reply::Refused(_)));
+            assert!(matches!(m.apply(bytes), Reply::Refused(_)));
         }
-        assert!(r.inner().applied.is_empty());
-        assert!(r.restore(META_GROUP, b"\xff\xff").is_err());
+        let user = Frame::User {
+            vshard: None,
+            data: b"x".to_vec(),
+        };
+        assert!(matches!(m.apply(&user.encode()), Reply::Refused(_)));
+        assert!(m.restore(b"\xff\xff").is_err());
     }
 }

@@ -501,8 +501,7 @@ impl Run {
                     let value = self
                         .cluster
                         .state_machine(c.node)
-                        .and_then(|sm| sm.groups.get(&rec.group))
-                        .and_then(|g| g.values.get(&rec.key).copied());
+                        .and_then(|sm| sm.groups.get(&rec.group)?.values.get(&rec.key).copied());
                     Status::Returned {
                         at,
                         result: OpResult::Read(value),

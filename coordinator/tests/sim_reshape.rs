@@ -322,8 +322,7 @@ impl Run {
                     let c = self.cluster.borrow();
                     let value = c
                         .state_machine(p.node)
-                        .and_then(|sm| sm.groups.get(&p.group))
-                        .and_then(|m| m.get(&p.key).copied());
+                        .and_then(|sm| sm.groups.get(&p.group)?.get(&p.key).copied());
                     OpResult::Read(value)
                 }
                 // Refused by a fence or dropped: it did not take effect.
@@ -511,8 +510,7 @@ fn simulate(seed: u64) {
                             .cluster
                             .borrow()
                             .state_machine(leader)
-                            .and_then(|sm| sm.groups.get(&group))
-                            .and_then(|m| m.get(&key).copied());
+                            .and_then(|sm| sm.groups.get(&group)?.get(&key).copied());
                         let at = run.tick();
                         run.history.push(Operation::returned(
                             key,

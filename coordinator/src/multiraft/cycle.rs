@@ -51,11 +51,17 @@ impl MultiRaft {
                         },
                     );
                 } else {
-                    events.extend(
-                        tokens
-                            .into_iter()
-                            .map(|token| Event::ProposalDropped { group, token }),
-                    );
+                    // Still leading and not handing over: raft refused it for its
+                    // uncommitted-bytes limit, an overload the proposer should back off from.
+                    let busy = g.raw.raft.state == StateRole::Leader
+                        && g.raw.raft.lead_transferee.is_none();
+                    events.extend(tokens.into_iter().map(|token| {
+                        if busy {
+                            Event::ProposalBusy { group, token }
+                        } else {
+                            Event::ProposalDropped { group, token }
+                        }
+                    }));
                 }
             }
         }
@@ -170,11 +176,11 @@ impl MultiRaft {
             }
         }
         self.dirty.extend(still_dirty);
-        if applies
-            .iter()
-            .any(|a| matches!(a, Apply::ConfChanged { .. }))
-        {
-            self.peers_stale = true;
+        for apply in &applies {
+            if let Apply::ConfChanged { group, index, .. } = apply {
+                self.peers_stale = true;
+                self.conf_changed_at.insert(*group, *index);
+            }
         }
 
         // Staged before raft runs again: advance_append_async made these entries "stable",
@@ -242,6 +248,7 @@ impl MultiRaft {
                         applies.push(Apply::Command {
                             group,
                             index,
+                            offset: u32::try_from(i).unwrap_or(u32::MAX),
                             term,
                             data,
                             proposal,
@@ -264,6 +271,7 @@ impl MultiRaft {
                         applies.push(Apply::Command {
                             group,
                             index,
+                            offset: 0,
                             term,
                             data: entry.data.to_vec(),
                             proposal,

@@ -171,6 +171,8 @@ impl MultiRaft {
             return Err(CoordinatorError::GroupNotFound { group });
         }
         self.pending.delete_group(group);
+        self.conf_changed_at.remove(&group);
+        self.durable.remove(&group);
         Ok(self.take_proposals(group, u64::MAX))
     }
 

@@ -110,6 +110,12 @@ pub struct MultiRaft {
     campaign_tokens: usize,
     ticks: u64,
     stats: CoordinatorStats,
+    /// The index of each group's last membership change handed out: a snapshot taken before
+    /// it would carry the wrong configuration.
+    conf_changed_at: BTreeMap<GroupId, u64>,
+    /// How far each group's state machine has made its state durable (when it says): the
+    /// log is never compacted past it.
+    durable: BTreeMap<GroupId, u64>,
 }
 
 const BOOTSTRAP_INDEX: u64 = 1;
@@ -152,6 +158,8 @@ impl MultiRaft {
             campaign_tokens,
             ticks: 0,
             stats: CoordinatorStats::default(),
+            conf_changed_at: BTreeMap::new(),
+            durable: BTreeMap::new(),
         };
         let stored = this.store.groups();
         for group in &stored {
@@ -549,19 +557,44 @@ impl MultiRaft {
         due.into_iter().collect()
     }
 
-    /// Stores `data`, the state machine's snapshot of `group` at its applied index, and drops
-    /// the log before it (keeping [`RaftConfig::compact_keep`] entries), in the next batch.
+    /// Records how far `group`'s state machine has made its state durable (`None`: it keeps
+    /// nothing durable). [`MultiRaft::compact`] never drops log entries past it, so a restart
+    /// can replay from there.
+    pub fn set_durable_position(&mut self, group: GroupId, durable: Option<crate::Position>) {
+        match durable {
+            Some(position) => {
+                self.durable.insert(group, position.index);
+            }
+            None => {
+                self.durable.remove(&group);
+            }
+        }
+    }
+
+    /// Stores `data`, the state machine's snapshot of `group` taken once it had applied
+    /// everything up to `index`, and drops the log before it (keeping
+    /// [`RaftConfig::compact_keep`] entries, and every entry after the state machine's durable
+    /// position), in the next batch. A snapshot that is no longer usable (older than the
+    /// stored one, or than a membership change since) is skipped: it is asked for again.
     ///
     /// # Errors
     /// [`CoordinatorError::GroupNotFound`]; a raft log error reading the snapshot's term.
-    pub fn compact(&mut self, group: GroupId, data: Vec<u8>) -> Result<(), CoordinatorError> {
+    pub fn compact(
+        &mut self,
+        group: GroupId,
+        index: u64,
+        data: Vec<u8>,
+    ) -> Result<(), CoordinatorError> {
         let g = self
             .groups
             .get_mut(&group)
             .ok_or(CoordinatorError::GroupNotFound { group })?;
-        let index = g.applied;
         let first = g.raw.raft.raft_log.first_index();
-        if index < first {
+        if index < first
+            || index > g.applied
+            || self.conf_changed_at.get(&group).is_some_and(|&c| c > index)
+        {
+            tracing::debug!(%group, index, first, applied = g.applied, "snapshot not usable; skipped");
             return Ok(());
         }
         let term = g
@@ -588,7 +621,10 @@ impl MultiRaft {
         } else {
             self.config.compact_keep
         };
-        let compact_to = (index + 1).saturating_sub(keep).max(first);
+        let mut compact_to = (index + 1).saturating_sub(keep).max(first);
+        if let Some(&durable) = self.durable.get(&group) {
+            compact_to = compact_to.min(durable.max(first));
+        }
         if compact_to > first {
             self.pending.compact(group, compact_to);
         }

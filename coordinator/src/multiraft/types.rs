@@ -85,6 +85,9 @@ pub enum Apply {
         group: GroupId,
         /// The log index of the entry holding it (commands batched into one entry share it).
         index: u64,
+        /// Its place inside that entry (0 for an entry holding one command): with `index`, a
+        /// position unique within the group.
+        offset: u32,
         /// The term it was proposed in.
         term: u64,
         /// The command bytes.
@@ -128,6 +131,14 @@ pub enum Event {
     },
     /// A proposal will never commit: its entry was replaced by another leader's.
     ProposalDropped {
+        /// The group.
+        group: GroupId,
+        /// The proposal's token.
+        token: Token,
+    },
+    /// A proposal was refused before it entered the log: the leader holds as many
+    /// uncommitted bytes as it may. It did not take effect; the proposer should back off.
+    ProposalBusy {
         /// The group.
         group: GroupId,
         /// The proposal's token.

@@ -37,6 +37,14 @@ pub struct NodeConfig {
     /// learns the routing table (and its replicas) once an operator adds it
     /// (`add_node`). Ignored when the data directory already holds groups (a restart).
     pub join: bool,
+    /// Apply worker threads: committed commands are applied there, never on the
+    /// coordinator's task, each group on one worker (its order kept), groups spread over
+    /// them. Default: 2.
+    pub apply_workers: usize,
+    /// How many committed commands of one group may wait for its state machine before new
+    /// proposals to the group fail with [`RequestError::Busy`](crate::RequestError::Busy)
+    /// (did not take effect; back off and retry). Default: 10,000.
+    pub max_apply_backlog: usize,
 }
 
 impl NodeConfig {
@@ -54,7 +62,21 @@ impl NodeConfig {
             tick_interval: Duration::from_millis(100),
             request_timeout: Duration::from_secs(10),
             join: false,
+            apply_workers: 2,
+            max_apply_backlog: 10_000,
         }
+    }
+
+    /// Sets the number of apply worker threads (see [`NodeConfig::apply_workers`]).
+    pub fn apply_workers(mut self, workers: usize) -> Self {
+        self.apply_workers = workers;
+        self
+    }
+
+    /// Sets the apply backlog that makes a group busy (see [`NodeConfig::max_apply_backlog`]).
+    pub fn max_apply_backlog(mut self, commands: usize) -> Self {
+        self.max_apply_backlog = commands;
+        self
     }
 
     /// Joins a running cluster instead of bootstrapping one (see [`NodeConfig::join`]).

@@ -14,12 +14,11 @@ use transport::{Envelope, Inbound, Transport};
 
 use super::NodeStatus;
 use super::handle::Command;
-use super::pending::{Completed, Done, Kind, Pending};
+use super::pending::{Completed, Done, Kind, Pending, Request};
 use super::reconcile::Placement;
-use crate::error::{CoordinatorError, RequestError};
+use crate::apply::{Applying, Output};
+use crate::error::{BusyReason, CoordinatorError, RequestError};
 use crate::multiraft::{CycleId, Event, MultiRaft, Token};
-use crate::replicated::Replicated;
-use crate::state_machine::StateMachine;
 
 /// Where a caller waits for its answer.
 pub(super) type Reply<T> = oneshot::Sender<Result<T, RequestError>>;
@@ -63,7 +62,7 @@ pub(super) struct Driver {
     core: MultiRaft,
     store: LogStore,
     transport: Arc<dyn Transport>,
-    state_machine: Replicated<Box<dyn StateMachine>>,
+    applying: Applying,
     placement: Placement,
     pending: Pending<Waiter>,
     /// Tokens in the order they were issued; their deadlines grow in the same order.
@@ -80,7 +79,7 @@ impl Driver {
         core: MultiRaft,
         store: LogStore,
         transport: Arc<dyn Transport>,
-        state_machine: Replicated<Box<dyn StateMachine>>,
+        applying: Applying,
         placement: Placement,
         request_timeout: Duration,
     ) -> Self {
@@ -88,7 +87,7 @@ impl Driver {
             core,
             store,
             transport,
-            state_machine,
+            applying,
             placement,
             pending: Pending::default(),
             deadlines: VecDeque::new(),
@@ -127,6 +126,7 @@ impl Driver {
         let mut ticker = tokio::time::interval(tick_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut persisting: Option<CycleId> = None;
+        let mut applied = self.applying.take_outputs();
         let result: Result<(), CoordinatorError> = async {
             loop {
                 if persisting.is_none() {
@@ -156,6 +156,12 @@ impl Driver {
                         if let Some(id) = persisting.take() {
                             let messages = self.core.on_persisted(id)?;
                             self.send(messages);
+                        }
+                    }
+                    Some(output) = applied.recv() => {
+                        self.on_applied(output)?;
+                        while let Ok(output) = applied.try_recv() {
+                            self.on_applied(output)?;
                         }
                     }
                     _ = ticker.tick() => {
@@ -238,6 +244,13 @@ impl Driver {
                 request,
                 waiter,
             } => {
+                if matches!(request, Request::Propose(_)) && self.applying.busy(group) {
+                    let _ = waiter.fail(RequestError::Busy {
+                        group,
+                        reason: BusyReason::ApplyBacklog,
+                    });
+                    return;
+                }
                 let token = self.token();
                 if let Err((waiter, error)) =
                     self.pending
@@ -262,7 +275,7 @@ impl Driver {
                     storage: self.store.stats(),
                     transport: self.transport.stats(),
                     proposals_acknowledged: self.acknowledged,
-                    routing_version: self.state_machine.table().version(),
+                    routing_version: self.applying.table().version(),
                 });
             }
         }
@@ -292,8 +305,8 @@ impl Driver {
         events: &[Event],
     ) -> Result<(), CoordinatorError> {
         let mut completed = Vec::new();
-        self.pending
-            .apply(&mut self.state_machine, applies, &mut completed)?;
+        self.applying
+            .dispatch(&mut self.pending, applies, &mut completed)?;
         for event in events {
             if let Event::LeaderChanged {
                 group,
@@ -304,7 +317,7 @@ impl Driver {
                 tracing::debug!(%group, ?leader, term, "leader changed");
                 self.placement.set_leader_hint(group, leader);
             }
-            completed.extend(self.pending.on_event(&mut self.state_machine, event));
+            completed.extend(self.applying.on_event(&mut self.pending, event));
         }
         for done in completed {
             self.reply(done);
@@ -337,12 +350,16 @@ impl Driver {
     }
 
     fn compact(&mut self) -> Result<(), CoordinatorError> {
-        for group in self.core.compaction_due() {
-            let data = self
-                .state_machine
-                .snapshot(group)
-                .map_err(|source| CoordinatorError::StateMachine { group, source })?;
-            self.core.compact(group, data)?;
+        self.applying.compact(&mut self.core)
+    }
+
+    /// What an apply worker finished: answers its proposals and the reads that waited for it.
+    fn on_applied(&mut self, output: Output) -> Result<(), CoordinatorError> {
+        let mut completed = Vec::new();
+        self.applying
+            .on_output(&mut self.pending, &mut self.core, output, &mut completed)?;
+        for done in completed {
+            self.reply(done);
         }
         Ok(())
     }
@@ -357,7 +374,8 @@ impl Driver {
     fn reconcile(&mut self) -> Result<(), CoordinatorError> {
         let lost = self
             .placement
-            .reconcile(&mut self.core, &mut self.state_machine)?;
+            .reconcile(&mut self.core, &mut self.applying)?;
+        self.applying.close_gone(&self.core);
         for token in lost {
             self.fail(token, |group| RequestError::OutcomeUnknown { group });
         }

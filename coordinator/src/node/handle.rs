@@ -19,11 +19,12 @@ use super::pending::Request;
 use super::placement::bootstrap_groups;
 use super::reconcile::{KnownGroups, Placement};
 use super::{KeyRead, NodeConfig, NodeError, NodeStatus};
+use crate::apply::Applying;
 use crate::error::{CoordinatorError, RequestError};
+use crate::group_state_machine::StateMachines;
 use crate::lock;
 use crate::multiraft::{GroupStatus, MultiRaft};
-use crate::replicated::{Fences, Frame, Replicated, VShardStep};
-use crate::state_machine::StateMachine;
+use crate::replicated::{Fences, Frame, VShardStep};
 
 /// What stops the coordinator task and waits for it.
 type DriverHandle = (oneshot::Sender<()>, tokio::task::JoinHandle<()>);
@@ -114,7 +115,7 @@ impl Node {
         config: NodeConfig,
         identity: &certs::NodeIdentity,
         routing: RoutingTable,
-        state_machine: impl StateMachine,
+        state_machines: impl Into<StateMachines>,
     ) -> Result<Node, NodeError> {
         if identity.node_id() != config.node_id {
             return Err(NodeError::IdentityMismatch {
@@ -167,7 +168,7 @@ impl Node {
             quic: Some(quic.clone()),
         };
         let me = config.node_id;
-        let mut node = Self::start_inner(config, store, wiring, routing, Box::new(state_machine))?;
+        let mut node = Self::start_inner(config, store, wiring, routing, state_machines.into())?;
         admit_by_routing(&quic, me, &node.routing, node.routing_version.clone());
         node.quic = Some(quic);
         Ok(node)
@@ -184,7 +185,7 @@ impl Node {
         address_book: AddressBook,
         local_addr: SocketAddr,
         routing: RoutingTable,
-        state_machine: impl StateMachine,
+        state_machines: impl Into<StateMachines>,
     ) -> Result<Node, NodeError> {
         let store = LogStore::open(&config.data_dir, config.store.clone())?;
         let wiring = Wiring {
@@ -195,7 +196,7 @@ impl Node {
             known: None,
             quic: None,
         };
-        Self::start_inner(config, store, wiring, routing, Box::new(state_machine))
+        Self::start_inner(config, store, wiring, routing, state_machines.into())
     }
 
     fn start_inner(
@@ -203,7 +204,7 @@ impl Node {
         store: LogStore,
         wiring: Wiring,
         routing: RoutingTable,
-        state_machine: Box<dyn StateMachine>,
+        state_machines: StateMachines,
     ) -> Result<Node, NodeError> {
         let id = config.node_id;
         let fresh = store.groups().is_empty();
@@ -235,8 +236,14 @@ impl Node {
         }
         // Restores from stored snapshots come out of the first cycle; nothing else may run first.
         let (version_tx, version_rx) = watch::channel(routing.version());
-        let state_machine = Replicated::new(state_machine, routing.clone());
-        let fences = state_machine.fences();
+        let applying = Applying::new(
+            state_machines.0,
+            routing.clone(),
+            config.apply_workers,
+            config.max_apply_backlog,
+        )
+        .map_err(NodeError::ApplyWorkers)?;
+        let fences = applying.fences();
         let routing = Arc::new(RwLock::new(routing));
         let (commands_tx, commands_rx) = mpsc::channel(4096);
         let (stop_tx, stop_rx) = oneshot::channel();
@@ -250,7 +257,7 @@ impl Node {
             core,
             store,
             wiring.transport,
-            state_machine,
+            applying,
             placement,
             config.request_timeout,
         );

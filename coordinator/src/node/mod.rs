@@ -55,6 +55,9 @@ pub enum NodeError {
     /// The routing table gives this node no group.
     #[error("the routing table gives node {0} no group; check the node id and the table")]
     NoGroups(NodeId),
+    /// The apply worker threads could not be started.
+    #[error("cannot start the apply workers: {0}")]
+    ApplyWorkers(std::io::Error),
     /// A transport setting is invalid.
     #[error("invalid node config: {0}")]
     Config(#[from] transport::ConfigError),

@@ -1,20 +1,18 @@
 //! The requests a driver has handed to its core and not yet answered, and how a cycle's
 //! output answers them.
 //!
-//! One map of token → request, one path that completes or fails a request, one mapping from
-//! what the core and the state machine produced to what the caller receives. The tokio
-//! [`Driver`](super::driver) and the simulation's driver both use it, so a new kind of
-//! request is added in one place and both drivers answer it the same way.
+//! One map of token → request, one path that completes or fails a request. The tokio
+//! [`Driver`](super::driver) and the simulation's driver both use it, and both answer it
+//! through [`crate::apply::Applying`], so a new kind of request is added in one place and
+//! both drivers answer it the same way.
 
 use std::collections::HashMap;
 
 use raft::eraftpb::{ConfChangeV2, ConfState};
 use routing::{GroupId, VShardId};
 
-use crate::error::{CoordinatorError, RequestError};
-use crate::multiraft::{Apply, Event, MultiRaft, Token};
-use crate::replicated::{Replicated, Reply};
-use crate::state_machine::StateMachine;
+use crate::error::RequestError;
+use crate::multiraft::{MultiRaft, Token};
 
 /// A request to hand to the core.
 #[derive(Debug)]
@@ -126,6 +124,11 @@ impl<W> Pending<W> {
         self.requests.contains_key(&token)
     }
 
+    /// What `token` waits for, if it waits.
+    pub(crate) fn kind(&self, token: Token) -> Option<Kind> {
+        self.requests.get(&token).map(|e| e.kind)
+    }
+
     /// Answers `token` with `result`, if it waits.
     pub(crate) fn complete(
         &mut self,
@@ -164,104 +167,5 @@ impl<W> Pending<W> {
             .into_iter()
             .filter_map(|t| self.fail(t, |_| error.clone()))
             .collect()
-    }
-
-    /// Applies a cycle's committed work to `state_machine` in log order and answers the
-    /// proposals and membership changes it completes.
-    ///
-    /// # Errors
-    /// The state machine failed: the node must stop.
-    pub(crate) fn apply<S: StateMachine>(
-        &mut self,
-        state_machine: &mut Replicated<S>,
-        applies: Vec<Apply>,
-        completed: &mut Vec<Completed<W>>,
-    ) -> Result<(), CoordinatorError> {
-        for apply in applies {
-            match apply {
-                Apply::Restore { group, data, .. } => state_machine
-                    .restore(group, &data)
-                    .map_err(|source| CoordinatorError::StateMachine { group, source })?,
-                Apply::Command {
-                    group,
-                    index,
-                    data,
-                    proposal,
-                    ..
-                } => {
-                    let reply = state_machine
-                        .apply(group, index, &data)
-                        .map_err(|source| CoordinatorError::StateMachine { group, source })?;
-                    let table_version = state_machine.table().version();
-                    completed.extend(proposal.and_then(|token| {
-                        self.complete(token, |group, _| match reply {
-                            Reply::Applied(bytes) => Ok(Done::Response(bytes)),
-                            Reply::StaleRouting(vshard) => Err(RequestError::StaleRouting {
-                                vshard,
-                                group,
-                                table_version,
-                            }),
-                            Reply::Refused(reason) => Err(RequestError::Refused { group, reason }),
-                        })
-                    }));
-                }
-                Apply::ConfChanged {
-                    conf_state,
-                    proposal,
-                    ..
-                } => completed.extend(
-                    proposal
-                        .and_then(|t| self.complete(t, |_, _| Ok(Done::Configured(conf_state)))),
-                ),
-            }
-        }
-        Ok(())
-    }
-
-    /// Answers the request `event` completes, if any: read barriers reached (checked against
-    /// the vShard fences, exported when asked), proposals dropped or lost track of.
-    pub(crate) fn on_event<S: StateMachine>(
-        &mut self,
-        state_machine: &mut Replicated<S>,
-        event: &Event,
-    ) -> Option<Completed<W>> {
-        match *event {
-            Event::ReadReady { token, index, .. } => self.complete(token, |group, kind| {
-                read_outcome(state_machine, group, kind, index)
-            }),
-            Event::ProposalDropped { token, .. } => {
-                self.fail(token, |group| RequestError::ProposalDropped { group })
-            }
-            Event::ProposalOutcomeUnknown { token, .. } => {
-                self.fail(token, |group| RequestError::OutcomeUnknown { group })
-            }
-            Event::LeaderChanged { .. } => None,
-        }
-    }
-}
-
-/// What a read barrier that reached `index` answers, by the kind of request it serves.
-fn read_outcome<S: StateMachine>(
-    state_machine: &mut Replicated<S>,
-    group: GroupId,
-    kind: Kind,
-    index: u64,
-) -> Result<Done, RequestError> {
-    match kind {
-        Kind::Read {
-            vshard: Some(vshard),
-        } if state_machine.is_fenced(group, vshard) => Err(RequestError::StaleRouting {
-            vshard,
-            group,
-            table_version: state_machine.table().version(),
-        }),
-        Kind::Export(vshard) => state_machine
-            .export_vshard(group, vshard)
-            .map(Done::Response)
-            .map_err(|e| RequestError::Refused {
-                group,
-                reason: e.to_string(),
-            }),
-        _ => Ok(Done::Read(index)),
     }
 }

@@ -9,11 +9,10 @@ use routing::{GroupId, NodeId, RoutingTable};
 use tokio::sync::watch;
 use transport::AddressBook;
 
+use crate::apply::Applying;
 use crate::error::CoordinatorError;
 use crate::lock;
 use crate::multiraft::{MultiRaft, Token};
-use crate::replicated::Replicated;
-use crate::state_machine::StateMachine;
 
 /// The groups the QUIC endpoint accepts streams for, shared with its stream filter.
 pub(super) type KnownGroups = Arc<RwLock<HashSet<GroupId>>>;
@@ -64,10 +63,10 @@ impl Placement {
     /// Only once the meta group has applied everything this node knows committed: a node
     /// replaying its meta log after a restart must not act on an old table (it would delete a
     /// replica that a later version placed here again).
-    pub(super) fn reconcile<S: StateMachine>(
+    pub(super) fn reconcile(
         &mut self,
         core: &mut MultiRaft,
-        state_machine: &mut Replicated<S>,
+        state_machine: &mut Applying,
     ) -> Result<Vec<Token>, CoordinatorError> {
         if let Some(table) = state_machine.take_table_change() {
             self.table_pending = true;

@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use raft::eraftpb::ConfChangeV2;
 use routing::{GroupId, META_GROUP, NodeId, RoutingTable, VShardId};
@@ -38,16 +39,21 @@ pub use control::SimControl;
 pub use monitor::Violation;
 use monitor::{Monitor, Seen, panic_message};
 
+use crate::apply::Applying;
 use crate::node::pending::{Done, Pending, Request};
-use crate::replicated::{Frame, Replicated};
+use crate::replicated::Frame;
 use crate::{
     CoordinatorError, CycleOutput, Event, GroupStatus, MultiRaft, RequestError, Role, StateMachine,
-    Token,
+    StateMachines, Token,
 };
 
 struct SimNode<S> {
     core: MultiRaft,
-    state_machine: Replicated<S>,
+    /// The node's replicas, applied inline (deterministically) by the same code as a node's
+    /// apply workers.
+    applying: Applying,
+    /// The database state machine they apply to.
+    state_machine: Arc<Mutex<S>>,
     /// The meta group applied a table this node has not acted on yet.
     table_pending: bool,
     store: LogStore,
@@ -144,11 +150,19 @@ impl<S: StateMachine> SimCluster<S> {
         } else if store.groups().is_empty() {
             core.create_joining_group(META_GROUP)?;
         }
-        let state_machine = Replicated::new((self.make_state_machine)(node), self.routing.clone());
+        let state_machine = Arc::new(Mutex::new((self.make_state_machine)(node)));
+        let applying = Applying::new(
+            StateMachines::shared_arc(state_machine.clone()).0,
+            self.routing.clone(),
+            0,
+            usize::MAX,
+        )
+        .map_err(|_| CoordinatorError::PersisterStopped)?;
         self.nodes.insert(
             node,
             Some(SimNode {
                 core,
+                applying,
                 state_machine,
                 table_pending: false,
                 store,
@@ -172,7 +186,7 @@ impl<S: StateMachine> SimCluster<S> {
 
     /// The routing table `node` has applied (the meta group's), when it runs.
     pub fn table(&self, node: NodeId) -> Option<&RoutingTable> {
-        Some(self.nodes.get(&node)?.as_ref()?.state_machine.table())
+        Some(self.nodes.get(&node)?.as_ref()?.applying.table())
     }
 
     /// Whether `node`'s replica of `group` serves `vshard` (has not released it).
@@ -180,7 +194,7 @@ impl<S: StateMachine> SimCluster<S> {
         self.nodes
             .get(&node)
             .and_then(Option::as_ref)
-            .is_some_and(|n| !n.state_machine.is_fenced(group, vshard))
+            .is_some_and(|n| n.applying.fences().serves(group, vshard))
     }
 
     /// Current virtual time.
@@ -234,11 +248,11 @@ impl<S: StateMachine> SimCluster<S> {
     }
 
     /// The state machine of a running node.
-    pub fn state_machine(&self, node: NodeId) -> Option<&S> {
+    pub fn state_machine(&self, node: NodeId) -> Option<MutexGuard<'_, S>> {
         self.nodes
             .get(&node)?
             .as_ref()
-            .map(|n| n.state_machine.inner())
+            .map(|n| crate::lock::mutex(&n.state_machine))
     }
 
     /// `group`'s status on `node`, when it runs and holds the group.
@@ -429,7 +443,7 @@ impl<S: StateMachine> SimCluster<S> {
         let Some(Some(node)) = self.nodes.get_mut(&id) else {
             return Ok(());
         };
-        if node.state_machine.take_table_change().is_some() {
+        if node.applying.take_table_change().is_some() {
             node.table_pending = true;
         }
         if !node.table_pending || !node.core.meta_caught_up() {
@@ -441,7 +455,7 @@ impl<S: StateMachine> SimCluster<S> {
             return Ok(());
         };
         node.table_pending = false;
-        let table = node.state_machine.table().clone();
+        let table = node.applying.table().clone();
         for token in node.core.place_replicas(&table)? {
             // Their outcome is unknown here: the client keeps waiting and times out.
             node.pending.forget(token);
@@ -481,13 +495,11 @@ impl<S: StateMachine> SimCluster<S> {
                 self.guarded(*id, |node, _| {
                     node.core.tick();
                     // As the Node driver does: snapshot the state machine, then compact the log.
-                    for group in node.core.compaction_due() {
-                        let data = node
-                            .state_machine
-                            .snapshot(group)
-                            .map_err(|e| CoordinatorError::StateMachine { group, source: e })?;
-                        node.core.compact(group, data)?;
-                    }
+                    node.applying.compact(&mut node.core)?;
+                    let mut completed = Vec::new();
+                    Self::drain_applied(node, &mut completed)?;
+                    // Nothing waits on a snapshot; a request it completed times out instead.
+                    drop(completed);
                     Ok(())
                 })?;
             }
@@ -595,6 +607,18 @@ impl<S: StateMachine> SimCluster<S> {
         }))
     }
 
+    /// Hands what the inline workers produced to the same code a node's driver runs.
+    fn drain_applied(
+        node: &mut SimNode<S>,
+        completed: &mut Vec<crate::node::pending::Completed<()>>,
+    ) -> Result<(), CoordinatorError> {
+        while let Some(output) = node.applying.try_output() {
+            node.applying
+                .on_output(&mut node.pending, &mut node.core, output, completed)?;
+        }
+        Ok(())
+    }
+
     fn run_node(&mut self, id: NodeId) -> Result<(), CoordinatorError> {
         let unsynced = self.config.unsynced_log;
         let produced = self.guarded(id, |node, now| {
@@ -605,8 +629,8 @@ impl<S: StateMachine> SimCluster<S> {
                 };
                 seen.observe(&output.applies);
                 // Applied and answered exactly as the Node driver does.
-                node.pending
-                    .apply(&mut node.state_machine, output.applies, &mut seen.completed)?;
+                node.applying
+                    .dispatch(&mut node.pending, output.applies, &mut seen.completed)?;
                 for event in &output.events {
                     match *event {
                         Event::LeaderChanged {
@@ -618,9 +642,10 @@ impl<S: StateMachine> SimCluster<S> {
                         Event::ProposalOutcomeUnknown { .. } => {}
                         _ => seen
                             .completed
-                            .extend(node.pending.on_event(&mut node.state_machine, event)),
+                            .extend(node.applying.on_event(&mut node.pending, event)),
                     }
                 }
+                Self::drain_applied(node, &mut seen.completed)?;
                 seen.messages.extend(output.messages);
             }
             Ok(seen)

@@ -1,0 +1,444 @@
+//! Applying committed entries off the coordinator's task.
+//!
+//! [`Applying`] sits between a driver and the replicas: the meta group's routing table is
+//! applied at once, on the driver (it is small and every routing decision reads it); every
+//! other group's commands go, batched per group and cycle, to the apply worker the group is
+//! pinned to ([`workers`]). Proposals complete when their worker's [`Output`] comes back, and
+//! a read barrier is answered only once its group's worker has applied everything handed out
+//! before it. Both the tokio driver and the simulation use it, so both answer alike.
+//!
+//! - `replica`: one group's system layer (fences, framing, snapshots, restart positions).
+//! - `workers`: the jobs, the worker, and where it runs (threads or inline).
+
+mod replica;
+mod workers;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use routing::{GroupId, META_GROUP, RoutingTable};
+use tokio::sync::mpsc;
+
+use crate::error::{BusyReason, CoordinatorError, RequestError};
+use crate::group_state_machine::{Position, StateMachineFactory};
+use crate::multiraft::{Apply, Event, MultiRaft, Token};
+use crate::node::pending::{Completed, Done, Kind, Pending};
+use crate::replicated::{Fences, Meta, Reply};
+
+use replica::Item;
+pub(crate) use workers::Output;
+use workers::{Applier, Job, Worker};
+
+/// Where a group stands between the driver and its worker.
+#[derive(Default)]
+struct Progress {
+    /// Jobs submitted (the sequence number of the last one).
+    submitted: u64,
+    /// Jobs done.
+    done: u64,
+    /// Commands submitted and not yet applied.
+    backlog: usize,
+    /// Read barriers reached by raft, waiting for the worker: (jobs that must be done, token).
+    reads: Vec<(u64, Token)>,
+    /// A snapshot job is out.
+    snapshotting: bool,
+}
+
+/// One group's commands of one cycle, gathered into one job.
+#[derive(Default)]
+struct Gathered {
+    items: Vec<Item>,
+    /// The proposal each item completes.
+    tokens: Vec<Option<Token>>,
+    /// The last index handed out (conf changes included).
+    through: u64,
+}
+
+/// See the module docs.
+pub(crate) struct Applying {
+    meta: Meta,
+    /// The meta group's applied index (it applies here, not on a worker).
+    meta_applied: u64,
+    fences: Fences,
+    applier: Applier,
+    /// Until a tokio driver takes it (see [`Applying::take_outputs`]).
+    outputs: Option<mpsc::UnboundedReceiver<Output>>,
+    progress: HashMap<GroupId, Progress>,
+    /// How many commands of one group may wait for its worker before proposals are refused
+    /// as busy.
+    max_backlog: usize,
+}
+
+impl Applying {
+    /// Applies on `workers` threads (0: inline, on the caller: the deterministic simulation).
+    ///
+    /// # Errors
+    /// A worker thread could not be started.
+    pub(crate) fn new(
+        factory: Arc<dyn StateMachineFactory>,
+        initial: RoutingTable,
+        workers: usize,
+        max_backlog: usize,
+    ) -> std::io::Result<Self> {
+        let fences = Fences::default();
+        let vshard_count = initial.vshard_count();
+        let (tx, outputs) = mpsc::unbounded_channel();
+        let make = || Worker::new(factory.clone(), fences.clone(), vshard_count);
+        let applier = if workers == 0 {
+            Applier::inline(make(), tx)
+        } else {
+            Applier::threads(workers, make, &tx)?
+        };
+        Ok(Self {
+            meta: Meta::new(initial),
+            meta_applied: 0,
+            fences,
+            applier,
+            outputs: Some(outputs),
+            progress: HashMap::new(),
+            max_backlog,
+        })
+    }
+
+    /// A handle on the fences, for readers on other threads.
+    pub(crate) fn fences(&self) -> Fences {
+        self.fences.clone()
+    }
+
+    /// The routing table as the meta group has applied it here.
+    pub(crate) fn table(&self) -> &RoutingTable {
+        self.meta.table()
+    }
+
+    /// The table, if it changed since the last call.
+    pub(crate) fn take_table_change(&mut self) -> Option<RoutingTable> {
+        self.meta.take_table_change()
+    }
+
+    /// Whether `group`'s worker is so far behind that new proposals must wait.
+    pub(crate) fn busy(&self, group: GroupId) -> bool {
+        self.progress
+            .get(&group)
+            .is_some_and(|p| p.backlog >= self.max_backlog)
+    }
+
+    /// The workers' outputs, for a driver that awaits them (hand each to
+    /// [`Applying::on_output`]). Afterwards [`Applying::try_output`] returns nothing.
+    pub(crate) fn take_outputs(&mut self) -> mpsc::UnboundedReceiver<Output> {
+        self.outputs
+            .take()
+            .unwrap_or_else(|| mpsc::unbounded_channel().1)
+    }
+
+    /// An output already waiting, if any (the simulation, after inline jobs).
+    #[cfg(feature = "test-util")]
+    pub(crate) fn try_output(&mut self) -> Option<Output> {
+        self.outputs.as_mut()?.try_recv().ok()
+    }
+
+    fn submit(&mut self, job: Job) {
+        self.applier.submit(job);
+    }
+
+    fn next_seq(&mut self, group: GroupId) -> u64 {
+        let p = self.progress.entry(group).or_default();
+        p.submitted += 1;
+        p.submitted
+    }
+
+    /// Hands a cycle's committed work to the replicas, in log order per group: the meta group's
+    /// at once, the others' to their workers. Answers what completes now (meta proposals,
+    /// membership changes).
+    pub(crate) fn dispatch<W>(
+        &mut self,
+        pending: &mut Pending<W>,
+        applies: Vec<Apply>,
+        completed: &mut Vec<Completed<W>>,
+    ) -> Result<(), CoordinatorError> {
+        let mut jobs: BTreeMap<GroupId, Gathered> = BTreeMap::new();
+        for apply in applies {
+            match apply {
+                Apply::Restore { group, index, data } if group == META_GROUP => {
+                    self.meta
+                        .restore(&data)
+                        .map_err(|source| CoordinatorError::StateMachine { group, source })?;
+                    self.meta_applied = index;
+                }
+                Apply::Restore { group, index, data } => {
+                    if let Some(job) = jobs.remove(&group) {
+                        self.submit_commands(group, job);
+                    }
+                    let seq = self.next_seq(group);
+                    self.submit(Job::Restore {
+                        group,
+                        seq,
+                        index,
+                        data,
+                    });
+                }
+                Apply::Command {
+                    group,
+                    index,
+                    offset,
+                    data,
+                    proposal,
+                    ..
+                } if group == META_GROUP => {
+                    let reply = self.meta.apply(&data);
+                    self.meta_applied = index;
+                    let _ = offset;
+                    completed.extend(proposal.and_then(|token| self.answer(pending, token, reply)));
+                }
+                Apply::Command {
+                    group,
+                    index,
+                    offset,
+                    data,
+                    proposal,
+                    ..
+                } => {
+                    let job = jobs.entry(group).or_default();
+                    job.items.push(Item {
+                        position: Position { index, offset },
+                        framed: data,
+                    });
+                    job.tokens.push(proposal);
+                    job.through = index;
+                }
+                Apply::ConfChanged {
+                    group,
+                    index,
+                    conf_state,
+                    proposal,
+                } => {
+                    if group == META_GROUP {
+                        self.meta_applied = index;
+                    } else {
+                        jobs.entry(group).or_default().through = index;
+                    }
+                    completed.extend(proposal.and_then(|t| {
+                        pending.complete(t, |_, _| Ok(Done::Configured(conf_state)))
+                    }));
+                }
+            }
+        }
+        for (group, job) in jobs {
+            self.submit_commands(group, job);
+        }
+        Ok(())
+    }
+
+    fn submit_commands(&mut self, group: GroupId, job: Gathered) {
+        let Gathered {
+            items,
+            tokens,
+            through,
+        } = job;
+        let seq = self.next_seq(group);
+        if let Some(p) = self.progress.get_mut(&group) {
+            p.backlog += items.len();
+        }
+        self.submit(Job::Apply {
+            group,
+            seq,
+            items,
+            tokens,
+            through,
+        });
+    }
+
+    /// The answer a reply makes for the proposal `token`.
+    fn answer<W>(
+        &self,
+        pending: &mut Pending<W>,
+        token: Token,
+        reply: Reply,
+    ) -> Option<Completed<W>> {
+        let table_version = self.meta.table().version();
+        pending.complete(token, |group, _| match reply {
+            Reply::Applied(bytes) => Ok(Done::Response(bytes)),
+            Reply::StaleRouting(vshard) => Err(RequestError::StaleRouting {
+                vshard,
+                group,
+                table_version,
+            }),
+            Reply::Refused(reason) => Err(RequestError::Refused { group, reason }),
+        })
+    }
+
+    /// Answers the request `event` completes, if it can be answered now: a read barrier
+    /// waits until its group's worker has applied everything handed out before it.
+    pub(crate) fn on_event<W>(
+        &mut self,
+        pending: &mut Pending<W>,
+        event: &Event,
+    ) -> Option<Completed<W>> {
+        match *event {
+            Event::ReadReady { group, token, .. } => {
+                let waits_for = self
+                    .progress
+                    .get(&group)
+                    .filter(|p| p.done < p.submitted)
+                    .map(|p| p.submitted);
+                match waits_for {
+                    Some(seq) => {
+                        if let Some(p) = self.progress.get_mut(&group) {
+                            p.reads.push((seq, token));
+                        }
+                        None
+                    }
+                    None => self.read_reached(pending, group, token),
+                }
+            }
+            Event::ProposalDropped { token, .. } => {
+                pending.fail(token, |group| RequestError::ProposalDropped { group })
+            }
+            Event::ProposalBusy { token, .. } => pending.fail(token, |group| RequestError::Busy {
+                group,
+                reason: BusyReason::UncommittedBytes,
+            }),
+            Event::ProposalOutcomeUnknown { token, .. } => {
+                pending.fail(token, |group| RequestError::OutcomeUnknown { group })
+            }
+            Event::LeaderChanged { .. } => None,
+        }
+    }
+
+    /// A read barrier of `group` is reached and applied: answer it (checked against the
+    /// vShard fences), or have the worker export the vShard it asks for.
+    fn read_reached<W>(
+        &mut self,
+        pending: &mut Pending<W>,
+        group: GroupId,
+        token: Token,
+    ) -> Option<Completed<W>> {
+        let index = if group == META_GROUP {
+            self.meta_applied
+        } else {
+            self.progress.get(&group).map_or(0, |p| p.done)
+        };
+        match pending.kind(token)? {
+            Kind::Export(vshard) if group != META_GROUP => {
+                self.submit(Job::Export {
+                    group,
+                    vshard,
+                    token,
+                });
+                None
+            }
+            Kind::Export(_) => pending.fail(token, |group| RequestError::Refused {
+                group,
+                reason: "the meta group holds no vShards".into(),
+            }),
+            Kind::Read {
+                vshard: Some(vshard),
+            } if !self.fences.serves(group, vshard) => {
+                let table_version = self.meta.table().version();
+                pending.fail(token, |group| RequestError::StaleRouting {
+                    vshard,
+                    group,
+                    table_version,
+                })
+            }
+            _ => pending.complete(token, |_, _| Ok(Done::Read(index))),
+        }
+    }
+
+    /// Handles what a worker produced: answers proposals and the reads that were waiting,
+    /// stores snapshots.
+    ///
+    /// # Errors
+    /// A state machine failed (the node must stop), or compaction failed.
+    pub(crate) fn on_output<W>(
+        &mut self,
+        pending: &mut Pending<W>,
+        core: &mut MultiRaft,
+        output: Output,
+        completed: &mut Vec<Completed<W>>,
+    ) -> Result<(), CoordinatorError> {
+        match output {
+            Output::Applied {
+                group,
+                seq,
+                replies,
+                commands,
+                durable,
+            } => {
+                for (token, reply) in replies {
+                    completed.extend(self.answer(pending, token, reply));
+                }
+                let Some(p) = self.progress.get_mut(&group) else {
+                    return Ok(());
+                };
+                p.done = p.done.max(seq);
+                p.backlog = p.backlog.saturating_sub(commands);
+                let done = p.done;
+                let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut p.reads)
+                    .into_iter()
+                    .partition(|&(s, _)| s <= done);
+                p.reads = waiting;
+                core.set_durable_position(group, durable);
+                for (_, token) in ready {
+                    completed.extend(self.read_reached(pending, group, token));
+                }
+            }
+            Output::Snapshot { group, index, data } => {
+                if let Some(p) = self.progress.get_mut(&group) {
+                    p.snapshotting = false;
+                }
+                core.compact(group, index, data)?;
+            }
+            Output::Exported {
+                group,
+                token,
+                result,
+            } => completed.extend(pending.complete(token, |_, _| {
+                result
+                    .map(Done::Response)
+                    .map_err(|reason| RequestError::Refused { group, reason })
+            })),
+            Output::Failed { group, error } => {
+                return Err(CoordinatorError::StateMachine {
+                    group,
+                    source: error,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the snapshots the core asks for: the meta group's here, the others' on their
+    /// workers (stored when their output comes back).
+    ///
+    /// # Errors
+    /// Compacting the meta group failed.
+    pub(crate) fn compact(&mut self, core: &mut MultiRaft) -> Result<(), CoordinatorError> {
+        for group in core.compaction_due() {
+            if group == META_GROUP {
+                core.compact(group, self.meta_applied, self.meta.snapshot())?;
+                continue;
+            }
+            let p = self.progress.entry(group).or_default();
+            if !p.snapshotting {
+                p.snapshotting = true;
+                self.submit(Job::Snapshot { group });
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the replicas of groups `core` no longer holds (the routing table moved them
+    /// away).
+    pub(crate) fn close_gone(&mut self, core: &MultiRaft) {
+        let gone: Vec<GroupId> = self
+            .progress
+            .keys()
+            .copied()
+            .filter(|g| !core.has_group(*g))
+            .collect();
+        for group in gone {
+            self.progress.remove(&group);
+            self.submit(Job::Close { group });
+        }
+    }
+}
