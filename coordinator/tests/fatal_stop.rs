@@ -18,6 +18,9 @@ impl StateMachine for FailsOnCommand {
         if command == b"fail" {
             return Err("no space left on device".into());
         }
+        if command == b"panic" {
+            panic!("index out of bounds in the database");
+        }
         Ok(Vec::new())
     }
     fn snapshot(&mut self, _: GroupId) -> Result<Vec<u8>, StateMachineError> {
@@ -33,6 +36,17 @@ impl StateMachine for FailsOnCommand {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_that_stops_on_a_fatal_error_closes_the_endpoint_and_says_why() {
+    stops_on(b"fail", "no space left on device").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_state_machine_stops_the_node_instead_of_hanging_it() {
+    stops_on(b"panic", "the state machine panicked: index out of bounds").await;
+}
+
+/// Starts a one-node cluster, writes, then proposes `command`, which makes the state machine
+/// fail: the node must stop and say `reason`.
+async fn stops_on(command: &[u8], reason_contains: &str) {
     let dir = tempfile::tempdir().unwrap();
     let certs_dir = dir.path().join("certs");
     certs::files::init_dir(&certs_dir, false).unwrap();
@@ -61,14 +75,14 @@ async fn a_coordinator_that_stops_on_a_fatal_error_closes_the_endpoint_and_says_
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(node.stop_reason(), None);
-    let failed = node.propose(b"k", b"fail".to_vec()).await;
+    let failed = node.propose(b"k", command.to_vec()).await;
     assert!(failed.is_err(), "the failing command is not acknowledged");
     let stopped = tokio::time::timeout(Duration::from_secs(10), node.stopped())
         .await
         .expect("the node reports its stop");
     match &stopped {
         NodeStopped::Fatal { reason } => {
-            assert!(reason.contains("no space left on device"), "{reason}");
+            assert!(reason.contains(reason_contains), "{reason}");
         }
         NodeStopped::Shutdown => panic!("a fatal stop reported as a shutdown"),
     }

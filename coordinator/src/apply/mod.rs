@@ -8,7 +8,8 @@
 //! before it. Both the tokio driver and the simulation use it, so both answer alike.
 //!
 //! - `replica`: one group's system layer (fences, framing, snapshots, restart positions).
-//! - `workers`: the jobs, the worker, and where it runs (threads or inline).
+//! - `workers`: the jobs, and where they run (worker threads taking whichever group is
+//!   ready, or inline).
 
 mod replica;
 mod workers;
@@ -27,7 +28,7 @@ use crate::replicated::{Fences, Meta, Reply};
 
 use replica::Item;
 pub(crate) use workers::Output;
-use workers::{Applier, Job, Worker};
+use workers::{Applier, Job, Replicas};
 
 /// Where a group stands between the driver and its worker.
 #[derive(Default)]
@@ -38,8 +39,9 @@ struct Progress {
     done: u64,
     /// Commands submitted and not yet applied.
     backlog: usize,
-    /// Read barriers reached by raft, waiting for the worker: (jobs that must be done, token).
-    reads: Vec<(u64, Token)>,
+    /// Read barriers reached by raft, waiting for the worker: (jobs that must be done, token,
+    /// the applied index the read reflects).
+    reads: Vec<(u64, Token, u64)>,
     /// A snapshot job is out.
     snapshotting: bool,
 }
@@ -83,11 +85,11 @@ impl Applying {
         let fences = Fences::default();
         let vshard_count = initial.vshard_count();
         let (tx, outputs) = mpsc::unbounded_channel();
-        let make = || Worker::new(factory.clone(), fences.clone(), vshard_count);
+        let replicas = Replicas::new(factory, fences.clone(), vshard_count);
         let applier = if workers == 0 {
-            Applier::inline(make(), tx)
+            Applier::inline(replicas, tx)
         } else {
-            Applier::threads(workers, make, &tx)?
+            Applier::threads(workers, replicas, &tx)?
         };
         Ok(Self {
             meta: Meta::new(initial),
@@ -274,7 +276,11 @@ impl Applying {
         event: &Event,
     ) -> Option<Completed<W>> {
         match *event {
-            Event::ReadReady { group, token, .. } => {
+            Event::ReadReady {
+                group,
+                token,
+                index,
+            } => {
                 let waits_for = self
                     .progress
                     .get(&group)
@@ -283,11 +289,11 @@ impl Applying {
                 match waits_for {
                     Some(seq) => {
                         if let Some(p) = self.progress.get_mut(&group) {
-                            p.reads.push((seq, token));
+                            p.reads.push((seq, token, index));
                         }
                         None
                     }
-                    None => self.read_reached(pending, group, token),
+                    None => self.read_reached(pending, group, token, index),
                 }
             }
             Event::ProposalDropped { token, .. } => {
@@ -311,12 +317,8 @@ impl Applying {
         pending: &mut Pending<W>,
         group: GroupId,
         token: Token,
+        index: u64,
     ) -> Option<Completed<W>> {
-        let index = if group == META_GROUP {
-            self.meta_applied
-        } else {
-            self.progress.get(&group).map_or(0, |p| p.done)
-        };
         match pending.kind(token)? {
             Kind::Export(vshard) if group != META_GROUP => {
                 self.submit(Job::Export {
@@ -375,11 +377,11 @@ impl Applying {
                 let done = p.done;
                 let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut p.reads)
                     .into_iter()
-                    .partition(|&(s, _)| s <= done);
+                    .partition(|&(s, ..)| s <= done);
                 p.reads = waiting;
                 core.set_durable_position(group, durable);
-                for (_, token) in ready {
-                    completed.extend(self.read_reached(pending, group, token));
+                for (_, token, index) in ready {
+                    completed.extend(self.read_reached(pending, group, token, index));
                 }
             }
             Output::Snapshot { group, index, data } => {

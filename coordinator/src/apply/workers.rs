@@ -1,15 +1,17 @@
 //! Where replicas apply: on worker threads (a node), or inline on the caller (the
-//! deterministic simulation). Both run the same [`Worker`] code; a group always goes to the
-//! same worker, so its jobs run in the order they were submitted.
+//! deterministic simulation). Both run the same [`Replicas`] code. A group's jobs wait in its
+//! own queue and run in the order they were submitted, by one worker at a time: whichever is
+//! free, so one slow group holds one worker and never the others' groups.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex};
 
 use routing::{GroupId, VShardId};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::replica::{Item, Replica};
 use crate::group_state_machine::{Position, StateMachineFactory};
+use crate::lock;
 use crate::multiraft::Token;
 use crate::replicated::{Fences, Reply};
 use crate::state_machine::StateMachineError;
@@ -89,15 +91,17 @@ pub(crate) enum Output {
     },
 }
 
-/// The replicas of the groups pinned to one worker.
-pub(crate) struct Worker {
+/// Opens replicas and runs jobs on them; shared by every worker.
+pub(crate) struct Replicas {
     factory: Arc<dyn StateMachineFactory>,
     fences: Fences,
     vshard_count: u32,
-    replicas: HashMap<GroupId, (Replica, u64)>,
 }
 
-impl Worker {
+/// One group's replica with the index it has applied through.
+type Slot = Option<(Replica, u64)>;
+
+impl Replicas {
     pub(crate) fn new(
         factory: Arc<dyn StateMachineFactory>,
         fences: Fences,
@@ -107,31 +111,33 @@ impl Worker {
             factory,
             fences,
             vshard_count,
-            replicas: HashMap::new(),
         }
     }
 
-    fn replica(&mut self, group: GroupId) -> Result<&mut (Replica, u64), StateMachineError> {
-        if !self.replicas.contains_key(&group) {
+    fn replica<'s>(
+        &self,
+        group: GroupId,
+        slot: &'s mut Slot,
+    ) -> Result<&'s mut (Replica, u64), StateMachineError> {
+        if slot.is_none() {
             let inner = self.factory.open(group)?;
             let replica = Replica::open(group, inner, self.fences.clone(), self.vshard_count);
-            self.replicas.insert(group, (replica, 0));
+            *slot = Some((replica, 0));
         }
-        self.replicas
-            .get_mut(&group)
+        slot.as_mut()
             .ok_or_else(|| format!("{group} has no replica").into())
     }
 
-    /// Runs `job`; `None` for jobs that answer nothing.
-    pub(crate) fn run(&mut self, job: Job) -> Option<Output> {
+    /// Runs `job` on its group's `slot`; `None` for jobs that answer nothing.
+    pub(crate) fn run(&self, slot: &mut Slot, job: Job) -> Option<Output> {
         let group = job.group();
-        match self.try_run(job) {
+        match self.try_run(slot, job) {
             Ok(output) => output,
             Err(error) => Some(Output::Failed { group, error }),
         }
     }
 
-    fn try_run(&mut self, job: Job) -> Result<Option<Output>, StateMachineError> {
+    fn try_run(&self, slot: &mut Slot, job: Job) -> Result<Option<Output>, StateMachineError> {
         Ok(match job {
             Job::Apply {
                 group,
@@ -140,7 +146,7 @@ impl Worker {
                 tokens,
                 through,
             } => {
-                let (replica, applied) = self.replica(group)?;
+                let (replica, applied) = self.replica(group, slot)?;
                 let replies = replica.apply(&items)?;
                 *applied = through.max(*applied);
                 Some(Output::Applied {
@@ -161,7 +167,7 @@ impl Worker {
                 index,
                 data,
             } => {
-                let (replica, applied) = self.replica(group)?;
+                let (replica, applied) = self.replica(group, slot)?;
                 replica.restore(index, &data)?;
                 *applied = index;
                 Some(Output::Applied {
@@ -173,7 +179,7 @@ impl Worker {
                 })
             }
             Job::Snapshot { group } => {
-                let (replica, applied) = self.replica(group)?;
+                let (replica, applied) = self.replica(group, slot)?;
                 let index = *applied;
                 Some(Output::Snapshot {
                     group,
@@ -186,7 +192,7 @@ impl Worker {
                 vshard,
                 token,
             } => {
-                let (replica, _) = self.replica(group)?;
+                let (replica, _) = self.replica(group, slot)?;
                 Some(Output::Exported {
                     group,
                     token,
@@ -194,7 +200,7 @@ impl Worker {
                 })
             }
             Job::Close { group } => {
-                if self.replicas.remove(&group).is_some() {
+                if slot.take().is_some() {
                     self.factory.removed(group);
                 }
                 None
@@ -203,79 +209,192 @@ impl Worker {
     }
 }
 
+/// A group's jobs waiting for a worker, and its replica while no worker holds it.
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    slot: Slot,
+    /// A worker is running this group's jobs (and holds its replica).
+    running: bool,
+}
+
+/// The groups with work, shared by the worker threads. A group is run by one worker at a
+/// time (its order kept), but by whichever worker is free: a slow group holds one worker,
+/// and the others keep serving every other group.
+#[derive(Default)]
+struct Schedule {
+    queues: HashMap<GroupId, Queue>,
+    /// Groups with jobs and no worker, in the order they became ready.
+    ready: VecDeque<GroupId>,
+    closed: bool,
+}
+
+pub(crate) struct Shared {
+    schedule: Mutex<Schedule>,
+    wake: Condvar,
+}
+
 /// Runs jobs: on worker threads, or inline.
 pub(crate) enum Applier {
     /// Each job runs at once on the caller's thread (deterministic).
     Inline {
-        worker: Worker,
+        replicas: Replicas,
+        slots: HashMap<GroupId, Slot>,
         outputs: UnboundedSender<Output>,
     },
-    /// Jobs go to the worker their group is pinned to.
+    /// Jobs wait in their group's queue for a free worker.
     Threads {
-        queues: Vec<std::sync::mpsc::Sender<Job>>,
+        shared: Arc<Shared>,
         threads: Vec<std::thread::JoinHandle<()>>,
     },
 }
 
 impl Applier {
-    pub(crate) fn inline(worker: Worker, outputs: UnboundedSender<Output>) -> Self {
-        Self::Inline { worker, outputs }
+    pub(crate) fn inline(replicas: Replicas, outputs: UnboundedSender<Output>) -> Self {
+        Self::Inline {
+            replicas,
+            slots: HashMap::new(),
+            outputs,
+        }
     }
 
-    /// `count` worker threads, each with its own [`Worker`] from `make`.
+    /// `count` worker threads.
     ///
     /// # Errors
     /// A thread could not be started.
     pub(crate) fn threads(
         count: usize,
-        mut make: impl FnMut() -> Worker,
+        replicas: Replicas,
         outputs: &UnboundedSender<Output>,
     ) -> std::io::Result<Self> {
-        let mut queues = Vec::new();
+        let shared = Arc::new(Shared {
+            schedule: Mutex::new(Schedule::default()),
+            wake: Condvar::new(),
+        });
+        let replicas = Arc::new(replicas);
         let mut threads = Vec::new();
         for i in 0..count.max(1) {
-            let (tx, rx) = std::sync::mpsc::channel::<Job>();
-            let mut worker = make();
-            let outputs = outputs.clone();
+            let (mine, replicas, outputs) = (shared.clone(), replicas.clone(), outputs.clone());
             let span = tracing::Span::current();
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("pontoon-apply-{i}"))
-                    .spawn(move || {
-                        let _entered = span.enter();
-                        while let Ok(job) = rx.recv() {
-                            if let Some(output) = worker.run(job) {
-                                let failed = matches!(output, Output::Failed { .. });
-                                if outputs.send(output).is_err() || failed {
-                                    break;
-                                }
-                            }
-                        }
-                    })?,
-            );
-            queues.push(tx);
+            let spawned = std::thread::Builder::new()
+                .name(format!("pontoon-apply-{i}"))
+                .spawn(move || {
+                    let _entered = span.enter();
+                    work(&mine, &replicas, &outputs);
+                });
+            match spawned {
+                Ok(thread) => threads.push(thread),
+                Err(error) => {
+                    // The ones already started stop when they see the schedule closed.
+                    lock::mutex(&shared.schedule).closed = true;
+                    shared.wake.notify_all();
+                    return Err(error);
+                }
+            }
         }
-        Ok(Self::Threads { queues, threads })
+        Ok(Self::Threads { shared, threads })
     }
 
     pub(crate) fn submit(&mut self, job: Job) {
         match self {
-            Self::Inline { worker, outputs } => {
-                if let Some(output) = worker.run(job) {
+            Self::Inline {
+                replicas,
+                slots,
+                outputs,
+            } => {
+                let slot = slots.entry(job.group()).or_default();
+                if let Some(output) = replicas.run(slot, job) {
                     // The receiver lives as long as the driver that submits.
                     let _ = outputs.send(output);
                 }
             }
-            Self::Threads { queues, .. } => {
-                // Spread groups evenly whatever their ids look like (Fibonacci hashing).
-                let hash = job.group().get().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
-                let len = queues.len().max(1) as u64;
-                let index = usize::try_from(hash % len).unwrap_or(0);
-                if let Some(queue) = queues.get(index) {
-                    // A worker that stopped reported why (a failed state machine); the driver
-                    // stops on that output.
-                    let _ = queue.send(job);
+            Self::Threads { shared, .. } => {
+                let group = job.group();
+                let mut schedule = lock::mutex(&shared.schedule);
+                let queue = schedule.queues.entry(group).or_default();
+                queue.jobs.push_back(job);
+                if !queue.running && queue.jobs.len() == 1 {
+                    schedule.ready.push_back(group);
+                    drop(schedule);
+                    shared.wake.notify_one();
                 }
+            }
+        }
+    }
+}
+
+/// A worker thread: takes a ready group, runs all its queued jobs, gives it back.
+fn work(shared: &Shared, replicas: &Replicas, outputs: &UnboundedSender<Output>) {
+    let mut schedule = lock::mutex(&shared.schedule);
+    loop {
+        let Some(group) = schedule.ready.pop_front() else {
+            if schedule.closed {
+                return;
+            }
+            schedule = shared
+                .wake
+                .wait(schedule)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            continue;
+        };
+        let Some(queue) = schedule.queues.get_mut(&group) else {
+            continue;
+        };
+        queue.running = true;
+        let jobs = std::mem::take(&mut queue.jobs);
+        let mut slot = queue.slot.take();
+        drop(schedule);
+        let mut failed = false;
+        for job in jobs {
+            let closes = matches!(job, Job::Close { .. });
+            // A panicking state machine stops the node like a failing one: its group's queue
+            // must not stay claimed by a worker that is gone.
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                replicas.run(&mut slot, job)
+            }))
+            .unwrap_or_else(|payload| {
+                let message = payload
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| payload.downcast_ref::<&str>().copied())
+                    .unwrap_or("(no message)")
+                    .to_string();
+                Some(Output::Failed {
+                    group,
+                    error: format!("the state machine panicked: {message}").into(),
+                })
+            });
+            if let Some(output) = ran {
+                failed |= matches!(output, Output::Failed { .. });
+                // A driver that stopped takes no more outputs; the remaining jobs still run
+                // (nothing is half-applied), their answers go nowhere.
+                let _ = outputs.send(output);
+            }
+            if failed {
+                break;
+            }
+            if closes {
+                slot = None;
+            }
+        }
+        schedule = lock::mutex(&shared.schedule);
+        if failed {
+            // A failed state machine stops the node; no more work for anyone.
+            schedule.closed = true;
+            schedule.ready.clear();
+            shared.wake.notify_all();
+            return;
+        }
+        let Some(queue) = schedule.queues.get_mut(&group) else {
+            continue;
+        };
+        queue.running = false;
+        if slot.is_none() && queue.jobs.is_empty() {
+            schedule.queues.remove(&group);
+        } else {
+            queue.slot = slot;
+            if !queue.jobs.is_empty() {
+                schedule.ready.push_back(group);
             }
         }
     }
@@ -285,8 +404,9 @@ impl Drop for Applier {
     /// Waits for the workers to finish what they were given: once a node has stopped,
     /// nothing more is applied.
     fn drop(&mut self) {
-        if let Self::Threads { queues, threads } = self {
-            queues.clear();
+        if let Self::Threads { shared, threads } = self {
+            lock::mutex(&shared.schedule).closed = true;
+            shared.wake.notify_all();
             for thread in threads.drain(..) {
                 let _ = thread.join();
             }
