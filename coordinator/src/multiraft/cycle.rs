@@ -36,12 +36,7 @@ impl MultiRaft {
                 };
                 // Leadership may have moved since `propose` checked; raft would then forward
                 // the entry to the new leader and we could not track it, so drop it instead.
-                let last_before = g.raw.raft.raft_log.last_index();
-                let accepted = g.raw.raft.state == StateRole::Leader
-                    && g.raw.propose(context, data).is_ok()
-                    && g.raw.raft.raft_log.last_index() > last_before;
-                if accepted {
-                    let (index, term) = (g.raw.raft.raft_log.last_index(), g.raw.raft.term);
+                if let Some((index, term)) = g.propose(context, data) {
                     self.proposals.insert(
                         (group, index),
                         Proposed {
@@ -53,8 +48,7 @@ impl MultiRaft {
                 } else {
                     // Still leading and not handing over: raft refused it for its
                     // uncommitted-bytes limit, an overload the proposer should back off from.
-                    let busy = g.raw.raft.state == StateRole::Leader
-                        && g.raw.raft.lead_transferee.is_none();
+                    let busy = g.is_leader() && !g.is_transferring_leadership();
                     events.extend(tokens.into_iter().map(|token| {
                         if busy {
                             Event::ProposalBusy { group, token }
@@ -91,10 +85,10 @@ impl MultiRaft {
             let Some(g) = self.groups.get_mut(&group) else {
                 continue;
             };
-            if !g.raw.has_ready() {
+            if !g.has_ready() {
                 continue;
             }
-            let mut rd = g.raw.ready();
+            let mut rd = g.ready();
             self.stats.readies += 1;
             if let Some(ss) = rd.ss() {
                 let leader = (ss.leader_id != raft::INVALID_ID).then_some(NodeId(ss.leader_id));
@@ -103,7 +97,7 @@ impl MultiRaft {
                     events.push(Event::LeaderChanged {
                         group,
                         leader,
-                        term: g.raw.raft.term,
+                        term: g.term(),
                     });
                 }
             }
@@ -170,8 +164,8 @@ impl MultiRaft {
                 after_persist.push(group, m);
             }
             readies.push((group, rd.number()));
-            g.raw.advance_append_async(rd);
-            if g.raw.has_ready() {
+            g.advance_append_async(rd);
+            if g.has_ready() {
                 still_dirty.push(group);
             }
         }
@@ -289,17 +283,10 @@ impl MultiRaft {
                         index,
                         source,
                     })?;
+                    // A leader that removed itself steps down here (see `Group`).
                     let conf_state = g
-                        .raw
                         .apply_conf_change(&change)
                         .map_err(|source| CoordinatorError::Raft { group, source })?;
-                    // A leader that removed itself steps down now: raft-rs keeps it leader
-                    // without a progress entry of its own, which it later unwraps.
-                    let me = g.raw.raft.id;
-                    if g.raw.raft.state == StateRole::Leader && g.raw.raft.prs().get(me).is_none() {
-                        let term = g.raw.raft.term;
-                        g.raw.raft.become_follower(term, raft::INVALID_ID);
-                    }
                     // Not persisted here: the stored conf state is the one at the stored
                     // snapshot, and a restart replays conf changes after it in log order.
                     // Persisting the latest one would make the replay apply them twice.
@@ -356,8 +343,7 @@ impl MultiRaft {
         for (group, number) in cycle.readies {
             // A group removed meanwhile has nothing left to advance.
             if let Some(g) = self.groups.get_mut(&group) {
-                g.raw.on_persist_ready(number);
-                g.raw.advance_apply();
+                g.on_persisted(number);
                 self.dirty.insert(group);
             }
         }

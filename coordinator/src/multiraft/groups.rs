@@ -11,30 +11,18 @@ impl MultiRaft {
     ) -> Result<(), CoordinatorError> {
         let applied = storage.snapshot_metadata().map_or(0, |m| m.index);
         let logger = group_logger(self.id.get(), group.get());
-        let raw = RawNode::new(
+        let mut g = Group::new(
             &self.config.raft_config(self.id.get(), applied),
             storage,
             &logger,
+            applied,
         )
         .map_err(|source| CoordinatorError::Raft { group, source })?;
-        let mut g = Group {
-            raw,
-            applied,
-            leader: None,
-            term: 0,
-            role: StateRole::Follower,
-            reads: Vec::new(),
-            queued: Vec::new(),
-            quiet: false,
-            idle_ticks: 0,
-            first_spread: false,
-        };
         // raft-rs drew this group's first election timeout from the thread RNG: redraw it
         // from ours, or a simulation would not replay.
-        g.term = g.raw.raft.term;
         Self::draw_election_timeout(&mut self.rng, &self.config, &mut g);
         // The state machine starts from the stored snapshot; raft replays the log after it.
-        if let Ok(snapshot) = g.raw.store().snapshot(0, 0) {
+        if let Some(snapshot) = g.stored_snapshot() {
             let index = snapshot.get_metadata().index;
             if index != 0 {
                 self.pending_applies.push(Apply::Restore {

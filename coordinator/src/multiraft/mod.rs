@@ -12,7 +12,6 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot};
-use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use routing::{GroupId, NodeId};
@@ -28,33 +27,17 @@ use crate::proposal_batch;
 
 pub(crate) mod admission;
 mod cycle;
+mod group;
 mod groups;
 mod pacing;
 mod quiesce;
 mod types;
 
+use group::Group;
+
 pub use types::{
     Apply, CoordinatorStats, Cycle, CycleId, CycleOutput, Event, GroupStatus, Role, Token,
 };
-
-struct Group {
-    raw: RawNode<GroupStorage>,
-    /// Highest index handed out for applying.
-    applied: u64,
-    leader: Option<NodeId>,
-    term: u64,
-    role: StateRole,
-    /// Reads whose index is not applied yet.
-    reads: Vec<(u64, Token)>,
-    /// Commands proposed since the last cycle, batched into one entry at the next.
-    queued: Vec<(Vec<u8>, Token)>,
-    /// Quiescent: not ticked until something happens (see the quiescence section below).
-    quiet: bool,
-    /// Ticks this group has led with nothing to do.
-    idle_ticks: usize,
-    /// Its first election timeout was spread out (see `spread_first_elections`).
-    first_spread: bool,
-}
 
 /// An entry proposed through this node: the term it was proposed in and its commands' tokens.
 struct Proposed {
@@ -263,9 +246,9 @@ impl MultiRaft {
                 .as_ref()
                 .is_none_or(|nodes| nodes.contains(&from))
                 || (group == routing::META_GROUP
-                    && !admission::RaftView::has_configuration(&g.raw)),
+                    && !admission::RaftView::has_configuration(g.view())),
         };
-        match admission::admit(&g.raw, from, standing, &m) {
+        match admission::admit(g.view(), from, standing, &m) {
             Ok(admission::Verdict::Step) => {}
             Ok(admission::Verdict::ClampCommit { to }) => {
                 self.stats.log_behind_leader += 1;
@@ -297,18 +280,12 @@ impl MultiRaft {
         if g.quiet && m.get_msg_type() != MessageType::MsgHeartbeatResponse && !quiesce {
             Self::wake(g, &mut self.stats, &mut self.awake, group);
         }
-        if let Err(error) = g.raw.step(m) {
+        if let Err(error) = g.step(m) {
             tracing::debug!(%group, %from, %error, "raft rejected a message");
         }
         Self::jitter_election(&mut self.rng, &self.config, g);
         self.dirty.insert(group);
-        let raft = &g.raw.raft;
-        if quiesce
-            && !g.quiet
-            && raft.state == StateRole::Follower
-            && raft.leader_id == from.get()
-            && raft.raft_log.committed == raft.raft_log.last_index()
-        {
+        if quiesce && !g.quiet && g.is_caught_up_follower_of(from) {
             g.quiet = true;
             self.stats.quiesced += 1;
         }
@@ -353,14 +330,9 @@ impl MultiRaft {
     ) -> Result<(), RequestError> {
         let g = self.group_mut(group)?;
         Self::ensure_leader(group, g)?;
-        let last_before = g.raw.raft.raft_log.last_index();
-        g.raw
-            .propose_conf_change(vec![], change.clone())
-            .map_err(|_| RequestError::ProposalDropped { group })?;
-        let (index, term) = (g.raw.raft.raft_log.last_index(), g.raw.raft.term);
-        if index == last_before {
-            return Err(RequestError::ProposalDropped { group });
-        }
+        let (index, term) = g
+            .propose_conf_change(change)
+            .ok_or(RequestError::ProposalDropped { group })?;
         self.proposals.insert(
             (group, index),
             Proposed {
@@ -379,13 +351,13 @@ impl MultiRaft {
     /// [`RequestError::GroupNotFound`]; [`RequestError::NotLeader`] with no leader known.
     pub fn read_index(&mut self, group: GroupId, token: Token) -> Result<(), RequestError> {
         let g = self.group_mut(group)?;
-        if g.raw.raft.leader_id == raft::INVALID_ID {
+        if g.leader().is_none() {
             return Err(RequestError::NotLeader {
                 group,
                 leader: None,
             });
         }
-        g.raw.read_index(token.to_be_bytes().to_vec());
+        g.read_index(token.to_be_bytes().to_vec());
         Ok(())
     }
 
@@ -396,7 +368,7 @@ impl MultiRaft {
     pub fn transfer_leader(&mut self, group: GroupId, to: NodeId) -> Result<(), RequestError> {
         let g = self.group_mut(group)?;
         Self::ensure_leader(group, g)?;
-        g.raw.transfer_leader(to.get());
+        g.transfer_leader(to);
         Ok(())
     }
 
@@ -405,7 +377,7 @@ impl MultiRaft {
     /// # Errors
     /// [`RequestError::GroupNotFound`].
     pub fn campaign(&mut self, group: GroupId) -> Result<(), RequestError> {
-        let _ = self.group_mut(group)?.raw.campaign();
+        let _ = self.group_mut(group)?.campaign();
         if let Some(g) = self.groups.get_mut(&group) {
             Self::jitter_election(&mut self.rng, &self.config, g);
         }
@@ -419,8 +391,7 @@ impl MultiRaft {
     /// # Errors
     /// [`RequestError::GroupNotFound`].
     pub fn campaign_soon(&mut self, group: GroupId) -> Result<(), RequestError> {
-        let raft = &mut self.group_mut(group)?.raw.raft;
-        raft.election_elapsed = raft.randomized_election_timeout().saturating_sub(1);
+        self.group_mut(group)?.set_election_elapsed_to_brink();
         self.awake.insert(group);
         Ok(())
     }
@@ -432,7 +403,7 @@ impl MultiRaft {
             // group need not be in the next cycle.
             Some(group) => {
                 if let Some(g) = self.groups.get_mut(&group) {
-                    g.raw.report_unreachable(to.get());
+                    g.report_unreachable(to);
                 }
             }
             // A coalesced message (or the connection) failed: every group led here hears it,
@@ -444,8 +415,8 @@ impl MultiRaft {
                 }
                 self.unreachable_reported.insert(to, self.ticks);
                 for g in self.groups.values_mut() {
-                    if g.raw.raft.state == StateRole::Leader && !g.quiet {
-                        g.raw.report_unreachable(to.get());
+                    if g.is_leader() && !g.quiet {
+                        g.report_unreachable(to);
                     }
                 }
             }
@@ -455,64 +426,30 @@ impl MultiRaft {
     /// The transport finished (or failed) sending a snapshot of `group` to `to`.
     pub fn report_snapshot(&mut self, to: NodeId, group: GroupId, delivered: bool) {
         if let Some(g) = self.groups.get_mut(&group) {
-            let status = if delivered {
-                SnapshotStatus::Finish
-            } else {
-                SnapshotStatus::Failure
-            };
-            g.raw.report_snapshot(to.get(), status);
+            g.report_snapshot(to, delivered);
             self.dirty.insert(group);
         }
     }
 
     fn ensure_leader(group: GroupId, g: &Group) -> Result<(), RequestError> {
-        if g.raw.raft.state == StateRole::Leader {
+        if g.is_leader() {
             Ok(())
         } else {
-            let leader = g.raw.raft.leader_id;
             Err(RequestError::NotLeader {
                 group,
-                leader: (leader != raft::INVALID_ID).then_some(NodeId(leader)),
+                leader: g.leader(),
             })
         }
     }
 
     /// The status of `group`.
     pub fn status(&self, group: GroupId) -> Option<GroupStatus> {
-        let g = self.groups.get(&group)?;
-        let raft = &g.raw.raft;
-        let conf = raft.prs().conf();
-        let mut voters: Vec<NodeId> = conf.voters().ids().iter().map(NodeId).collect();
-        voters.sort();
-        let mut learners: Vec<NodeId> = conf.learners().iter().copied().map(NodeId).collect();
-        learners.sort();
-        Some(GroupStatus {
-            group,
-            role: raft.state.into(),
-            term: raft.term,
-            leader: (raft.leader_id != raft::INVALID_ID).then_some(NodeId(raft.leader_id)),
-            commit: raft.raft_log.committed,
-            applied: g.applied,
-            first_index: raft.raft_log.first_index(),
-            last_index: raft.raft_log.last_index(),
-            voters,
-            learners,
-            joint: !raft.prs().conf().to_conf_state().voters_outgoing.is_empty(),
-            quiet: g.quiet,
-        })
+        self.groups.get(&group).map(|g| g.status(group))
     }
 
     /// How many groups are campaigning (pre-vote or vote) now. Walks every group.
     pub fn campaigning(&self) -> usize {
-        self.groups
-            .values()
-            .filter(|g| {
-                matches!(
-                    g.raw.raft.state,
-                    StateRole::PreCandidate | StateRole::Candidate
-                )
-            })
-            .count()
+        self.groups.values().filter(|g| g.is_campaigning()).count()
     }
 
     /// How many groups are quiet now.
@@ -529,7 +466,7 @@ impl MultiRaft {
             || self
                 .dirty
                 .iter()
-                .any(|id| self.groups.get(id).is_some_and(|g| g.raw.has_ready()))
+                .any(|id| self.groups.get(id).is_some_and(|g| g.has_ready()))
     }
 
     /// Groups whose log has grown past the compaction threshold since their last snapshot.
@@ -549,8 +486,7 @@ impl MultiRaft {
         if self.config.compact_threshold != 0 {
             due.extend(applied.into_iter().filter(|id| {
                 self.groups.get(id).is_some_and(|g| {
-                    g.applied.saturating_sub(g.raw.raft.raft_log.first_index()) + 1
-                        > self.config.compact_threshold
+                    g.applied.saturating_sub(g.first_index()) + 1 > self.config.compact_threshold
                 })
             }));
         }
@@ -589,7 +525,7 @@ impl MultiRaft {
             .groups
             .get_mut(&group)
             .ok_or(CoordinatorError::GroupNotFound { group })?;
-        let first = g.raw.raft.raft_log.first_index();
+        let first = g.first_index();
         if index < first
             || index > g.applied
             || self.conf_changed_at.get(&group).is_some_and(|&c| c > index)
@@ -598,10 +534,7 @@ impl MultiRaft {
             return Ok(());
         }
         let term = g
-            .raw
-            .raft
-            .raft_log
-            .term(index)
+            .term_at(index)
             .map_err(|source| CoordinatorError::Raft { group, source })?;
         let mut snapshot = Snapshot {
             data: data.into(),
@@ -610,7 +543,7 @@ impl MultiRaft {
         let meta = snapshot.mut_metadata();
         meta.index = index;
         meta.term = term;
-        let conf_state = g.raw.raft.prs().conf().to_conf_state();
+        let conf_state = g.conf_state();
         meta.set_conf_state(conf_state.clone());
         self.pending.save_snapshot(group, snapshot);
         // The stored conf state is always the one at the stored snapshot (see `hand_out`).

@@ -23,11 +23,7 @@ impl MultiRaft {
             // A group whose timeout fires now (a follower's first round, a candidate's next)
             // needs a token (see `RaftConfig::max_campaigns`); without one its timer stays at
             // the brink and it tries again next tick.
-            let raft = &g.raw.raft;
-            if raft.state != StateRole::Leader
-                && raft.promotable()
-                && raft.election_elapsed + 1 >= raft.randomized_election_timeout()
-            {
+            if g.election_due() {
                 if self.campaign_tokens == 0 {
                     self.stats.campaigns_deferred += 1;
                     continue;
@@ -38,11 +34,11 @@ impl MultiRaft {
             // Most ticks only advance a counter (a follower waiting, a leader between
             // heartbeats): only a tick that stepped raft can have made a `Ready`, so only
             // that one puts the group in the next cycle.
-            if g.raw.tick() {
+            if g.tick() {
                 self.dirty.insert(id);
             }
             Self::jitter_election(&mut self.rng, &self.config, g);
-            if quiesce && Self::can_quiesce(self.id, g) {
+            if quiesce && g.is_idle_leader(self.id) {
                 g.idle_ticks += 1;
                 if g.idle_ticks >= self.config.quiesce_after_ticks {
                     to_quiesce.push(id);
@@ -63,15 +59,15 @@ impl MultiRaft {
     /// raft-rs draws election timeouts from the thread RNG; we redraw them from our seeded RNG
     /// whenever raft reset them (a new term or role), so a simulation replays exactly.
     pub(super) fn jitter_election(rng: &mut StdRng, config: &RaftConfig, g: &mut Group) {
-        let (term, role) = (g.raw.raft.term, g.raw.raft.state);
-        let timeout = g.raw.raft.randomized_election_timeout();
+        let (term, role) = (g.term(), g.role());
+        let timeout = g.election_timeout();
         // raft redraws from its own (wide) range whenever it resets: bring any timeout back
         // into the normal window, except a spread-out first election still waiting.
         let out_of_range = timeout < config.election_tick
             || (timeout >= 2 * config.election_tick && !g.first_spread);
-        if term != g.term || role != g.role || out_of_range {
-            g.term = term;
-            g.role = role;
+        if term != g.timer_term || role != g.timer_role || out_of_range {
+            g.timer_term = term;
+            g.timer_role = role;
             g.first_spread = false;
             Self::draw_election_timeout(rng, config, g);
         }
@@ -93,7 +89,7 @@ impl MultiRaft {
         for group in loaded {
             if let Some(g) = self.groups.get_mut(group) {
                 let timeout = self.rng.random_range(tick..tick + span);
-                g.raw.raft.set_randomized_election_timeout(timeout);
+                g.set_election_timeout(timeout);
                 g.first_spread = true;
             }
         }
@@ -101,6 +97,6 @@ impl MultiRaft {
 
     pub(super) fn draw_election_timeout(rng: &mut StdRng, config: &RaftConfig, g: &mut Group) {
         let timeout = rng.random_range(config.election_tick..2 * config.election_tick);
-        g.raw.raft.set_randomized_election_timeout(timeout);
+        g.set_election_timeout(timeout);
     }
 }

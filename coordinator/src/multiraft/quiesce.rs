@@ -10,41 +10,17 @@ use super::*;
 /// liveness interval; a peer silent for the liveness timeout has its quiet groups woken on
 /// every other node, where raft's own election then replaces it.
 impl MultiRaft {
-    pub(super) fn can_quiesce(me: NodeId, g: &Group) -> bool {
-        let raft = &g.raw.raft;
-        if raft.state != StateRole::Leader {
-            return false;
-        }
-        // Reading the last index takes the group's storage lock: followers, the many, skip it.
-        let last = raft.raft_log.last_index();
-        g.queued.is_empty()
-            && g.reads.is_empty()
-            && raft.pending_read_count() == 0
-            && raft.lead_transferee.is_none()
-            && raft.raft_log.committed == last
-            && g.applied == last
-            && raft.pending_conf_index <= g.applied
-            && raft
-                .prs()
-                .iter()
-                .all(|(id, pr)| *id == me.get() || pr.matched == last)
-            // Not in the middle of a joint configuration change.
-            && raft.prs().conf().to_conf_state().voters_outgoing.is_empty()
-    }
-
     pub(super) fn quiesce_leader(&mut self, group: GroupId) {
         let Some(g) = self.groups.get_mut(&group) else {
             return;
         };
-        if g.raw.has_ready() {
+        if g.has_ready() {
             return;
         }
-        let raft = &g.raw.raft;
-        let (term, commit) = (raft.term, raft.raft_log.committed);
-        for (&id, _) in raft.prs().iter() {
-            if id != self.id.get() {
-                self.own_messages
-                    .push_quiesce(group, NodeId(id), term, commit);
+        let (term, commit) = (g.term(), g.committed());
+        for peer in g.peers() {
+            if peer != self.id {
+                self.own_messages.push_quiesce(group, peer, term, commit);
             }
         }
         g.quiet = true;
@@ -61,17 +37,7 @@ impl MultiRaft {
         awake.insert(id);
         g.quiet = false;
         g.idle_ticks = 0;
-        if g.raw.raft.state == StateRole::Leader {
-            // Followers were quiet, not dead (liveness would have said so): give the leader a
-            // fresh check-quorum window instead of stepping down on stale activity flags.
-            let me = g.raw.raft.id;
-            for (id, pr) in g.raw.raft.mut_prs().iter_mut() {
-                if *id != me {
-                    pr.recent_active = true;
-                }
-            }
-            g.raw.raft.election_elapsed = 0;
-        }
+        g.refresh_quorum_window();
         stats.woken += 1;
     }
 
@@ -81,22 +47,7 @@ impl MultiRaft {
     /// and let the surviving voters campaign in node-id order, half an election apart, so one
     /// of them wins the first round instead of splitting the vote.
     pub(super) fn stagger_election(me: NodeId, lost: NodeId, election_tick: usize, g: &mut Group) {
-        let raft = &mut g.raw.raft;
-        let mut voters: Vec<u64> = raft
-            .prs()
-            .conf()
-            .voters()
-            .ids()
-            .iter()
-            .filter(|v| *v != lost.get())
-            .collect();
-        voters.sort_unstable();
-        let Some(rank) = voters.iter().position(|v| *v == me.get()) else {
-            return;
-        };
-        raft.leader_id = raft::INVALID_ID;
-        let timeout = raft.randomized_election_timeout();
-        raft.election_elapsed = timeout.saturating_sub(1 + rank * (election_tick / 2).max(1));
+        g.forget_lost_leader(me, lost, |rank| rank * (election_tick / 2).max(1));
     }
 
     pub(super) fn tick_liveness(&mut self) {
@@ -106,7 +57,7 @@ impl MultiRaft {
         if self.peers_stale {
             let mut peers = BTreeSet::new();
             for g in self.groups.values() {
-                peers.extend(g.raw.raft.prs().iter().map(|(id, _)| NodeId(*id)));
+                peers.extend(g.peers());
             }
             peers.remove(&self.id);
             self.silent_ticks.retain(|p, _| peers.contains(p));
@@ -136,7 +87,7 @@ impl MultiRaft {
             self.stats.peers_lost += 1;
             tracing::debug!(%peer, "peer silent past the liveness timeout; waking the groups it leads");
             for (&id, g) in &mut self.groups {
-                if g.quiet && g.raw.raft.leader_id == peer.get() {
+                if g.quiet && g.leader() == Some(peer) {
                     Self::wake(g, &mut self.stats, &mut self.awake, id);
                     Self::stagger_election(self.id, peer, self.config.election_tick, g);
                     self.dirty.insert(id);
