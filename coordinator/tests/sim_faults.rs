@@ -232,6 +232,8 @@ struct Scenario {
     /// `RaftConfig::max_campaigns`: 1 in half the seeds, so elections wait for room under
     /// every fault.
     max_campaigns: usize,
+    /// `SimConfig::durable_state_machines`: 0 for in-memory state machines.
+    durable_every: u64,
 }
 
 impl Scenario {
@@ -257,7 +259,17 @@ impl Scenario {
             byzantine: 0.0,
             // Drawn last: every other field keeps the value it had for this seed.
             max_campaigns: if rng.chance(0.5) { 1 } else { 1024 },
+            durable_every: 0,
         }
+    }
+
+    /// The same run with state machines that keep their own durable state, made durable only
+    /// every few batches, and crashes often enough that restarts land between an apply and
+    /// the durable write of its position.
+    fn with_durable_state_machines(mut self) -> Self {
+        self.durable_every = 1 + self.seed % 4;
+        self.crash_every = 150;
+        self
     }
 
     /// The same run with the unsynced-log bug, crashing often so the bug has a chance to bite.
@@ -278,6 +290,8 @@ impl Scenario {
             "PONTOON_SIM_UNSYNCED_LOG=1 "
         } else if self.byzantine > 0.0 {
             "PONTOON_SIM_BYZANTINE=1 "
+        } else if self.durable_every > 0 {
+            "PONTOON_SIM_DURABLE_SM=1 "
         } else {
             ""
         };
@@ -353,7 +367,7 @@ impl Report {
     fn summary(&self) -> String {
         let s = &self.scenario;
         format!(
-            "seed {} ({} nodes, {} groups, compaction {}, unsynced_log {}, max_campaigns {}): {} steps, {} ops checked \
+            "seed {} ({} nodes, {} groups, compaction {}, unsynced_log {}, max_campaigns {}, durable_every {}): {} steps, {} ops checked \
              ({} answered, {} indeterminate, {} reads), faults {:?}, trace {:016x}",
             s.seed,
             s.nodes,
@@ -361,6 +375,7 @@ impl Report {
             s.compaction,
             s.unsynced_log,
             s.max_campaigns,
+            s.durable_every,
             self.steps,
             self.ops,
             self.returned,
@@ -430,7 +445,8 @@ impl Run {
             .raft(raft)
             .faults(faults)
             .unsynced_log(scenario.unsynced_log)
-            .byzantine(scenario.byzantine);
+            .byzantine(scenario.byzantine)
+            .durable_state_machines(scenario.durable_every);
         let cluster = SimCluster::new(dir, config, |_| RegisterKv::default())
             .map_err(|e| format!("the cluster did not start: {e}"))?;
         Ok(Self {
@@ -1202,6 +1218,9 @@ fn replay() {
     if env_u64("PONTOON_SIM_BYZANTINE") == Some(1) {
         scenario = scenario.with_byzantine_senders();
     }
+    if env_u64("PONTOON_SIM_DURABLE_SM") == Some(1) {
+        scenario = scenario.with_durable_state_machines();
+    }
     let report = simulate(scenario);
     println!("{}", report.summary());
     assert!(report.failures.is_empty(), "{}", report.failure_text());
@@ -1228,6 +1247,31 @@ fn byzantine_senders_never_break_a_safety_check() {
             report.counts.forged > 100 && report.counts.refused > 0,
             "seed {seed}: the forgeries did not reach the nodes: {:?}",
             report.counts
+        );
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+/// State machines that persist their own state (and lose what they had not persisted when a
+/// node crashes) resume from their durable position: no command is handed to one twice (the
+/// wrapper asserts it, and a panic is a violation), none is skipped (the lost-write and
+/// linearizability checks), under every fault. `PONTOON_SIM_SEEDS=N` runs more.
+#[test]
+fn durable_state_machines_resume_from_their_own_position_under_crashes() {
+    let seeds = match env_u64("PONTOON_SIM_SEEDS") {
+        Some(n) => (1..=n).collect(),
+        None => vec![2, 3, 4, 5],
+    };
+    let mut failed = Vec::new();
+    for seed in seeds {
+        let report = simulate(Scenario::from_seed(seed).with_durable_state_machines());
+        println!("{}", report.summary());
+        if !report.failures.is_empty() {
+            failed.push(report.failure_text());
+        }
+        assert!(
+            report.counts.crashes > 0,
+            "seed {seed}: no crash was tested"
         );
     }
     assert!(failed.is_empty(), "{}", failed.join("\n"));

@@ -43,6 +43,11 @@ pub struct SimConfig {
     /// node outside the cluster, or an invalid one from a member: see `sim/byzantine.rs`)
     /// reaches a random node. 0 by default. Every safety check must hold whatever it is.
     pub byzantine: f64,
+    /// State machines that keep their own durable state (the storage-engine contract): each
+    /// makes a group durable every this many batches and reports that position, and a crash
+    /// loses what it applied since, so a restarted node must replay exactly what follows. 0
+    /// (the default): in-memory state machines, rebuilt from the stored snapshot and the log.
+    pub durable_state_machines: u64,
 }
 
 /// How long a batch stays unflushed under [`SimConfig::unsynced_log`], in time units.
@@ -69,7 +74,15 @@ impl SimConfig {
             unsynced_log: false,
             meta: false,
             byzantine: 0.0,
+            durable_state_machines: 0,
         }
+    }
+
+    /// State machines durable every `batches` batches (see
+    /// [`SimConfig::durable_state_machines`]).
+    pub fn durable_state_machines(mut self, batches: u64) -> Self {
+        self.durable_state_machines = batches;
+        self
     }
 
     /// Runs the meta group (see [`SimConfig::meta`]).

@@ -31,6 +31,7 @@ use transport::{Envelope, Inbound};
 mod byzantine;
 mod config;
 mod control;
+mod durable;
 mod monitor;
 
 pub use config::{Completion, SimConfig, UNSYNCED_WINDOW};
@@ -74,6 +75,9 @@ pub struct SimCluster<S: StateMachine> {
     now: u64,
     nodes: BTreeMap<NodeId, Option<SimNode<S>>>,
     make_state_machine: Box<dyn Fn(NodeId) -> S>,
+    /// Under [`SimConfig::durable_state_machines`]: each node's state machine, kept across its
+    /// crashes (it loses what it had not made durable).
+    shells: BTreeMap<NodeId, Arc<Mutex<durable::Shell<S>>>>,
     completions: Vec<Completion>,
     /// Requests made by a reshaping plan: their outcomes wait for [`SimCluster::take_completion`].
     reserved: std::collections::BTreeSet<Token>,
@@ -115,6 +119,7 @@ impl<S: StateMachine> SimCluster<S> {
             monitor: Monitor::default(),
             forger: rand::SeedableRng::seed_from_u64(config.seed ^ 0xB72A_17E5),
             forged: 0,
+            shells: BTreeMap::new(),
             config,
         };
         for node in node_ids {
@@ -150,14 +155,33 @@ impl<S: StateMachine> SimCluster<S> {
         } else if store.groups().is_empty() {
             core.create_joining_group(META_GROUP)?;
         }
-        let state_machine = Arc::new(Mutex::new((self.make_state_machine)(node)));
-        let applying = Applying::new(
-            StateMachines::shared_arc(state_machine.clone()).0,
-            self.routing.clone(),
-            0,
-            usize::MAX,
-        )
-        .map_err(|_| CoordinatorError::PersisterStopped)?;
+        let (state_machine, state_machines) = if self.config.durable_state_machines > 0 {
+            let fresh = (self.make_state_machine)(node);
+            let every = self.config.durable_state_machines;
+            let shell = match self.shells.get(&node) {
+                // Restarted after a crash: it keeps only what it had made durable.
+                Some(shell) => {
+                    crate::lock::mutex(shell).crash(fresh)?;
+                    shell.clone()
+                }
+                None => {
+                    let shell = Arc::new(Mutex::new(durable::Shell::new(fresh, every)));
+                    self.shells.insert(node, shell.clone());
+                    shell
+                }
+            };
+            let live = crate::lock::mutex(&shell).live.clone();
+            (
+                live,
+                StateMachines::per_group(durable::Factory(shell, node)),
+            )
+        } else {
+            let state_machine = Arc::new(Mutex::new((self.make_state_machine)(node)));
+            let shared = StateMachines::shared_arc(state_machine.clone());
+            (state_machine, shared)
+        };
+        let applying = Applying::new(state_machines.0, self.routing.clone(), 0, usize::MAX)
+            .map_err(|_| CoordinatorError::PersisterStopped)?;
         self.nodes.insert(
             node,
             Some(SimNode {
