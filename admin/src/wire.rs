@@ -194,6 +194,9 @@ pub mod failure {
         /// The group is overloaded; did not take effect, back off and retry.
         #[prost(message, tag = "11")]
         Busy(Busy),
+        /// The session's command took effect earlier; its response is gone.
+        #[prost(message, tag = "12")]
+        AppliedEarlier(Group),
     }
 }
 
@@ -289,6 +292,7 @@ impl Failure {
                         BusyReason::UncommittedBytes => 2,
                     },
                 }),
+                RequestError::AppliedEarlier { group: g } => Kind::AppliedEarlier(group(g)),
                 RequestError::ShuttingDown => Kind::ShuttingDown(crate::proto::Empty {}),
             },
             RemoteError::Forbidden {
@@ -361,6 +365,9 @@ impl Failure {
                 } else {
                     BusyReason::ApplyBacklog
                 },
+            },
+            Kind::AppliedEarlier(g) => RequestError::AppliedEarlier {
+                group: GroupId(g.group),
             },
             Kind::ShuttingDown(_) => RequestError::ShuttingDown,
             Kind::Forbidden(f) => {
@@ -509,6 +516,7 @@ mod tests {
                 group,
                 reason: BusyReason::UncommittedBytes,
             },
+            RequestError::AppliedEarlier { group },
             RequestError::ShuttingDown,
         ]
         .into_iter()

@@ -79,6 +79,13 @@ pub enum RequestError {
         /// Why.
         reason: String,
     },
+    /// The command (of a client session) took effect earlier; this replica no longer holds
+    /// its response (it restarted since). Do not retry it: it is applied.
+    #[error("the command took effect earlier in {group}; its response is no longer available")]
+    AppliedEarlier {
+        /// The group.
+        group: GroupId,
+    },
     /// The group is overloaded: its state machine is `backlog` commands behind (see
     /// [`crate::NodeConfig::max_apply_backlog`]), or raft holds as many uncommitted bytes as
     /// [`crate::RaftConfig`] allows. The command did not take effect: back off and retry.

@@ -101,5 +101,7 @@ pub use multiraft::{
     Apply, CoordinatorStats, Cycle, CycleId, CycleOutput, Event, GroupStatus, MultiRaft, Role,
     Token,
 };
-pub use node::{KeyRead, Node, NodeConfig, NodeError, NodeStatus, NodeStopped};
+pub use node::{
+    ClientSession, KeyRead, Node, NodeConfig, NodeError, NodeStatus, NodeStopped, SessionCommand,
+};
 pub use state_machine::{StateMachine, StateMachineError, VShardScope};

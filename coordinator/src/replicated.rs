@@ -28,6 +28,8 @@ pub(crate) enum Frame {
     User {
         vshard: Option<VShardId>,
         data: Vec<u8>,
+        /// The client session it belongs to, when its proposer used one (exactly-once).
+        session: Option<SessionTag>,
     },
     /// The vShard leaves this group: fence it (its data stays until `Purge`).
     Release { vshard: VShardId },
@@ -41,6 +43,55 @@ pub(crate) enum Frame {
     Purge { vshard: VShardId },
     /// A routing-table change (meta group only), encoded by [`RoutingChange::encode`].
     Routing(Vec<u8>),
+}
+
+/// Which command of which client session a user command is: a group applies each
+/// (client, seq) once and answers a retry with the first response (see `apply::sessions`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SessionTag {
+    /// The session's id.
+    pub(crate) client: u64,
+    /// The command's sequence number in the session (from 1).
+    pub(crate) seq: u64,
+    /// The client has every answer up to this sequence number: their cached responses go.
+    pub(crate) acked: u64,
+    /// The proposer's clock when the command was proposed, in ms since the Unix epoch: the
+    /// group's replicated time, which expires idle sessions on every replica alike.
+    pub(crate) time_ms: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+struct SessionMsg {
+    #[prost(uint64, tag = "1")]
+    client: u64,
+    #[prost(uint64, tag = "2")]
+    seq: u64,
+    #[prost(uint64, tag = "3")]
+    acked: u64,
+    #[prost(uint64, tag = "4")]
+    time_ms: u64,
+}
+
+impl From<SessionTag> for SessionMsg {
+    fn from(t: SessionTag) -> Self {
+        Self {
+            client: t.client,
+            seq: t.seq,
+            acked: t.acked,
+            time_ms: t.time_ms,
+        }
+    }
+}
+
+impl From<SessionMsg> for SessionTag {
+    fn from(m: SessionMsg) -> Self {
+        Self {
+            client: m.client,
+            seq: m.seq,
+            acked: m.acked,
+            time_ms: m.time_ms,
+        }
+    }
 }
 
 /// A vShard step proposed to a group's leader.
@@ -91,6 +142,8 @@ struct UserMsg {
     vshard: Option<u32>,
     #[prost(bytes = "vec", tag = "2")]
     data: Vec<u8>,
+    #[prost(message, optional, tag = "3")]
+    session: Option<SessionMsg>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -104,9 +157,14 @@ struct AcquireMsg {
 impl Frame {
     pub(crate) fn encode(&self) -> Vec<u8> {
         let kind = match self {
-            Self::User { vshard, data } => FrameKind::User(UserMsg {
+            Self::User {
+                vshard,
+                data,
+                session,
+            } => FrameKind::User(UserMsg {
                 vshard: vshard.map(VShardId::get),
                 data: data.clone(),
+                session: session.map(SessionMsg::from),
             }),
             Self::Release { vshard } => FrameKind::Release(vshard.get()),
             Self::Acquire { vshard, data } => FrameKind::Acquire(AcquireMsg {
@@ -120,11 +178,16 @@ impl Frame {
     }
 
     /// A user command without copying it twice (the hot path).
-    pub(crate) fn encode_user(vshard: Option<VShardId>, data: Vec<u8>) -> Vec<u8> {
+    pub(crate) fn encode_user(
+        vshard: Option<VShardId>,
+        data: Vec<u8>,
+        session: Option<SessionTag>,
+    ) -> Vec<u8> {
         FrameMsg {
             kind: Some(FrameKind::User(UserMsg {
                 vshard: vshard.map(VShardId::get),
                 data,
+                session: session.map(SessionMsg::from),
             })),
         }
         .encode_to_vec()
@@ -135,6 +198,7 @@ impl Frame {
             FrameKind::User(m) => Self::User {
                 vshard: m.vshard.map(VShardId),
                 data: m.data,
+                session: m.session.map(SessionTag::from),
             },
             FrameKind::Release(v) => Self::Release {
                 vshard: VShardId(v),
@@ -160,6 +224,9 @@ pub(crate) enum Reply {
     /// Not applied: the vShard is not (or no longer) served by this group. Retry on a newer
     /// routing table.
     StaleRouting(VShardId),
+    /// Not applied now: this session's command took effect before this replica restarted,
+    /// and its response was not kept.
+    AppliedEarlier,
     /// Not applied: the command was refused (a routing change against another version, a
     /// command that is not framed). The text says why.
     Refused(String),
@@ -299,6 +366,7 @@ mod tests {
         let user = Frame::User {
             vshard: None,
             data: b"x".to_vec(),
+            session: None,
         };
         assert!(matches!(m.apply(&user.encode()), Reply::Refused(_)));
         assert!(m.restore(b"\xff\xff").is_err());

@@ -8,10 +8,12 @@
 //! before it. Both the tokio driver and the simulation use it, so both answer alike.
 //!
 //! - `replica`: one group's system layer (fences, framing, snapshots, restart positions).
+//! - `sessions`: the replicated table that makes a session's retried command apply once.
 //! - `workers`: the jobs, and where they run (worker threads taking whichever group is
 //!   ready, or inline).
 
 mod replica;
+mod sessions;
 mod workers;
 
 use std::collections::{BTreeMap, HashMap};
@@ -265,6 +267,7 @@ impl Applying {
                 table_version,
             }),
             Reply::Refused(reason) => Err(RequestError::Refused { group, reason }),
+            Reply::AppliedEarlier => Err(RequestError::AppliedEarlier { group }),
         })
     }
 

@@ -2,12 +2,13 @@
 //! fences, framed commands, the snapshot's header, and skipping what the state machine had
 //! already made durable before a restart.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 
 use prost::Message as _;
 use routing::{GroupId, VShardId};
 
+use super::sessions::{Check, Sessions, SessionsMsg};
 use crate::group_state_machine::{Committed, GroupStateMachine, Position};
 use crate::replicated::{Fences, Frame, Reply};
 use crate::state_machine::{StateMachineError, VShardScope};
@@ -31,6 +32,18 @@ struct LegacySnapshot {
 struct SnapshotHeader {
     #[prost(uint32, repeated, tag = "1")]
     fenced: Vec<u32>,
+    #[prost(message, optional, tag = "2")]
+    sessions: Option<SessionsMsg>,
+}
+
+/// The first bytes of a vShard export that carries session entries ahead of the database's
+/// bytes (an export without them is the database's bytes alone).
+const EXPORT_FORMAT: &[u8] = b"\0PSX";
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ExportHeader {
+    #[prost(message, optional, tag = "1")]
+    sessions: Option<SessionsMsg>,
 }
 
 /// A committed command for one replica, framed as proposed.
@@ -46,8 +59,9 @@ pub(crate) struct Replica {
     fences: Fences,
     vshard_count: u32,
     /// Commands at or before this were applied before the node restarted: only their fence
-    /// changes (kept in memory) are applied again.
+    /// and session changes (kept in memory) are applied again.
     skip_through: Option<Position>,
+    sessions: Sessions,
 }
 
 impl Replica {
@@ -68,6 +82,7 @@ impl Replica {
             fences,
             vshard_count,
             skip_through,
+            sessions: Sessions::default(),
         }
     }
 
@@ -91,7 +106,8 @@ impl Replica {
     }
 
     /// Applies `items` in order, batching consecutive database commands into one call, and
-    /// returns one reply per item.
+    /// returns one reply per item. A command of a client session that was applied before is
+    /// answered from the session table instead.
     ///
     /// # Errors
     /// The database's state machine failed (the node stops).
@@ -100,18 +116,52 @@ impl Replica {
         let mut replies: Vec<Option<Reply>> = vec![None; items.len()];
         // Indexes (into `items`) of the database commands gathered for the next batch.
         let mut batch: Vec<usize> = Vec::new();
+        // A session's command twice in one batch (a retry racing the first): the second
+        // takes the first's reply.
+        let mut in_batch: BTreeMap<(u64, u64), usize> = BTreeMap::new();
+        let mut copies: Vec<(usize, usize)> = Vec::new();
         for (i, (item, frame)) in items.iter().zip(&frames).enumerate() {
             let skipped = self.skipped(item.position);
             match frame {
                 None => replies[i] = Some(Reply::Refused("not a framed command".into())),
-                Some(Frame::User { vshard, .. }) => {
+                Some(Frame::User {
+                    vshard, session, ..
+                }) => {
+                    if let Some(tag) = session {
+                        if let Some(&first) = in_batch.get(&(tag.client, tag.seq)) {
+                            copies.push((i, first));
+                            continue;
+                        }
+                        match self.sessions.check(tag) {
+                            Check::Apply => {}
+                            Check::Answered(response) => {
+                                replies[i] = Some(Reply::Applied(response));
+                                continue;
+                            }
+                            Check::AppliedEarlier => {
+                                replies[i] = Some(Reply::AppliedEarlier);
+                                continue;
+                            }
+                            Check::Refused(reason) => {
+                                replies[i] = Some(Reply::Refused(reason));
+                                continue;
+                            }
+                        }
+                    }
                     if let Some(v) = vshard
                         && self.is_fenced(*v)
                     {
                         replies[i] = Some(Reply::StaleRouting(*v));
                     } else if skipped {
-                        replies[i] = Some(Reply::Applied(Vec::new()));
+                        // Applied before the restart: its response was not kept.
+                        if let Some(tag) = session {
+                            self.sessions.record(tag, *vshard, None);
+                        }
+                        replies[i] = Some(Reply::AppliedEarlier);
                     } else {
+                        if let Some(tag) = session {
+                            in_batch.insert((tag.client, tag.seq), i);
+                        }
                         batch.push(i);
                     }
                 }
@@ -122,6 +172,12 @@ impl Replica {
             }
         }
         self.flush(items, &frames, &mut batch, &mut replies)?;
+        for (copy, first) in copies {
+            let reply = replies.get(first).cloned().flatten();
+            if let Some(slot) = replies.get_mut(copy) {
+                *slot = reply;
+            }
+        }
         Ok(replies
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Reply::Refused("not applied".into())))
@@ -141,7 +197,7 @@ impl Replica {
         let committed: Vec<Committed<'_>> = batch
             .iter()
             .filter_map(|&i| match (items.get(i), frames.get(i)) {
-                (Some(item), Some(Some(Frame::User { vshard, data }))) => Some(Committed {
+                (Some(item), Some(Some(Frame::User { vshard, data, .. }))) => Some(Committed {
                     group: self.group,
                     position: item.position,
                     vshard: *vshard,
@@ -161,6 +217,14 @@ impl Replica {
             .into());
         }
         for (&i, response) in batch.iter().zip(responses) {
+            if let Some(Some(Frame::User {
+                vshard,
+                session: Some(tag),
+                ..
+            })) = frames.get(i)
+            {
+                self.sessions.record(tag, *vshard, Some(response.clone()));
+            }
             if let Some(slot) = replies.get_mut(i) {
                 *slot = Some(Reply::Applied(response));
             }
@@ -183,11 +247,15 @@ impl Replica {
                 Reply::Applied(Vec::new())
             }
             Frame::Acquire { vshard, data } => {
-                if let Some(data) = data
-                    && !skipped
-                {
-                    let scope = self.scope(*vshard);
-                    self.inner.import_vshard(scope, at, &mut data.as_slice())?;
+                if let Some(data) = data {
+                    let (sessions, user) = split_export(data)?;
+                    if let Some(sessions) = sessions {
+                        self.sessions.merge(sessions);
+                    }
+                    if !skipped {
+                        let scope = self.scope(*vshard);
+                        self.inner.import_vshard(scope, at, &mut &user[..])?;
+                    }
                 }
                 self.fences.update(|f| {
                     if let Some(set) = f.get_mut(&group) {
@@ -221,7 +289,11 @@ impl Replica {
                 .unwrap_or_default()
         });
         let mut out = vec![SNAPSHOT_FORMAT];
-        SnapshotHeader { fenced }.encode_length_delimited(&mut out)?;
+        SnapshotHeader {
+            fenced,
+            sessions: Some(self.sessions.to_msg()),
+        }
+        .encode_length_delimited(&mut out)?;
         self.inner.snapshot(&mut out)?;
         Ok(out)
     }
@@ -234,18 +306,24 @@ impl Replica {
     /// A malformed snapshot, or the database's state machine failed.
     pub(crate) fn restore(&mut self, index: u64, snapshot: &[u8]) -> Result<(), StateMachineError> {
         let covers = Position::end_of(index);
-        let (fenced, mut user): (Vec<u32>, Box<dyn Read + '_>) = match snapshot.first() {
-            None => (Vec::new(), Box::new(&[][..])),
+        let (header, mut user): (SnapshotHeader, Box<dyn Read + '_>) = match snapshot.first() {
+            None => (SnapshotHeader::default(), Box::new(&[][..])),
             Some(&SNAPSHOT_FORMAT) => {
                 let mut rest = snapshot.get(1..).unwrap_or_default();
                 let header = SnapshotHeader::decode_length_delimited(&mut rest)?;
-                (header.fenced, Box::new(rest))
+                (header, Box::new(rest))
             }
             Some(_) => {
                 let legacy = LegacySnapshot::decode(snapshot)?;
-                (legacy.fenced, Box::new(std::io::Cursor::new(legacy.user)))
+                let header = SnapshotHeader {
+                    fenced: legacy.fenced,
+                    sessions: None,
+                };
+                (header, Box::new(std::io::Cursor::new(legacy.user)))
             }
         };
+        let fenced = header.fenced;
+        self.sessions = header.sessions.map(Sessions::from_msg).unwrap_or_default();
         let fenced: BTreeSet<VShardId> = fenced.into_iter().map(VShardId).collect();
         let group = self.group;
         self.fences.update(|f| {
@@ -272,10 +350,28 @@ impl Replica {
     /// # Errors
     /// The state machine cannot export it.
     pub(crate) fn export_vshard(&mut self, vshard: VShardId) -> Result<Vec<u8>, StateMachineError> {
-        let mut out = Vec::new();
+        let mut out = EXPORT_FORMAT.to_vec();
+        ExportHeader {
+            sessions: Some(self.sessions.export(vshard)),
+        }
+        .encode_length_delimited(&mut out)?;
         let scope = self.scope(vshard);
         self.inner.export_vshard(scope, &mut out)?;
         Ok(out)
+    }
+}
+
+/// The session entries and the database's bytes of a vShard export.
+///
+/// # Errors
+/// A malformed header.
+fn split_export(data: &[u8]) -> Result<(Option<SessionsMsg>, &[u8]), StateMachineError> {
+    match data.strip_prefix(EXPORT_FORMAT) {
+        Some(mut rest) => {
+            let header = ExportHeader::decode_length_delimited(&mut rest)?;
+            Ok((header.sessions, rest))
+        }
+        None => Ok((None, data)),
     }
 }
 
@@ -322,6 +418,14 @@ mod tests {
             let mut bytes = Vec::new();
             input.read_to_end(&mut bytes)?;
             self.seen.lock().unwrap().restored = Some(bytes);
+            Ok(())
+        }
+        fn export_vshard(
+            &mut self,
+            _: VShardScope,
+            out: &mut dyn Write,
+        ) -> Result<(), StateMachineError> {
+            out.write_all(b"rows")?;
             Ok(())
         }
         fn import_vshard(
@@ -377,6 +481,7 @@ mod tests {
         Frame::User {
             vshard: Some(VShardId(vshard)),
             data: data.to_vec(),
+            session: None,
         }
     }
 
@@ -550,5 +655,75 @@ mod tests {
         assert!(seen.lock().unwrap().applied.is_empty());
         assert!(r.restore(3, b"\x00\xff\xff\xff").is_err());
         assert!(r.restore(3, b"\xff\xff").is_err());
+    }
+
+    fn in_session(vshard: u32, data: &[u8], seq: u64) -> Frame {
+        Frame::User {
+            vshard: Some(VShardId(vshard)),
+            data: data.to_vec(),
+            session: Some(crate::replicated::SessionTag {
+                client: 42,
+                seq,
+                acked: 0,
+                time_ms: 1,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_session_retry_in_the_same_batch_after_a_snapshot_or_a_move_is_answered_not_applied() {
+        let (mut r, seen) = replica(None);
+        let once = in_session(3, b"x", 1);
+        let replies = r
+            .apply(&[item(at(2, 0), &once), item(at(2, 1), &once)])
+            .unwrap();
+        assert_eq!(replies, vec![Reply::Applied(b"ok".to_vec()); 2]);
+        assert_eq!(seen.lock().unwrap().applied.len(), 1);
+        // The table travels in the snapshot...
+        let snapshot = r.snapshot().unwrap();
+        let (mut copy, copy_seen) = replica(None);
+        copy.restore(2, &snapshot).unwrap();
+        assert_eq!(
+            copy.apply(&[item(at(3, 0), &once)]).unwrap(),
+            vec![Reply::Applied(b"ok".to_vec())]
+        );
+        assert!(copy_seen.lock().unwrap().applied.is_empty());
+        // ...and with its vShard's export, into the group it moves to.
+        r.apply(&[item(
+            at(3, 0),
+            &Frame::Release {
+                vshard: VShardId(3),
+            },
+        )])
+        .unwrap();
+        let export = r.export_vshard(VShardId(3)).unwrap();
+        let (mut target, target_seen) = replica(None);
+        target
+            .apply(&[
+                item(
+                    at(5, 0),
+                    &Frame::Acquire {
+                        vshard: VShardId(3),
+                        data: Some(export),
+                    },
+                ),
+                item(at(6, 0), &once),
+            ])
+            .unwrap();
+        let target_seen = target_seen.lock().unwrap();
+        assert!(target_seen.applied.is_empty());
+        assert_eq!(target_seen.imported, vec![(VShardId(3), b"rows".to_vec())]);
+    }
+
+    #[test]
+    fn a_session_command_replayed_below_the_durable_position_says_it_applied_earlier() {
+        let (mut r, seen) = replica(Some(at(4, 0)));
+        let once = in_session(1, b"x", 1);
+        assert_eq!(
+            r.apply(&[item(at(4, 0), &once), item(at(5, 0), &once)])
+                .unwrap(),
+            vec![Reply::AppliedEarlier, Reply::AppliedEarlier]
+        );
+        assert!(seen.lock().unwrap().applied.is_empty());
     }
 }

@@ -18,6 +18,7 @@ use super::driver::{Driver, Reply, Waiter};
 use super::pending::Request;
 use super::placement::bootstrap_groups;
 use super::reconcile::{KnownGroups, Placement};
+use super::session::SessionCommand;
 use super::{KeyRead, NodeConfig, NodeError, NodeStatus};
 use crate::apply::Applying;
 use crate::error::{CoordinatorError, RequestError};
@@ -363,9 +364,53 @@ impl Node {
     /// (outcome unknown), [`RequestError::ShuttingDown`].
     pub async fn propose(&self, key: &[u8], command: Vec<u8>) -> Result<Vec<u8>, RequestError> {
         self.routed(key, |group, vshard| {
-            self.propose_frame(group, Frame::encode_user(Some(vshard), command.clone()))
+            self.propose_frame(
+                group,
+                Frame::encode_user(Some(vshard), command.clone(), None),
+            )
         })
         .await
+    }
+
+    /// [`Node::propose`] for a command of a client session: however often it is proposed (on
+    /// this node or any other, after any error), it is applied once, and every attempt that
+    /// succeeds answers with the first response. So every error may be retried with the same
+    /// `command`; this call itself retries the ones this node can (a dropped proposal, an
+    /// outcome it lost track of, an outdated route, an overloaded group) until the request
+    /// timeout.
+    ///
+    /// # Errors
+    /// As [`Node::propose`], plus [`RequestError::AppliedEarlier`] (it took effect; its response
+    /// is gone after a restart). `NotLeader`, `ShuttingDown` and `Timeout`: retry the same
+    /// `command` on the leader or another node.
+    pub async fn propose_once(
+        &self,
+        command: &SessionCommand,
+        key: &[u8],
+        bytes: Vec<u8>,
+    ) -> Result<Vec<u8>, RequestError> {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let result = self
+                .routed(key, |group, vshard| {
+                    let framed =
+                        Frame::encode_user(Some(vshard), bytes.clone(), Some(command.tag()));
+                    self.propose_frame(group, framed)
+                })
+                .await;
+            match result {
+                Err(
+                    RequestError::ProposalDropped { .. }
+                    | RequestError::OutcomeUnknown { .. }
+                    | RequestError::Busy { .. },
+                ) if tokio::time::Instant::now() + backoff < deadline => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(200));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Runs `attempt` on the group that serves `key`'s vShard by this node's table. A group
@@ -424,7 +469,7 @@ impl Node {
         group: GroupId,
         command: Vec<u8>,
     ) -> Result<Vec<u8>, RequestError> {
-        self.propose_frame(group, Frame::encode_user(None, command))
+        self.propose_frame(group, Frame::encode_user(None, command, None))
             .await
     }
 

@@ -14,6 +14,7 @@
 //!   simulation, so both drivers answer alike).
 //! - `placement`: the groups a new cluster starts with.
 //! - `reconcile`: acting on routing tables the meta group applies.
+//! - `session`: client sessions, for exactly-once proposals.
 
 mod config;
 mod driver;
@@ -21,6 +22,7 @@ mod handle;
 pub(crate) mod pending;
 pub(crate) mod placement;
 mod reconcile;
+mod session;
 
 use routing::{GroupId, NodeId, VShardId};
 use storage::StorageStats;
@@ -31,6 +33,7 @@ use crate::multiraft::{CoordinatorStats, GroupStatus};
 
 pub use config::NodeConfig;
 pub use handle::{Node, NodeStopped};
+pub use session::{ClientSession, SessionCommand};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]

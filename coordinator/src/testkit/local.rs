@@ -14,7 +14,7 @@ use routing::{GroupId, NodeId, RoutingTable};
 
 use crate::lock;
 use crate::reshape::NodeSet;
-use crate::{Node, NodeConfig, NodeError, RequestError, StateMachine};
+use crate::{ClientSession, Node, NodeConfig, NodeError, RequestError, StateMachine};
 
 /// Builds the [`NodeConfig`] of each node from its id, address and data directory.
 pub type ConfigFn = Box<dyn Fn(NodeConfig) -> NodeConfig + Send + Sync>;
@@ -29,6 +29,8 @@ pub struct LocalCluster<S: StateMachine> {
     configure: ConfigFn,
     /// Where proposals last found each group's leader.
     leader_cache: Mutex<BTreeMap<GroupId, NodeId>>,
+    /// The session [`LocalCluster::propose`] proposes in, so its retries apply once.
+    session: ClientSession,
     make_state_machine: Box<dyn Fn(NodeId) -> S + Send + Sync>,
 }
 
@@ -135,6 +137,7 @@ impl<S: StateMachine> LocalCluster<S> {
             routing,
             configure: Box::new(configure),
             leader_cache: Mutex::new(BTreeMap::new()),
+            session: ClientSession::new(),
             make_state_machine: Box::new(make_state_machine),
         };
         for node in this.node_ids() {
@@ -312,11 +315,15 @@ impl<S: StateMachine> LocalCluster<S> {
             .running()
             .first()
             .map_or_else(|| self.routing.group_for_key(key), |n| n.group_for_key(key));
-        // Through `Node::propose`, so the command carries its vShard: a group the vShard
-        // moved away from refuses it, and the node routes it again on its newer table.
-        self.on_leader(group, timeout, |node| {
+        // Through `Node::propose_once`, so the command carries its vShard (a group the vShard
+        // moved away from refuses it, and the node routes it again on its newer table) and
+        // the cluster's session: every retry below, even of an outcome it lost track of, is
+        // applied once.
+        let once = self.session.command();
+        self.on_leader(group, timeout, true, |node| {
             let command = command.clone();
-            async move { node.propose(key, command).await }
+            let once = &once;
+            async move { node.propose_once(once, key, command).await }
         })
         .await
     }
@@ -331,7 +338,7 @@ impl<S: StateMachine> LocalCluster<S> {
         command: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>, RequestError> {
-        self.on_leader(group, timeout, |node| {
+        self.on_leader(group, timeout, false, |node| {
             let command = command.clone();
             async move { node.propose_to_group(group, command).await }
         })
@@ -339,11 +346,13 @@ impl<S: StateMachine> LocalCluster<S> {
     }
 
     /// Runs `request` on the leader of `group`, following `NotLeader` hints and retrying
-    /// dropped requests, until `timeout`.
+    /// requests that did not take effect (with `exactly_once`, a session's command: also
+    /// those whose outcome is unknown), until `timeout`.
     async fn on_leader<F, Fut>(
         &self,
         group: GroupId,
         timeout: Duration,
+        exactly_once: bool,
         request: F,
     ) -> Result<Vec<u8>, RequestError>
     where
@@ -383,7 +392,18 @@ impl<S: StateMachine> LocalCluster<S> {
                     }
                     target = leader;
                 }
-                Err(e @ (RequestError::ProposalDropped { .. } | RequestError::ShuttingDown)) => {
+                Err(e @ (RequestError::ProposalDropped { .. } | RequestError::Busy { .. })) => {
+                    last = e;
+                    target = None;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                // Without a session these may have taken effect: retrying could apply the
+                // command twice.
+                Err(
+                    e @ (RequestError::ShuttingDown
+                    | RequestError::Timeout { .. }
+                    | RequestError::OutcomeUnknown { .. }),
+                ) if exactly_once => {
                     last = e;
                     target = None;
                     tokio::time::sleep(Duration::from_millis(20)).await;

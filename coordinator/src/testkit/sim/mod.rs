@@ -343,7 +343,7 @@ impl<S: StateMachine> SimCluster<S> {
         group: GroupId,
         data: Vec<u8>,
     ) -> Result<Token, RequestError> {
-        self.propose_frame(node, group, Frame::encode_user(None, data))
+        self.propose_frame(node, group, Frame::encode_user(None, data, None))
     }
 
     /// Proposes `data` for `key` on `node`, routed by the table `node` has applied: the
@@ -359,7 +359,7 @@ impl<S: StateMachine> SimCluster<S> {
         data: Vec<u8>,
     ) -> Result<(Token, GroupId), RequestError> {
         let (group, vshard) = self.route(node, key)?;
-        self.propose_frame(node, group, Frame::encode_user(Some(vshard), data))
+        self.propose_frame(node, group, Frame::encode_user(Some(vshard), data, None))
             .map(|t| (t, group))
     }
 

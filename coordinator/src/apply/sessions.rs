@@ -1,0 +1,296 @@
+//! Client sessions: each group remembers, per client session, the response of every command
+//! it applied that the client has not acknowledged yet, so a retried command (same session,
+//! same sequence number) is answered with the first response instead of being applied twice.
+//!
+//! The table is replicated state: every replica builds it from the same log, it travels in
+//! snapshots and in vShard exports, and idle sessions expire by the group's replicated time
+//! (the proposers' clocks carried in the log, never a replica's own clock), so every replica
+//! forgets the same sessions at the same log position.
+
+use std::collections::BTreeMap;
+
+use routing::VShardId;
+
+use crate::replicated::SessionTag;
+
+/// A session idle this long in a group's replicated time is forgotten there. A client that
+/// retries a command after that long gets it applied again.
+pub(crate) const SESSION_TTL_MS: u64 = 60 * 60 * 1000;
+/// Responses one session may leave unacknowledged in one group; past it, new commands of the
+/// session are refused (did not take effect) until the client acknowledges.
+pub(crate) const MAX_UNACKNOWLEDGED: usize = 10_000;
+
+/// A cached outcome: the response, or `None` for a command applied before this replica
+/// restarted (the state machine had made it durable; its response was not kept).
+type Cached = (Option<VShardId>, Option<Vec<u8>>);
+
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Client {
+    acked: u64,
+    last_ms: u64,
+    responses: BTreeMap<u64, Cached>,
+}
+
+/// What to do with a command of a session.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Check {
+    /// Not seen: apply it, then [`Sessions::record`] its response.
+    Apply,
+    /// Applied before: answer with this response.
+    Answered(Vec<u8>),
+    /// Applied before this replica restarted; its response is gone.
+    AppliedEarlier,
+    /// Refused without applying (why).
+    Refused(String),
+}
+
+/// One group's session table.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Sessions {
+    clients: BTreeMap<u64, Client>,
+    /// The group's replicated time: the latest proposer clock seen in its log.
+    now_ms: u64,
+    /// When idle sessions were last looked for.
+    swept_ms: u64,
+}
+
+impl Sessions {
+    /// Whether the command tagged `tag` must be applied. Every replica calls this for every
+    /// command in the same order, so every replica's table is the same.
+    pub(crate) fn check(&mut self, tag: &SessionTag) -> Check {
+        self.advance(tag.time_ms);
+        let now = self.now_ms;
+        let client = self.clients.entry(tag.client).or_default();
+        client.last_ms = now;
+        if tag.acked > client.acked {
+            client.acked = tag.acked;
+            client.responses = client.responses.split_off(&(tag.acked + 1));
+        }
+        if let Some((_, cached)) = client.responses.get(&tag.seq) {
+            return match cached {
+                Some(response) => Check::Answered(response.clone()),
+                None => Check::AppliedEarlier,
+            };
+        }
+        if tag.seq <= client.acked {
+            return Check::Refused(format!(
+                "command {} of session {:x} was answered and acknowledged already",
+                tag.seq, tag.client
+            ));
+        }
+        if client.responses.len() >= MAX_UNACKNOWLEDGED {
+            return Check::Refused(format!(
+                "session {:x} has {MAX_UNACKNOWLEDGED} unacknowledged commands in this group",
+                tag.client
+            ));
+        }
+        Check::Apply
+    }
+
+    /// Remembers the response of an applied command (`None`: applied before a restart, the
+    /// response is not known).
+    pub(crate) fn record(
+        &mut self,
+        tag: &SessionTag,
+        vshard: Option<VShardId>,
+        response: Option<Vec<u8>>,
+    ) {
+        self.advance(tag.time_ms);
+        let now = self.now_ms;
+        let client = self.clients.entry(tag.client).or_default();
+        client.last_ms = now;
+        if tag.seq > client.acked {
+            client.responses.insert(tag.seq, (vshard, response));
+        }
+    }
+
+    fn advance(&mut self, time_ms: u64) {
+        if time_ms <= self.now_ms {
+            return;
+        }
+        self.now_ms = time_ms;
+        if self.now_ms.saturating_sub(self.swept_ms) < SESSION_TTL_MS / 16 {
+            return;
+        }
+        self.swept_ms = self.now_ms;
+        let now = self.now_ms;
+        self.clients
+            .retain(|_, c| c.last_ms.saturating_add(SESSION_TTL_MS) >= now);
+    }
+
+    /// The table, for a snapshot.
+    pub(crate) fn to_msg(&self) -> SessionsMsg {
+        self.msg_where(|_| true)
+    }
+
+    /// The entries of commands routed by `vshard`, for moving it.
+    pub(crate) fn export(&self, vshard: VShardId) -> SessionsMsg {
+        self.msg_where(|v| *v == Some(vshard))
+    }
+
+    fn msg_where(&self, keep: impl Fn(&Option<VShardId>) -> bool) -> SessionsMsg {
+        SessionsMsg {
+            now_ms: self.now_ms,
+            clients: self
+                .clients
+                .iter()
+                .filter_map(|(id, c)| {
+                    let responses: Vec<ResponseMsg> = c
+                        .responses
+                        .iter()
+                        .filter(|(_, (v, _))| keep(v))
+                        .map(|(seq, (v, r))| ResponseMsg {
+                            seq: *seq,
+                            vshard: v.map(VShardId::get),
+                            response: r.clone(),
+                        })
+                        .collect();
+                    (!responses.is_empty() || keep(&None)).then_some(ClientMsg {
+                        client: *id,
+                        acked: c.acked,
+                        last_ms: c.last_ms,
+                        responses,
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// The table a snapshot carried.
+    pub(crate) fn from_msg(msg: SessionsMsg) -> Self {
+        let mut this = Self {
+            now_ms: msg.now_ms,
+            swept_ms: msg.now_ms,
+            ..Self::default()
+        };
+        this.merge(msg);
+        this
+    }
+
+    /// Adds the entries a vShard export carried.
+    pub(crate) fn merge(&mut self, msg: SessionsMsg) {
+        self.now_ms = self.now_ms.max(msg.now_ms);
+        for c in msg.clients {
+            let client = self.clients.entry(c.client).or_default();
+            client.acked = client.acked.max(c.acked);
+            client.last_ms = client.last_ms.max(c.last_ms);
+            for r in c.responses {
+                if r.seq > client.acked {
+                    client
+                        .responses
+                        .insert(r.seq, (r.vshard.map(VShardId), r.response));
+                }
+            }
+            let acked = client.acked;
+            client.responses.retain(|seq, _| *seq > acked);
+        }
+    }
+}
+
+/// The session table as it travels in snapshots and vShard exports.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct SessionsMsg {
+    #[prost(uint64, tag = "1")]
+    now_ms: u64,
+    #[prost(message, repeated, tag = "2")]
+    clients: Vec<ClientMsg>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ClientMsg {
+    #[prost(uint64, tag = "1")]
+    client: u64,
+    #[prost(uint64, tag = "2")]
+    acked: u64,
+    #[prost(uint64, tag = "3")]
+    last_ms: u64,
+    #[prost(message, repeated, tag = "4")]
+    responses: Vec<ResponseMsg>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ResponseMsg {
+    #[prost(uint64, tag = "1")]
+    seq: u64,
+    #[prost(uint32, optional, tag = "2")]
+    vshard: Option<u32>,
+    #[prost(bytes = "vec", optional, tag = "3")]
+    response: Option<Vec<u8>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tag(client: u64, seq: u64, acked: u64, time_ms: u64) -> SessionTag {
+        SessionTag {
+            client,
+            seq,
+            acked,
+            time_ms,
+        }
+    }
+
+    #[test]
+    fn a_retry_is_answered_with_the_first_response_until_acknowledged() {
+        let mut s = Sessions::default();
+        let first = tag(7, 1, 0, 1_000);
+        assert_eq!(s.check(&first), Check::Apply);
+        s.record(&first, None, Some(b"r1".to_vec()));
+        assert_eq!(s.check(&first), Check::Answered(b"r1".to_vec()));
+        // Acknowledged by the next command: the response goes, a late retry is refused.
+        let second = tag(7, 2, 1, 2_000);
+        assert_eq!(s.check(&second), Check::Apply);
+        assert!(matches!(s.check(&first), Check::Refused(_)));
+    }
+
+    #[test]
+    fn idle_sessions_expire_by_replicated_time_alike_everywhere() {
+        let mut s = Sessions::default();
+        let old = tag(1, 1, 0, 1_000);
+        assert_eq!(s.check(&old), Check::Apply);
+        s.record(&old, None, Some(b"x".to_vec()));
+        // Another client's command carries time past the TTL: the idle session is gone.
+        let later = tag(2, 1, 0, 1_000 + SESSION_TTL_MS + 1);
+        assert_eq!(s.check(&later), Check::Apply);
+        assert!(!s.clients.contains_key(&1));
+        // Time in the log never goes back (a slow proposer's clock): it does not revive it.
+        assert_eq!(s.check(&tag(3, 1, 0, 5)), Check::Apply);
+        assert_eq!(s.now_ms, 1_000 + SESSION_TTL_MS + 1);
+    }
+
+    #[test]
+    fn the_table_travels_in_snapshots_and_by_vshard_in_exports() {
+        let mut s = Sessions::default();
+        let (a, b) = (tag(9, 1, 0, 10), tag(9, 2, 0, 11));
+        s.check(&a);
+        s.record(&a, Some(VShardId(1)), Some(b"a".to_vec()));
+        s.check(&b);
+        s.record(&b, Some(VShardId(2)), Some(b"b".to_vec()));
+        let mut copy = Sessions::from_msg(s.to_msg());
+        assert_eq!(copy.check(&a), Check::Answered(b"a".to_vec()));
+        let mut moved = Sessions::default();
+        moved.merge(s.export(VShardId(2)));
+        assert_eq!(moved.check(&b), Check::Answered(b"b".to_vec()));
+        assert_eq!(
+            moved.check(&a),
+            Check::Apply,
+            "vShard 1's entry stayed behind"
+        );
+    }
+
+    #[test]
+    fn a_session_with_too_many_unacknowledged_commands_is_refused() {
+        let mut s = Sessions::default();
+        for seq in 1..=MAX_UNACKNOWLEDGED as u64 {
+            let t = tag(4, seq, 0, 1);
+            assert_eq!(s.check(&t), Check::Apply);
+            s.record(&t, None, Some(Vec::new()));
+        }
+        let over = tag(4, MAX_UNACKNOWLEDGED as u64 + 1, 0, 1);
+        assert!(matches!(s.check(&over), Check::Refused(_)));
+        // Acknowledging frees room.
+        let acking = tag(4, MAX_UNACKNOWLEDGED as u64 + 1, 100, 1);
+        assert_eq!(s.check(&acking), Check::Apply);
+    }
+}

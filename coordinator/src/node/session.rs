@@ -1,0 +1,156 @@
+//! Client sessions: exactly-once proposals across retries, leader changes, restarts and
+//! nodes.
+//!
+//! A [`ClientSession`] numbers its commands. Each [`SessionCommand`] carries the session's id
+//! and its sequence number into the log; the group that applies it remembers the response
+//! (replicated: in every replica, in snapshots and in vShard moves) until the session says it
+//! has the answer, so the same command proposed again, on any node, after any error, is
+//! answered with the first response and never applied twice.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use crate::lock;
+use crate::replicated::SessionTag;
+
+/// A client's session: see the module docs. Cheap to clone (shared); one per client
+/// process or logical client is enough, used by any number of concurrent commands.
+#[derive(Clone, Debug)]
+pub struct ClientSession {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    id: u64,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The last sequence number handed out.
+    last: u64,
+    /// Commands handed out whose final answer the client does not have yet.
+    open: BTreeSet<u64>,
+}
+
+impl Default for ClientSession {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ClientSession {
+    /// A session with a random id (64 bits: two clients never share one in practice).
+    #[must_use]
+    pub fn new() -> Self {
+        Self::with_id(rand::random::<u64>() | 1)
+    }
+
+    /// A session with a chosen id: a client that restarts and keeps its id and numbering can
+    /// retry the commands it had in flight.
+    #[must_use]
+    pub fn with_id(id: u64) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                id,
+                state: Mutex::new(State::default()),
+            }),
+        }
+    }
+
+    /// The session's id.
+    #[must_use]
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// A new command of this session. Propose it with [`crate::Node::propose_once`], as often
+    /// and on as many nodes as it takes: it is applied once. Drop it once you have its final
+    /// answer (the groups then forget its response).
+    #[must_use]
+    pub fn command(&self) -> SessionCommand {
+        let mut state = lock::mutex(&self.inner.state);
+        state.last += 1;
+        let seq = state.last;
+        state.open.insert(seq);
+        SessionCommand {
+            session: self.clone(),
+            seq,
+        }
+    }
+
+    /// Every command up to this one has its final answer.
+    fn acknowledged(&self) -> u64 {
+        let state = lock::mutex(&self.inner.state);
+        state
+            .open
+            .first()
+            .map_or(state.last, |first| first.saturating_sub(1))
+    }
+}
+
+/// One command of a [`ClientSession`]: the same command however often it is proposed.
+#[derive(Debug)]
+pub struct SessionCommand {
+    session: ClientSession,
+    seq: u64,
+}
+
+impl SessionCommand {
+    /// Its sequence number in the session (from 1).
+    #[must_use]
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The session it belongs to.
+    #[must_use]
+    pub fn session(&self) -> &ClientSession {
+        &self.session
+    }
+
+    /// The tag the log carries for it, stamped with this node's clock (the group's
+    /// replicated time, which expires idle sessions).
+    pub(crate) fn tag(&self) -> SessionTag {
+        let time_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        SessionTag {
+            client: self.session.id(),
+            seq: self.seq,
+            acked: self.session.acknowledged(),
+            time_ms,
+        }
+    }
+}
+
+impl Drop for SessionCommand {
+    fn drop(&mut self) {
+        lock::mutex(&self.session.inner.state)
+            .open
+            .remove(&self.seq);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_acknowledges_only_what_every_earlier_command_has_answered() {
+        let session = ClientSession::with_id(5);
+        let one = session.command();
+        let two = session.command();
+        assert_eq!((one.seq(), two.seq()), (1, 2));
+        assert_eq!(two.tag().acked, 0);
+        drop(two);
+        // 2 is answered but 1 is not: nothing past 0 may be forgotten.
+        assert_eq!(session.acknowledged(), 0);
+        drop(one);
+        assert_eq!(session.acknowledged(), 2);
+        let three = session.command();
+        assert_eq!(three.tag().acked, 2);
+        assert_eq!(three.tag().client, 5);
+    }
+}
