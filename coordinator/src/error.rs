@@ -79,9 +79,54 @@ pub enum RequestError {
         /// Why.
         reason: String,
     },
-    /// The node is shutting down (or stopped after a fatal error); send the request elsewhere.
-    #[error("the node is shutting down")]
+    /// The node is shutting down, draining, or stopped after a fatal error, and the request
+    /// never reached raft: it did not take effect; send it to another node.
+    #[error("the node is shutting down; the request did not take effect, send it elsewhere")]
     ShuttingDown,
+    /// The node stopped (shut down, drained past its deadline, or failed) after the proposal
+    /// was handed to raft: it may have been committed, by this node or by a new leader. The
+    /// outcome is unknown; retry only an idempotent command (or one with a client session).
+    #[error(
+        "the node stopped after the proposal to {group} was handed to raft; the outcome is unknown"
+    )]
+    StoppedInFlight {
+        /// The group.
+        group: GroupId,
+    },
+}
+
+/// Whether a failed request may have taken effect: the class every [`RequestError`] is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// It certainly did not take effect: safe to send again, to this node or any other.
+    NotApplied,
+    /// It may or may not have taken effect: retry only a command that is idempotent (or
+    /// de-duplicated by a client session).
+    Unknown,
+}
+
+impl RequestError {
+    /// Whether the request may have taken effect. Retry policies read this, never the variant.
+    #[must_use]
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            RequestError::NotLeader { .. }
+            | RequestError::GroupNotFound { .. }
+            | RequestError::ProposalDropped { .. }
+            | RequestError::StaleRouting { .. }
+            | RequestError::Refused { .. }
+            | RequestError::ShuttingDown => Outcome::NotApplied,
+            RequestError::Timeout { .. }
+            | RequestError::OutcomeUnknown { .. }
+            | RequestError::StoppedInFlight { .. } => Outcome::Unknown,
+        }
+    }
+
+    /// Whether the request certainly did not take effect ([`Outcome::NotApplied`]).
+    #[must_use]
+    pub fn did_not_take_effect(&self) -> bool {
+        self.outcome() == Outcome::NotApplied
+    }
 }
 
 /// A failure of the coordinator itself. A node that hits one stops (fail-stop): continuing

@@ -87,7 +87,7 @@ pub mod testkit;
 
 pub use conf_change::ConfChangeDecodeError;
 pub use config::{ConfigError, RaftConfig};
-pub use error::{CoordinatorError, RequestError};
+pub use error::{CoordinatorError, Outcome, RequestError};
 pub use multiraft::admission::Refusal;
 pub use multiraft::{
     Apply, CoordinatorStats, Cycle, CycleId, CycleOutput, Event, GroupStatus, MultiRaft, Role,

@@ -165,6 +165,15 @@ impl MultiRaft {
         &self.stats
     }
 
+    /// The tokens of the commands proposed here that are still queued for the next cycle:
+    /// raft has not seen them, so they cannot take effect if the node stops now.
+    pub fn queued_tokens(&self) -> impl Iterator<Item = Token> + '_ {
+        self.queued_groups
+            .iter()
+            .filter_map(|group| self.groups.get(group))
+            .flat_map(|g| g.queued.iter().map(|(_, token)| *token))
+    }
+
     /// Forgets the proposals of `group` at indexes up to `up_to`, returning their tokens.
     fn take_proposals(&mut self, group: GroupId, up_to: u64) -> Vec<Token> {
         let keys: Vec<_> = self

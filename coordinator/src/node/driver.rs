@@ -2,7 +2,7 @@
 //! It ticks the groups, steps what the transport delivers, runs cycles (persisted on a
 //! persister thread while the next cycle's work piles up), and answers requests.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -122,6 +122,7 @@ impl Driver {
         if let Err(error) = persister {
             tracing::error!(%error, "cannot start the persister thread; node stops");
             self.fail_all();
+            Self::refuse_unread(&mut commands);
             return Err(CoordinatorError::PersisterStopped);
         }
         let mut ticker = tokio::time::interval(tick_interval);
@@ -198,6 +199,7 @@ impl Driver {
         }
         drop(persist_tx);
         self.fail_all();
+        Self::refuse_unread(&mut commands);
         result
     }
 
@@ -347,9 +349,37 @@ impl Driver {
         Ok(())
     }
 
+    /// The driver stops: every request still waiting fails. Only what never reached raft
+    /// (reads, and commands still queued in the core) certainly did not take effect; a
+    /// proposal raft holds may yet commit, here before the stop or under a new leader.
     fn fail_all(&mut self) {
-        for done in self.pending.fail_all(&RequestError::ShuttingDown) {
+        let unproposed: HashSet<Token> = self.core.queued_tokens().collect();
+        let failed = self.pending.fail_all(|token, group, kind| match kind {
+            Kind::Propose | Kind::ConfChange if !unproposed.contains(&token) => {
+                RequestError::StoppedInFlight { group }
+            }
+            _ => RequestError::ShuttingDown,
+        });
+        for done in failed {
             self.reply(done);
+        }
+    }
+
+    /// Commands that were sent but not yet read never reached the core: they fail as
+    /// `ShuttingDown` (did not take effect) instead of with a dropped reply.
+    fn refuse_unread(commands: &mut mpsc::Receiver<Command>) {
+        commands.close();
+        while let Ok(command) = commands.try_recv() {
+            match command {
+                Command::Request { waiter, .. } => {
+                    let _ = waiter.fail(RequestError::ShuttingDown);
+                }
+                Command::TransferLeader { reply, .. } => {
+                    let _ = reply.send(Err(RequestError::ShuttingDown));
+                }
+                // Dropping the sender tells the caller the node is gone.
+                Command::Status { .. } => {}
+            }
         }
     }
 

@@ -35,8 +35,9 @@ pub enum NodeStopped {
     Shutdown,
     /// The coordinator stopped on its own: a fatal storage error (a failed fsync, a full
     /// disk), a state machine failure, or a panic in a dependency. The endpoint is closed;
-    /// the process should exit non-zero with this reason. Requests in flight failed as
-    /// outcome-unknown or `ShuttingDown`.
+    /// the process should exit non-zero with this reason. Requests in flight failed:
+    /// proposals raft held as [`RequestError::StoppedInFlight`] (outcome unknown), the rest
+    /// as [`RequestError::ShuttingDown`] (did not take effect).
     Fatal {
         /// What stopped it.
         reason: String,
@@ -338,13 +339,19 @@ impl Node {
         self.address_book.insert(node, addr);
     }
 
-    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, RequestError> {
+    /// Sends a command and waits for its answer. A command the driver never took did not
+    /// take effect; one it took but never answered (the task died) fails with `lost`.
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Command,
+        lost: RequestError,
+    ) -> Result<T, RequestError> {
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(make(reply))
             .await
             .map_err(|_| RequestError::ShuttingDown)?;
-        rx.await.map_err(|_| RequestError::ShuttingDown)?
+        rx.await.map_err(|_| lost)?
     }
 
     /// Replicates `command` in the group that owns `key`, and returns the state machine's
@@ -353,7 +360,9 @@ impl Node {
     /// # Errors
     /// [`RequestError::NotLeader`] (retry on the leader it names), [`RequestError::GroupNotFound`],
     /// [`RequestError::ProposalDropped`] (did not take effect), [`RequestError::Timeout`]
-    /// (outcome unknown), [`RequestError::ShuttingDown`].
+    /// (outcome unknown), [`RequestError::ShuttingDown`] (the node is stopping; did not take
+    /// effect), [`RequestError::StoppedInFlight`] (it stopped with the command in raft; outcome
+    /// unknown). [`RequestError::outcome`] says which class an error is in.
     pub async fn propose(&self, key: &[u8], command: Vec<u8>) -> Result<Vec<u8>, RequestError> {
         self.routed(key, |group, vshard| {
             self.propose_frame(group, Frame::encode_user(Some(vshard), command.clone()))
@@ -400,11 +409,19 @@ impl Node {
         request: Request,
         waiter: impl FnOnce(Reply<T>) -> Waiter,
     ) -> Result<T, RequestError> {
-        self.call(|reply| Command::Request {
-            group,
-            request,
-            waiter: waiter(reply),
-        })
+        // A proposal the driver took may be in raft: without an answer, its outcome is unknown.
+        let lost = match request {
+            Request::Propose(_) | Request::ConfChange(_) => RequestError::StoppedInFlight { group },
+            Request::Read { .. } | Request::Export(_) => RequestError::ShuttingDown,
+        };
+        self.call(
+            |reply| Command::Request {
+                group,
+                request,
+                waiter: waiter(reply),
+            },
+            lost,
+        )
         .await
     }
 
@@ -582,8 +599,11 @@ impl Node {
     /// # Errors
     /// [`RequestError::NotLeader`], [`RequestError::GroupNotFound`], [`RequestError::ShuttingDown`].
     pub async fn transfer_leader(&self, group: GroupId, to: NodeId) -> Result<(), RequestError> {
-        self.call(|reply| Command::TransferLeader { group, to, reply })
-            .await
+        self.call(
+            |reply| Command::TransferLeader { group, to, reply },
+            RequestError::ShuttingDown,
+        )
+        .await
     }
 
     /// Changes `group`'s membership through raft (joint consensus when `change` has several
@@ -685,7 +705,9 @@ impl Node {
         self.stopped.borrow().clone()
     }
 
-    /// Stops the node: pending requests fail with `ShuttingDown`, the endpoint closes, and the
+    /// Stops the node: pending requests fail (proposals raft holds with
+    /// [`RequestError::StoppedInFlight`], outcome unknown; everything else with
+    /// [`RequestError::ShuttingDown`], did not take effect), the endpoint closes, and the
     /// call returns once the coordinator task has ended. Durable state stays on disk.
     pub async fn shutdown(&self) {
         let taken = self.shutdown.lock().await.take();

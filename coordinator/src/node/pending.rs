@@ -157,12 +157,16 @@ impl<W> Pending<W> {
         self.requests.remove(&token).map(|e| e.waiter)
     }
 
-    /// Fails every request with `error` (the driver stops).
-    pub(crate) fn fail_all(&mut self, error: &RequestError) -> Vec<Completed<W>> {
+    /// Fails every request with the error `error` makes for its token, group and kind (the
+    /// driver stops).
+    pub(crate) fn fail_all(
+        &mut self,
+        error: impl Fn(Token, GroupId, Kind) -> RequestError,
+    ) -> Vec<Completed<W>> {
         let tokens: Vec<Token> = self.requests.keys().copied().collect();
         tokens
             .into_iter()
-            .filter_map(|t| self.fail(t, |_| error.clone()))
+            .filter_map(|t| self.complete(t, |group, kind| Err(error(t, group, kind))))
             .collect()
     }
 

@@ -383,6 +383,9 @@ impl<S: StateMachine> LocalCluster<S> {
                     }
                     target = leader;
                 }
+                // Only what certainly did not take effect is sent again: a command whose
+                // outcome is unknown (a timeout, a node stopping with it in raft) may have
+                // been applied, and sending it again could apply it twice.
                 Err(e @ (RequestError::ProposalDropped { .. } | RequestError::ShuttingDown)) => {
                     last = e;
                     target = None;
