@@ -29,7 +29,8 @@ pub use admin;
 pub use certs;
 pub use coordinator;
 pub use coordinator::{
-    Node, NodeConfig, Outcome, RaftConfig, RequestError, StateMachine, StateMachineError,
+    Node, NodeConfig, NodeEvent, NodeStopped, Outcome, RaftConfig, RequestError, StateMachine,
+    StateMachineError,
 };
 pub use routing;
 pub use routing::{GroupId, NodeId, RoutingTable, VShardId};

@@ -24,8 +24,11 @@ pub(super) struct Group {
     raw: RawNode<GroupStorage>,
     /// Highest index handed out for applying.
     pub(super) applied: u64,
-    /// The leader last reported in a `Ready` (for [`super::Event::LeaderChanged`]).
+    /// The leader last reported in an [`super::Event::LeaderChanged`], and its term.
     pub(super) leader: Option<NodeId>,
+    pub(super) leader_term: u64,
+    /// The role last reported in an [`super::Event::RoleChanged`].
+    pub(super) reported_role: StateRole,
     /// The term the election timeout was last drawn for (see `jitter_election`).
     pub(super) timer_term: u64,
     /// The role the election timeout was last drawn for.
@@ -56,6 +59,8 @@ impl Group {
             raw,
             applied,
             leader: None,
+            leader_term: 0,
+            reported_role: StateRole::Follower,
             timer_term,
             timer_role: StateRole::Follower,
             reads: Vec::new(),

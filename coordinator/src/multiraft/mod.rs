@@ -78,6 +78,9 @@ pub struct MultiRaft {
     dirty: BTreeSet<GroupId>,
     /// Messages the coordinator itself sends (quiesce heartbeats, liveness), in the next cycle.
     own_messages: Outbox,
+    /// Events raised between cycles (groups quiet or woken, peers down or up), handed out
+    /// with the next cycle's.
+    pending_events: Vec<Event>,
     /// Ticks since each peer was last heard from, for node-level liveness.
     silent_ticks: BTreeMap<NodeId, usize>,
     /// The tick at which each peer was last reported unreachable to every group.
@@ -127,6 +130,7 @@ impl MultiRaft {
             awake: BTreeSet::new(),
             applied_since_check: BTreeSet::new(),
             own_messages: Outbox::default(),
+            pending_events: Vec::new(),
             silent_ticks: BTreeMap::new(),
             unreachable_reported: BTreeMap::new(),
             peers_stale: true,
@@ -194,7 +198,13 @@ impl MultiRaft {
             .get_mut(&group)
             .ok_or(RequestError::GroupNotFound { group })?;
         if g.quiet {
-            Self::wake(g, &mut self.stats, &mut self.awake, group);
+            Self::wake(
+                g,
+                &mut self.stats,
+                &mut self.awake,
+                &mut self.pending_events,
+                group,
+            );
         }
         self.dirty.insert(group);
         Ok(g)
@@ -208,6 +218,10 @@ impl MultiRaft {
     pub fn step(&mut self, from: NodeId, envelope: Envelope) {
         // Any message proves the peer alive (an empty heartbeat batch is the liveness ping).
         if let Some(silent) = self.silent_ticks.get_mut(&from) {
+            if *silent >= self.config.liveness_timeout_ticks {
+                tracing::debug!(peer = %from, "a peer declared silent is heard again");
+                self.pending_events.push(Event::PeerUp { peer: from });
+            }
             *silent = 0;
         }
         match envelope {
@@ -279,7 +293,13 @@ impl MultiRaft {
         // A heartbeat response changes nothing a quiet leader must act on; anything else
         // means the group has work again.
         if g.quiet && m.get_msg_type() != MessageType::MsgHeartbeatResponse && !quiesce {
-            Self::wake(g, &mut self.stats, &mut self.awake, group);
+            Self::wake(
+                g,
+                &mut self.stats,
+                &mut self.awake,
+                &mut self.pending_events,
+                group,
+            );
         }
         if let Err(error) = g.step(m) {
             tracing::debug!(%group, %from, %error, "raft rejected a message");
@@ -289,6 +309,7 @@ impl MultiRaft {
         if quiesce && !g.quiet && g.is_caught_up_follower_of(from) {
             g.quiet = true;
             self.stats.quiesced += 1;
+            self.pending_events.push(Event::Quiet { group });
         }
     }
 
@@ -311,7 +332,13 @@ impl MultiRaft {
             .ok_or(RequestError::GroupNotFound { group })?;
         Self::ensure_leader(group, g)?;
         if g.quiet {
-            Self::wake(g, &mut self.stats, &mut self.awake, group);
+            Self::wake(
+                g,
+                &mut self.stats,
+                &mut self.awake,
+                &mut self.pending_events,
+                group,
+            );
         }
         g.queued.push((data, token));
         self.queued_groups.insert(group);
@@ -464,6 +491,7 @@ impl MultiRaft {
             || !self.queued_groups.is_empty()
             || !self.pending_applies.is_empty()
             || !self.own_messages.is_empty()
+            || !self.pending_events.is_empty()
             || self
                 .dirty
                 .iter()

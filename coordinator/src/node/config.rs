@@ -37,6 +37,10 @@ pub struct NodeConfig {
     /// learns the routing table (and its replicas) once an operator adds it
     /// (`add_node`). Ignored when the data directory already holds groups (a restart).
     pub join: bool,
+    /// How many [`crate::NodeEvent`]s a subscriber may fall behind by before it misses some
+    /// (see [`crate::Node::subscribe`]). A failover of a node with many groups raises a few
+    /// events per group.
+    pub event_capacity: usize,
 }
 
 impl NodeConfig {
@@ -54,6 +58,7 @@ impl NodeConfig {
             tick_interval: Duration::from_millis(100),
             request_timeout: Duration::from_secs(10),
             join: false,
+            event_capacity: super::events::DEFAULT_CAPACITY,
         }
     }
 
@@ -90,6 +95,12 @@ impl NodeConfig {
     /// Sets the log store options.
     pub fn store(mut self, store: StoreOptions) -> Self {
         self.store = store;
+        self
+    }
+
+    /// Sets how far an event subscriber may fall behind (see [`NodeConfig::event_capacity`]).
+    pub fn event_capacity(mut self, events: usize) -> Self {
+        self.event_capacity = events;
         self
     }
 

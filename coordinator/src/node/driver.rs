@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use transport::{Envelope, Inbound, Transport};
 
 use super::NodeStatus;
+use super::events::{self, NodeEvent};
 use super::handle::Command;
 use super::pending::{Completed, Done, Kind, Pending};
 use super::reconcile::Placement;
@@ -71,6 +72,8 @@ pub(super) struct Driver {
     next_token: Token,
     request_timeout: Duration,
     acknowledged: u64,
+    /// Where subscribers hear what happens (see `events`).
+    events: tokio::sync::broadcast::Sender<NodeEvent>,
 }
 
 type PersistResult = Result<(), storage::StorageError>;
@@ -83,6 +86,7 @@ impl Driver {
         state_machine: Replicated<Box<dyn StateMachine>>,
         placement: Placement,
         request_timeout: Duration,
+        events: tokio::sync::broadcast::Sender<NodeEvent>,
     ) -> Self {
         Self {
             core,
@@ -95,6 +99,7 @@ impl Driver {
             next_token: 1,
             request_timeout,
             acknowledged: 0,
+            events,
         }
     }
 
@@ -140,6 +145,7 @@ impl Driver {
                 {
                     self.send(cycle.messages);
                     self.answer(cycle.applies, &cycle.events)?;
+                    events::publish(&self.events, &cycle.events);
                     if persist_tx.send(cycle.batch).is_err() {
                         return Err(CoordinatorError::PersisterStopped);
                     }
@@ -265,6 +271,7 @@ impl Driver {
                     transport: self.transport.stats(),
                     proposals_acknowledged: self.acknowledged,
                     routing_version: self.state_machine.table().version(),
+                    peers_down: self.core.down_peers().collect(),
                 });
             }
         }

@@ -18,7 +18,7 @@ use super::driver::{Driver, Reply, Waiter};
 use super::pending::Request;
 use super::placement::bootstrap_groups;
 use super::reconcile::{KnownGroups, Placement};
-use super::{KeyRead, NodeConfig, NodeError, NodeStatus};
+use super::{KeyRead, NodeConfig, NodeError, NodeEvent, NodeStatus};
 use crate::error::{CoordinatorError, RequestError};
 use crate::lock;
 use crate::multiraft::{GroupStatus, MultiRaft};
@@ -78,6 +78,8 @@ pub struct Node {
     address_book: AddressBook,
     /// Why the node stopped, once it has (see [`Node::stopped`]).
     stopped: watch::Receiver<Option<NodeStopped>>,
+    /// What happens on the node, for [`Node::subscribe`].
+    events: tokio::sync::broadcast::Sender<NodeEvent>,
     /// The QUIC endpoint (absent over other transports). The driver sends through the
     /// [`Transport`] trait; the handle keeps the concrete type only for what the trait does not
     /// offer: closing the endpoint on `shutdown`, and the client connections it accepted.
@@ -240,6 +242,7 @@ impl Node {
         let fences = state_machine.fences();
         let routing = Arc::new(RwLock::new(routing));
         let (commands_tx, commands_rx) = mpsc::channel(4096);
+        let (events, _) = tokio::sync::broadcast::channel(config.event_capacity.max(1));
         let (stop_tx, stop_rx) = oneshot::channel();
         let placement = Placement::new(
             routing.clone(),
@@ -254,6 +257,7 @@ impl Node {
             state_machine,
             placement,
             config.request_timeout,
+            events.clone(),
         );
         let span = tracing::info_span!("node", node = %id);
         let driver = tokio::spawn(
@@ -265,6 +269,7 @@ impl Node {
         // clients see it gone) and whoever awaits `stopped` learns why.
         let (stopped_tx, stopped_rx) = watch::channel(None);
         let quic = wiring.quic;
+        let stop_events = events.clone();
         let handle = tokio::spawn(async move {
             let stopped = match driver.await {
                 Ok(Ok(())) => NodeStopped::Shutdown,
@@ -291,6 +296,7 @@ impl Node {
                     quic.shutdown().await;
                 }
             }
+            let _ = stop_events.send(NodeEvent::Stopped(stopped.clone()));
             let _ = stopped_tx.send(Some(stopped));
         });
         Ok(Node {
@@ -304,6 +310,7 @@ impl Node {
             shutdown: Arc::new(tokio::sync::Mutex::new(Some((stop_tx, handle)))),
             address_book: wiring.address_book,
             stopped: stopped_rx,
+            events,
             quic: None,
         })
     }
@@ -698,6 +705,17 @@ impl Node {
                 reason: "the node's runtime stopped".into(),
             },
         }
+    }
+
+    /// Subscribes to what happens on this node from now on: leader and role changes of its
+    /// groups, groups going quiet or waking, peers declared down or heard again, and last of
+    /// all [`NodeEvent::Stopped`] with the reason (a fatal error or a shutdown).
+    ///
+    /// The channel is bounded ([`NodeConfig::event_capacity`]): a subscriber that falls
+    /// further behind gets [`tokio::sync::broadcast::error::RecvError::Lagged`] and misses
+    /// the oldest events; read [`Node::status`] then to resynchronise.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<NodeEvent> {
+        self.events.subscribe()
     }
 
     /// Why the node stopped, if it has (see [`Node::stopped`]).

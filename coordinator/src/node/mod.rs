@@ -14,9 +14,11 @@
 //!   simulation, so both drivers answer alike).
 //! - `placement`: the groups a new cluster starts with.
 //! - `reconcile`: acting on routing tables the meta group applies.
+//! - `events`: what the node tells subscribers as it happens.
 
 mod config;
 mod driver;
+mod events;
 mod handle;
 pub(crate) mod pending;
 pub(crate) mod placement;
@@ -30,6 +32,7 @@ use crate::error::CoordinatorError;
 use crate::multiraft::{CoordinatorStats, GroupStatus};
 
 pub use config::NodeConfig;
+pub use events::NodeEvent;
 pub use handle::{Node, NodeStopped};
 
 /// Why a node could not start.
@@ -79,6 +82,8 @@ pub struct NodeStatus {
     pub proposals_acknowledged: u64,
     /// The version of the routing table this node has applied.
     pub routing_version: u64,
+    /// The peers node-level liveness holds down now (silent past the liveness timeout).
+    pub peers_down: Vec<NodeId>,
 }
 
 impl NodeStatus {

@@ -239,7 +239,12 @@ impl<W> Pending<W> {
             Event::ProposalOutcomeUnknown { token, .. } => {
                 self.fail(token, |group| RequestError::OutcomeUnknown { group })
             }
-            Event::LeaderChanged { .. } => None,
+            Event::LeaderChanged { .. }
+            | Event::RoleChanged { .. }
+            | Event::Quiet { .. }
+            | Event::Woken { .. }
+            | Event::PeerDown { .. }
+            | Event::PeerUp { .. } => None,
         }
     }
 }
