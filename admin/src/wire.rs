@@ -73,7 +73,10 @@ pub mod client_reply {
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Failure {
     /// What went wrong.
-    #[prost(oneof = "failure::Kind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12")]
+    #[prost(
+        oneof = "failure::Kind",
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 14, 15"
+    )]
     pub kind: Option<failure::Kind>,
     /// Not leader: the leader's client address, when the node knows it.
     #[prost(string, optional, tag = "11")]
@@ -103,6 +106,17 @@ pub mod failure {
         /// The leader the node knows of.
         #[prost(uint64, optional, tag = "2")]
         pub leader: Option<u64>,
+    }
+
+    /// See [`coordinator::RequestError::TransferFailed`].
+    #[derive(Clone, PartialEq, Eq, prost::Message)]
+    pub struct Transfer {
+        /// The group.
+        #[prost(uint64, tag = "1")]
+        pub group: u64,
+        /// The node leadership was to move to.
+        #[prost(uint64, tag = "2")]
+        pub to: u64,
     }
 
     /// See [`coordinator::RequestError::StaleRouting`].
@@ -201,6 +215,12 @@ pub mod failure {
         /// The node stopped with the proposal in raft; outcome unknown.
         #[prost(message, tag = "12")]
         StoppedInFlight(Group),
+        /// Leadership did not move; nothing changed.
+        #[prost(message, tag = "14")]
+        TransferFailed(Transfer),
+        /// The group cannot reach a quorum from the node; did not take effect.
+        #[prost(message, tag = "15")]
+        QuorumUnreachable(Group),
     }
 }
 
@@ -304,6 +324,13 @@ impl Failure {
                 }),
                 RequestError::ShuttingDown => Kind::ShuttingDown(crate::proto::Empty {}),
                 RequestError::StoppedInFlight { group: g } => Kind::StoppedInFlight(group(g)),
+                RequestError::TransferFailed { group, to } => {
+                    Kind::TransferFailed(failure::Transfer {
+                        group: group.get(),
+                        to: to.get(),
+                    })
+                }
+                RequestError::QuorumUnreachable { group: g } => Kind::QuorumUnreachable(group(g)),
             },
             RemoteError::Forbidden {
                 caller,
@@ -388,6 +415,13 @@ impl Failure {
             },
             Kind::ShuttingDown(_) => RequestError::ShuttingDown,
             Kind::StoppedInFlight(g) => RequestError::StoppedInFlight {
+                group: GroupId(g.group),
+            },
+            Kind::TransferFailed(t) => RequestError::TransferFailed {
+                group: GroupId(t.group),
+                to: NodeId(t.to),
+            },
+            Kind::QuorumUnreachable(g) => RequestError::QuorumUnreachable {
                 group: GroupId(g.group),
             },
             Kind::Forbidden(f) => {
@@ -537,6 +571,11 @@ mod tests {
             },
             RequestError::ShuttingDown,
             RequestError::StoppedInFlight { group },
+            RequestError::TransferFailed {
+                group,
+                to: NodeId(2),
+            },
+            RequestError::QuorumUnreachable { group },
         ]
         .into_iter()
         .map(RemoteError::Propose)

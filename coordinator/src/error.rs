@@ -93,6 +93,23 @@ pub enum RequestError {
         /// The group.
         group: GroupId,
     },
+    /// Leadership of the group did not move to `to` (not caught up in time, unreachable, not
+    /// a voter, or another node won the election): nothing changed; retry, or pick another.
+    #[error("leadership of {group} did not move to {to}; nothing changed")]
+    TransferFailed {
+        /// The group.
+        group: GroupId,
+        /// The node it was to move to.
+        to: NodeId,
+    },
+    /// Node-level liveness holds too many of the group's voters down for a quorum: the request
+    /// was not handed to raft (it could not commit before its deadline). It did not take
+    /// effect; retry once peers are back, or on a node in the majority.
+    #[error("{group} cannot reach a quorum of its voters from this node; it did not take effect")]
+    QuorumUnreachable {
+        /// The group.
+        group: GroupId,
+    },
 }
 
 /// Whether a failed request may have taken effect: the class every [`RequestError`] is in.
@@ -115,7 +132,9 @@ impl RequestError {
             | RequestError::ProposalDropped { .. }
             | RequestError::StaleRouting { .. }
             | RequestError::Refused { .. }
-            | RequestError::ShuttingDown => Outcome::NotApplied,
+            | RequestError::ShuttingDown
+            | RequestError::TransferFailed { .. }
+            | RequestError::QuorumUnreachable { .. } => Outcome::NotApplied,
             RequestError::Timeout { .. }
             | RequestError::OutcomeUnknown { .. }
             | RequestError::StoppedInFlight { .. } => Outcome::Unknown,

@@ -93,5 +93,5 @@ pub use multiraft::{
     Apply, CoordinatorStats, Cycle, CycleId, CycleOutput, Event, GroupStatus, MultiRaft, Role,
     Token,
 };
-pub use node::{KeyRead, Node, NodeConfig, NodeError, NodeEvent, NodeStatus, NodeStopped};
+pub use node::{Drained, KeyRead, Node, NodeConfig, NodeError, NodeEvent, NodeStatus, NodeStopped};
 pub use state_machine::{StateMachine, StateMachineError, VShardScope};

@@ -264,3 +264,73 @@ async fn a_shutdown_releases_the_port_while_other_handles_live() {
     assert_eq!(kept.stop_reason(), Some(NodeStopped::Shutdown));
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_leader_resolves_once_the_target_leads_or_with_why_it_did_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = three_nodes_with(dir.path(), 1, RaftConfig::default()).await;
+    let group = GroupId(1);
+    let leader = cluster.leaders().await[&group];
+    let node = cluster.node(leader).unwrap();
+    let to = cluster
+        .node_ids()
+        .into_iter()
+        .find(|n| *n != leader)
+        .unwrap();
+
+    node.transfer_leader(group, to).await.unwrap();
+    // Resolved means done: the target already leads, no polling needed.
+    let target = cluster
+        .node(to)
+        .unwrap()
+        .group_status(group)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(target.role, Role::Leader, "{target:?}");
+
+    // A node that is no voter of the group never leads it: the caller is told so.
+    let new_leader = cluster.node(to).unwrap();
+    let failed = new_leader
+        .transfer_leader(group, NodeId(9))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        failed,
+        RequestError::TransferFailed {
+            group,
+            to: NodeId(9)
+        }
+    );
+    assert_eq!(failed.outcome(), Outcome::NotApplied);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_hands_every_leadership_over_before_it_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = three_nodes_with(dir.path(), 6, RaftConfig::default()).await;
+    wait_until_every_peer_is_up(&cluster).await;
+    let counts = cluster.leader_counts().await;
+    let (&busiest, _) = counts.iter().max_by_key(|(_, c)| **c).unwrap();
+    let node = cluster.node(busiest).unwrap();
+
+    let drained = node.drain(Duration::from_secs(20)).await;
+    assert!(drained.led_at_start > 0, "{drained:?}");
+    assert_eq!(drained.still_leading, 0, "{drained:?}");
+    assert_eq!(drained.in_flight_at_stop, 0, "{drained:?}");
+    assert_eq!(node.stop_reason(), Some(NodeStopped::Shutdown));
+    // No election gap: every group already has a leader on the other nodes.
+    let leaders = cluster.leaders().await;
+    for (group, _) in cluster.routing().groups() {
+        let leader = leaders.get(&group).copied();
+        assert!(
+            leader.is_some_and(|l| l != busiest),
+            "{group} led by {leader:?} right after the drain"
+        );
+    }
+    // And nothing more is taken: it did not take effect, send it elsewhere.
+    let refused = node.propose(b"k", b"k=v".to_vec()).await.unwrap_err();
+    assert_eq!(refused.outcome(), Outcome::NotApplied);
+    cluster.shutdown().await;
+}

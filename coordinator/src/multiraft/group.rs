@@ -199,6 +199,31 @@ impl Group {
             && raft.raft_log.committed == raft.raft_log.last_index()
     }
 
+    /// The voter a leadership transfer is under way to, if any.
+    pub(super) fn transferring_to(&self) -> Option<NodeId> {
+        self.raw.raft.lead_transferee.map(NodeId)
+    }
+
+    /// The voter (other than `me`, and not in `down`) best placed to take over leadership:
+    /// the one whose log matches the leader's furthest, so the transfer need not wait for it
+    /// to catch up. Only a leader knows its followers' progress.
+    pub(super) fn best_successor(
+        &self,
+        me: NodeId,
+        down: impl Fn(NodeId) -> bool,
+    ) -> Option<NodeId> {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader {
+            return None;
+        }
+        let voters = raft.prs().conf().voters().ids();
+        raft.prs()
+            .iter()
+            .filter(|(id, _)| **id != me.get() && voters.contains(**id) && !down(NodeId(**id)))
+            .max_by_key(|(id, pr)| (pr.matched, std::cmp::Reverse(**id)))
+            .map(|(id, _)| NodeId(*id))
+    }
+
     /// Whether its election timer fires on the next tick (a follower's first round, a
     /// candidate's next one): such a tick needs a campaign token.
     pub(super) fn election_due(&self) -> bool {

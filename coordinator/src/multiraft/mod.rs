@@ -29,6 +29,7 @@ pub(crate) mod admission;
 mod cycle;
 mod group;
 mod groups;
+mod handoff;
 mod pacing;
 mod quiesce;
 mod types;

@@ -12,11 +12,13 @@ use storage::LogStore;
 use tokio::sync::{mpsc, oneshot};
 use transport::{Envelope, Inbound, Transport};
 
+use super::DrainProgress;
 use super::NodeStatus;
 use super::events::{self, NodeEvent};
 use super::handle::Command;
 use super::pending::{Completed, Done, Kind, Pending};
 use super::reconcile::Placement;
+use super::transfers::Transfers;
 use crate::error::{CoordinatorError, RequestError};
 use crate::multiraft::{CycleId, Event, MultiRaft, Token};
 use crate::replicated::Replicated;
@@ -74,6 +76,10 @@ pub(super) struct Driver {
     acknowledged: u64,
     /// Where subscribers hear what happens (see `events`).
     events: tokio::sync::broadcast::Sender<NodeEvent>,
+    /// Leadership transfers callers wait on.
+    transfers: Transfers,
+    /// Draining (see [`crate::Node::drain`]): no new proposal is taken.
+    draining: bool,
 }
 
 type PersistResult = Result<(), storage::StorageError>;
@@ -100,6 +106,8 @@ impl Driver {
             request_timeout,
             acknowledged: 0,
             events,
+            transfers: Transfers::default(),
+            draining: false,
         }
     }
 
@@ -146,6 +154,7 @@ impl Driver {
                     self.send(cycle.messages);
                     self.answer(cycle.applies, &cycle.events)?;
                     events::publish(&self.events, &cycle.events);
+                    self.transfers.check(&self.core, Instant::now());
                     if persist_tx.send(cycle.batch).is_err() {
                         return Err(CoordinatorError::PersisterStopped);
                     }
@@ -167,6 +176,7 @@ impl Driver {
                     }
                     _ = ticker.tick() => {
                         self.core.tick();
+                        self.transfers.check(&self.core, Instant::now());
                         self.expire_requests();
                         self.compact()?;
                     }
@@ -242,6 +252,11 @@ impl Driver {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Request {
+                waiter, request, ..
+            } if self.draining && request.proposes() => {
+                let _ = waiter.fail(RequestError::ShuttingDown);
+            }
+            Command::Request {
                 group,
                 request,
                 waiter,
@@ -255,7 +270,12 @@ impl Driver {
                 }
             }
             Command::TransferLeader { group, to, reply } => {
-                let _ = reply.send(self.core.transfer_leader(group, to));
+                let deadline = Instant::now() + self.request_timeout;
+                self.transfers
+                    .start(&mut self.core, group, to, reply, deadline);
+            }
+            Command::Drain { reply } => {
+                let _ = reply.send(self.drain());
             }
             Command::Status { reply } => {
                 let groups = self
@@ -274,6 +294,23 @@ impl Driver {
                     peers_down: self.core.down_peers().collect(),
                 });
             }
+        }
+    }
+
+    /// Stops taking proposals and moves every leadership held here to a caught-up voter
+    /// (again for a group whose last transfer failed); says what is left.
+    fn drain(&mut self) -> DrainProgress {
+        if !self.draining {
+            tracing::info!("draining: moving leadership away, refusing new proposals");
+        }
+        self.draining = true;
+        let led = self.core.led_groups();
+        for group in &led {
+            self.core.hand_off(*group);
+        }
+        DrainProgress {
+            leading: led.len(),
+            in_flight: self.pending.len(),
         }
     }
 
@@ -385,7 +422,7 @@ impl Driver {
                     let _ = reply.send(Err(RequestError::ShuttingDown));
                 }
                 // Dropping the sender tells the caller the node is gone.
-                Command::Status { .. } => {}
+                Command::Status { .. } | Command::Drain { .. } => {}
             }
         }
     }

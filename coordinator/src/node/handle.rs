@@ -18,7 +18,7 @@ use super::driver::{Driver, Reply, Waiter};
 use super::pending::Request;
 use super::placement::bootstrap_groups;
 use super::reconcile::{KnownGroups, Placement};
-use super::{KeyRead, NodeConfig, NodeError, NodeEvent, NodeStatus};
+use super::{DrainProgress, Drained, KeyRead, NodeConfig, NodeError, NodeEvent, NodeStatus};
 use crate::error::{CoordinatorError, RequestError};
 use crate::lock;
 use crate::multiraft::{GroupStatus, MultiRaft};
@@ -59,6 +59,10 @@ pub(super) enum Command {
     },
     Status {
         reply: oneshot::Sender<NodeStatus>,
+    },
+    /// Start (or go on) draining; answers what is left.
+    Drain {
+        reply: oneshot::Sender<DrainProgress>,
     },
 }
 
@@ -600,11 +604,14 @@ impl Node {
         self.request(group, read, Waiter::Index).await
     }
 
-    /// Asks `group`'s leader (this node) to hand leadership to `to`. Resolves when the request
-    /// is made; watch [`Node::status`] for the outcome.
+    /// Asks `group`'s leader (this node) to hand leadership to `to`, and resolves once `to`
+    /// leads (as this node sees it), or with an error once it clearly will not.
     ///
     /// # Errors
-    /// [`RequestError::NotLeader`], [`RequestError::GroupNotFound`], [`RequestError::ShuttingDown`].
+    /// [`RequestError::NotLeader`], [`RequestError::GroupNotFound`],
+    /// [`RequestError::TransferFailed`] (raft gave up: `to` was not caught up within an
+    /// election timeout, is not a voter, or another node won; or the request timeout passed),
+    /// [`RequestError::ShuttingDown`]. None of them changed anything.
     pub async fn transfer_leader(&self, group: GroupId, to: NodeId) -> Result<(), RequestError> {
         self.call(
             |reply| Command::TransferLeader { group, to, reply },
@@ -721,6 +728,46 @@ impl Node {
     /// Why the node stopped, if it has (see [`Node::stopped`]).
     pub fn stop_reason(&self) -> Option<NodeStopped> {
         self.stopped.borrow().clone()
+    }
+
+    /// Leaves the cluster's service gracefully, then shuts down: stops taking new proposals
+    /// (they fail with [`RequestError::ShuttingDown`], which did not take effect), moves
+    /// every leadership it holds to a caught-up voter, lets the requests in flight finish,
+    /// and then [`Node::shutdown`]s. Whatever is not done by `deadline` is cut short by the
+    /// shutdown: leaderships still held then move by election, requests still waiting fail
+    /// as the shutdown says. Reads are still served while it drains.
+    pub async fn drain(&self, deadline: Duration) -> Drained {
+        let until = tokio::time::Instant::now() + deadline;
+        let mut report = Drained {
+            led_at_start: 0,
+            still_leading: 0,
+            in_flight_at_stop: 0,
+        };
+        let mut first = true;
+        loop {
+            let (reply, rx) = oneshot::channel();
+            if self.commands.send(Command::Drain { reply }).await.is_err() {
+                break;
+            }
+            let Ok(progress) = rx.await else { break };
+            if first {
+                report.led_at_start = progress.leading;
+                first = false;
+            }
+            report.still_leading = progress.leading;
+            report.in_flight_at_stop = progress.in_flight;
+            if progress.leading == 0 && progress.in_flight == 0 {
+                break;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= until {
+                break;
+            }
+            tokio::time::sleep((until - now).min(Duration::from_millis(20))).await;
+        }
+        tracing::info!(node = %self.id, ?report, "drained; shutting down");
+        self.shutdown().await;
+        report
     }
 
     /// Stops the node: pending requests fail (proposals raft holds with

@@ -23,6 +23,7 @@ mod handle;
 pub(crate) mod pending;
 pub(crate) mod placement;
 mod reconcile;
+mod transfers;
 
 use routing::{GroupId, NodeId, VShardId};
 use storage::StorageStats;
@@ -94,6 +95,26 @@ impl NodeStatus {
             .filter(|g| g.leader == Some(self.node))
             .count()
     }
+}
+
+/// How far a drain got (see [`Node::drain`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DrainProgress {
+    /// Groups this node still leads.
+    pub(crate) leading: usize,
+    /// Requests still waiting for an answer.
+    pub(crate) in_flight: usize,
+}
+
+/// What a drain achieved before the node shut down (see [`Node::drain`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Drained {
+    /// Groups the node led when the drain began.
+    pub led_at_start: usize,
+    /// Groups it still led when it shut down (0 unless the deadline passed first).
+    pub still_leading: usize,
+    /// Requests still unanswered when it shut down: they failed as the shutdown says.
+    pub in_flight_at_stop: usize,
 }
 
 /// Where a linearizable read of a key may be served: see [`Node::read_key`].

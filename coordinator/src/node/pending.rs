@@ -30,6 +30,13 @@ pub(crate) enum Request {
     ConfChange(ConfChangeV2),
 }
 
+impl Request {
+    /// Whether it asks raft to commit something (a command or a membership change).
+    pub(crate) fn proposes(&self) -> bool {
+        matches!(self, Request::Propose(_) | Request::ConfChange(_))
+    }
+}
+
 /// What a request waits for (the part of [`Request`] the answer depends on).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -115,7 +122,6 @@ impl<W> Pending<W> {
     }
 
     /// How many requests wait.
-    #[cfg(feature = "test-util")]
     pub(crate) fn len(&self) -> usize {
         self.requests.len()
     }
