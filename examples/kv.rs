@@ -158,7 +158,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         }
     }
 
-    // 7. Shut down: pending requests fail with ShuttingDown; the data stays on disk.
+    // 7. Shut down: pending requests fail (ShuttingDown when they never reached raft, so they
+    //    did not take effect; StoppedInFlight, outcome unknown, when they did). The data stays
+    //    on disk.
     for node in &nodes {
         node.shutdown().await;
     }

@@ -29,9 +29,9 @@ pub use admin;
 pub use certs;
 pub use coordinator;
 pub use coordinator::{
-    ClientSession, Committed, GroupStateMachine, Node, NodeConfig, Position, RaftConfig,
-    RequestError, SessionCommand, StateMachine, StateMachineError, StateMachineFactory,
-    StateMachines,
+    ClientSession, Committed, GroupStateMachine, Node, NodeConfig, NodeEvent, NodeStopped, Outcome,
+    Position, RaftConfig, RequestError, SessionCommand, StateMachine, StateMachineError,
+    StateMachineFactory, StateMachines,
 };
 pub use routing;
 pub use routing::{GroupId, NodeId, RoutingTable, VShardId};

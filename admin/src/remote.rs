@@ -162,6 +162,10 @@ impl RemoteControl {
                 }
                 Some(client_reply::Body::Failure(f)) => match f.to_error() {
                     RemoteError::Propose(e) => Err(e),
+                    // A failure this build cannot name keeps its class.
+                    RemoteError::Unrecognised {
+                        outcome: coordinator::Outcome::Unknown,
+                    } => Err(RequestError::OutcomeUnknown { group }),
                     other => Err(RequestError::Refused {
                         group,
                         reason: other.to_string(),

@@ -6,7 +6,7 @@
 //! the same error an in-process caller would, and knows whether it may have taken effect.
 
 use bytes::BytesMut;
-use coordinator::{BusyReason, RequestError};
+use coordinator::{BusyReason, Outcome, RequestError};
 use routing::{GroupId, NodeId, VShardId};
 use transport::wire::{FrameDecoder, decode_body, encode_frame};
 
@@ -67,15 +67,24 @@ pub mod client_reply {
 }
 
 /// Why a request failed: one variant per [`RequestError`] variant, plus the refusals of the
-/// protocol itself ([`failure::Kind::Forbidden`], [`failure::Kind::BadRequest`]).
+/// protocol itself ([`failure::Kind::Forbidden`], [`failure::Kind::BadRequest`]), and the
+/// failure's outcome class on its own, so a client that does not know a newer node's kind
+/// still knows whether the request may have taken effect.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Failure {
     /// What went wrong.
-    #[prost(oneof = "failure::Kind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10")]
+    #[prost(
+        oneof = "failure::Kind",
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 14, 15"
+    )]
     pub kind: Option<failure::Kind>,
     /// Not leader: the leader's client address, when the node knows it.
     #[prost(string, optional, tag = "11")]
     pub leader_addr: Option<String>,
+    /// Whether the request may have taken effect ([`failure::Class`]; unset from nodes that
+    /// predate it, whose kinds all say it themselves).
+    #[prost(enumeration = "failure::Class", tag = "13")]
+    pub class: i32,
 }
 
 /// The kinds of [`Failure`].
@@ -97,6 +106,17 @@ pub mod failure {
         /// The leader the node knows of.
         #[prost(uint64, optional, tag = "2")]
         pub leader: Option<u64>,
+    }
+
+    /// See [`coordinator::RequestError::TransferFailed`].
+    #[derive(Clone, PartialEq, Eq, prost::Message)]
+    pub struct Transfer {
+        /// The group.
+        #[prost(uint64, tag = "1")]
+        pub group: u64,
+        /// The node leadership was to move to.
+        #[prost(uint64, tag = "2")]
+        pub to: u64,
     }
 
     /// See [`coordinator::RequestError::StaleRouting`].
@@ -158,6 +178,18 @@ pub mod failure {
         pub reason: u32,
     }
 
+    /// A failure's outcome class on the wire (see [`coordinator::Outcome`]).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+    #[repr(i32)]
+    pub enum Class {
+        /// Not said (a node that predates the field).
+        Unspecified = 0,
+        /// It certainly did not take effect.
+        NotApplied = 1,
+        /// It may have taken effect.
+        Unknown = 2,
+    }
+
     /// A failure's kind.
     #[derive(Clone, PartialEq, prost::Oneof)]
     pub enum Kind {
@@ -191,11 +223,20 @@ pub mod failure {
         /// The node could not read the request.
         #[prost(message, tag = "10")]
         BadRequest(BadRequest),
+        /// The node stopped with the proposal in raft; outcome unknown.
+        #[prost(message, tag = "12")]
+        StoppedInFlight(Group),
+        /// Leadership did not move; nothing changed.
+        #[prost(message, tag = "14")]
+        TransferFailed(Transfer),
+        /// The group cannot reach a quorum from the node; did not take effect.
+        #[prost(message, tag = "15")]
+        QuorumUnreachable(Group),
         /// The group is overloaded; did not take effect, back off and retry.
-        #[prost(message, tag = "11")]
+        #[prost(message, tag = "16")]
         Busy(Busy),
         /// The session's command took effect earlier; its response is gone.
-        #[prost(message, tag = "12")]
+        #[prost(message, tag = "17")]
         AppliedEarlier(Group),
     }
 }
@@ -224,6 +265,13 @@ pub enum RemoteError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The node answered with a failure this build does not know (a newer node's), whose
+    /// class it did say.
+    #[error("the node answered with a failure this build does not know ({outcome:?})")]
+    Unrecognised {
+        /// Whether the request may have taken effect.
+        outcome: Outcome,
+    },
 }
 
 impl RemoteError {
@@ -231,12 +279,18 @@ impl RemoteError {
     /// certainly did not, so it is safe to send again anywhere.
     #[must_use]
     pub fn may_have_taken_effect(&self) -> bool {
-        matches!(
-            self,
-            RemoteError::Propose(
-                RequestError::Timeout { .. } | RequestError::OutcomeUnknown { .. }
-            )
-        )
+        self.outcome() == Outcome::Unknown
+    }
+
+    /// Whether the request may have taken effect, as [`RequestError::outcome`]; the
+    /// protocol's own refusals did not take effect.
+    #[must_use]
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            RemoteError::Propose(e) => e.outcome(),
+            RemoteError::Forbidden { .. } | RemoteError::BadRequest { .. } => Outcome::NotApplied,
+            RemoteError::Unrecognised { outcome } => *outcome,
+        }
     }
 
     /// The coordinator's error it carries, if that is what it is.
@@ -294,6 +348,14 @@ impl Failure {
                 }),
                 RequestError::AppliedEarlier { group: g } => Kind::AppliedEarlier(group(g)),
                 RequestError::ShuttingDown => Kind::ShuttingDown(crate::proto::Empty {}),
+                RequestError::StoppedInFlight { group: g } => Kind::StoppedInFlight(group(g)),
+                RequestError::TransferFailed { group, to } => {
+                    Kind::TransferFailed(failure::Transfer {
+                        group: group.get(),
+                        to: to.get(),
+                    })
+                }
+                RequestError::QuorumUnreachable { group: g } => Kind::QuorumUnreachable(group(g)),
             },
             RemoteError::Forbidden {
                 caller,
@@ -307,11 +369,20 @@ impl Failure {
             RemoteError::BadRequest { reason } => Kind::BadRequest(failure::BadRequest {
                 reason: reason.clone(),
             }),
+            // Passed on as it came: the class alone.
+            RemoteError::Unrecognised { .. } => {
+                let mut failure = Self::default();
+                failure.set_class(class_of(error.outcome()));
+                return failure;
+            }
         };
-        Self {
+        let mut failure = Self {
             kind: Some(kind),
             leader_addr: None,
-        }
+            class: 0,
+        };
+        failure.set_class(class_of(error.outcome()));
+        failure
     }
 
     /// A [`failure::Kind::BadRequest`].
@@ -322,14 +393,23 @@ impl Failure {
         })
     }
 
-    /// The error it carries. A failure without a kind (a newer node's kind this build does
-    /// not know) reads as a bad request: it did not take effect here.
+    /// The error it carries. A failure without a kind this build knows (a newer node's) is
+    /// [`RemoteError::Unrecognised`] with the class it carries; without a class either, it
+    /// reads as a bad request (no node that predates the class sends such a failure).
     #[must_use]
     pub fn to_error(&self) -> RemoteError {
         use failure::Kind;
         let Some(kind) = &self.kind else {
-            return RemoteError::BadRequest {
-                reason: "the node answered with a failure this build does not know".into(),
+            return match self.class() {
+                failure::Class::NotApplied => RemoteError::Unrecognised {
+                    outcome: Outcome::NotApplied,
+                },
+                failure::Class::Unknown => RemoteError::Unrecognised {
+                    outcome: Outcome::Unknown,
+                },
+                failure::Class::Unspecified => RemoteError::BadRequest {
+                    reason: "the node answered with a failure this build does not know".into(),
+                },
             };
         };
         let propose = match kind {
@@ -370,6 +450,16 @@ impl Failure {
                 group: GroupId(g.group),
             },
             Kind::ShuttingDown(_) => RequestError::ShuttingDown,
+            Kind::StoppedInFlight(g) => RequestError::StoppedInFlight {
+                group: GroupId(g.group),
+            },
+            Kind::TransferFailed(t) => RequestError::TransferFailed {
+                group: GroupId(t.group),
+                to: NodeId(t.to),
+            },
+            Kind::QuorumUnreachable(g) => RequestError::QuorumUnreachable {
+                group: GroupId(g.group),
+            },
             Kind::Forbidden(f) => {
                 return RemoteError::Forbidden {
                     caller: f.caller.clone(),
@@ -384,6 +474,13 @@ impl Failure {
             }
         };
         RemoteError::Propose(propose)
+    }
+}
+
+fn class_of(outcome: Outcome) -> failure::Class {
+    match outcome {
+        Outcome::NotApplied => failure::Class::NotApplied,
+        Outcome::Unknown => failure::Class::Unknown,
     }
 }
 
@@ -518,6 +615,12 @@ mod tests {
             },
             RequestError::AppliedEarlier { group },
             RequestError::ShuttingDown,
+            RequestError::StoppedInFlight { group },
+            RequestError::TransferFailed {
+                group,
+                to: NodeId(2),
+            },
+            RequestError::QuorumUnreachable { group },
         ]
         .into_iter()
         .map(RemoteError::Propose)
@@ -529,6 +632,12 @@ mod tests {
         });
         all.push(RemoteError::BadRequest {
             reason: "no body".into(),
+        });
+        all.push(RemoteError::Unrecognised {
+            outcome: Outcome::Unknown,
+        });
+        all.push(RemoteError::Unrecognised {
+            outcome: Outcome::NotApplied,
         });
         all
     }
@@ -544,20 +653,42 @@ mod tests {
     }
 
     #[test]
-    fn only_timeouts_and_lost_proposals_may_have_taken_effect() {
+    fn only_timeouts_lost_proposals_and_stops_with_the_proposal_in_raft_may_have_taken_effect() {
         for error in every_error() {
             let unknown = matches!(
                 error,
                 RemoteError::Propose(
-                    RequestError::Timeout { .. } | RequestError::OutcomeUnknown { .. }
-                )
+                    RequestError::Timeout { .. }
+                        | RequestError::OutcomeUnknown { .. }
+                        | RequestError::StoppedInFlight { .. }
+                ) | RemoteError::Unrecognised {
+                    outcome: Outcome::Unknown
+                }
             );
             assert_eq!(error.may_have_taken_effect(), unknown, "{error}");
         }
     }
 
     #[test]
-    fn a_failure_of_unknown_kind_reads_as_a_bad_request() {
+    fn the_class_crosses_the_wire_beside_the_kind() {
+        for error in every_error() {
+            let failure = Failure::from_error(&error);
+            let class = if error.may_have_taken_effect() {
+                failure::Class::Unknown
+            } else {
+                failure::Class::NotApplied
+            };
+            assert_eq!(failure.class(), class, "{error}");
+        }
+    }
+
+    #[test]
+    fn a_failure_of_a_kind_this_build_does_not_know_keeps_its_class() {
+        // A newer node's kind decodes as no kind at all; the class still says what happened.
+        let mut newer = Failure::default();
+        newer.set_class(failure::Class::Unknown);
+        let back: Failure = decode("failure", &encode(&newer).unwrap()).unwrap();
+        assert!(back.to_error().may_have_taken_effect());
         let empty = Failure::default();
         assert!(matches!(empty.to_error(), RemoteError::BadRequest { .. }));
     }

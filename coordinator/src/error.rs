@@ -96,9 +96,77 @@ pub enum RequestError {
         /// Which limit was reached.
         reason: BusyReason,
     },
-    /// The node is shutting down (or stopped after a fatal error); send the request elsewhere.
-    #[error("the node is shutting down")]
+    /// The node is shutting down, draining, or stopped after a fatal error, and the request
+    /// never reached raft: it did not take effect; send it to another node.
+    #[error("the node is shutting down; the request did not take effect, send it elsewhere")]
     ShuttingDown,
+    /// The node stopped (shut down, drained past its deadline, or failed) after the proposal
+    /// was handed to raft: it may have been committed, by this node or by a new leader. The
+    /// outcome is unknown; retry only an idempotent command (or one with a client session).
+    #[error(
+        "the node stopped after the proposal to {group} was handed to raft; the outcome is unknown"
+    )]
+    StoppedInFlight {
+        /// The group.
+        group: GroupId,
+    },
+    /// Leadership of the group did not move to `to` (not caught up in time, unreachable, not
+    /// a voter, or another node won the election): nothing changed; retry, or pick another.
+    #[error("leadership of {group} did not move to {to}; nothing changed")]
+    TransferFailed {
+        /// The group.
+        group: GroupId,
+        /// The node it was to move to.
+        to: NodeId,
+    },
+    /// Node-level liveness holds too many of the group's voters down for a quorum: the request
+    /// was not handed to raft (it could not commit before its deadline). It did not take
+    /// effect; retry once peers are back, or on a node in the majority.
+    #[error("{group} cannot reach a quorum of its voters from this node; it did not take effect")]
+    QuorumUnreachable {
+        /// The group.
+        group: GroupId,
+    },
+}
+
+/// Whether a failed request may have taken effect: the class every [`RequestError`] is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// It certainly did not take effect: safe to send again, to this node or any other.
+    NotApplied,
+    /// It may or may not have taken effect: retry only a command that is idempotent (or
+    /// de-duplicated by a client session).
+    Unknown,
+}
+
+impl RequestError {
+    /// Whether the request may have taken effect. Retry policies read this, never the variant.
+    #[must_use]
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            RequestError::NotLeader { .. }
+            | RequestError::GroupNotFound { .. }
+            | RequestError::ProposalDropped { .. }
+            | RequestError::StaleRouting { .. }
+            | RequestError::Refused { .. }
+            | RequestError::ShuttingDown
+            | RequestError::TransferFailed { .. }
+            | RequestError::QuorumUnreachable { .. }
+            | RequestError::Busy { .. } => Outcome::NotApplied,
+            // AppliedEarlier is known to have taken effect: of the two classes, the one that
+            // says "may have".
+            RequestError::Timeout { .. }
+            | RequestError::OutcomeUnknown { .. }
+            | RequestError::StoppedInFlight { .. }
+            | RequestError::AppliedEarlier { .. } => Outcome::Unknown,
+        }
+    }
+
+    /// Whether the request certainly did not take effect ([`Outcome::NotApplied`]).
+    #[must_use]
+    pub fn did_not_take_effect(&self) -> bool {
+        self.outcome() == Outcome::NotApplied
+    }
 }
 
 /// Which limit made a group [`RequestError::Busy`].

@@ -92,7 +92,7 @@ pub mod testkit;
 
 pub use conf_change::ConfChangeDecodeError;
 pub use config::{ConfigError, RaftConfig};
-pub use error::{BusyReason, CoordinatorError, RequestError};
+pub use error::{BusyReason, CoordinatorError, Outcome, RequestError};
 pub use group_state_machine::{
     Committed, GroupStateMachine, Position, StateMachineFactory, StateMachines,
 };
@@ -102,6 +102,7 @@ pub use multiraft::{
     Token,
 };
 pub use node::{
-    ClientSession, KeyRead, Node, NodeConfig, NodeError, NodeStatus, NodeStopped, SessionCommand,
+    ClientSession, Drained, KeyRead, Node, NodeConfig, NodeError, NodeEvent, NodeStatus,
+    NodeStopped, SessionCommand,
 };
 pub use state_machine::{StateMachine, StateMachineError, VShardScope};

@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, UdpSocket};
 use std::time::Duration;
 
 use pontoon_coordinator::{
-    Node, NodeConfig, NodeStopped, StateMachine, StateMachineError, VShardScope,
+    Node, NodeConfig, NodeStopped, Outcome, StateMachine, StateMachineError, VShardScope,
 };
 use routing::{GroupId, NodeId, RoutingTable};
 
@@ -75,8 +75,9 @@ async fn stops_on(command: &[u8], reason_contains: &str) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(node.stop_reason(), None);
-    let failed = node.propose(b"k", command.to_vec()).await;
-    assert!(failed.is_err(), "the failing command is not acknowledged");
+    let failed = node.propose(b"k", command.to_vec()).await.unwrap_err();
+    // It was in raft (committed, even) when the node stopped: never "send it elsewhere".
+    assert_eq!(failed.outcome(), Outcome::Unknown, "{failed}");
     let stopped = tokio::time::timeout(Duration::from_secs(10), node.stopped())
         .await
         .expect("the node reports its stop");
@@ -87,6 +88,7 @@ async fn stops_on(command: &[u8], reason_contains: &str) {
         NodeStopped::Shutdown => panic!("a fatal stop reported as a shutdown"),
     }
     assert_eq!(node.stop_reason(), Some(stopped));
-    // Nothing is served any more.
-    assert!(node.propose(b"k", b"after".to_vec()).await.is_err());
+    // Nothing is served any more, and what is refused now did not take effect.
+    let after = node.propose(b"k", b"after".to_vec()).await.unwrap_err();
+    assert_eq!(after.outcome(), Outcome::NotApplied, "{after}");
 }

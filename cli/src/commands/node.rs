@@ -14,6 +14,11 @@ use service::{KvService, KvStateMachine};
 
 use super::CliError;
 
+/// How long a SIGTERM drain may take before the node stops anyway: a few election timeouts
+/// for the transfers, and the default request timeout for requests in flight. Supervisors
+/// (systemd's 90 s, Kubernetes' 30 s grace period) wait longer before they SIGKILL.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(15);
+
 #[derive(Args, Debug)]
 pub(crate) struct NodeArgs {
     /// The node's TOML config (see the README for an example).
@@ -199,6 +204,9 @@ async fn serve(file: NodeFile) -> Result<ExitCode, CliError> {
     let service = KvService::new(node.clone(), state, addresses);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    // SIGTERM (what a supervisor sends to stop a service) drains: leadership moves away
+    // and requests in flight finish before the node stops. SIGINT stops at once.
+    let mut drain = false;
     loop {
         tokio::select! {
             client = clients.recv() => match client {
@@ -209,7 +217,10 @@ async fn serve(file: NodeFile) -> Result<ExitCode, CliError> {
                 None => break,
             },
             _ = tokio::signal::ctrl_c() => break,
-            _ = terminate.recv() => break,
+            _ = terminate.recv() => {
+                drain = true;
+                break;
+            }
             _ = hangup.recv() => reload_tls(&node, &file),
             // A node that cannot serve exits: its endpoint is already closed.
             stopped = node.stopped() => {
@@ -221,8 +232,17 @@ async fn serve(file: NodeFile) -> Result<ExitCode, CliError> {
             }
         }
     }
-    println!("node {id} shutting down");
-    node.shutdown().await;
+    if drain {
+        println!("node {id} draining (up to {} s)", DRAIN_DEADLINE.as_secs());
+        let drained = node.drain(DRAIN_DEADLINE).await;
+        println!(
+            "node {id} drained: led {} groups, {} still led and {} requests unanswered at the stop",
+            drained.led_at_start, drained.still_leading, drained.in_flight_at_stop
+        );
+    } else {
+        println!("node {id} shutting down");
+        node.shutdown().await;
+    }
     if let Some(NodeStopped::Fatal { reason }) = node.stop_reason() {
         eprintln!("node {id} stopped: {reason}");
         return Ok(ExitCode::FAILURE);

@@ -309,7 +309,12 @@ impl Applying {
             Event::ProposalOutcomeUnknown { token, .. } => {
                 pending.fail(token, |group| RequestError::OutcomeUnknown { group })
             }
-            Event::LeaderChanged { .. } => None,
+            Event::LeaderChanged { .. }
+            | Event::RoleChanged { .. }
+            | Event::Quiet { .. }
+            | Event::Woken { .. }
+            | Event::PeerDown { .. }
+            | Event::PeerUp { .. } => None,
         }
     }
 

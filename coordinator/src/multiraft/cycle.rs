@@ -74,7 +74,7 @@ impl MultiRaft {
         self.next_cycle += 1;
         let mut batch = std::mem::replace(&mut self.pending, self.store.batch());
         let mut applies = std::mem::take(&mut self.pending_applies);
-        let mut events = Vec::new();
+        let mut events = std::mem::take(&mut self.pending_events);
         self.flush_proposals(&mut events);
         let mut now = std::mem::take(&mut self.own_messages);
         let mut after_persist = Outbox::default();
@@ -90,17 +90,7 @@ impl MultiRaft {
             }
             let mut rd = g.ready();
             self.stats.readies += 1;
-            if let Some(ss) = rd.ss() {
-                let leader = (ss.leader_id != raft::INVALID_ID).then_some(NodeId(ss.leader_id));
-                if leader != g.leader {
-                    g.leader = leader;
-                    events.push(Event::LeaderChanged {
-                        group,
-                        leader,
-                        term: g.term(),
-                    });
-                }
-            }
+            Self::report_leadership(group, g, &mut events);
             for m in rd.take_messages() {
                 self.stats.raft_messages += 1;
                 now.push(group, m);
@@ -300,6 +290,29 @@ impl MultiRaft {
             }
         }
         Ok(())
+    }
+
+    /// Role and leader changes since the last `Ready` of `group`. A leader re-elected in a
+    /// new term is a change too: anything the caller keyed on the old term is stale.
+    fn report_leadership(group: GroupId, g: &mut Group, events: &mut Vec<Event>) {
+        let (role, leader, term) = (g.role(), g.leader(), g.term());
+        if role != g.reported_role {
+            g.reported_role = role;
+            events.push(Event::RoleChanged {
+                group,
+                role: role.into(),
+                term,
+            });
+        }
+        if leader != g.leader || (leader.is_some() && term != g.leader_term) {
+            g.leader = leader;
+            g.leader_term = term;
+            events.push(Event::LeaderChanged {
+                group,
+                leader,
+                term,
+            });
+        }
     }
 
     pub(super) fn release_reads(group: GroupId, g: &mut Group, events: &mut Vec<Event>) {

@@ -24,8 +24,11 @@ pub(super) struct Group {
     raw: RawNode<GroupStorage>,
     /// Highest index handed out for applying.
     pub(super) applied: u64,
-    /// The leader last reported in a `Ready` (for [`super::Event::LeaderChanged`]).
+    /// The leader last reported in an [`super::Event::LeaderChanged`], and its term.
     pub(super) leader: Option<NodeId>,
+    pub(super) leader_term: u64,
+    /// The role last reported in an [`super::Event::RoleChanged`].
+    pub(super) reported_role: StateRole,
     /// The term the election timeout was last drawn for (see `jitter_election`).
     pub(super) timer_term: u64,
     /// The role the election timeout was last drawn for.
@@ -56,6 +59,8 @@ impl Group {
             raw,
             applied,
             leader: None,
+            leader_term: 0,
+            reported_role: StateRole::Follower,
             timer_term,
             timer_role: StateRole::Follower,
             reads: Vec::new(),
@@ -197,6 +202,31 @@ impl Group {
         raft.state == StateRole::Follower
             && raft.leader_id == leader.get()
             && raft.raft_log.committed == raft.raft_log.last_index()
+    }
+
+    /// The voter a leadership transfer is under way to, if any.
+    pub(super) fn transferring_to(&self) -> Option<NodeId> {
+        self.raw.raft.lead_transferee.map(NodeId)
+    }
+
+    /// The voter (other than `me`, and not in `down`) best placed to take over leadership:
+    /// the one whose log matches the leader's furthest, so the transfer need not wait for it
+    /// to catch up. Only a leader knows its followers' progress.
+    pub(super) fn best_successor(
+        &self,
+        me: NodeId,
+        down: impl Fn(NodeId) -> bool,
+    ) -> Option<NodeId> {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader {
+            return None;
+        }
+        let voters = raft.prs().conf().voters().ids();
+        raft.prs()
+            .iter()
+            .filter(|(id, _)| **id != me.get() && voters.contains(**id) && !down(NodeId(**id)))
+            .max_by_key(|(id, pr)| (pr.matched, std::cmp::Reverse(**id)))
+            .map(|(id, _)| NodeId(*id))
     }
 
     /// Whether its election timer fires on the next tick (a follower's first round, a

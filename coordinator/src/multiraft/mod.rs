@@ -29,6 +29,7 @@ pub(crate) mod admission;
 mod cycle;
 mod group;
 mod groups;
+mod handoff;
 mod pacing;
 mod quiesce;
 mod types;
@@ -78,6 +79,9 @@ pub struct MultiRaft {
     dirty: BTreeSet<GroupId>,
     /// Messages the coordinator itself sends (quiesce heartbeats, liveness), in the next cycle.
     own_messages: Outbox,
+    /// Events raised between cycles (groups quiet or woken, peers down or up), handed out
+    /// with the next cycle's.
+    pending_events: Vec<Event>,
     /// Ticks since each peer was last heard from, for node-level liveness.
     silent_ticks: BTreeMap<NodeId, usize>,
     /// The tick at which each peer was last reported unreachable to every group.
@@ -133,6 +137,7 @@ impl MultiRaft {
             awake: BTreeSet::new(),
             applied_since_check: BTreeSet::new(),
             own_messages: Outbox::default(),
+            pending_events: Vec::new(),
             silent_ticks: BTreeMap::new(),
             unreachable_reported: BTreeMap::new(),
             peers_stale: true,
@@ -173,6 +178,15 @@ impl MultiRaft {
         &self.stats
     }
 
+    /// The tokens of the commands proposed here that are still queued for the next cycle:
+    /// raft has not seen them, so they cannot take effect if the node stops now.
+    pub fn queued_tokens(&self) -> impl Iterator<Item = Token> + '_ {
+        self.queued_groups
+            .iter()
+            .filter_map(|group| self.groups.get(group))
+            .flat_map(|g| g.queued.iter().map(|(_, token)| *token))
+    }
+
     /// Forgets the proposals of `group` at indexes up to `up_to`, returning their tokens.
     fn take_proposals(&mut self, group: GroupId, up_to: u64) -> Vec<Token> {
         let keys: Vec<_> = self
@@ -193,7 +207,13 @@ impl MultiRaft {
             .get_mut(&group)
             .ok_or(RequestError::GroupNotFound { group })?;
         if g.quiet {
-            Self::wake(g, &mut self.stats, &mut self.awake, group);
+            Self::wake(
+                g,
+                &mut self.stats,
+                &mut self.awake,
+                &mut self.pending_events,
+                group,
+            );
         }
         self.dirty.insert(group);
         Ok(g)
@@ -207,6 +227,10 @@ impl MultiRaft {
     pub fn step(&mut self, from: NodeId, envelope: Envelope) {
         // Any message proves the peer alive (an empty heartbeat batch is the liveness ping).
         if let Some(silent) = self.silent_ticks.get_mut(&from) {
+            if *silent >= self.config.liveness_timeout_ticks {
+                tracing::debug!(peer = %from, "a peer declared silent is heard again");
+                self.pending_events.push(Event::PeerUp { peer: from });
+            }
             *silent = 0;
         }
         match envelope {
@@ -278,7 +302,13 @@ impl MultiRaft {
         // A heartbeat response changes nothing a quiet leader must act on; anything else
         // means the group has work again.
         if g.quiet && m.get_msg_type() != MessageType::MsgHeartbeatResponse && !quiesce {
-            Self::wake(g, &mut self.stats, &mut self.awake, group);
+            Self::wake(
+                g,
+                &mut self.stats,
+                &mut self.awake,
+                &mut self.pending_events,
+                group,
+            );
         }
         if let Err(error) = g.step(m) {
             tracing::debug!(%group, %from, %error, "raft rejected a message");
@@ -288,6 +318,7 @@ impl MultiRaft {
         if quiesce && !g.quiet && g.is_caught_up_follower_of(from) {
             g.quiet = true;
             self.stats.quiesced += 1;
+            self.pending_events.push(Event::Quiet { group });
         }
     }
 
@@ -310,7 +341,13 @@ impl MultiRaft {
             .ok_or(RequestError::GroupNotFound { group })?;
         Self::ensure_leader(group, g)?;
         if g.quiet {
-            Self::wake(g, &mut self.stats, &mut self.awake, group);
+            Self::wake(
+                g,
+                &mut self.stats,
+                &mut self.awake,
+                &mut self.pending_events,
+                group,
+            );
         }
         g.queued.push((data, token));
         self.queued_groups.insert(group);
@@ -463,6 +500,7 @@ impl MultiRaft {
             || !self.queued_groups.is_empty()
             || !self.pending_applies.is_empty()
             || !self.own_messages.is_empty()
+            || !self.pending_events.is_empty()
             || self
                 .dirty
                 .iter()

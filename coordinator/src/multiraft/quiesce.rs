@@ -26,15 +26,18 @@ impl MultiRaft {
         g.quiet = true;
         g.idle_ticks = 0;
         self.stats.quiesced += 1;
+        self.pending_events.push(Event::Quiet { group });
     }
 
     pub(super) fn wake(
         g: &mut Group,
         stats: &mut CoordinatorStats,
         awake: &mut BTreeSet<GroupId>,
+        events: &mut Vec<Event>,
         id: GroupId,
     ) {
         awake.insert(id);
+        events.push(Event::Woken { group: id });
         g.quiet = false;
         g.idle_ticks = 0;
         g.refresh_quorum_window();
@@ -48,6 +51,16 @@ impl MultiRaft {
     /// of them wins the first round instead of splitting the vote.
     pub(super) fn stagger_election(me: NodeId, lost: NodeId, election_tick: usize, g: &mut Group) {
         g.forget_lost_leader(me, lost, |rank| rank * (election_tick / 2).max(1));
+    }
+
+    /// The peers node-level liveness holds down now: silent past the liveness timeout (none
+    /// with quiescence off, which turns node-level liveness off).
+    pub fn down_peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        let timeout = self.config.liveness_timeout_ticks;
+        self.silent_ticks
+            .iter()
+            .filter(move |(_, silent)| **silent >= timeout)
+            .map(|(peer, _)| *peer)
     }
 
     pub(super) fn tick_liveness(&mut self) {
@@ -85,10 +98,17 @@ impl MultiRaft {
         }
         for peer in lost {
             self.stats.peers_lost += 1;
+            self.pending_events.push(Event::PeerDown { peer });
             tracing::debug!(%peer, "peer silent past the liveness timeout; waking the groups it leads");
             for (&id, g) in &mut self.groups {
                 if g.quiet && g.leader() == Some(peer) {
-                    Self::wake(g, &mut self.stats, &mut self.awake, id);
+                    Self::wake(
+                        g,
+                        &mut self.stats,
+                        &mut self.awake,
+                        &mut self.pending_events,
+                        id,
+                    );
                     Self::stagger_election(self.id, peer, self.config.election_tick, g);
                     self.dirty.insert(id);
                 }

@@ -111,7 +111,7 @@ pub enum Apply {
 /// Something the driver should know about, after the cycle's [`Apply`] work is done.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// A group's leader changed (or became unknown).
+    /// A group's leader changed (or became unknown), or was elected again in a new term.
     LeaderChanged {
         /// The group.
         group: GroupId,
@@ -119,6 +119,35 @@ pub enum Event {
         leader: Option<NodeId>,
         /// Its term.
         term: u64,
+    },
+    /// This node's role in a group changed.
+    RoleChanged {
+        /// The group.
+        group: GroupId,
+        /// The new role.
+        role: Role,
+        /// The term it holds it in.
+        term: u64,
+    },
+    /// A group went quiet here (quiescence): it no longer ticks until something happens.
+    Quiet {
+        /// The group.
+        group: GroupId,
+    },
+    /// A quiet group woke up.
+    Woken {
+        /// The group.
+        group: GroupId,
+    },
+    /// Node-level liveness declared a peer silent past the liveness timeout (quiescence on).
+    PeerDown {
+        /// The peer.
+        peer: NodeId,
+    },
+    /// A peer declared silent was heard from again.
+    PeerUp {
+        /// The peer.
+        peer: NodeId,
     },
     /// A linearizable read may now be served from the local state machine.
     ReadReady {

@@ -45,6 +45,10 @@ pub struct NodeConfig {
     /// proposals to the group fail with [`RequestError::Busy`](crate::RequestError::Busy)
     /// (did not take effect; back off and retry). Default: 10,000.
     pub max_apply_backlog: usize,
+    /// How many [`crate::NodeEvent`]s a subscriber may fall behind by before it misses some
+    /// (see [`crate::Node::subscribe`]). A failover of a node with many groups raises a few
+    /// events per group.
+    pub event_capacity: usize,
 }
 
 impl NodeConfig {
@@ -64,6 +68,7 @@ impl NodeConfig {
             join: false,
             apply_workers: 2,
             max_apply_backlog: 10_000,
+            event_capacity: super::events::DEFAULT_CAPACITY,
         }
     }
 
@@ -112,6 +117,12 @@ impl NodeConfig {
     /// Sets the log store options.
     pub fn store(mut self, store: StoreOptions) -> Self {
         self.store = store;
+        self
+    }
+
+    /// Sets how far an event subscriber may fall behind (see [`NodeConfig::event_capacity`]).
+    pub fn event_capacity(mut self, events: usize) -> Self {
+        self.event_capacity = events;
         self
     }
 

@@ -2,7 +2,7 @@
 //! It ticks the groups, steps what the transport delivers, runs cycles (persisted on a
 //! persister thread while the next cycle's work piles up), and answers requests.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,10 +12,13 @@ use storage::LogStore;
 use tokio::sync::{mpsc, oneshot};
 use transport::{Envelope, Inbound, Transport};
 
+use super::DrainProgress;
 use super::NodeStatus;
+use super::events::{self, NodeEvent};
 use super::handle::Command;
 use super::pending::{Completed, Done, Kind, Pending, Request};
 use super::reconcile::Placement;
+use super::transfers::Transfers;
 use crate::apply::{Applying, Output};
 use crate::error::{BusyReason, CoordinatorError, RequestError};
 use crate::multiraft::{CycleId, Event, MultiRaft, Token};
@@ -70,6 +73,12 @@ pub(super) struct Driver {
     next_token: Token,
     request_timeout: Duration,
     acknowledged: u64,
+    /// Where subscribers hear what happens (see `events`).
+    events: tokio::sync::broadcast::Sender<NodeEvent>,
+    /// Leadership transfers callers wait on.
+    transfers: Transfers,
+    /// Draining (see [`crate::Node::drain`]): no new proposal is taken.
+    draining: bool,
 }
 
 type PersistResult = Result<(), storage::StorageError>;
@@ -82,6 +91,7 @@ impl Driver {
         applying: Applying,
         placement: Placement,
         request_timeout: Duration,
+        events: tokio::sync::broadcast::Sender<NodeEvent>,
     ) -> Self {
         Self {
             core,
@@ -94,6 +104,9 @@ impl Driver {
             next_token: 1,
             request_timeout,
             acknowledged: 0,
+            events,
+            transfers: Transfers::default(),
+            draining: false,
         }
     }
 
@@ -121,6 +134,7 @@ impl Driver {
         if let Err(error) = persister {
             tracing::error!(%error, "cannot start the persister thread; node stops");
             self.fail_all();
+            Self::refuse_unread(&mut commands);
             return Err(CoordinatorError::PersisterStopped);
         }
         let mut ticker = tokio::time::interval(tick_interval);
@@ -139,6 +153,8 @@ impl Driver {
                 {
                     self.send(cycle.messages);
                     self.answer(cycle.applies, &cycle.events)?;
+                    events::publish(&self.events, &cycle.events);
+                    self.transfers.check(&self.core, Instant::now());
                     if persist_tx.send(cycle.batch).is_err() {
                         return Err(CoordinatorError::PersisterStopped);
                     }
@@ -166,6 +182,7 @@ impl Driver {
                     }
                     _ = ticker.tick() => {
                         self.core.tick();
+                        self.transfers.check(&self.core, Instant::now());
                         self.expire_requests();
                         self.compact()?;
                     }
@@ -204,6 +221,7 @@ impl Driver {
         }
         drop(persist_tx);
         self.fail_all();
+        Self::refuse_unread(&mut commands);
         result
     }
 
@@ -240,6 +258,11 @@ impl Driver {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Request {
+                waiter, request, ..
+            } if self.draining && request.proposes() => {
+                let _ = waiter.fail(RequestError::ShuttingDown);
+            }
+            Command::Request {
                 group,
                 request,
                 waiter,
@@ -260,7 +283,12 @@ impl Driver {
                 }
             }
             Command::TransferLeader { group, to, reply } => {
-                let _ = reply.send(self.core.transfer_leader(group, to));
+                let deadline = Instant::now() + self.request_timeout;
+                self.transfers
+                    .start(&mut self.core, group, to, reply, deadline);
+            }
+            Command::Drain { reply } => {
+                let _ = reply.send(self.drain());
             }
             Command::Status { reply } => {
                 let groups = self
@@ -276,8 +304,26 @@ impl Driver {
                     transport: self.transport.stats(),
                     proposals_acknowledged: self.acknowledged,
                     routing_version: self.applying.table().version(),
+                    peers_down: self.core.down_peers().collect(),
                 });
             }
+        }
+    }
+
+    /// Stops taking proposals and moves every leadership held here to a caught-up voter
+    /// (again for a group whose last transfer failed); says what is left.
+    fn drain(&mut self) -> DrainProgress {
+        if !self.draining {
+            tracing::info!("draining: moving leadership away, refusing new proposals");
+        }
+        self.draining = true;
+        let led = self.core.led_groups();
+        for group in &led {
+            self.core.hand_off(*group);
+        }
+        DrainProgress {
+            leading: led.len(),
+            in_flight: self.pending.len(),
         }
     }
 
@@ -364,9 +410,37 @@ impl Driver {
         Ok(())
     }
 
+    /// The driver stops: every request still waiting fails. Only what never reached raft
+    /// (reads, and commands still queued in the core) certainly did not take effect; a
+    /// proposal raft holds may yet commit, here before the stop or under a new leader.
     fn fail_all(&mut self) {
-        for done in self.pending.fail_all(&RequestError::ShuttingDown) {
+        let unproposed: HashSet<Token> = self.core.queued_tokens().collect();
+        let failed = self.pending.fail_all(|token, group, kind| match kind {
+            Kind::Propose | Kind::ConfChange if !unproposed.contains(&token) => {
+                RequestError::StoppedInFlight { group }
+            }
+            _ => RequestError::ShuttingDown,
+        });
+        for done in failed {
             self.reply(done);
+        }
+    }
+
+    /// Commands that were sent but not yet read never reached the core: they fail as
+    /// `ShuttingDown` (did not take effect) instead of with a dropped reply.
+    fn refuse_unread(commands: &mut mpsc::Receiver<Command>) {
+        commands.close();
+        while let Ok(command) = commands.try_recv() {
+            match command {
+                Command::Request { waiter, .. } => {
+                    let _ = waiter.fail(RequestError::ShuttingDown);
+                }
+                Command::TransferLeader { reply, .. } => {
+                    let _ = reply.send(Err(RequestError::ShuttingDown));
+                }
+                // Dropping the sender tells the caller the node is gone.
+                Command::Status { .. } | Command::Drain { .. } => {}
+            }
         }
     }
 

@@ -19,7 +19,7 @@ use super::pending::Request;
 use super::placement::bootstrap_groups;
 use super::reconcile::{KnownGroups, Placement};
 use super::session::SessionCommand;
-use super::{KeyRead, NodeConfig, NodeError, NodeStatus};
+use super::{DrainProgress, Drained, KeyRead, NodeConfig, NodeError, NodeEvent, NodeStatus};
 use crate::apply::Applying;
 use crate::error::{CoordinatorError, RequestError};
 use crate::group_state_machine::StateMachines;
@@ -37,8 +37,9 @@ pub enum NodeStopped {
     Shutdown,
     /// The coordinator stopped on its own: a fatal storage error (a failed fsync, a full
     /// disk), a state machine failure, or a panic in a dependency. The endpoint is closed;
-    /// the process should exit non-zero with this reason. Requests in flight failed as
-    /// outcome-unknown or `ShuttingDown`.
+    /// the process should exit non-zero with this reason. Requests in flight failed:
+    /// proposals raft held as [`RequestError::StoppedInFlight`] (outcome unknown), the rest
+    /// as [`RequestError::ShuttingDown`] (did not take effect).
     Fatal {
         /// What stopped it.
         reason: String,
@@ -61,6 +62,10 @@ pub(super) enum Command {
     Status {
         reply: oneshot::Sender<NodeStatus>,
     },
+    /// Start (or go on) draining; answers what is left.
+    Drain {
+        reply: oneshot::Sender<DrainProgress>,
+    },
 }
 
 /// A running node: every raft group the routing table gives it, on one QUIC endpoint and one
@@ -79,6 +84,8 @@ pub struct Node {
     address_book: AddressBook,
     /// Why the node stopped, once it has (see [`Node::stopped`]).
     stopped: watch::Receiver<Option<NodeStopped>>,
+    /// What happens on the node, for [`Node::subscribe`].
+    events: tokio::sync::broadcast::Sender<NodeEvent>,
     /// The QUIC endpoint (absent over other transports). The driver sends through the
     /// [`Transport`] trait; the handle keeps the concrete type only for what the trait does not
     /// offer: closing the endpoint on `shutdown`, and the client connections it accepted.
@@ -247,6 +254,7 @@ impl Node {
         let fences = applying.fences();
         let routing = Arc::new(RwLock::new(routing));
         let (commands_tx, commands_rx) = mpsc::channel(4096);
+        let (events, _) = tokio::sync::broadcast::channel(config.event_capacity.max(1));
         let (stop_tx, stop_rx) = oneshot::channel();
         let placement = Placement::new(
             routing.clone(),
@@ -261,6 +269,7 @@ impl Node {
             applying,
             placement,
             config.request_timeout,
+            events.clone(),
         );
         let span = tracing::info_span!("node", node = %id);
         let driver = tokio::spawn(
@@ -272,6 +281,7 @@ impl Node {
         // clients see it gone) and whoever awaits `stopped` learns why.
         let (stopped_tx, stopped_rx) = watch::channel(None);
         let quic = wiring.quic;
+        let stop_events = events.clone();
         let handle = tokio::spawn(async move {
             let stopped = match driver.await {
                 Ok(Ok(())) => NodeStopped::Shutdown,
@@ -298,6 +308,7 @@ impl Node {
                     quic.shutdown().await;
                 }
             }
+            let _ = stop_events.send(NodeEvent::Stopped(stopped.clone()));
             let _ = stopped_tx.send(Some(stopped));
         });
         Ok(Node {
@@ -311,6 +322,7 @@ impl Node {
             shutdown: Arc::new(tokio::sync::Mutex::new(Some((stop_tx, handle)))),
             address_book: wiring.address_book,
             stopped: stopped_rx,
+            events,
             quic: None,
         })
     }
@@ -346,13 +358,19 @@ impl Node {
         self.address_book.insert(node, addr);
     }
 
-    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, RequestError> {
+    /// Sends a command and waits for its answer. A command the driver never took did not
+    /// take effect; one it took but never answered (the task died) fails with `lost`.
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Command,
+        lost: RequestError,
+    ) -> Result<T, RequestError> {
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(make(reply))
             .await
             .map_err(|_| RequestError::ShuttingDown)?;
-        rx.await.map_err(|_| RequestError::ShuttingDown)?
+        rx.await.map_err(|_| lost)?
     }
 
     /// Replicates `command` in the group that owns `key`, and returns the state machine's
@@ -361,7 +379,9 @@ impl Node {
     /// # Errors
     /// [`RequestError::NotLeader`] (retry on the leader it names), [`RequestError::GroupNotFound`],
     /// [`RequestError::ProposalDropped`] (did not take effect), [`RequestError::Timeout`]
-    /// (outcome unknown), [`RequestError::ShuttingDown`].
+    /// (outcome unknown), [`RequestError::ShuttingDown`] (the node is stopping; did not take
+    /// effect), [`RequestError::StoppedInFlight`] (it stopped with the command in raft; outcome
+    /// unknown). [`RequestError::outcome`] says which class an error is in.
     pub async fn propose(&self, key: &[u8], command: Vec<u8>) -> Result<Vec<u8>, RequestError> {
         self.routed(key, |group, vshard| {
             self.propose_frame(
@@ -452,11 +472,19 @@ impl Node {
         request: Request,
         waiter: impl FnOnce(Reply<T>) -> Waiter,
     ) -> Result<T, RequestError> {
-        self.call(|reply| Command::Request {
-            group,
-            request,
-            waiter: waiter(reply),
-        })
+        // A proposal the driver took may be in raft: without an answer, its outcome is unknown.
+        let lost = match request {
+            Request::Propose(_) | Request::ConfChange(_) => RequestError::StoppedInFlight { group },
+            Request::Read { .. } | Request::Export(_) => RequestError::ShuttingDown,
+        };
+        self.call(
+            |reply| Command::Request {
+                group,
+                request,
+                waiter: waiter(reply),
+            },
+            lost,
+        )
         .await
     }
 
@@ -628,14 +656,20 @@ impl Node {
         self.request(group, read, Waiter::Index).await
     }
 
-    /// Asks `group`'s leader (this node) to hand leadership to `to`. Resolves when the request
-    /// is made; watch [`Node::status`] for the outcome.
+    /// Asks `group`'s leader (this node) to hand leadership to `to`, and resolves once `to`
+    /// leads (as this node sees it), or with an error once it clearly will not.
     ///
     /// # Errors
-    /// [`RequestError::NotLeader`], [`RequestError::GroupNotFound`], [`RequestError::ShuttingDown`].
+    /// [`RequestError::NotLeader`], [`RequestError::GroupNotFound`],
+    /// [`RequestError::TransferFailed`] (raft gave up: `to` was not caught up within an
+    /// election timeout, is not a voter, or another node won; or the request timeout passed),
+    /// [`RequestError::ShuttingDown`]. None of them changed anything.
     pub async fn transfer_leader(&self, group: GroupId, to: NodeId) -> Result<(), RequestError> {
-        self.call(|reply| Command::TransferLeader { group, to, reply })
-            .await
+        self.call(
+            |reply| Command::TransferLeader { group, to, reply },
+            RequestError::ShuttingDown,
+        )
+        .await
     }
 
     /// Changes `group`'s membership through raft (joint consensus when `change` has several
@@ -732,12 +766,65 @@ impl Node {
         }
     }
 
+    /// Subscribes to what happens on this node from now on: leader and role changes of its
+    /// groups, groups going quiet or waking, peers declared down or heard again, and last of
+    /// all [`NodeEvent::Stopped`] with the reason (a fatal error or a shutdown).
+    ///
+    /// The channel is bounded ([`NodeConfig::event_capacity`]): a subscriber that falls
+    /// further behind gets [`tokio::sync::broadcast::error::RecvError::Lagged`] and misses
+    /// the oldest events; read [`Node::status`] then to resynchronise.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<NodeEvent> {
+        self.events.subscribe()
+    }
+
     /// Why the node stopped, if it has (see [`Node::stopped`]).
     pub fn stop_reason(&self) -> Option<NodeStopped> {
         self.stopped.borrow().clone()
     }
 
-    /// Stops the node: pending requests fail with `ShuttingDown`, the endpoint closes, and the
+    /// Leaves the cluster's service gracefully, then shuts down: stops taking new proposals
+    /// (they fail with [`RequestError::ShuttingDown`], which did not take effect), moves
+    /// every leadership it holds to a caught-up voter, lets the requests in flight finish,
+    /// and then [`Node::shutdown`]s. Whatever is not done by `deadline` is cut short by the
+    /// shutdown: leaderships still held then move by election, requests still waiting fail
+    /// as the shutdown says. Reads are still served while it drains.
+    pub async fn drain(&self, deadline: Duration) -> Drained {
+        let until = tokio::time::Instant::now() + deadline;
+        let mut report = Drained {
+            led_at_start: 0,
+            still_leading: 0,
+            in_flight_at_stop: 0,
+        };
+        let mut first = true;
+        loop {
+            let (reply, rx) = oneshot::channel();
+            if self.commands.send(Command::Drain { reply }).await.is_err() {
+                break;
+            }
+            let Ok(progress) = rx.await else { break };
+            if first {
+                report.led_at_start = progress.leading;
+                first = false;
+            }
+            report.still_leading = progress.leading;
+            report.in_flight_at_stop = progress.in_flight;
+            if progress.leading == 0 && progress.in_flight == 0 {
+                break;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= until {
+                break;
+            }
+            tokio::time::sleep((until - now).min(Duration::from_millis(20))).await;
+        }
+        tracing::info!(node = %self.id, ?report, "drained; shutting down");
+        self.shutdown().await;
+        report
+    }
+
+    /// Stops the node: pending requests fail (proposals raft holds with
+    /// [`RequestError::StoppedInFlight`], outcome unknown; everything else with
+    /// [`RequestError::ShuttingDown`], did not take effect), the endpoint closes, and the
     /// call returns once the coordinator task has ended. Durable state stays on disk.
     pub async fn shutdown(&self) {
         let taken = self.shutdown.lock().await.take();

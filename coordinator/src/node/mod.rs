@@ -15,14 +15,17 @@
 //! - `placement`: the groups a new cluster starts with.
 //! - `reconcile`: acting on routing tables the meta group applies.
 //! - `session`: client sessions, for exactly-once proposals.
+//! - `events`: what the node tells subscribers as it happens.
 
 mod config;
 mod driver;
+mod events;
 mod handle;
 pub(crate) mod pending;
 pub(crate) mod placement;
 mod reconcile;
 mod session;
+mod transfers;
 
 use routing::{GroupId, NodeId, VShardId};
 use storage::StorageStats;
@@ -32,6 +35,7 @@ use crate::error::CoordinatorError;
 use crate::multiraft::{CoordinatorStats, GroupStatus};
 
 pub use config::NodeConfig;
+pub use events::NodeEvent;
 pub use handle::{Node, NodeStopped};
 pub use session::{ClientSession, SessionCommand};
 
@@ -85,6 +89,8 @@ pub struct NodeStatus {
     pub proposals_acknowledged: u64,
     /// The version of the routing table this node has applied.
     pub routing_version: u64,
+    /// The peers node-level liveness holds down now (silent past the liveness timeout).
+    pub peers_down: Vec<NodeId>,
 }
 
 impl NodeStatus {
@@ -95,6 +101,26 @@ impl NodeStatus {
             .filter(|g| g.leader == Some(self.node))
             .count()
     }
+}
+
+/// How far a drain got (see [`Node::drain`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DrainProgress {
+    /// Groups this node still leads.
+    pub(crate) leading: usize,
+    /// Requests still waiting for an answer.
+    pub(crate) in_flight: usize,
+}
+
+/// What a drain achieved before the node shut down (see [`Node::drain`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Drained {
+    /// Groups the node led when the drain began.
+    pub led_at_start: usize,
+    /// Groups it still led when it shut down (0 unless the deadline passed first).
+    pub still_leading: usize,
+    /// Requests still unanswered when it shut down: they failed as the shutdown says.
+    pub in_flight_at_stop: usize,
 }
 
 /// Where a linearizable read of a key may be served: see [`Node::read_key`].

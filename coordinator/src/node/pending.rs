@@ -28,6 +28,13 @@ pub(crate) enum Request {
     ConfChange(ConfChangeV2),
 }
 
+impl Request {
+    /// Whether it asks raft to commit something (a command or a membership change).
+    pub(crate) fn proposes(&self) -> bool {
+        matches!(self, Request::Propose(_) | Request::ConfChange(_))
+    }
+}
+
 /// What a request waits for (the part of [`Request`] the answer depends on).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -113,7 +120,6 @@ impl<W> Pending<W> {
     }
 
     /// How many requests wait.
-    #[cfg(feature = "test-util")]
     pub(crate) fn len(&self) -> usize {
         self.requests.len()
     }
@@ -160,12 +166,16 @@ impl<W> Pending<W> {
         self.requests.remove(&token).map(|e| e.waiter)
     }
 
-    /// Fails every request with `error` (the driver stops).
-    pub(crate) fn fail_all(&mut self, error: &RequestError) -> Vec<Completed<W>> {
+    /// Fails every request with the error `error` makes for its token, group and kind (the
+    /// driver stops).
+    pub(crate) fn fail_all(
+        &mut self,
+        error: impl Fn(Token, GroupId, Kind) -> RequestError,
+    ) -> Vec<Completed<W>> {
         let tokens: Vec<Token> = self.requests.keys().copied().collect();
         tokens
             .into_iter()
-            .filter_map(|t| self.fail(t, |_| error.clone()))
+            .filter_map(|t| self.complete(t, |group, kind| Err(error(t, group, kind))))
             .collect()
     }
 }

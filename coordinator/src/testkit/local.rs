@@ -392,17 +392,22 @@ impl<S: StateMachine> LocalCluster<S> {
                     }
                     target = leader;
                 }
-                Err(e @ (RequestError::ProposalDropped { .. } | RequestError::Busy { .. })) => {
+                // Sent again: what did not take effect for a passing reason, and, for a
+                // session's command (applied once however often it is sent), what may have.
+                Err(
+                    e @ (RequestError::ProposalDropped { .. }
+                    | RequestError::ShuttingDown
+                    | RequestError::Busy { .. }
+                    | RequestError::QuorumUnreachable { .. }),
+                ) => {
                     last = e;
                     target = None;
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                // Without a session these may have taken effect: retrying could apply the
-                // command twice.
                 Err(
-                    e @ (RequestError::ShuttingDown
-                    | RequestError::Timeout { .. }
-                    | RequestError::OutcomeUnknown { .. }),
+                    e @ (RequestError::Timeout { .. }
+                    | RequestError::OutcomeUnknown { .. }
+                    | RequestError::StoppedInFlight { .. }),
                 ) if exactly_once => {
                     last = e;
                     target = None;

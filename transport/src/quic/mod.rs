@@ -527,7 +527,8 @@ impl QuicTransport {
     }
 
     /// Closes every connection and the endpoint; `send` fails with [`SendError::Shutdown`]
-    /// from now on. Waits (up to a second) for peers to be told.
+    /// from now on. Waits (up to a second) for peers to be told, then releases the bound port
+    /// even while other handles of the transport live.
     pub async fn shutdown(&self) {
         self.shared.closing.store(true, Ordering::SeqCst);
         self.shared
@@ -546,6 +547,35 @@ impl QuicTransport {
         }
         let _ =
             tokio::time::timeout(Duration::from_secs(1), self.shared.endpoint.wait_idle()).await;
+        self.release_port().await;
+    }
+
+    /// Gives the bound port back, while handles of the endpoint live on (a node restarted in
+    /// the same process binds it again at once). quinn keeps its socket while any handle of
+    /// the endpoint lives, and the socket it replaces on a rebind until traffic arrives on
+    /// the new one: rebinding twice onto throwaway loopback sockets lets go of it. Closed
+    /// connections still hold it until the tasks that own them notice the close: waits for
+    /// that (up to a second), by binding the port itself.
+    async fn release_port(&self) {
+        let Ok(addr) = self.shared.endpoint.local_addr() else {
+            return;
+        };
+        for _ in 0..2 {
+            let spare = std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+                .and_then(|socket| self.shared.endpoint.rebind(socket));
+            if let Err(error) = spare {
+                tracing::debug!(%error, "cannot rebind the closed endpoint; its port is released once every handle is gone");
+                return;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while std::net::UdpSocket::bind(addr).is_err() {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::debug!(%addr, "the closed endpoint's port is still held");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
 

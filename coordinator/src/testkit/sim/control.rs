@@ -28,10 +28,13 @@ impl<S: StateMachine> SimControl<S> {
         }
     }
 
+    /// Waits for the outcome of `issued`. A request its node forgot (the node crashed) fails
+    /// with `lost`: outcome unknown for a proposal raft may hold, not applied for a read.
     async fn wait(
         &self,
         group: GroupId,
         issued: Result<Token, RequestError>,
+        lost: RequestError,
     ) -> Result<Vec<u8>, RequestError> {
         let token = issued?;
         self.cluster.borrow_mut().reserve(token);
@@ -43,7 +46,7 @@ impl<S: StateMachine> SimControl<S> {
                 }
                 if !cluster.is_pending(token) {
                     cluster.forget(token);
-                    return Err(RequestError::ShuttingDown);
+                    return Err(lost);
                 }
             }
             YieldOnce::default().await;
@@ -88,7 +91,8 @@ impl<S: StateMachine> crate::reshape::ClusterControl for SimControl<S> {
             .cluster
             .borrow_mut()
             .propose_frame(node, META_GROUP, frame);
-        let bytes = self.wait(META_GROUP, issued).await?;
+        let lost = RequestError::StoppedInFlight { group: META_GROUP };
+        let bytes = self.wait(META_GROUP, issued, lost).await?;
         RoutingTable::decode(&bytes).map_err(|e| RequestError::Refused {
             group: META_GROUP,
             reason: e.to_string(),
@@ -109,7 +113,8 @@ impl<S: StateMachine> crate::reshape::ClusterControl for SimControl<S> {
             .cluster
             .borrow_mut()
             .propose_conf_change(node, group, &change);
-        self.wait(group, issued).await.map(drop)
+        let lost = RequestError::StoppedInFlight { group };
+        self.wait(group, issued, lost).await.map(drop)
     }
 
     async fn transfer_leader(
@@ -134,7 +139,8 @@ impl<S: StateMachine> crate::reshape::ClusterControl for SimControl<S> {
     ) -> Result<(), RequestError> {
         let frame = step.frame(vshard).encode();
         let issued = self.cluster.borrow_mut().propose_frame(node, group, frame);
-        self.wait(group, issued).await.map(drop)
+        let lost = RequestError::StoppedInFlight { group };
+        self.wait(group, issued, lost).await.map(drop)
     }
 
     async fn export_vshard(
@@ -144,7 +150,7 @@ impl<S: StateMachine> crate::reshape::ClusterControl for SimControl<S> {
         vshard: VShardId,
     ) -> Result<Vec<u8>, RequestError> {
         let issued = self.cluster.borrow_mut().export_vshard(node, group, vshard);
-        self.wait(group, issued).await
+        self.wait(group, issued, RequestError::ShuttingDown).await
     }
 
     async fn pause(&self) {
