@@ -8,8 +8,12 @@
 //!   [`to_wire`] / [`from_wire`], the lossless conversion from and to raft-rs messages.
 //! - [`Transport`]: what the coordinator calls: a non-blocking [`Transport::send`] of an
 //!   [`Envelope`]; [`Inbound`] events come back on a channel.
+//! - [`NodeTransport`]: what a running node holds: `send` plus the endpoint's life cycle
+//!   (local address, shutdown, client connections) and trust settings (TLS reload, peer
+//!   admission, revocations).
 //! - `QuicTransport`: the real thing, over quinn with mutual TLS from `pontoon-certs`.
-//! - [`mem`]: a deterministic, sans-IO network with seeded faults, for tests.
+//! - [`mem`]: a deterministic, sans-IO network with seeded faults, for tests, and
+//!   [`mem::LocalNetwork`], an in-process [`NodeTransport`] over channels.
 //!
 //! ```
 //! use routing::{GroupId, NodeId};
@@ -33,6 +37,7 @@ mod convert;
 mod direct;
 mod limits;
 pub mod mem;
+mod node_transport;
 mod quic;
 mod stats;
 pub mod wire;
@@ -52,6 +57,7 @@ use routing::{GroupId, NodeId};
 pub use codec::codes;
 pub use config::{ConfigError, STREAM_HEADROOM, TransportConfig};
 pub use convert::{from_wire, to_wire};
+pub use node_transport::{NodeTransport, TransportFuture};
 pub use stats::TransportStats;
 pub use wire::WireError;
 

@@ -5,6 +5,13 @@
 //! writes and decoded by the same reader, so byte and message counts match what QUIC would
 //! frame. A seed drives every fault (drop, duplicate, delay, hence reorder), so a failing
 //! test replays exactly from its seed.
+//!
+//! [`LocalNetwork`] is the other in-memory network: live, over tokio channels, a
+//! [`NodeTransport`](crate::NodeTransport) that real `Node`s run on without sockets.
+
+mod local;
+
+pub use local::{LocalNetwork, LocalTransport};
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;

@@ -45,7 +45,7 @@
 //! [`StreamKind::Control`]: crate::wire::StreamKind::Control
 
 mod accept;
-mod admission;
+pub(crate) mod admission;
 mod clients;
 mod peer;
 mod recv;
@@ -71,13 +71,13 @@ use crate::codec::{self, codes};
 use crate::limits::RepeatedCaps;
 use crate::stats::Counters;
 use crate::{
-    AddressBook, ConfigError, Envelope, GroupFilter, Inbound, SendError, Transport,
-    TransportConfig, TransportStats,
+    AddressBook, ConfigError, Envelope, GroupFilter, Inbound, NodeTransport, SendError, Transport,
+    TransportConfig, TransportFuture, TransportStats,
 };
 
 use peer::Peer;
 
-/// Why a QUIC transport could not start.
+/// Why a transport could not start, or refused a change of its TLS settings.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     /// The configuration is invalid.
@@ -96,6 +96,13 @@ pub enum TransportError {
         was: NodeId,
         /// The id of the identity offered.
         now: NodeId,
+    },
+    /// The transport carries no TLS (the in-process network): there is no certificate to
+    /// reload. Reload certificates only on a node that runs over QUIC.
+    #[error("this transport has no TLS: {transport} cannot reload certificates")]
+    NoTls {
+        /// Which transport was asked.
+        transport: &'static str,
     },
     /// The UDP socket could not be bound.
     #[error("binding {addr}: {source}")]
@@ -595,6 +602,40 @@ impl Transport for QuicTransport {
             stats.queued_bytes += bytes as u64;
         }
         stats
+    }
+}
+
+impl NodeTransport for QuicTransport {
+    fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    fn take_client_connections(&self) -> Option<mpsc::Receiver<ClientConnection>> {
+        QuicTransport::take_client_connections(self)
+    }
+
+    fn reload_tls(
+        &self,
+        identity: &certs::NodeIdentity,
+        cas: &[rustls::pki_types::CertificateDer<'static>],
+    ) -> Result<(), TransportError> {
+        QuicTransport::reload_tls(self, identity, cas)
+    }
+
+    fn set_peer_admission(&self, admission: Option<PeerAdmission>) {
+        QuicTransport::set_peer_admission(self, admission);
+    }
+
+    fn set_revocations(&self, revoked: Revocations) {
+        QuicTransport::set_revocations(self, revoked);
+    }
+
+    fn recheck_admission(&self) {
+        QuicTransport::recheck_admission(self);
+    }
+
+    fn shutdown(&self) -> TransportFuture<'_> {
+        Box::pin(QuicTransport::shutdown(self))
     }
 }
 
