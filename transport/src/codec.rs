@@ -14,7 +14,7 @@ use routing::{GroupId, NodeId};
 use crate::limits::{self, FrameKind, RepeatedCaps};
 use crate::stats::Counters;
 use crate::wire::{self, StreamHeader, StreamKind, WireError};
-use crate::{Envelope, GroupFilter, SendError, convert, direct};
+use crate::{Envelope, GroupFilter, HeartbeatBatch, SendError, convert, direct};
 
 /// Application error codes of `RecvStream::stop` (stream resets) and connection closes.
 pub mod codes {
@@ -234,8 +234,8 @@ pub(crate) fn encode(
                 messages: messages.len() as u64,
             }))
         }
-        Envelope::Heartbeats(mut batch) => {
-            batch.from = from.get();
+        Envelope::Heartbeats(batch) => {
+            let batch = batch.into_wire(from);
             let messages = batch.heartbeats.len() as u64;
             let per_frame = caps.heartbeats_per_batch.max(1);
             let mut out = BytesMut::new();
@@ -555,7 +555,7 @@ impl StreamReader {
                 self.check_from(batch.from)?;
                 tally.frames += 1;
                 tally.messages += batch.heartbeats.len() as u64;
-                out.push(Envelope::Heartbeats(batch));
+                out.push(Envelope::Heartbeats(HeartbeatBatch::from_wire(batch)));
                 Ok(())
             }
             State::Control => Err(Refusal::Malformed(WireError::Malformed {

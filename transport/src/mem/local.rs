@@ -161,13 +161,6 @@ impl Transport for LocalTransport {
             Envelope::Snapshot { group, .. } => Some(*group),
             _ => None,
         };
-        let envelope = match envelope {
-            Envelope::Heartbeats(mut batch) => {
-                batch.from = self.id.get();
-                Envelope::Heartbeats(batch)
-            }
-            other => other,
-        };
         let inbound = Inbound::Message {
             from: self.id,
             envelope,
