@@ -33,6 +33,7 @@
 
 #![warn(unreachable_pub)]
 
+mod budget;
 mod codec;
 mod config;
 mod convert;

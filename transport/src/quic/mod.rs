@@ -67,6 +67,7 @@ use routing::NodeId;
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{Instrument, info_span};
 
+use crate::budget::ByteBudget;
 use crate::codec::{self, codes};
 use crate::limits::RepeatedCaps;
 use crate::stats::Counters;
@@ -146,6 +147,10 @@ pub(crate) struct Shared {
     /// Bytes of client requests being read or answered, all clients together
     /// ([`TransportConfig::clients_buffered_bytes`]).
     client_bytes: Arc<Semaphore>,
+    /// Bytes all peers' unfinished snapshot transfers hold
+    /// ([`TransportConfig::snapshot_receive_bytes_per_node`]); each connection adds its own
+    /// budget under it.
+    pub(crate) snapshot_bytes: Arc<ByteBudget>,
 }
 
 impl Shared {
@@ -392,6 +397,7 @@ impl QuicTransport {
         let caps = RepeatedCaps::from_config(&config);
         let max_clients = config.max_client_connections;
         let client_bytes = config.clients_buffered_bytes.min(Semaphore::MAX_PERMITS);
+        let snapshot_bytes = config.snapshot_receive_bytes_per_node;
         let (clients_tx, clients_rx) = if config.accept_clients {
             let (tx, rx) = mpsc::channel(config.client_queue_len);
             (Some(tx), Some(rx))
@@ -416,6 +422,7 @@ impl QuicTransport {
             gate: admission::Gate::default(),
             client_slots: Arc::new(Semaphore::new(max_clients)),
             client_bytes: Arc::new(Semaphore::new(client_bytes)),
+            snapshot_bytes: ByteBudget::new(snapshot_bytes),
         });
         let span = info_span!("node", node = %shared.local, %local_addr);
         tokio::spawn(accept::accept_loop(shared.clone()).instrument(span));
