@@ -54,6 +54,27 @@ fn three_node_processes_survive_a_sigkill_and_a_restart() {
             "key-{k} on the restarted node"
         );
     }
+    // Compare-and-set through `pontoon kv`: a mismatch changes nothing, prints what it found
+    // and exits 2.
+    // Leaders may still be moving after the restart: an attempt that fails otherwise is
+    // made again (a compare-and-set that took effect then reports a mismatch on `new`).
+    let cas = |expected: &str| {
+        let start = std::time::Instant::now();
+        loop {
+            let out = cluster.kv(1, &["cas", "key-0", "new", "--expected", expected]);
+            if matches!(out.status.code(), Some(0 | 2)) || start.elapsed() > deadline {
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let stale = cas("stale");
+    assert_eq!(stale.status.code(), Some(2), "{stale:?}");
+    assert_eq!(String::from_utf8_lossy(&stale.stdout).trim(), "value-0");
+    let swapped = cas("value-0");
+    let took = swapped.status.success() || String::from_utf8_lossy(&swapped.stdout).trim() == "new";
+    assert!(took, "{swapped:?}");
+    assert_eq!(cluster.get(2, "key-0", deadline), "new");
     let status = cluster.kv(0, &["status"]);
     assert!(status.status.success());
     assert!(String::from_utf8_lossy(&status.stdout).contains("\"groups\""));

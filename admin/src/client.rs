@@ -1,7 +1,14 @@
 //! [`NodeClient`]: the client side of the client protocol. It keeps one QUIC connection per
-//! node and opens one stream per request, so a request costs one round trip, not a TLS
-//! handshake. [`NodeClient::call`] is the one place that follows `NotLeader` redirects and
-//! resends what certainly did not take effect; the KV client and the admin tools use it.
+//! node, shared by every concurrent call and redialled once (by one caller, the others
+//! waiting for it) when it is lost, and opens one stream per request, so a request costs one
+//! round trip, not a TLS handshake. [`NodeClient::call`] is the one place that follows
+//! `NotLeader` redirects and resends what its error class allows ([`Retries`]); the KV client
+//! and the admin tools use it.
+//!
+//! Connections are sized for loaded machines: keep-alives every [`KEEP_ALIVE`] and an idle
+//! timeout of [`IDLE_TIMEOUT`], so a node (or this client) stalled for several seconds by a
+//! busy CPU keeps its connection; a dial that gets no handshake within [`CONNECT_TIMEOUT`]
+//! fails as not sent.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,8 +20,15 @@ use routing::NodeId;
 
 use crate::wire::{ClientReply, ClientRequest, MAX_MESSAGE_BYTES, RemoteError, decode, encode};
 
-/// How long the client waits for a silent node before it counts it as gone (QUIC idle timeout).
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a dial may take to complete its handshake before it fails as not sent.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a connection may hear nothing before it counts as lost (QUIC idle timeout). Far
+/// above [`KEEP_ALIVE`]: a CPU stall of several seconds on either side must not end it.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often an idle connection proves it is alive.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
 
 /// The longest one request may take, answer included. A node answers within its own request
 /// timeout (10 s by default); this bounds the rest.
@@ -73,6 +87,45 @@ impl ClientError {
     }
 }
 
+/// Which failures [`NodeClient::call_with`] may send again, by what they say about the
+/// request's outcome.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Retries {
+    /// Only failures that certainly did not take effect (`NotLeader`, `ProposalDropped`,
+    /// `StaleRouting`); an outcome-unknown failure is returned, since sending the request
+    /// again could apply it twice. For writes.
+    #[default]
+    DidNotTakeEffect,
+    /// Outcome-unknown failures too (a lost connection, a `Timeout`): applying the request
+    /// twice changes nothing. For reads.
+    Idempotent,
+}
+
+impl Retries {
+    /// Whether a request that failed with `error` may be sent again.
+    #[must_use]
+    pub fn allow(self, error: &ClientError) -> bool {
+        match error {
+            ClientError::Io { .. } => self == Retries::Idempotent,
+            ClientError::Remote(e) if e.may_have_taken_effect() => self == Retries::Idempotent,
+            _ => false,
+        }
+    }
+}
+
+/// The pause before the `attempt`-th resend of an outcome-unknown failure: doubling from
+/// 100 ms up to 2 s, with up to half of it random, so clients that failed together do not
+/// come back together.
+fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(100).saturating_mul(1 << attempt.min(5));
+    let base = base.min(Duration::from_secs(2));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let half = u32::try_from(base.as_millis() / 2).unwrap_or(1).max(1);
+    base / 2 + Duration::from_millis(u64::from(nanos % half))
+}
+
 /// What [`NodeClient::call`] does after a reply.
 enum Next {
     Done(ClientReply),
@@ -105,12 +158,19 @@ fn next_step(reply: ClientReply, asked: SocketAddr) -> Next {
     }
 }
 
+/// Where a node is reached: its address and the server name its certificate must hold.
+type Key = (SocketAddr, String);
+
+/// The connection to one node. Its lock is held while dialling, so concurrent callers that
+/// find no live connection wait for one dial instead of making one each.
+type Slot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
+
 /// A client of the nodes' client protocol, authenticated by a client certificate.
 pub struct NodeClient {
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
-    /// Open connections by address and the server name they were verified against.
-    connections: Mutex<HashMap<(SocketAddr, String), quinn::Connection>>,
+    /// One connection slot per node.
+    connections: Mutex<HashMap<Key, Slot>>,
 }
 
 impl NodeClient {
@@ -132,14 +192,15 @@ impl NodeClient {
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
             .map_err(|e| ClientError::Unsendable(format!("TLS config unusable for QUIC: {e}")))?;
         let mut client_config = quinn::ClientConfig::new(Arc::new(quic));
-        // A dead node must not hold a request for quinn's default 30 s: give up on it quickly
-        // and let `call` go back to a node that answered. Keep-alives hold a connection open
-        // between requests, so it is reused rather than timed out.
+        // Keep-alives hold a connection open between requests, so it is reused rather than
+        // timed out; the idle timeout is many keep-alives long, so a stalled CPU on either
+        // side does not end a connection that is fine (the node's own idle timeout, the
+        // shorter of the two wins, is 30 s by default).
         let mut transport = quinn::TransportConfig::default();
-        let idle = quinn::IdleTimeout::try_from(CONNECT_TIMEOUT)
+        let idle = quinn::IdleTimeout::try_from(IDLE_TIMEOUT)
             .map_err(|e| ClientError::Unsendable(format!("idle timeout: {e}")))?;
         transport.max_idle_timeout(Some(idle));
-        transport.keep_alive_interval(Some(CONNECT_TIMEOUT / 3));
+        transport.keep_alive_interval(Some(KEEP_ALIVE));
         client_config.transport_config(Arc::new(transport));
         let bind = SocketAddr::from(([0, 0, 0, 0], 0));
         let endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect {
@@ -155,7 +216,8 @@ impl NodeClient {
 
     /// Sends `request` to the node at `first`, following `NotLeader` redirects and sending it
     /// again when it certainly did not take effect (`ProposalDropped`, `StaleRouting`), and
-    /// returns the first reply that is not a failure.
+    /// returns the first reply that is not a failure. An outcome-unknown failure is returned
+    /// as it is: see [`NodeClient::call_with`] for requests that may be applied twice.
     ///
     /// # Errors
     /// [`ClientError`]; [`ClientError::Remote`] carries the node's typed failure.
@@ -165,7 +227,25 @@ impl NodeClient {
         node_hint: Option<NodeId>,
         request: &ClientRequest,
     ) -> Result<ClientReply, ClientError> {
+        self.call_with(first, node_hint, request, Retries::DidNotTakeEffect)
+            .await
+    }
+
+    /// [`NodeClient::call`], resending also what `retries` allows: with
+    /// [`Retries::Idempotent`], a lost connection or a `Timeout` is sent again (after a backoff
+    /// with jitter, on a redialled connection), within the same bound on attempts.
+    ///
+    /// # Errors
+    /// As [`NodeClient::call`].
+    pub async fn call_with(
+        &self,
+        first: SocketAddr,
+        node_hint: Option<NodeId>,
+        request: &ClientRequest,
+        retries: Retries,
+    ) -> Result<ClientReply, ClientError> {
         let (mut addr, mut server) = (first, node_hint);
+        let mut resent = 0;
         for _ in 0..MAX_REDIRECTS {
             let reply = match self.request(addr, server, request).await {
                 Ok(reply) => reply,
@@ -176,13 +256,26 @@ impl NodeClient {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
+                Err(e) if retries.allow(&e) => {
+                    tracing::debug!(%addr, error = %e, "resending an idempotent request");
+                    tokio::time::sleep(backoff(resent)).await;
+                    resent += 1;
+                    continue;
+                }
                 Err(e) => return Err(e),
             };
             match next_step(reply, addr) {
                 Next::Done(reply) => return Ok(reply),
                 Next::Redirect(leader, id) => (addr, server) = (leader, id),
                 Next::Wait(pause) => tokio::time::sleep(pause).await,
-                Next::Fail(e) => return Err(ClientError::Remote(e)),
+                Next::Fail(e) => {
+                    let error = ClientError::Remote(e);
+                    if !retries.allow(&error) {
+                        return Err(error);
+                    }
+                    tokio::time::sleep(backoff(resent)).await;
+                    resent += 1;
+                }
             }
         }
         Err(ClientError::TooManyRedirects(MAX_REDIRECTS))
@@ -224,14 +317,19 @@ impl NodeClient {
             certs::node_server_name,
         );
         let key = (addr, server_name);
-        let (mut send, mut recv) = match self.cached(&key) {
-            // A cached connection may have died since; nothing was sent on it yet, so a
-            // fresh connection may safely carry the request instead.
-            Some(connection) => match connection.open_bi().await {
-                Ok(streams) => streams,
-                Err(_) => self.open(&key).await?,
-            },
-            None => self.open(&key).await?,
+        let connection = self.connection(&key, None).await?;
+        let (mut send, mut recv) = match connection.open_bi().await {
+            Ok(streams) => streams,
+            // The shared connection was lost since; nothing was sent on it yet, so one fresh
+            // connection (dialled once, whoever notices first) may safely carry the request.
+            Err(_) => {
+                let lost = connection.stable_id();
+                let fresh = self.connection(&key, Some(lost)).await?;
+                fresh.open_bi().await.map_err(|e| ClientError::Connect {
+                    addr,
+                    reason: e.to_string(),
+                })?
+            }
         };
         send.write_all(request)
             .await
@@ -244,53 +342,59 @@ impl NodeClient {
         decode::<ClientReply>("reply", &reply).map_err(|e| io(e.to_string()))
     }
 
-    fn cached(&self, key: &(SocketAddr, String)) -> Option<quinn::Connection> {
-        let connections = self
+    /// The live connection to `key`, dialled if there is none or if it is the one (by
+    /// `stable_id`) a caller just found lost. Concurrent callers share one dial.
+    async fn connection(
+        &self,
+        key: &Key,
+        lost: Option<usize>,
+    ) -> Result<quinn::Connection, ClientError> {
+        let slot = self
             .connections
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        connections
-            .get(key)
-            .filter(|c| c.close_reason().is_none())
-            .cloned()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let mut held = slot.lock().await;
+        if let Some(connection) = held.as_ref()
+            && connection.close_reason().is_none()
+            && Some(connection.stable_id()) != lost
+        {
+            return Ok(connection.clone());
+        }
+        let connection = self.dial(key).await?;
+        *held = Some(connection.clone());
+        Ok(connection)
     }
 
-    /// A new connection to `key`, cached, with a stream opened on it.
-    async fn open(
-        &self,
-        key: &(SocketAddr, String),
-    ) -> Result<(quinn::SendStream, quinn::RecvStream), ClientError> {
+    async fn dial(&self, key: &Key) -> Result<quinn::Connection, ClientError> {
         let addr = key.0;
         let connect = |reason: String| ClientError::Connect { addr, reason };
-        let connection = self
+        let connecting = self
             .endpoint
             .connect_with(self.client_config.clone(), addr, &key.1)
-            .map_err(|e| connect(e.to_string()))?
-            .await
             .map_err(|e| connect(e.to_string()))?;
-        let streams = connection
-            .open_bi()
-            .await
-            .map_err(|e| connect(e.to_string()))?;
-        self.connections
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key.clone(), connection);
-        Ok(streams)
+        match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Ok(connection) => connection.map_err(|e| connect(e.to_string())),
+            Err(_) => Err(connect(format!("no handshake within {CONNECT_TIMEOUT:?}"))),
+        }
     }
 
     /// Closes every connection and waits briefly for the nodes to hear it, so they free their
     /// side at once instead of after an idle timeout.
     pub async fn close(&self) {
-        let connections: Vec<quinn::Connection> = self
+        let slots: Vec<Slot> = self
             .connections
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .drain()
-            .map(|(_, c)| c)
+            .map(|(_, slot)| slot)
             .collect();
-        for connection in connections {
-            connection.close(0u32.into(), b"done");
+        for slot in slots {
+            if let Some(connection) = slot.lock().await.take() {
+                connection.close(0u32.into(), b"done");
+            }
         }
         let _ = tokio::time::timeout(Duration::from_millis(200), self.endpoint.wait_idle()).await;
     }
@@ -346,5 +450,41 @@ mod tests {
             next_step(ClientReply::app(vec![]), asked),
             Next::Done(_)
         ));
+    }
+
+    #[test]
+    fn only_idempotent_requests_are_resent_after_an_outcome_unknown_failure() {
+        let addr: SocketAddr = ([127, 0, 0, 1], 7001).into();
+        let lost = ClientError::Io {
+            addr,
+            reason: "connection lost".into(),
+        };
+        let timeout = ClientError::Remote(RequestError::Timeout { group: GroupId(1) }.into());
+        let not_sent = ClientError::Connect {
+            addr,
+            reason: "timed out".into(),
+        };
+        let refused = ClientError::Remote(RemoteError::BadRequest {
+            reason: "no".into(),
+        });
+        for error in [&lost, &timeout] {
+            assert!(error.may_have_taken_effect());
+            assert!(!Retries::DidNotTakeEffect.allow(error), "{error}");
+            assert!(Retries::Idempotent.allow(error), "{error}");
+        }
+        // Not sent, or refused for good: resending is the caller's choice (another node), not
+        // a blind loop on this one.
+        for error in [&not_sent, &refused] {
+            assert!(!Retries::Idempotent.allow(error), "{error}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_cap_with_jitter_below_the_base() {
+        for attempt in 0..10 {
+            let pause = backoff(attempt);
+            let base = Duration::from_millis(100 << attempt.min(5)).min(Duration::from_secs(2));
+            assert!(pause >= base / 2 && pause <= base, "{attempt}: {pause:?}");
+        }
     }
 }

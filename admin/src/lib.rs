@@ -30,7 +30,9 @@ pub mod remote;
 pub mod wire;
 
 pub use caller::Caller;
-pub use client::{CONNECT_TIMEOUT, ClientError, NodeClient, REQUEST_TIMEOUT};
+pub use client::{
+    CONNECT_TIMEOUT, ClientError, IDLE_TIMEOUT, KEEP_ALIVE, NodeClient, REQUEST_TIMEOUT, Retries,
+};
 pub use handler::{AUDIT_TARGET, AdminService};
 pub use proto::{AdminReply, AdminRequest};
 pub use remote::{ClusterView, GroupView, MemberView, NoContact, RemoteControl};

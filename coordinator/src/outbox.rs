@@ -11,8 +11,7 @@ use std::collections::BTreeMap;
 
 use raft::eraftpb::{Message, MessageType};
 use routing::{GroupId, NodeId};
-use transport::Envelope;
-use transport::wire::{Heartbeat, HeartbeatBatch};
+use transport::{Envelope, GroupHeartbeat, HeartbeatBatch, HeartbeatKind};
 
 /// Outgoing messages of one cycle, sorted by destination.
 #[derive(Default)]
@@ -23,8 +22,8 @@ pub(crate) struct Outbox {
 #[derive(Default)]
 struct PeerOutbox {
     raft: BTreeMap<GroupId, Vec<Message>>,
-    heartbeats: Vec<Heartbeat>,
-    heartbeat_responses: Vec<Heartbeat>,
+    heartbeats: Vec<GroupHeartbeat>,
+    heartbeat_responses: Vec<GroupHeartbeat>,
     snapshots: Vec<(GroupId, Message)>,
     /// Send an empty heartbeat batch if nothing else goes to this peer.
     liveness: bool,
@@ -37,7 +36,7 @@ pub(crate) struct CoalesceCount {
     pub batches: u64,
 }
 
-/// A heartbeat whose every field is carried by [`Heartbeat`]: term and commit, nothing else.
+/// A heartbeat whose every field is carried by [`GroupHeartbeat`]: term and commit, nothing else.
 fn is_coalescible(m: &Message) -> bool {
     matches!(
         m.get_msg_type(),
@@ -63,8 +62,8 @@ impl Outbox {
     /// Files the last heartbeat a quiescing leader sends: it tells the follower to stop
     /// ticking `group` too.
     pub(crate) fn push_quiesce(&mut self, group: GroupId, to: NodeId, term: u64, commit: u64) {
-        let hb = Heartbeat {
-            group_id: group.get(),
+        let hb = GroupHeartbeat {
+            group,
             term,
             commit,
             quiesce: true,
@@ -81,8 +80,8 @@ impl Outbox {
     pub(crate) fn push(&mut self, group: GroupId, m: Message) {
         let peer = self.peers.entry(NodeId(m.to)).or_default();
         if is_coalescible(&m) {
-            let hb = Heartbeat {
-                group_id: group.get(),
+            let hb = GroupHeartbeat {
+                group,
                 term: m.term,
                 commit: m.commit,
                 quiesce: false,
@@ -100,11 +99,7 @@ impl Outbox {
     }
 
     /// Turns the outbox into what the transport sends, in a deterministic order.
-    pub(crate) fn into_envelopes(
-        self,
-        from: NodeId,
-        count: &mut CoalesceCount,
-    ) -> Vec<(NodeId, Envelope)> {
+    pub(crate) fn into_envelopes(self, count: &mut CoalesceCount) -> Vec<(NodeId, Envelope)> {
         let mut out = Vec::new();
         for (to, peer) in self.peers {
             let carries_traffic = !peer.heartbeats.is_empty()
@@ -112,28 +107,18 @@ impl Outbox {
                 || !peer.raft.is_empty()
                 || !peer.snapshots.is_empty();
             if peer.liveness && !carries_traffic {
-                out.push((
-                    to,
-                    Envelope::Heartbeats(HeartbeatBatch {
-                        from: from.get(),
-                        responses: false,
-                        heartbeats: Vec::new(),
-                    }),
-                ));
+                out.push((to, Envelope::Heartbeats(HeartbeatBatch::liveness())));
             }
-            for (responses, heartbeats) in
-                [(false, peer.heartbeats), (true, peer.heartbeat_responses)]
-            {
+            for (kind, heartbeats) in [
+                (HeartbeatKind::Requests, peer.heartbeats),
+                (HeartbeatKind::Responses, peer.heartbeat_responses),
+            ] {
                 if !heartbeats.is_empty() {
                     count.heartbeats += heartbeats.len() as u64;
                     count.batches += 1;
                     out.push((
                         to,
-                        Envelope::Heartbeats(HeartbeatBatch {
-                            from: from.get(),
-                            responses,
-                            heartbeats,
-                        }),
+                        Envelope::Heartbeats(HeartbeatBatch::new(kind, heartbeats)),
                     ));
                 }
             }
@@ -154,10 +139,9 @@ pub(crate) fn expand(
     to: NodeId,
     batch: &HeartbeatBatch,
 ) -> impl Iterator<Item = (GroupId, Message, bool)> + '_ {
-    let msg_type = if batch.responses {
-        MessageType::MsgHeartbeatResponse
-    } else {
-        MessageType::MsgHeartbeat
+    let msg_type = match batch.kind {
+        HeartbeatKind::Requests => MessageType::MsgHeartbeat,
+        HeartbeatKind::Responses => MessageType::MsgHeartbeatResponse,
     };
     batch.heartbeats.iter().map(move |hb| {
         let mut m = Message::default();
@@ -166,7 +150,7 @@ pub(crate) fn expand(
         m.to = to.get();
         m.term = hb.term;
         m.commit = hb.commit;
-        (GroupId(hb.group_id), m, hb.quiesce)
+        (hb.group, m, hb.quiesce)
     })
 }
 
@@ -194,7 +178,7 @@ mod tests {
             outbox.push(GroupId(g), m);
         }
         let mut count = CoalesceCount::default();
-        let envelopes = outbox.into_envelopes(NodeId(1), &mut count);
+        let envelopes = outbox.into_envelopes(&mut count);
         assert_eq!(envelopes.len(), 1);
         assert_eq!(
             count,
@@ -220,15 +204,18 @@ mod tests {
             GroupId(2),
             heartbeat(2, 1, 1, MessageType::MsgHeartbeatResponse),
         );
-        let envelopes = outbox.into_envelopes(NodeId(1), &mut CoalesceCount::default());
-        let kinds: Vec<bool> = envelopes
+        let envelopes = outbox.into_envelopes(&mut CoalesceCount::default());
+        let kinds: Vec<HeartbeatKind> = envelopes
             .iter()
             .map(|(_, e)| match e {
-                Envelope::Heartbeats(b) => b.responses,
+                Envelope::Heartbeats(b) => b.kind,
                 _ => panic!("expected heartbeats only"),
             })
             .collect();
-        assert_eq!(kinds, vec![false, true]);
+        assert_eq!(
+            kinds,
+            vec![HeartbeatKind::Requests, HeartbeatKind::Responses]
+        );
     }
 
     #[test]
@@ -237,7 +224,7 @@ mod tests {
         let mut m = heartbeat(3, 5, 7, MessageType::MsgHeartbeat);
         m.context = b"read-42".to_vec().into();
         outbox.push(GroupId(9), m.clone());
-        let envelopes = outbox.into_envelopes(NodeId(1), &mut CoalesceCount::default());
+        let envelopes = outbox.into_envelopes(&mut CoalesceCount::default());
         assert_eq!(envelopes.len(), 1);
         match &envelopes[0] {
             (to, Envelope::Raft { group, messages }) => {

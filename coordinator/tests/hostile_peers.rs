@@ -16,8 +16,8 @@ use common::SharedKv;
 use pontoon_coordinator::testkit::local::LocalCluster;
 use raft::eraftpb::{Entry, Message, MessageType, Snapshot};
 use routing::{GroupId, NodeId, RoutingTable};
-use transport::wire::{Heartbeat, HeartbeatBatch};
 use transport::{AddressBook, Envelope, QuicTransport, Transport, TransportConfig};
+use transport::{GroupHeartbeat, HeartbeatBatch, HeartbeatKind};
 
 fn forged(kind: MessageType, term: u64) -> Message {
     let mut m = Message::default();
@@ -87,16 +87,15 @@ fn attacks(group: GroupId, term: u64, from: NodeId) -> Vec<Envelope> {
         message: snapshot,
     });
     // A coalesced heartbeat whose commit is far past every log (raft-rs `commit_to` panics).
-    out.push(Envelope::Heartbeats(HeartbeatBatch {
-        from: 0,
-        responses: false,
-        heartbeats: vec![Heartbeat {
-            group_id: group.get(),
+    out.push(Envelope::Heartbeats(HeartbeatBatch::new(
+        HeartbeatKind::Requests,
+        vec![GroupHeartbeat {
+            group,
             term,
             commit: 1 << 40,
             quiesce: false,
         }],
-    }));
+    )));
     out
 }
 

@@ -73,7 +73,7 @@ async fn a_revoked_serial_is_refused_by_every_node_and_a_member_id_cannot_be_rev
         let _ = transport::Transport::send(
             &thief,
             NodeId(1),
-            transport::Envelope::Heartbeats(transport::wire::HeartbeatBatch::default()),
+            transport::Envelope::Heartbeats(transport::HeartbeatBatch::liveness()),
         );
         let status = node1.status().await.unwrap();
         if status.transport.connections_refused_revoked > 0 {

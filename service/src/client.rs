@@ -1,11 +1,13 @@
 //! [`KvClient`]: the client side of the KV protocol, over [`NodeClient`] (one QUIC connection
-//! per node, one stream per request). Every call goes through [`NodeClient::call`], which
-//! follows `NotLeader` redirects and resends what certainly did not take effect.
+//! per node shared by concurrent calls, one stream per request). Every call goes through
+//! [`NodeClient::call_with`], which follows `NotLeader` redirects and resends what the error
+//! class allows: what certainly did not take effect always, an outcome-unknown failure only
+//! for a get (see [`KvRequest::is_idempotent`]).
 
 use std::net::SocketAddr;
 
 use admin::wire::{ClientReply, ClientRequest, client_reply};
-use admin::{ClientError, NodeClient};
+use admin::{ClientError, NodeClient, Retries};
 use prost::Message as _;
 use routing::NodeId;
 
@@ -40,7 +42,9 @@ impl KvClient {
     }
 
     /// Sends `request` to the node at `first` (any node: it redirects to the key's leader) and
-    /// returns the answer.
+    /// returns the answer. A get is resent after a lost connection or a timeout; a write is
+    /// not, and its error then says the write may have taken effect
+    /// ([`ClientError::may_have_taken_effect`]).
     ///
     /// # Errors
     /// [`ClientError`]; [`ClientError::Remote`] carries the node's typed failure.
@@ -51,7 +55,16 @@ impl KvClient {
         request: &KvRequest,
     ) -> Result<KvReply, ClientError> {
         let envelope = ClientRequest::app(request.to_bytes());
-        kv_reply(self.nodes.call(first, node_hint, &envelope).await?)
+        let retries = if request.is_idempotent() {
+            Retries::Idempotent
+        } else {
+            Retries::DidNotTakeEffect
+        };
+        let reply = self
+            .nodes
+            .call_with(first, node_hint, &envelope, retries)
+            .await?;
+        kv_reply(reply)
     }
 
     /// Sets `key` to `value`; returns the previous value.
@@ -75,6 +88,39 @@ impl KvClient {
     pub async fn get(&self, node: SocketAddr, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
         let reply = self.call(node, None, &KvRequest::get(key)).await?;
         Ok(reply.value().map(<[u8]>::to_vec))
+    }
+
+    /// Removes `key`; returns its previous value.
+    ///
+    /// # Errors
+    /// As [`KvClient::call`].
+    pub async fn delete(
+        &self,
+        node: SocketAddr,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, ClientError> {
+        let reply = self.call(node, None, &KvRequest::delete(key)).await?;
+        Ok(reply.value().map(<[u8]>::to_vec))
+    }
+
+    /// Sets `key` to `value` if it holds `expected` now (`None`: if it is absent). `Ok(Ok(()))`
+    /// when it did; `Ok(Err(current))` with the value found (nothing changed) when it did not.
+    ///
+    /// # Errors
+    /// As [`KvClient::call`].
+    pub async fn compare_and_set(
+        &self,
+        node: SocketAddr,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<Result<(), Option<Vec<u8>>>, ClientError> {
+        let request = KvRequest::compare_and_set(key, expected.map(<[u8]>::to_vec), value);
+        let reply = self.call(node, None, &request).await?;
+        Ok(match reply.outcome {
+            Some(crate::proto::kv_reply::Outcome::Mismatch(found)) => Err(found.value),
+            _ => Ok(()),
+        })
     }
 
     /// Closes every connection (see [`NodeClient::close`]).

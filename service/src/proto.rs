@@ -151,6 +151,14 @@ impl KvRequest {
         }))
     }
 
+    /// Whether applying the request twice changes nothing (a get): a client may then resend
+    /// it after an outcome-unknown failure. Writes are not: a put resent after its first copy
+    /// applied could overwrite a later write, a delete or compare-and-set answer differently.
+    #[must_use]
+    pub fn is_idempotent(&self) -> bool {
+        matches!(self.op, Some(kv_request::Op::Get(_)))
+    }
+
     /// The request's bytes, for the envelope.
     #[must_use]
     pub fn to_bytes(&self) -> Vec<u8> {

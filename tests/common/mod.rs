@@ -318,6 +318,22 @@ impl Cluster {
         }
     }
 
+    /// Waits up to `deadline` for node `i` to exit on its own; its exit status if it did.
+    pub fn wait_exit(&mut self, i: usize, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        let child = self.children.get_mut(i)?.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.children[i] = None;
+                return Some(status);
+            }
+            if start.elapsed() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.children[i].take() {
             child.kill().expect("SIGKILL");
@@ -326,8 +342,12 @@ impl Cluster {
     }
 
     pub fn kv(&self, node: usize, args: &[&str]) -> Output {
+        self.kv_with_certs(node, &self.certs(), args)
+    }
+
+    /// `pontoon kv` with the CA bundle and client certificates of `certs`.
+    pub fn kv_with_certs(&self, node: usize, certs: &std::path::Path, args: &[&str]) -> Output {
         let addr = self.addrs[node].to_string();
-        let certs = self.certs();
         let mut all = vec![
             "kv",
             "--node",

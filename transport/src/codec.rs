@@ -11,10 +11,11 @@ use bytes::{BufMut, Bytes, BytesMut};
 use raft::eraftpb;
 use routing::{GroupId, NodeId};
 
+use crate::budget::{Exhausted, Reservation, SnapshotBudget};
 use crate::limits::{self, FrameKind, RepeatedCaps};
 use crate::stats::Counters;
 use crate::wire::{self, StreamHeader, StreamKind, WireError};
-use crate::{Envelope, GroupFilter, SendError, convert, direct};
+use crate::{Envelope, GroupFilter, HeartbeatBatch, SendError, convert, direct};
 
 /// Application error codes of `RecvStream::stop` (stream resets) and connection closes.
 pub mod codes {
@@ -37,6 +38,10 @@ pub mod codes {
     /// Stream reset: it held an unfinished frame or snapshot and received nothing for
     /// `TransportConfig::partial_frame_timeout`.
     pub const STALLED: u32 = 0x17;
+    /// Stream reset: the snapshot it announces does not fit in what its peer's (or all
+    /// peers') unfinished snapshots may hold (`TransportConfig::snapshot_receive_bytes_per_peer`,
+    /// `TransportConfig::snapshot_receive_bytes_per_node`); the sender retries later.
+    pub const SNAPSHOT_BUDGET: u32 = 0x18;
     /// Connection close: another connection between the same two nodes won (the one dialled
     /// by the lower NodeId).
     pub const DUPLICATE_CONNECTION: u32 = 0x20;
@@ -234,8 +239,8 @@ pub(crate) fn encode(
                 messages: messages.len() as u64,
             }))
         }
-        Envelope::Heartbeats(mut batch) => {
-            batch.from = from.get();
+        Envelope::Heartbeats(batch) => {
+            let batch = batch.into_wire(from);
             let messages = batch.heartbeats.len() as u64;
             let per_frame = caps.heartbeats_per_batch.max(1);
             let mut out = BytesMut::new();
@@ -297,6 +302,8 @@ pub(crate) enum Refusal {
     Stalled(std::time::Duration),
     #[error("frame claims sender {claimed}, certificate says {peer}")]
     SenderMismatch { claimed: u64, peer: NodeId },
+    #[error("snapshot refused: {0}")]
+    OverBudget(Exhausted),
 }
 
 impl Refusal {
@@ -310,6 +317,7 @@ impl Refusal {
             Self::TooMany(_) => codes::TOO_MANY,
             Self::Stalled(_) => codes::STALLED,
             Self::SenderMismatch { .. } => codes::SENDER_MISMATCH,
+            Self::OverBudget(_) => codes::SNAPSHOT_BUDGET,
         }
     }
 
@@ -327,6 +335,7 @@ impl Refusal {
                 Counters::add(&c.dropped_sender_mismatch, 1);
                 &c.resets_sender_mismatch
             }
+            Self::OverBudget(_) => &c.resets_snapshot_budget,
         };
         Counters::add(reason, 1);
     }
@@ -354,6 +363,8 @@ enum State {
         message: Box<eraftpb::Message>,
         total: u64,
         data: BytesMut,
+        /// The budget `data` is allocated from, given back when the transfer ends.
+        _reservation: Option<Reservation>,
     },
 }
 
@@ -384,6 +395,8 @@ pub(crate) struct StreamReader {
     caps: RepeatedCaps,
     state: State,
     dec: wire::FrameDecoder,
+    /// What unfinished snapshots may hold; `None`: bounded by `max_snapshot_bytes` alone.
+    snapshot_budget: Option<SnapshotBudget>,
 }
 
 impl StreamReader {
@@ -402,7 +415,15 @@ impl StreamReader {
             caps,
             state: State::Header,
             dec: wire::FrameDecoder::new(wire::MAX_HEADER_BYTES),
+            snapshot_budget: None,
         }
+    }
+
+    /// Makes a snapshot transfer reserve its announced size in `budget` before any of its
+    /// data is buffered, and allocate exactly that: one refused does not fit.
+    pub(crate) fn with_snapshot_budget(mut self, budget: SnapshotBudget) -> Self {
+        self.snapshot_budget = Some(budget);
+        self
     }
 
     /// Memory held for frames not yet complete (and a snapshot being reassembled).
@@ -555,7 +576,7 @@ impl StreamReader {
                 self.check_from(batch.from)?;
                 tally.frames += 1;
                 tally.messages += batch.heartbeats.len() as u64;
-                out.push(Envelope::Heartbeats(batch));
+                out.push(Envelope::Heartbeats(HeartbeatBatch::from_wire(batch)));
                 Ok(())
             }
             State::Control => Err(Refusal::Malformed(WireError::Malformed {
@@ -581,12 +602,24 @@ impl StreamReader {
                         head.total_len, self.max_snapshot_bytes
                     )));
                 }
+                let (reservation, data) = match &self.snapshot_budget {
+                    Some(budget) => {
+                        let reservation = budget
+                            .reserve(head.total_len)
+                            .map_err(Refusal::OverBudget)?;
+                        // Reserved and at most `max_snapshot_bytes`, so it fits a usize.
+                        let len = usize::try_from(head.total_len).unwrap_or(usize::MAX);
+                        (Some(reservation), BytesMut::with_capacity(len))
+                    }
+                    None => (None, BytesMut::new()),
+                };
                 tally.frames += 1;
                 self.state = State::SnapshotData {
                     group,
                     message: Box::new(message),
                     total: head.total_len,
-                    data: BytesMut::new(),
+                    data,
+                    _reservation: reservation,
                 };
                 Ok(())
             }
@@ -615,6 +648,7 @@ impl StreamReader {
                 mut message,
                 total,
                 data,
+                ..
             } => {
                 if data.len() as u64 != total {
                     return Err(Refusal::Malformed(WireError::Truncated {

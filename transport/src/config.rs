@@ -78,6 +78,17 @@ pub struct TransportConfig {
     pub snapshot_chunk_bytes: usize,
     /// Largest snapshot a receiver reassembles (default 1 GiB).
     pub max_snapshot_bytes: u64,
+    /// Bytes the unfinished snapshot transfers of one peer may hold together (default 1 GiB;
+    /// at least `max_snapshot_bytes`). A transfer reserves the size its header announces
+    /// before any data is buffered; one that does not fit is reset
+    /// ([`codes::SNAPSHOT_BUDGET`](crate::codes::SNAPSHOT_BUDGET), counted in
+    /// `resets_snapshot_budget`) and the sender's raft retries it later. So a peer opening many
+    /// snapshot streams holds at most this much, and none for longer than
+    /// `partial_frame_timeout` without progress.
+    pub snapshot_receive_bytes_per_peer: u64,
+    /// Bytes the unfinished snapshot transfers of all peers may hold together (default 2 GiB;
+    /// at least `snapshot_receive_bytes_per_peer`).
+    pub snapshot_receive_bytes_per_node: u64,
     /// Also accept client connections (ALPN [`certs::CLIENT_ALPN`]) on this endpoint and hand
     /// them over through `QuicTransport::take_client_connections` (default `false`: only
     /// nodes, ALPN [`certs::ALPN`], may connect).
@@ -180,6 +191,8 @@ impl Default for TransportConfig {
             reconnect_backoff_max: Duration::from_secs(5),
             snapshot_chunk_bytes: 1 << 20,
             max_snapshot_bytes: 1 << 30,
+            snapshot_receive_bytes_per_peer: 1 << 30,
+            snapshot_receive_bytes_per_node: 2 << 30,
             accept_clients: false,
             client_queue_len: 64,
             max_messages_per_batch: 4_096,
@@ -258,6 +271,10 @@ setters!(
     snapshot_chunk_bytes: usize,
     /// Sets [`TransportConfig::max_snapshot_bytes`].
     max_snapshot_bytes: u64,
+    /// Sets [`TransportConfig::snapshot_receive_bytes_per_peer`].
+    snapshot_receive_bytes_per_peer: u64,
+    /// Sets [`TransportConfig::snapshot_receive_bytes_per_node`].
+    snapshot_receive_bytes_per_node: u64,
     /// Sets [`TransportConfig::accept_clients`].
     accept_clients: bool,
     /// Sets [`TransportConfig::client_queue_len`].
@@ -400,6 +417,25 @@ impl TransportConfig {
                 format!(
                     "{} must be at least max_frame_bytes ({})",
                     self.max_partial_bytes_per_connection, self.max_frame_bytes
+                ),
+            );
+        }
+        if self.snapshot_receive_bytes_per_peer < self.max_snapshot_bytes {
+            return err(
+                "snapshot_receive_bytes_per_peer",
+                format!(
+                    "{} must be at least max_snapshot_bytes ({}), or no snapshot of that size \
+                     is ever received",
+                    self.snapshot_receive_bytes_per_peer, self.max_snapshot_bytes
+                ),
+            );
+        }
+        if self.snapshot_receive_bytes_per_node < self.snapshot_receive_bytes_per_peer {
+            return err(
+                "snapshot_receive_bytes_per_node",
+                format!(
+                    "{} must be at least snapshot_receive_bytes_per_peer ({})",
+                    self.snapshot_receive_bytes_per_node, self.snapshot_receive_bytes_per_peer
                 ),
             );
         }

@@ -7,9 +7,15 @@
 //! - [`wire`]: the prost wire format (stream header, length-prefixed bounded frames) and
 //!   [`to_wire`] / [`from_wire`], the lossless conversion from and to raft-rs messages.
 //! - [`Transport`]: what the coordinator calls: a non-blocking [`Transport::send`] of an
-//!   [`Envelope`]; [`Inbound`] events come back on a channel.
+//!   [`Envelope`]; [`Inbound`] events come back on a channel. Envelopes are typed (raft-rs
+//!   messages, [`HeartbeatBatch`]): the prost structs of [`wire`] stay on this side of the seam,
+//!   converted by the codec.
+//! - [`NodeTransport`]: what a running node holds: `send` plus the endpoint's life cycle
+//!   (local address, shutdown, client connections) and trust settings (TLS reload, peer
+//!   admission, revocations).
 //! - `QuicTransport`: the real thing, over quinn with mutual TLS from `pontoon-certs`.
-//! - [`mem`]: a deterministic, sans-IO network with seeded faults, for tests.
+//! - [`mem`]: a deterministic, sans-IO network with seeded faults, for tests, and
+//!   [`mem::LocalNetwork`], an in-process [`NodeTransport`] over channels.
 //!
 //! ```
 //! use routing::{GroupId, NodeId};
@@ -27,12 +33,15 @@
 
 #![warn(unreachable_pub)]
 
+mod budget;
 mod codec;
 mod config;
 mod convert;
 mod direct;
+mod heartbeat;
 mod limits;
 pub mod mem;
+mod node_transport;
 mod quic;
 mod stats;
 pub mod wire;
@@ -52,6 +61,8 @@ use routing::{GroupId, NodeId};
 pub use codec::codes;
 pub use config::{ConfigError, STREAM_HEADROOM, TransportConfig};
 pub use convert::{from_wire, to_wire};
+pub use heartbeat::{GroupHeartbeat, HeartbeatBatch, HeartbeatKind};
+pub use node_transport::{NodeTransport, TransportFuture};
 pub use stats::TransportStats;
 pub use wire::WireError;
 
@@ -66,8 +77,7 @@ pub enum Envelope {
         messages: Vec<eraftpb::Message>,
     },
     /// Coalesced heartbeats (or responses) of many groups, on the peer's heartbeat stream.
-    /// The transport fills in `from`.
-    Heartbeats(wire::HeartbeatBatch),
+    Heartbeats(HeartbeatBatch),
     /// A `MsgSnapshot` with its data, sent on a stream of its own; its fate comes back as
     /// [`Inbound::SnapshotStatus`].
     Snapshot {

@@ -5,6 +5,13 @@
 //! writes and decoded by the same reader, so byte and message counts match what QUIC would
 //! frame. A seed drives every fault (drop, duplicate, delay, hence reorder), so a failing
 //! test replays exactly from its seed.
+//!
+//! [`LocalNetwork`] is the other in-memory network: live, over tokio channels, a
+//! [`NodeTransport`](crate::NodeTransport) that real `Node`s run on without sockets.
+
+mod local;
+
+pub use local::{LocalNetwork, LocalTransport};
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -585,23 +592,22 @@ mod tests {
     }
 
     #[test]
-    fn coalesced_heartbeats_travel_with_the_sender_filled_in() {
+    fn coalesced_heartbeats_arrive_from_the_sending_node() {
         let mut net = SimNetwork::new(0, FaultConfig::default());
-        let hb = crate::wire::HeartbeatBatch {
-            from: 999,
-            responses: false,
-            heartbeats: (1..=3)
-                .map(|g| crate::wire::Heartbeat {
-                    group_id: g,
+        let hb = crate::HeartbeatBatch::new(
+            crate::HeartbeatKind::Requests,
+            (1..=3)
+                .map(|g| crate::GroupHeartbeat {
+                    group: GroupId(g),
                     term: 2,
                     commit: 5,
                     quiesce: false,
                 })
                 .collect(),
-        };
+        );
         net.send(0, NodeId(1), NodeId(2), Envelope::Heartbeats(hb.clone()));
         let got = net.deliver(0);
-        let expected = crate::wire::HeartbeatBatch { from: 1, ..hb };
+        let expected = hb;
         assert_eq!(
             got,
             vec![(

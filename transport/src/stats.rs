@@ -69,6 +69,10 @@ stats!(
     resets_stalled,
     /// Resets because a frame claimed another sender.
     resets_sender_mismatch,
+    /// Snapshot transfers refused at their header because the size they announce does not fit
+    /// in `snapshot_receive_bytes_per_peer` or `snapshot_receive_bytes_per_node` beside the
+    /// unfinished snapshots held already (the sender learns it failed and retries later).
+    resets_snapshot_budget,
     /// Connections established (dialled or accepted) and adopted.
     connections_opened,
     /// Connections lost or closed.

@@ -17,7 +17,7 @@ use std::task::Poll;
 use bytes::BytesMut;
 use common::*;
 use pontoon_transport::wire::{self, StreamHeader, StreamKind};
-use pontoon_transport::{Envelope, Inbound, SendError, Transport, TransportConfig};
+use pontoon_transport::{Envelope, HeartbeatBatch, Inbound, SendError, Transport, TransportConfig};
 use routing::{GroupId, NodeId};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -61,10 +61,7 @@ async fn victim_and_peer(
     let victim = nodes.pop().unwrap();
     victim
         .transport
-        .send(
-            NodeId(2),
-            Envelope::Heartbeats(wire::HeartbeatBatch::default()),
-        )
+        .send(NodeId(2), Envelope::Heartbeats(HeartbeatBatch::liveness()))
         .unwrap();
     wait_for("node 1 and node 2 to connect", || {
         victim.transport.connected_peers() == vec![NodeId(2)]

@@ -400,3 +400,107 @@ async fn reloading_tls_with_two_cas_accepts_peers_of_both() {
     legit_traffic_flows_between(&mut nodes, 1, 0, 50).await;
     legit_traffic_flows_between(&mut nodes, 0, 1, 50).await;
 }
+
+/// Opens a snapshot stream toward node 1 as node `from`, announcing `total` bytes and sending
+/// `sent` of them, then stalls. Returns the stream, kept open by the caller.
+async fn stalled_snapshot(
+    conn: &quinn::Connection,
+    from: u64,
+    group: u64,
+    total: u64,
+    sent: usize,
+) -> quinn::SendStream {
+    use raft::eraftpb::{Message, MessageType};
+    let (mut s, _answer) = conn.open_bi().await.unwrap();
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgSnapshot);
+    m.from = from;
+    m.to = 1;
+    m.term = 1;
+    let mut snap = raft::eraftpb::Snapshot::default();
+    snap.mut_metadata().index = 10;
+    snap.mut_metadata().term = 1;
+    m.snapshot = Some(snap).into();
+    let head = wire::SnapshotHeader {
+        from,
+        message: Some(pontoon_transport::to_wire(&m)),
+        total_len: total,
+    };
+    let mut out = BytesMut::from(&header(StreamKind::Snapshot, group)[..]);
+    wire::encode_frame(&head, 1 << 20, &mut out).unwrap();
+    let chunk = wire::SnapshotChunk {
+        data: Bytes::from(vec![7u8; sent]),
+    };
+    wire::encode_frame(&chunk, 2 << 20, &mut out).unwrap();
+    let _ = s.write_chunk(out.freeze()).await;
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_streams_beyond_the_peer_and_node_budgets_are_refused_before_buffering() {
+    const SNAPSHOT: u64 = 8 * MIB;
+    const PER_PEER: u64 = 16 * MIB;
+    const PER_NODE: u64 = 24 * MIB;
+    const STREAMS: u64 = 24;
+    // The issue measured +446 MiB for 3 stalled snapshot streams; here 48 streams announce
+    // 384 MiB and send 48 MiB, and at most PER_NODE is ever held.
+    const BOUND: u64 = 96 * MIB;
+    let _rss = RSS_LOCK.lock().await;
+    let ca = certs::ClusterCa::generate("snapshot-budget").unwrap();
+    let config = TransportConfig::default()
+        .max_snapshot_bytes(SNAPSHOT)
+        .snapshot_receive_bytes_per_peer(PER_PEER)
+        .snapshot_receive_bytes_per_node(PER_NODE)
+        .partial_frame_timeout(Duration::from_secs(2));
+    let (victim, mut peer) = victim_and_legit_peer(&ca, config).await;
+    let target = victim.transport.local_addr();
+    let before = rss_bytes();
+    let mut peak = 0;
+    let mut held = Vec::new();
+    let mut conns = Vec::new();
+    // Node 3 first takes its whole budget, then node 4 what is left of the node's.
+    for attacker in [3, 4] {
+        let conn = raw_node_connection(&ca, attacker, target, 1).await.unwrap();
+        for i in 0..STREAMS {
+            let s = stalled_snapshot(&conn, attacker, 1 + i % 16, SNAPSHOT, 1 << 20).await;
+            held.push(s);
+            peak = peak.max(victim.transport.stats().receive_buffered_bytes);
+        }
+        conns.push(conn);
+    }
+    // Two transfers of node 3 fit its budget, one of node 4 fits what the node has left.
+    let accepted = PER_PEER / SNAPSHOT + (PER_NODE - PER_PEER) / SNAPSHOT;
+    wait_for("every transfer beyond the budgets to be refused", || {
+        let s = victim.transport.stats();
+        peak = peak.max(s.receive_buffered_bytes);
+        s.resets_snapshot_budget == 2 * STREAMS - accepted
+    })
+    .await;
+    assert!(
+        peak <= PER_NODE + (2 << 20),
+        "held {} MiB of snapshots, the node's budget is {} MiB",
+        peak / MIB,
+        PER_NODE / MIB
+    );
+    let grown = rss_bytes().saturating_sub(before);
+    eprintln!(
+        "RSS grew by {} MiB, peak held {} MiB",
+        grown / MIB,
+        peak / MIB
+    );
+    assert!(grown <= BOUND, "RSS grew by {} MiB", grown / MIB);
+    // The accepted ones stall and are dropped, giving their budget back.
+    wait_for("the stalled transfers to be dropped", || {
+        let s = victim.transport.stats();
+        s.resets_stalled >= accepted && s.receive_buffered_bytes == 0
+    })
+    .await;
+    assert!(
+        conns.iter().all(|c| c.close_reason().is_none()),
+        "only the streams are reset"
+    );
+    drop((held, conns));
+    let mut victim = victim;
+    legit_traffic_flows(&peer, &mut victim, 200).await;
+    legit_traffic_flows(&victim, &mut peer, 200).await;
+}

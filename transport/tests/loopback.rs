@@ -9,7 +9,9 @@ mod common;
 use std::collections::HashMap;
 
 use common::*;
-use pontoon_transport::{Envelope, Inbound, Transport, TransportConfig, wire};
+use pontoon_transport::{
+    Envelope, GroupHeartbeat, HeartbeatBatch, HeartbeatKind, Inbound, Transport, TransportConfig,
+};
 use raft::eraftpb;
 use routing::{GroupId, NodeId};
 
@@ -157,21 +159,20 @@ async fn snapshots_arrive_whole_and_their_fate_comes_back() {
         }
     );
     // Heartbeats still flow on the same connection.
-    let hb = wire::HeartbeatBatch {
-        from: 0,
-        responses: true,
-        heartbeats: vec![wire::Heartbeat {
-            group_id: 5,
+    let hb = HeartbeatBatch::new(
+        HeartbeatKind::Responses,
+        vec![GroupHeartbeat {
+            group: GroupId(5),
             term: 1,
             commit: 3,
             quiesce: false,
         }],
-    };
+    );
     nodes[0]
         .transport
         .send(NodeId(2), Envelope::Heartbeats(hb.clone()))
         .unwrap();
-    let expected = wire::HeartbeatBatch { from: 1, ..hb };
+    let expected = hb;
     assert_eq!(
         next(&mut nodes[1].inbound).await,
         Inbound::Message {

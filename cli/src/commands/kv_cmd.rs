@@ -1,4 +1,4 @@
-//! `pontoon kv put|get|status`: the key-value service's client.
+//! `pontoon kv put|get|delete|cas|status`: the key-value service's client.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 use pontoon::admin::proto::admin_request::Body;
 use pontoon::admin::proto::{AdminReply, AdminRequest, Empty, admin_reply};
 use pontoon::admin::wire::{ClientRequest, client_reply};
+use service::proto::kv_reply;
 use service::{KvClient, KvRequest};
 
 use super::CliError;
@@ -35,6 +36,16 @@ enum KvOp {
     Get { key: String },
     /// Delete KEY; prints the previous value.
     Delete { key: String },
+    /// Compare-and-set: set KEY to VALUE only if it holds EXPECTED now (without --expected:
+    /// only if KEY is absent). On a mismatch nothing changes, the value found is printed and
+    /// the exit code is 2.
+    Cas {
+        key: String,
+        value: String,
+        /// The value KEY must hold now; leave out to require that KEY is absent.
+        #[arg(long)]
+        expected: Option<String>,
+    },
     /// The node's status as JSON.
     Status,
 }
@@ -57,6 +68,15 @@ async fn run_op(client: &KvClient, node: SocketAddr, op: &KvOp) -> Result<ExitCo
         KvOp::Put { key, value } => KvRequest::put(key.as_bytes(), value.as_bytes()),
         KvOp::Get { key } => KvRequest::get(key.as_bytes()),
         KvOp::Delete { key } => KvRequest::delete(key.as_bytes()),
+        KvOp::Cas {
+            key,
+            value,
+            expected,
+        } => KvRequest::compare_and_set(
+            key.as_bytes(),
+            expected.as_ref().map(|e| e.as_bytes().to_vec()),
+            value.as_bytes(),
+        ),
         KvOp::Status => {
             let request = ClientRequest::admin(AdminRequest::new(Body::NodeStatus(Empty {})));
             let reply = client.nodes().call(node, None, &request).await?;
@@ -77,6 +97,15 @@ async fn run_op(client: &KvClient, node: SocketAddr, op: &KvOp) -> Result<ExitCo
             Some(value) => println!("{}", String::from_utf8_lossy(value)),
             None => return Ok(ExitCode::from(1)),
         },
+        KvOp::Cas { .. } => {
+            if let Some(kv_reply::Outcome::Mismatch(found)) = &reply.outcome {
+                match &found.value {
+                    Some(value) => println!("{}", String::from_utf8_lossy(value)),
+                    None => eprintln!("the key is absent"),
+                }
+                return Ok(ExitCode::from(2));
+            }
+        }
         _ => {
             if let Some(previous) = reply.value() {
                 println!("{}", String::from_utf8_lossy(previous));

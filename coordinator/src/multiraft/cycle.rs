@@ -171,7 +171,7 @@ impl MultiRaft {
         // so from here on raft reads them from the store, not from its unstable log.
         let batch = self.store.stage(batch)?;
         let mut count = CoalesceCount::default();
-        let messages = now.into_envelopes(self.id, &mut count);
+        let messages = now.into_envelopes(&mut count);
         self.count_sent(&messages, count);
         self.stats.cycles += 1;
         self.inflight.push_back(Inflight {
@@ -361,7 +361,7 @@ impl MultiRaft {
             }
         }
         let mut count = CoalesceCount::default();
-        let messages = cycle.after_persist.into_envelopes(self.id, &mut count);
+        let messages = cycle.after_persist.into_envelopes(&mut count);
         self.count_sent(&messages, count);
         Ok(messages)
     }

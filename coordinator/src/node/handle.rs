@@ -12,7 +12,7 @@ use routing::{GroupId, META_GROUP, NodeId, RoutingChange, RoutingTable, VShardId
 use storage::LogStore;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument as _;
-use transport::{AddressBook, Inbound, QuicTransport, Transport};
+use transport::{AddressBook, Inbound, NodeTransport, QuicTransport, Transport};
 
 use super::driver::{Driver, Reply, Waiter};
 use super::pending::Request;
@@ -86,22 +86,17 @@ pub struct Node {
     stopped: watch::Receiver<Option<NodeStopped>>,
     /// What happens on the node, for [`Node::subscribe`].
     events: tokio::sync::broadcast::Sender<NodeEvent>,
-    /// The QUIC endpoint (absent over other transports). The driver sends through the
-    /// [`Transport`] trait; the handle keeps the concrete type only for what the trait does not
-    /// offer: closing the endpoint on `shutdown`, and the client connections it accepted.
-    quic: Option<Arc<QuicTransport>>,
+    /// The endpoint: the driver sends through it, the handle closes it and sets its trust.
+    transport: Arc<dyn NodeTransport>,
 }
 
 /// How a node is wired to its transport.
 struct Wiring {
-    transport: Arc<dyn Transport>,
+    transport: Arc<dyn NodeTransport>,
     inbound: mpsc::Receiver<Inbound>,
     address_book: AddressBook,
-    local_addr: SocketAddr,
     /// The groups the QUIC endpoint accepts streams for (QUIC only).
     known: Option<KnownGroups>,
-    /// The endpoint to close if the coordinator stops on its own (QUIC only).
-    quic: Option<Arc<QuicTransport>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -166,32 +161,26 @@ impl Node {
             filter,
         )
         .await?;
-        let quic = Arc::new(quic);
         let wiring = Wiring {
-            local_addr: quic.local_addr(),
-            transport: quic.clone(),
+            transport: Arc::new(quic),
             inbound,
             address_book,
             known: Some(known),
-            quic: Some(quic.clone()),
         };
-        let me = config.node_id;
-        let mut node = Self::start_inner(config, store, wiring, routing, state_machines.into())?;
-        admit_by_routing(&quic, me, &node.routing, node.routing_version.clone());
-        node.quic = Some(quic);
-        Ok(node)
+        Self::start_inner(config, store, wiring, routing, state_machines.into())
     }
 
-    /// Starts a node over any [`Transport`] (the in-memory one in tests).
+    /// Starts a node over any [`NodeTransport`] (the in-process
+    /// [`LocalNetwork`](transport::mem::LocalNetwork) in tests), with `inbound` the channel
+    /// its events arrive on. The node admits peers by its routing table as over QUIC.
     ///
     /// # Errors
     /// [`NodeError`] saying which part could not start.
     pub fn start_with_transport(
         config: NodeConfig,
-        transport: Arc<dyn Transport>,
+        transport: Arc<dyn NodeTransport>,
         inbound: mpsc::Receiver<Inbound>,
         address_book: AddressBook,
-        local_addr: SocketAddr,
         routing: RoutingTable,
         state_machines: impl Into<StateMachines>,
     ) -> Result<Node, NodeError> {
@@ -200,9 +189,7 @@ impl Node {
             transport,
             inbound,
             address_book,
-            local_addr,
             known: None,
-            quic: None,
         };
         Self::start_inner(config, store, wiring, routing, state_machines.into())
     }
@@ -262,10 +249,11 @@ impl Node {
             wiring.known,
             wiring.address_book.clone(),
         );
+        let sender: Arc<dyn Transport> = wiring.transport.clone();
         let driver = Driver::new(
             core,
             store,
-            wiring.transport,
+            sender,
             applying,
             placement,
             config.request_timeout,
@@ -280,7 +268,7 @@ impl Node {
         // A node whose coordinator stopped must not linger: its endpoint closes (peers and
         // clients see it gone) and whoever awaits `stopped` learns why.
         let (stopped_tx, stopped_rx) = watch::channel(None);
-        let quic = wiring.quic;
+        let endpoint = wiring.transport.clone();
         let stop_events = events.clone();
         let handle = tokio::spawn(async move {
             let stopped = match driver.await {
@@ -304,13 +292,12 @@ impl Node {
             };
             if let NodeStopped::Fatal { reason } = &stopped {
                 tracing::error!(node = %id, %reason, "node stopped: closing its endpoint");
-                if let Some(quic) = &quic {
-                    quic.shutdown().await;
-                }
+                endpoint.shutdown().await;
             }
             let _ = stop_events.send(NodeEvent::Stopped(stopped.clone()));
             let _ = stopped_tx.send(Some(stopped));
         });
+        admit_by_routing(&wiring.transport, id, &routing, version_rx.clone());
         Ok(Node {
             id,
             commands: commands_tx,
@@ -318,12 +305,12 @@ impl Node {
             routing_version: version_rx,
             fences,
             request_timeout: config.request_timeout,
-            local_addr: wiring.local_addr,
+            local_addr: wiring.transport.local_addr(),
             shutdown: Arc::new(tokio::sync::Mutex::new(Some((stop_tx, handle)))),
             address_book: wiring.address_book,
             stopped: stopped_rx,
             events,
-            quic: None,
+            transport: wiring.transport,
         })
     }
 
@@ -340,7 +327,7 @@ impl Node {
     /// Client connections (ALPN `pontoon-client/1`) the endpoint accepted, when the transport
     /// config has `accept_clients`; `Some` once. The example key-value service serves them.
     pub fn take_client_connections(&self) -> Option<mpsc::Receiver<transport::ClientConnection>> {
-        self.quic.as_ref()?.take_client_connections()
+        self.transport.take_client_connections()
     }
 
     /// The routing table as this node knows it (leader hints kept current).
@@ -737,19 +724,18 @@ impl Node {
 
     /// Swaps the node's certificate, key and trusted CAs without a restart (certificate
     /// rotation; a CA rollover with both CAs trusted for a while). New handshakes use them at
-    /// once; live connections carry on. Nothing to do for a node not on QUIC.
+    /// once; live connections carry on.
     ///
     /// # Errors
-    /// [`NodeError`] when `identity` is another node's or the configs cannot be built.
+    /// [`NodeError::Transport`] when `identity` is another node's, the configs cannot be
+    /// built, or the node's transport has no TLS
+    /// ([`TransportError::NoTls`](transport::TransportError::NoTls)).
     pub fn reload_tls(
         &self,
         identity: &certs::NodeIdentity,
         cas: &[certs::CertificateDer<'static>],
     ) -> Result<(), NodeError> {
-        match &self.quic {
-            Some(quic) => Ok(quic.reload_tls(identity, cas)?),
-            None => Ok(()),
-        }
+        Ok(self.transport.reload_tls(identity, cas)?)
     }
 
     /// Waits until the node has stopped, and says why: [`NodeStopped::Fatal`] when its
@@ -832,9 +818,7 @@ impl Node {
             let _ = stop.send(());
             let _ = handle.await;
         }
-        if let Some(quic) = &self.quic {
-            quic.shutdown().await;
-        }
+        self.transport.shutdown().await;
     }
 }
 
@@ -851,13 +835,13 @@ fn single_change(kind: ConfChangeType, node: NodeId) -> ConfChangeV2 {
 /// hears anyone until its table lists it), and none it revokes: checked after every handshake,
 /// and again on live connections each time a new table applies.
 fn admit_by_routing(
-    quic: &Arc<QuicTransport>,
+    transport: &Arc<dyn NodeTransport>,
     me: NodeId,
     routing: &Arc<RwLock<RoutingTable>>,
     mut versions: watch::Receiver<u64>,
 ) {
     let table = routing.clone();
-    quic.set_peer_admission(Some(Arc::new(move |peer| {
+    transport.set_peer_admission(Some(Arc::new(move |peer| {
         let table = lock::read(&table);
         !table.is_node_revoked(peer) && (table.is_member(peer) || !table.is_member(me))
     })));
@@ -871,14 +855,16 @@ fn admit_by_routing(
             .flat_map(|s| [s.clone(), [&[0u8][..], s].concat()])
             .collect(),
     };
-    quic.set_revocations(revocations(&lock::read(routing)));
-    let (quic, routing) = (Arc::downgrade(quic), routing.clone());
+    transport.set_revocations(revocations(&lock::read(routing)));
+    let (transport, routing) = (Arc::downgrade(transport), routing.clone());
     tokio::spawn(async move {
         while versions.changed().await.is_ok() {
-            let Some(quic) = quic.upgrade() else { return };
+            let Some(transport) = transport.upgrade() else {
+                return;
+            };
             let revoked = revocations(&lock::read(&routing));
-            quic.set_revocations(revoked);
-            quic.recheck_admission();
+            transport.set_revocations(revoked);
+            transport.recheck_admission();
         }
     });
 }

@@ -61,16 +61,15 @@ fn batches_over_the_receivers_caps_are_split_and_read_back_within_them() {
         vec![raft(messages)]
     );
 
-    let batch = wire::HeartbeatBatch {
-        from: 0,
-        responses: true,
-        heartbeats: (0..7)
-            .map(|g| wire::Heartbeat {
-                group_id: g,
+    let batch = crate::HeartbeatBatch::new(
+        crate::HeartbeatKind::Responses,
+        (0..7)
+            .map(|g| crate::GroupHeartbeat {
+                group: GroupId(g),
                 ..Default::default()
             })
             .collect(),
-    };
+    );
     let Ok(Encoded::Frames(f)) = encode(NodeId(7), Envelope::Heartbeats(batch), 1 << 20, &caps)
     else {
         panic!("heartbeat frames");
@@ -81,14 +80,14 @@ fn batches_over_the_receivers_caps_are_split_and_read_back_within_them() {
         .feed(header_frame(StreamKind::Heartbeats, 0), &counters)
         .unwrap();
     let got = reader.feed(f.bytes, &counters).unwrap();
-    let groups: Vec<u64> = got
+    let groups: Vec<GroupId> = got
         .iter()
         .flat_map(|e| match e {
-            Envelope::Heartbeats(b) => b.heartbeats.iter().map(|h| h.group_id).collect(),
+            Envelope::Heartbeats(b) => b.heartbeats.iter().map(|h| h.group).collect(),
             _ => Vec::new(),
         })
         .collect();
-    assert_eq!((got.len(), groups), (3, (0..7).collect::<Vec<_>>()));
+    assert_eq!((got.len(), groups), (3, (0..7).map(GroupId).collect()));
 }
 
 proptest! {

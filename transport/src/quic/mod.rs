@@ -45,7 +45,7 @@
 //! [`StreamKind::Control`]: crate::wire::StreamKind::Control
 
 mod accept;
-mod admission;
+pub(crate) mod admission;
 mod clients;
 mod peer;
 mod recv;
@@ -67,17 +67,18 @@ use routing::NodeId;
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{Instrument, info_span};
 
+use crate::budget::ByteBudget;
 use crate::codec::{self, codes};
 use crate::limits::RepeatedCaps;
 use crate::stats::Counters;
 use crate::{
-    AddressBook, ConfigError, Envelope, GroupFilter, Inbound, SendError, Transport,
-    TransportConfig, TransportStats,
+    AddressBook, ConfigError, Envelope, GroupFilter, Inbound, NodeTransport, SendError, Transport,
+    TransportConfig, TransportFuture, TransportStats,
 };
 
 use peer::Peer;
 
-/// Why a QUIC transport could not start.
+/// Why a transport could not start, or refused a change of its TLS settings.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     /// The configuration is invalid.
@@ -96,6 +97,13 @@ pub enum TransportError {
         was: NodeId,
         /// The id of the identity offered.
         now: NodeId,
+    },
+    /// The transport carries no TLS (the in-process network): there is no certificate to
+    /// reload. Reload certificates only on a node that runs over QUIC.
+    #[error("this transport has no TLS: {transport} cannot reload certificates")]
+    NoTls {
+        /// Which transport was asked.
+        transport: &'static str,
     },
     /// The UDP socket could not be bound.
     #[error("binding {addr}: {source}")]
@@ -139,6 +147,10 @@ pub(crate) struct Shared {
     /// Bytes of client requests being read or answered, all clients together
     /// ([`TransportConfig::clients_buffered_bytes`]).
     client_bytes: Arc<Semaphore>,
+    /// Bytes all peers' unfinished snapshot transfers hold
+    /// ([`TransportConfig::snapshot_receive_bytes_per_node`]); each connection adds its own
+    /// budget under it.
+    pub(crate) snapshot_bytes: Arc<ByteBudget>,
 }
 
 impl Shared {
@@ -385,6 +397,7 @@ impl QuicTransport {
         let caps = RepeatedCaps::from_config(&config);
         let max_clients = config.max_client_connections;
         let client_bytes = config.clients_buffered_bytes.min(Semaphore::MAX_PERMITS);
+        let snapshot_bytes = config.snapshot_receive_bytes_per_node;
         let (clients_tx, clients_rx) = if config.accept_clients {
             let (tx, rx) = mpsc::channel(config.client_queue_len);
             (Some(tx), Some(rx))
@@ -409,6 +422,7 @@ impl QuicTransport {
             gate: admission::Gate::default(),
             client_slots: Arc::new(Semaphore::new(max_clients)),
             client_bytes: Arc::new(Semaphore::new(client_bytes)),
+            snapshot_bytes: ByteBudget::new(snapshot_bytes),
         });
         let span = info_span!("node", node = %shared.local, %local_addr);
         tokio::spawn(accept::accept_loop(shared.clone()).instrument(span));
@@ -625,6 +639,40 @@ impl Transport for QuicTransport {
             stats.queued_bytes += bytes as u64;
         }
         stats
+    }
+}
+
+impl NodeTransport for QuicTransport {
+    fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    fn take_client_connections(&self) -> Option<mpsc::Receiver<ClientConnection>> {
+        QuicTransport::take_client_connections(self)
+    }
+
+    fn reload_tls(
+        &self,
+        identity: &certs::NodeIdentity,
+        cas: &[rustls::pki_types::CertificateDer<'static>],
+    ) -> Result<(), TransportError> {
+        QuicTransport::reload_tls(self, identity, cas)
+    }
+
+    fn set_peer_admission(&self, admission: Option<PeerAdmission>) {
+        QuicTransport::set_peer_admission(self, admission);
+    }
+
+    fn set_revocations(&self, revoked: Revocations) {
+        QuicTransport::set_revocations(self, revoked);
+    }
+
+    fn recheck_admission(&self) {
+        QuicTransport::recheck_admission(self);
+    }
+
+    fn shutdown(&self) -> TransportFuture<'_> {
+        Box::pin(QuicTransport::shutdown(self))
     }
 }
 

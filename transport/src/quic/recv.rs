@@ -32,6 +32,7 @@ use tracing::{Instrument, debug, info_span, warn};
 use super::Shared;
 use super::peer::{PeerEvent, snapshot_ack};
 use crate::Inbound;
+use crate::budget::{ByteBudget, SnapshotBudget};
 use crate::codec::{Refusal, StreamReader};
 use crate::stats::Counters;
 use crate::wire::StreamKind;
@@ -217,6 +218,11 @@ pub(crate) async fn drive(
 ) {
     let sid = conn.stable_id();
     let partial = Arc::new(AtomicUsize::new(0));
+    // One connection per peer: its budget is the peer's.
+    let snapshots = SnapshotBudget {
+        peer: ByteBudget::new(shared.config.snapshot_receive_bytes_per_peer),
+        node: shared.snapshot_bytes.clone(),
+    };
     // Validated to be at least 1.
     let readers = shared.config.readers_per_connection.max(1);
     let (to_reader, tasks): (Vec<_>, Vec<_>) = (0..readers)
@@ -251,7 +257,8 @@ pub(crate) async fn drive(
             bi = conn.accept_bi() => match bi {
                 Ok((send, recv)) => {
                     let span = info_span!("snapshot_stream", id = %recv.id(), group = tracing::field::Empty);
-                    tokio::spawn(read_snapshot(shared.clone(), peer, recv, send, partial.clone()).instrument(span));
+                    let budget = snapshots.clone();
+                    tokio::spawn(read_snapshot(shared.clone(), peer, recv, send, partial.clone(), budget).instrument(span));
                 }
                 Err(e) => break e,
             },
@@ -422,6 +429,7 @@ async fn read_snapshot(
     mut recv: RecvStream,
     mut answer: SendStream,
     partial: Arc<AtomicUsize>,
+    budget: SnapshotBudget,
 ) {
     let c = &shared.counters;
     let timeout = shared.config.partial_frame_timeout;
@@ -432,7 +440,8 @@ async fn read_snapshot(
         cfg.max_snapshot_bytes,
         shared.known_groups.clone(),
         shared.caps,
-    );
+    )
+    .with_snapshot_budget(budget);
     // What this stream's decoder holds, as last added to `receive_buffered_bytes`.
     let mut held = 0usize;
     // The snapshot's reassembled data, counted in the gauge but not in the frame budget.

@@ -132,7 +132,7 @@ pub static RSS_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Node 1 (the victim, `config`) and node 2 (its legitimate peer, default config), both
 /// knowing groups 1..=16, connected (node 1 dialled).
 pub async fn victim_and_legit_peer(ca: &ClusterCa, config: TransportConfig) -> (Node, Node) {
-    use pontoon_transport::{Envelope, Transport, wire};
+    use pontoon_transport::{Envelope, HeartbeatBatch, Transport};
     let book = AddressBook::new();
     let mut nodes = Vec::new();
     for id in [1, 2] {
@@ -156,10 +156,7 @@ pub async fn victim_and_legit_peer(ca: &ClusterCa, config: TransportConfig) -> (
     let victim = nodes.pop().unwrap();
     victim
         .transport
-        .send(
-            NodeId(2),
-            Envelope::Heartbeats(wire::HeartbeatBatch::default()),
-        )
+        .send(NodeId(2), Envelope::Heartbeats(HeartbeatBatch::liveness()))
         .unwrap();
     wait_for("node 1 and node 2 to connect", || {
         victim.transport.connected_peers() == vec![NodeId(2)]

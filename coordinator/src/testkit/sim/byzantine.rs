@@ -14,7 +14,7 @@ use rand::Rng as _;
 use rand::rngs::StdRng;
 use routing::{GroupId, NodeId};
 use transport::Envelope;
-use transport::wire::{Heartbeat, HeartbeatBatch};
+use transport::{GroupHeartbeat, HeartbeatBatch, HeartbeatKind};
 
 /// The first id of the nodes outside the cluster that forge traffic.
 pub(crate) const OUTSIDER_BASE: u64 = 1_000;
@@ -176,16 +176,15 @@ pub(crate) fn forge(rng: &mut StdRng, nodes: &[NodeId], groups: &[GroupId]) -> O
     };
     let envelope = if m.get_msg_type() == MessageType::MsgHeartbeat && rng.random_bool(0.5) {
         // The same forgery through the coalesced path.
-        Envelope::Heartbeats(HeartbeatBatch {
-            from: from.get(),
-            responses: false,
-            heartbeats: vec![Heartbeat {
-                group_id: group.get(),
+        Envelope::Heartbeats(HeartbeatBatch::new(
+            HeartbeatKind::Requests,
+            vec![GroupHeartbeat {
+                group,
                 term: m.term,
                 commit: m.commit,
                 quiesce: rng.random(),
             }],
-        })
+        ))
     } else if m.get_msg_type() == MessageType::MsgSnapshot {
         Envelope::Snapshot { group, message: m }
     } else {
