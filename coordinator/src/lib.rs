@@ -75,6 +75,7 @@ mod config;
 mod error;
 mod lock;
 mod logging;
+pub mod metrics;
 mod multiraft;
 mod node;
 mod outbox;

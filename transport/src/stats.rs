@@ -79,6 +79,9 @@ stats!(
     /// Incoming connections refused before their handshake because
     /// `max_incoming_connections` were already being handshaken or held.
     connections_refused_limit,
+    /// Incoming handshakes that failed: TLS refused the peer's certificate (another CA, an
+    /// expired or revoked chain, a missing key usage) or the QUIC handshake broke off.
+    connections_refused_handshake,
     /// Incoming handshakes abandoned after `handshake_timeout`.
     handshakes_timed_out,
     /// Incoming attempts refused before their handshake because `max_half_open` handshakes

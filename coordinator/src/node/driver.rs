@@ -14,9 +14,10 @@ use transport::{Envelope, Inbound, Transport};
 
 use super::NodeStatus;
 use super::handle::Command;
-use super::pending::{Completed, Done, Kind, Pending};
+use super::pending::{Completed, Done, Kind, Pending, Request};
 use super::reconcile::Placement;
 use crate::error::{CoordinatorError, RequestError};
+use crate::metrics::DriverMetrics;
 use crate::multiraft::{CycleId, Event, MultiRaft, Token};
 use crate::replicated::Replicated;
 use crate::state_machine::StateMachine;
@@ -71,6 +72,7 @@ pub(super) struct Driver {
     next_token: Token,
     request_timeout: Duration,
     acknowledged: u64,
+    metrics: DriverMetrics,
 }
 
 type PersistResult = Result<(), storage::StorageError>;
@@ -85,6 +87,7 @@ impl Driver {
         request_timeout: Duration,
     ) -> Self {
         Self {
+            metrics: DriverMetrics::new(core.id()),
             core,
             store,
             transport,
@@ -108,11 +111,14 @@ impl Driver {
         let (persist_tx, persist_rx) = std::sync::mpsc::channel::<storage::StagedBatch>();
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<PersistResult>();
         let store = self.store.clone();
+        let node = self.core.id();
         let persister = std::thread::Builder::new()
             .name("pontoon-persist".into())
             .spawn(move || {
                 while let Ok(staged) = persist_rx.recv() {
+                    let (info, started) = (staged.info(), Instant::now());
                     let result = store.commit(staged).map(|_| ());
+                    storage::metrics::record_persist(node, started.elapsed(), &info);
                     let failed = result.is_err();
                     if done_tx.send(result).is_err() || failed {
                         break;
@@ -162,6 +168,7 @@ impl Driver {
                         self.core.tick();
                         self.expire_requests();
                         self.compact()?;
+                        self.publish_metrics(commands.len(), inbound.len());
                     }
                     Some(message) = inbound.recv() => {
                         self.on_inbound(message);
@@ -239,10 +246,14 @@ impl Driver {
                 waiter,
             } => {
                 let token = self.token();
+                if matches!(request, Request::Propose(_)) {
+                    self.metrics.proposed();
+                }
                 if let Err((waiter, error)) =
                     self.pending
                         .submit(&mut self.core, token, group, request, waiter)
                 {
+                    self.metrics.failed(&error);
                     let _ = waiter.fail(self.with_leader_hint(error));
                 }
             }
@@ -250,22 +261,53 @@ impl Driver {
                 let _ = reply.send(self.core.transfer_leader(group, to));
             }
             Command::Status { reply } => {
-                let groups = self
-                    .core
-                    .groups()
-                    .filter_map(|g| self.core.status(g))
-                    .collect();
-                let _ = reply.send(NodeStatus {
-                    node: self.core.id(),
-                    groups,
-                    coordinator: self.core.stats().clone(),
-                    storage: self.store.stats(),
-                    transport: self.transport.stats(),
-                    proposals_acknowledged: self.acknowledged,
-                    routing_version: self.state_machine.table().version(),
-                });
+                let _ = reply.send(self.status());
             }
         }
+    }
+
+    fn status(&self) -> NodeStatus {
+        let groups = self
+            .core
+            .groups()
+            .filter_map(|g| self.core.status(g))
+            .collect();
+        NodeStatus {
+            node: self.core.id(),
+            groups,
+            coordinator: self.core.stats().clone(),
+            storage: self.store.stats(),
+            transport: self.transport.stats(),
+            proposals_acknowledged: self.acknowledged,
+            routing_version: self.state_machine.table().version(),
+        }
+    }
+
+    /// About once a second: the node's figures through the `metrics` facade.
+    fn publish_metrics(&mut self, commands: usize, inbound: usize) {
+        if !self.metrics.publish_due(Instant::now()) {
+            return;
+        }
+        crate::metrics::publish(&self.status());
+        let queues = [
+            ("commands", commands),
+            ("inbound", inbound),
+            ("requests", self.pending.len()),
+        ];
+        let links = self.transport.peer_links();
+        self.metrics
+            .publish_driver(self.core.peer_liveness(), &links, queues);
+    }
+
+    /// When the request behind `token` was issued: its deadline, less the timeout (tokens and
+    /// deadlines grow together, so the queue is sorted by token).
+    fn issued_at(&self, token: Token) -> Option<Instant> {
+        let i = self
+            .deadlines
+            .binary_search_by_key(&token, |(_, t)| *t)
+            .ok()?;
+        let (deadline, _) = self.deadlines.get(i)?;
+        deadline.checked_sub(self.request_timeout)
     }
 
     /// `error` with the leader this node last saw, when raft does not know one.
@@ -292,8 +334,12 @@ impl Driver {
         events: &[Event],
     ) -> Result<(), CoordinatorError> {
         let mut completed = Vec::new();
+        let started = (!applies.is_empty()).then(Instant::now);
         self.pending
             .apply(&mut self.state_machine, applies, &mut completed)?;
+        if let Some(started) = started {
+            self.metrics.applied(started.elapsed());
+        }
         for event in events {
             if let Event::LeaderChanged {
                 group,
@@ -313,8 +359,14 @@ impl Driver {
     }
 
     fn reply(&mut self, done: Completed<Waiter>) {
-        if done.kind == Kind::Propose && done.result.is_ok() {
-            self.acknowledged += 1;
+        match &done.result {
+            Ok(_) if done.kind == Kind::Propose => {
+                self.acknowledged += 1;
+                let latency = self.issued_at(done.token).map(|at| at.elapsed());
+                self.metrics.acknowledged(latency);
+            }
+            Ok(_) => {}
+            Err(error) => self.metrics.failed(error),
         }
         done.waiter.send(done.group, done.token, done.result);
     }

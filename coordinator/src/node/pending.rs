@@ -114,8 +114,7 @@ impl<W> Pending<W> {
         }
     }
 
-    /// How many requests wait.
-    #[cfg(feature = "test-util")]
+    /// How many requests wait (a queue depth the driver publishes).
     pub(crate) fn len(&self) -> usize {
         self.requests.len()
     }
