@@ -137,6 +137,25 @@ fn metrics_show_proposals_a_killed_peer_and_a_refused_handshake() {
         );
     }
     assert!(value(&scrape, "pontoon_storage_fsyncs_total", &[]).unwrap() > 0.0);
+    // Every series scraped is documented in the README's table.
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let undocumented: std::collections::BTreeSet<&str> = scrape
+        .lines()
+        .filter(|l| l.starts_with("pontoon_"))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(|name| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name)
+        })
+        .filter(|name| !readme.contains(&format!("`{name}`")))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "series missing from the README's Metrics table: {undocumented:?}"
+    );
     let peer_up =
         |s: &str, peer: &str| value(s, "pontoon_peer_up", &[("node", "1"), ("peer", peer)]);
     assert_eq!(peer_up(&scrape, "3"), Some(1.0), "{scrape}");

@@ -241,7 +241,59 @@ fn verdict(status: &NodeStatus) -> (bool, String) {
 
 #[cfg(test)]
 mod tests {
+    use pontoon::coordinator::{GroupStatus, Role};
+    use pontoon::{GroupId, NodeId};
+
     use super::*;
+
+    fn group(id: u64, leader: Option<u64>, commit: u64, applied: u64) -> GroupStatus {
+        GroupStatus {
+            group: GroupId(id),
+            role: Role::Follower,
+            term: 2,
+            leader: leader.map(NodeId),
+            commit,
+            applied,
+            first_index: 1,
+            last_index: commit,
+            voters: vec![NodeId(1), NodeId(2), NodeId(3)],
+            learners: Vec::new(),
+            joint: false,
+            quiet: false,
+        }
+    }
+
+    fn status(groups: Vec<GroupStatus>) -> NodeStatus {
+        NodeStatus {
+            node: NodeId(1),
+            groups,
+            coordinator: Default::default(),
+            storage: Default::default(),
+            transport: Default::default(),
+            proposals_acknowledged: 0,
+            routing_version: 1,
+        }
+    }
+
+    #[test]
+    fn a_node_is_ready_only_with_groups_all_led_and_applied_close_to_their_commit() {
+        let (ready, why) = verdict(&status(Vec::new()));
+        assert!(!ready && why.starts_with("starting"), "{why}");
+        let (ready, why) = verdict(&status(vec![
+            group(1, Some(2), 10, 10),
+            group(2, None, 5, 5),
+        ]));
+        assert!(
+            !ready && why.contains("1 groups without a known leader"),
+            "{why}"
+        );
+        let far = group(2, Some(3), 5000, 10);
+        let (ready, why) = verdict(&status(vec![group(1, Some(2), 10, 10), far]));
+        assert!(!ready && why.starts_with("catching up"), "{why}");
+        let near = group(2, Some(3), 5000, 4500);
+        let (ready, why) = verdict(&status(vec![group(1, Some(2), 10, 10), near]));
+        assert!(ready && why.starts_with("ready: 2 groups"), "{why}");
+    }
 
     #[test]
     fn request_path_takes_the_get_target_without_its_query() {

@@ -498,3 +498,31 @@ impl<S: StateMachine> LocalCluster<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_stats_quantiles_cover_the_run_and_a_window_restarts_when_read() {
+        let stats = LoadStats::default();
+        assert_eq!(stats.latencies_us(&[0.5, 0.99]), vec![0, 0]);
+        for ms in 1..=100 {
+            stats.record(Duration::from_millis(ms));
+        }
+        let [p50, p99] = <[u64; 2]>::try_from(stats.latencies_us(&[0.5, 0.99])).unwrap();
+        // Three significant digits: within 0.1% of the exact ranks.
+        assert!((49_950..=50_050).contains(&p50), "{p50}");
+        assert!((98_900..=99_100).contains(&p99), "{p99}");
+        let window = stats.take_window(&[0.5]);
+        assert_eq!(window.count, 100);
+        stats.record(Duration::from_secs(2));
+        let window = stats.take_window(&[0.5]);
+        assert_eq!(window.count, 1);
+        assert!((1_998_000..=2_002_000).contains(&window.quantiles_us[0]));
+        assert_eq!(stats.take_window(&[0.5]).quantiles_us, vec![0]);
+        // The run keeps everything.
+        assert_eq!(stats.acknowledged(), 101);
+        assert!(stats.latency_us(1.0) >= 1_998_000);
+    }
+}
