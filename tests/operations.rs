@@ -137,6 +137,18 @@ fn metrics_show_proposals_a_killed_peer_and_a_refused_handshake() {
         );
     }
     assert!(value(&scrape, "pontoon_storage_fsyncs_total", &[]).unwrap() > 0.0);
+    for name in [
+        "pontoon_transport_frames_sent_total",
+        "pontoon_transport_frames_received_total",
+    ] {
+        for kind in ["raft", "heartbeat"] {
+            let frames = value(&scrape, name, &[("node", "1"), ("kind", kind)]);
+            assert!(
+                frames.is_some_and(|f| f > 0.0),
+                "no {kind} {name}: {scrape}"
+            );
+        }
+    }
     // Every series scraped is documented in the README's table.
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
         .expect("README.md");

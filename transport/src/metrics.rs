@@ -11,13 +11,14 @@ use routing::NodeId;
 
 use crate::TransportStats;
 
-/// Counter: frames written (stream headers excluded).
+/// Counter, label `kind` (`raft`, `heartbeat`, `snapshot`): frames written (stream headers
+/// excluded).
 pub const FRAMES_SENT: &str = "pontoon_transport_frames_sent_total";
-/// Counter: frames read and accepted.
+/// Counter, label `kind`: frames read and accepted.
 pub const FRAMES_RECEIVED: &str = "pontoon_transport_frames_received_total";
-/// Counter: bytes written (headers, length prefixes and bodies).
+/// Counter, label `kind`: bytes written (headers, length prefixes and bodies).
 pub const BYTES_SENT: &str = "pontoon_transport_sent_bytes_total";
-/// Counter: bytes read.
+/// Counter, label `kind`: bytes read.
 pub const BYTES_RECEIVED: &str = "pontoon_transport_received_bytes_total";
 /// Counter: raft messages written (a coalesced heartbeat counts once per group).
 pub const MESSAGES_SENT: &str = "pontoon_transport_messages_sent_total";
@@ -57,10 +58,24 @@ pub const PEER_CONNECTED: &str = "pontoon_transport_peer_connected";
 /// Registers the descriptions and units of the transport's series with the installed
 /// recorder.
 pub fn describe() {
-    describe_counter!(FRAMES_SENT, "Frames written to peers.");
-    describe_counter!(FRAMES_RECEIVED, "Frames read from peers and accepted.");
-    describe_counter!(BYTES_SENT, Unit::Bytes, "Bytes written to peers.");
-    describe_counter!(BYTES_RECEIVED, Unit::Bytes, "Bytes read from peers.");
+    describe_counter!(
+        FRAMES_SENT,
+        "Frames written to peers, by stream kind (raft, heartbeat, snapshot)."
+    );
+    describe_counter!(
+        FRAMES_RECEIVED,
+        "Frames read from peers and accepted, by stream kind (raft, heartbeat, snapshot)."
+    );
+    describe_counter!(
+        BYTES_SENT,
+        Unit::Bytes,
+        "Bytes written to peers, by stream kind (raft, heartbeat, snapshot)."
+    );
+    describe_counter!(
+        BYTES_RECEIVED,
+        Unit::Bytes,
+        "Bytes read from peers, by stream kind (raft, heartbeat, snapshot)."
+    );
     describe_counter!(MESSAGES_SENT, "Raft messages written to peers.");
     describe_counter!(
         MESSAGES_RECEIVED,
@@ -118,11 +133,45 @@ pub fn describe() {
 /// Publishes a snapshot of a transport's counters for `node`: call it on a periodic tick.
 pub fn publish(node: NodeId, s: &TransportStats) {
     let n = node.get().to_string();
+    // The totals count every stream; heartbeat and snapshot streams also count on their own,
+    // so raft streams (and the control stream) are the rest.
+    let by_kind = [
+        (
+            FRAMES_SENT,
+            s.frames_sent,
+            s.heartbeat_frames_sent,
+            s.snapshot_frames_sent,
+        ),
+        (
+            FRAMES_RECEIVED,
+            s.frames_received,
+            s.heartbeat_frames_received,
+            s.snapshot_frames_received,
+        ),
+        (
+            BYTES_SENT,
+            s.bytes_sent,
+            s.heartbeat_bytes_sent,
+            s.snapshot_bytes_sent,
+        ),
+        (
+            BYTES_RECEIVED,
+            s.bytes_received,
+            s.heartbeat_bytes_received,
+            s.snapshot_bytes_received,
+        ),
+    ];
+    for (name, total, heartbeat, snapshot) in by_kind {
+        let raft = total.saturating_sub(heartbeat).saturating_sub(snapshot);
+        for (kind, value) in [
+            ("raft", raft),
+            ("heartbeat", heartbeat),
+            ("snapshot", snapshot),
+        ] {
+            counter!(name, "node" => n.clone(), "kind" => kind).absolute(value);
+        }
+    }
     let plain = [
-        (FRAMES_SENT, s.frames_sent),
-        (FRAMES_RECEIVED, s.frames_received),
-        (BYTES_SENT, s.bytes_sent),
-        (BYTES_RECEIVED, s.bytes_received),
         (MESSAGES_SENT, s.messages_sent),
         (MESSAGES_RECEIVED, s.messages_received),
         (STREAMS_OPENED, s.streams_opened),
