@@ -3,12 +3,14 @@
 //!
 //! Most figures are counters the core already keeps ([`CoordinatorStats`](crate::CoordinatorStats),
 //! with the store's and the transport's): the driver publishes a [`NodeStatus`] about once a
-//! second with [`publish`], so the cycle itself never touches the facade. Latencies are real
+//! second with [`publish`] (once [`describe`] said a recorder is installed), so the cycle
+//! itself never touches the facade. Latencies are real
 //! histograms, recorded where they are measured: commit latency (proposal to acknowledgement),
 //! apply time per cycle, and the persist of each cycle (in `storage::metrics`). Every name is
 //! in the README's "Metrics" table. Labels are bounded (`node`, `peer`, `role`, `reason`,
 //! `kind`): never one series per group.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use metrics::{
@@ -77,9 +79,17 @@ pub const COMMIT_SECONDS: &str = "pontoon_commit_latency_seconds";
 /// Histogram: seconds the state machine took to apply one cycle's committed entries.
 pub const APPLY_SECONDS: &str = "pontoon_apply_seconds";
 
+/// Whether [`describe`] was called: until then no recorder is assumed and the driver skips its
+/// periodic publication (a status of every group each second), so a process that exports
+/// nothing pays nothing for it.
+static PUBLISHING: AtomicBool = AtomicBool::new(false);
+
 /// Registers the description and unit of every Pontoon series (the coordinator's, the
-/// store's and the transport's) with the installed recorder.
+/// store's and the transport's) with the installed recorder, and turns on the periodic
+/// publication of the counters and gauges. Call it once, after installing a recorder and
+/// before starting nodes.
 pub fn describe() {
+    PUBLISHING.store(true, Ordering::Relaxed);
     storage::metrics::describe();
     transport::metrics::describe();
     describe_counter!(PROPOSALS, "Proposals submitted to this node.");
@@ -305,8 +315,12 @@ impl DriverMetrics {
         self.apply_seconds.record(elapsed.as_secs_f64());
     }
 
-    /// Whether the periodic publication is due at `now` (and, if so, that it is done).
+    /// Whether the periodic publication is due at `now` (and, if so, that it is done); never
+    /// before [`describe`] was called.
     pub(crate) fn publish_due(&mut self, now: Instant) -> bool {
+        if !PUBLISHING.load(Ordering::Relaxed) {
+            return false;
+        }
         let due = self
             .last_published
             .is_none_or(|at| now.duration_since(at) >= PUBLISH_INTERVAL);
