@@ -193,11 +193,14 @@ pub(crate) fn run(args: NodeArgs) -> Result<ExitCode, CliError> {
 
 async fn serve(file: NodeFile) -> Result<ExitCode, CliError> {
     let id = NodeId(file.node_id);
-    // Before the node starts: the libraries take their metric handles as they start.
-    let metrics = match file.metrics_listen()? {
-        MetricsListen::Off => None,
-        listen => Some((observe::install_recorder()?, listen)),
-    };
+    // Before the node starts: the libraries take their metric handles as they start, and
+    // health says "starting" (503) until the node is up.
+    let (started, starting) = tokio::sync::watch::channel(None);
+    if let listen @ (MetricsListen::Default(_) | MetricsListen::Configured(_)) =
+        file.metrics_listen()?
+    {
+        serve_metrics(observe::install_recorder()?, listen, starting).await?;
+    }
     let identity = pontoon::certs::NodeIdentity::from_pem_files(
         &file.certs.cert,
         &file.certs.key,
@@ -216,6 +219,7 @@ async fn serve(file: NodeFile) -> Result<ExitCode, CliError> {
     }
     let state = KvStateMachine::new();
     let node = Node::start(config, &identity, routing.clone(), state.clone()).await?;
+    started.send_replace(Some(node.clone()));
     let Some(mut clients) = node.take_client_connections() else {
         return Err("the transport does not hand over client connections".into());
     };
@@ -232,9 +236,6 @@ async fn serve(file: NodeFile) -> Result<ExitCode, CliError> {
             node.local_addr(),
             file.data_dir.display()
         );
-    }
-    if let Some((handle, listen)) = metrics {
-        serve_metrics(handle, listen, &node).await?;
     }
     let service = KvService::new(node.clone(), state, addresses);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -275,7 +276,7 @@ async fn serve(file: NodeFile) -> Result<ExitCode, CliError> {
 async fn serve_metrics(
     handle: metrics_exporter_prometheus::PrometheusHandle,
     listen: MetricsListen,
-    node: &Node,
+    node: observe::Started,
 ) -> Result<(), CliError> {
     let (addr, configured) = match listen {
         MetricsListen::Off => return Ok(()),
@@ -286,7 +287,7 @@ async fn serve_metrics(
         Ok(listener) => {
             let bound = listener.local_addr()?;
             println!("metrics and health on http://{bound}/metrics and http://{bound}/health");
-            tokio::spawn(observe::serve(listener, handle, node.clone()));
+            tokio::spawn(observe::serve(listener, handle, node));
             Ok(())
         }
         Err(e) if configured => Err(format!("metrics_listen {addr}: {e}").into()),

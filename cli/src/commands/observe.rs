@@ -16,7 +16,7 @@ use pontoon::Node;
 use pontoon::coordinator::NodeStatus;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 use super::CliError;
 
@@ -67,8 +67,11 @@ pub(crate) fn install_recorder() -> Result<PrometheusHandle, CliError> {
     Ok(handle)
 }
 
+/// The node once it has started; `None` while it opens its store and starts.
+pub(crate) type Started = watch::Receiver<Option<Node>>;
+
 /// Serves `/metrics`, `/health` (`/ready`) and `/live` on `listener` until the process ends.
-pub(crate) async fn serve(listener: TcpListener, handle: PrometheusHandle, node: Node) {
+pub(crate) async fn serve(listener: TcpListener, handle: PrometheusHandle, node: Started) {
     let slots = Arc::new(Semaphore::new(MAX_CONCURRENT));
     let upkeep = handle.clone();
     // Histograms are drained into their buckets on upkeep; between scrapes too, so their
@@ -92,9 +95,9 @@ pub(crate) async fn serve(listener: TcpListener, handle: PrometheusHandle, node:
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let (handle, node) = (handle.clone(), node.clone());
+        let (handle, node) = (handle.clone(), node.borrow().clone());
         tokio::spawn(async move {
-            if let Err(error) = answer(stream, &handle, &node).await {
+            if let Err(error) = answer(stream, &handle, node.as_ref()).await {
                 tracing::debug!(%remote, %error, "metrics listener: request failed");
             }
             drop(slot);
@@ -110,7 +113,7 @@ pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 async fn answer(
     mut stream: TcpStream,
     handle: &PrometheusHandle,
-    node: &Node,
+    node: Option<&Node>,
 ) -> std::io::Result<()> {
     let head = match tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await {
         Ok(head) => head?,
@@ -134,7 +137,7 @@ async fn answer(
             };
             (status, "text/plain; charset=utf-8", format!("{why}\n"))
         }
-        Some("/live") => match node.stop_reason() {
+        Some("/live") => match node.and_then(Node::stop_reason) {
             None => ("200 OK", "text/plain; charset=utf-8", "live\n".into()),
             Some(reason) => (
                 "503 Service Unavailable",
@@ -187,9 +190,16 @@ fn request_path(head: &[u8]) -> Option<&str> {
     Some(target.split('?').next().unwrap_or(target))
 }
 
-/// Whether the node can serve, and why not: stopped, not answering, starting (no group yet)
-/// or catching up (a group without a leader, or applying far behind its commit index).
-async fn readiness(node: &Node) -> (bool, String) {
+/// Whether the node can serve, and why not: starting (not started, or no group yet), stopped,
+/// not answering, or catching up (a group without a leader, or applying far behind its commit
+/// index).
+async fn readiness(node: Option<&Node>) -> (bool, String) {
+    let Some(node) = node else {
+        return (
+            false,
+            "starting: opening the log store and starting the node".into(),
+        );
+    };
     if let Some(reason) = node.stop_reason() {
         return (false, format!("stopped: {reason:?}"));
     }
@@ -273,6 +283,12 @@ mod tests {
             proposals_acknowledged: 0,
             routing_version: 1,
         }
+    }
+
+    #[tokio::test]
+    async fn health_says_starting_until_the_node_is_up() {
+        let (ready, why) = readiness(None).await;
+        assert!(!ready && why.starts_with("starting"), "{why}");
     }
 
     #[test]
