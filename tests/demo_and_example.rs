@@ -6,6 +6,8 @@ use std::process::Command;
 
 #[test]
 fn a_short_demo_kills_a_leader_and_verifies_every_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let series = dir.path().join("series.jsonl");
     let out = Command::new(env!("CARGO_BIN_EXE_pontoon"))
         .args([
             "demo",
@@ -17,7 +19,9 @@ fn a_short_demo_kills_a_leader_and_verifies_every_acknowledged_write() {
             "64",
             "--tick-ms",
             "20",
+            "--series",
         ])
+        .arg(&series)
         .output()
         .expect("pontoon demo runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -54,6 +58,22 @@ fn a_short_demo_kills_a_leader_and_verifies_every_acknowledged_write() {
             "summary row {row:?} missing:\n{stdout}"
         );
     }
+    // The time series: a line per second with throughput, quantiles and leaders, the kill in it.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&series)
+        .expect("series written")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert!(lines.len() >= 3, "{lines:?}");
+    assert!(lines.iter().any(|l| l["acknowledged"].as_u64() > Some(0)
+        && l["p99_us"].as_u64() >= l["p50_us"].as_u64()
+        && l["leaders"].as_object().is_some_and(|m| !m.is_empty())));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["event"].as_str().is_some_and(|e| e.starts_with("killed"))),
+        "{lines:?}"
+    );
 }
 
 #[test]

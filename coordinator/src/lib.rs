@@ -80,6 +80,7 @@ mod error;
 mod group_state_machine;
 mod lock;
 mod logging;
+pub mod metrics;
 mod multiraft;
 mod node;
 mod outbox;

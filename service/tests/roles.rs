@@ -280,6 +280,12 @@ async fn kv_clients_are_refused_every_admin_operation_admins_are_not_and_nodes_a
         for event in allowed {
             assert_eq!(event.get("role").map(String::as_str), Some("admin"));
             assert_eq!(event.get("outcome").map(String::as_str), Some("ok"));
+            // The arguments say what was changed.
+            let what = format!("group {} vShard {}", group.get(), vshard.get());
+            assert!(
+                event.get("arguments").is_some_and(|a| a.starts_with(&what)),
+                "{event:?}"
+            );
         }
     }
 

@@ -85,6 +85,7 @@ mod db;
 mod error;
 mod group;
 mod keys;
+pub mod metrics;
 mod options;
 mod recovery;
 mod simulate;

@@ -130,7 +130,7 @@ impl Drop for Cluster {
     }
 }
 
-fn pontoon(args: &[&str]) -> Output {
+pub fn pontoon(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().expect("pontoon runs")
 }
 
@@ -256,6 +256,40 @@ impl Cluster {
         i
     }
 
+    /// Gives node `i` an operators' endpoint on a free loopback TCP port (config key
+    /// `metrics_listen`) and returns its address.
+    pub fn enable_metrics(&self, i: usize) -> SocketAddr {
+        let addr = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .and_then(|l| l.local_addr())
+            .expect("a free TCP port");
+        let path = self.config(i);
+        let config = std::fs::read_to_string(&path).expect("config read");
+        std::fs::write(&path, format!("metrics_listen = \"{addr}\"\n{config}"))
+            .expect("config written");
+        addr
+    }
+
+    /// Node `i`'s data directory.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("data-{}", i + 1))
+    }
+
+    /// Waits up to `deadline` for node `i`'s process to exit; its status, if it did.
+    pub fn wait_exit(&mut self, i: usize, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        let child = self.children.get_mut(i)?.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.children[i] = None;
+                return Some(status);
+            }
+            if start.elapsed() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Node `i`'s log so far (its stderr).
     pub fn log(&self, i: usize) -> String {
         std::fs::read_to_string(self.log_path(i)).unwrap_or_default()
@@ -315,22 +349,6 @@ impl Cluster {
                 .status()
                 .map(|s| s.success());
             assert!(matches!(ok, Ok(true)), "kill -{signal} {pid}");
-        }
-    }
-
-    /// Waits up to `deadline` for node `i` to exit on its own; its exit status if it did.
-    pub fn wait_exit(&mut self, i: usize, deadline: Duration) -> Option<std::process::ExitStatus> {
-        let start = Instant::now();
-        let child = self.children.get_mut(i)?.as_mut()?;
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                self.children[i] = None;
-                return Some(status);
-            }
-            if start.elapsed() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

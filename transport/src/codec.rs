@@ -377,12 +377,25 @@ struct Tally {
 }
 
 impl Tally {
-    fn add_to(&self, c: &Counters) {
+    /// Adds the tally to the counters, and to those of the stream's kind when it has its own.
+    fn add_to(&self, c: &Counters, kind: Option<StreamKind>) {
         Counters::add_all([
             (&c.bytes_received, self.bytes),
             (&c.frames_received, self.frames),
             (&c.messages_received, self.messages),
         ]);
+        let by_kind = match kind {
+            Some(StreamKind::Heartbeats) => {
+                Some((&c.heartbeat_frames_received, &c.heartbeat_bytes_received))
+            }
+            Some(StreamKind::Snapshot) => {
+                Some((&c.snapshot_frames_received, &c.snapshot_bytes_received))
+            }
+            _ => None,
+        };
+        if let Some((frames, bytes)) = by_kind {
+            Counters::add_all([(frames, self.frames), (bytes, self.bytes)]);
+        }
     }
 }
 
@@ -491,7 +504,7 @@ impl StreamReader {
         // task of the endpoint, and a read holds many small frames.
         let mut tally = Tally::default();
         let result = self.feed_into(reads, &mut tally, &mut out);
-        tally.add_to(counters);
+        tally.add_to(counters, self.kind().map(|(kind, _)| kind));
         result.map(|()| out)
     }
 

@@ -41,6 +41,7 @@ mod direct;
 mod heartbeat;
 mod limits;
 pub mod mem;
+pub mod metrics;
 mod node_transport;
 mod quic;
 mod stats;
@@ -168,6 +169,12 @@ pub trait Transport: Send + Sync {
 
     /// A snapshot of the counters.
     fn stats(&self) -> TransportStats;
+
+    /// The peers this transport keeps links to, each with whether a connection to it is
+    /// established now. Empty for a transport without connections (the in-memory network).
+    fn peer_links(&self) -> Vec<(NodeId, bool)> {
+        Vec::new()
+    }
 }
 
 /// Which groups this node knows; streams for other groups are reset.

@@ -34,6 +34,22 @@ stats!(
     bytes_sent,
     /// Bytes read: headers, length prefixes and bodies.
     bytes_received,
+    /// Of `frames_sent`, those on heartbeat streams (coalesced heartbeat batches).
+    heartbeat_frames_sent,
+    /// Of `bytes_sent`, those on heartbeat streams.
+    heartbeat_bytes_sent,
+    /// Of `frames_sent`, those of snapshot transfers (head and chunks).
+    snapshot_frames_sent,
+    /// Of `bytes_sent`, those of snapshot transfers.
+    snapshot_bytes_sent,
+    /// Of `frames_received`, those on heartbeat streams.
+    heartbeat_frames_received,
+    /// Of `bytes_received`, those on heartbeat streams.
+    heartbeat_bytes_received,
+    /// Of `frames_received`, those of snapshot transfers.
+    snapshot_frames_received,
+    /// Of `bytes_received`, those of snapshot transfers.
+    snapshot_bytes_received,
     /// Raft messages (and coalesced heartbeats, one per group) written.
     messages_sent,
     /// Raft messages (and coalesced heartbeats, one per group) handed to the coordinator.
@@ -83,6 +99,9 @@ stats!(
     /// Incoming connections refused before their handshake because
     /// `max_incoming_connections` were already being handshaken or held.
     connections_refused_limit,
+    /// Incoming handshakes that failed: TLS refused the peer's certificate (another CA, an
+    /// expired or revoked chain, a missing key usage) or the QUIC handshake broke off.
+    connections_refused_handshake,
     /// Incoming handshakes abandoned after `handshake_timeout`.
     handshakes_timed_out,
     /// Incoming attempts refused before their handshake because `max_half_open` handshakes

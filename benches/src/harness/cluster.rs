@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use coordinator::testkit::local::{LoadStats, LocalCluster};
+use coordinator::testkit::series::SeriesWriter;
 use routing::{NodeId, RoutingTable};
 use storage::StoreOptions;
 
@@ -203,6 +204,10 @@ async fn measure(
     let before = Totals::read(cluster).await?;
     let cpu_before = process_cpu_seconds();
     let start = Instant::now();
+    let sampler = match &config.series {
+        Some(path) => Some(spawn_series(path, start, cluster.clone(), stats.clone())?),
+        None => None,
+    };
     cluster
         .drive(
             config.concurrency,
@@ -214,6 +219,9 @@ async fn measure(
         )
         .await;
     let elapsed = start.elapsed();
+    if let Some(sampler) = sampler {
+        sampler.abort();
+    }
     let cpu_after = process_cpu_seconds();
     let delta = Totals::read(cluster).await?.since(before);
 
@@ -253,6 +261,29 @@ async fn measure(
         heartbeat_batches: delta.heartbeat_batches,
         election: Duration::ZERO,
     })
+}
+
+/// Samples the run into `path` once a second until aborted.
+fn spawn_series(
+    path: &Path,
+    start: Instant,
+    cluster: Arc<LocalCluster<CountingStateMachine>>,
+    stats: Arc<LoadStats>,
+) -> Result<tokio::task::JoinHandle<()>, BenchError> {
+    let mut series = SeriesWriter::create(path, start)?;
+    Ok(tokio::spawn(async move {
+        let mut every = tokio::time::interval_at(
+            tokio::time::Instant::from_std(start) + Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
+        loop {
+            every.tick().await;
+            if let Err(error) = series.sample(&cluster, &stats).await {
+                eprintln!("time series: {error}; no more samples");
+                return;
+            }
+        }
+    }))
 }
 
 #[cfg(test)]

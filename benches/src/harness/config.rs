@@ -1,5 +1,6 @@
 //! [`BenchConfig`]: what one benchmark run measures, with the defaults of `pontoon bench`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use storage::Persist;
@@ -36,6 +37,9 @@ pub struct BenchConfig {
     pub persist: Persist,
     /// How long each raw baseline runs. Default 2 s.
     pub baseline_duration: Duration,
+    /// Where to write the cluster run's time series, one JSON line per second (see
+    /// `coordinator::testkit::series`). Default none.
+    pub series: Option<PathBuf>,
 }
 
 impl Default for BenchConfig {
@@ -50,6 +54,7 @@ impl Default for BenchConfig {
             tick: Duration::from_millis(50),
             persist: Persist::SyncData,
             baseline_duration: Duration::from_secs(2),
+            series: None,
         }
     }
 }

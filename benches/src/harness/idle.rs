@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use coordinator::RaftConfig;
 use coordinator::testkit::local::LocalCluster;
+use hdrhistogram::Histogram;
 use routing::{GroupId, NodeId, RoutingTable};
 use serde::Serialize;
 
@@ -86,7 +87,8 @@ async fn probe_proposals(
 ) -> (Option<u64>, Option<u64>) {
     let leaders = cluster.leaders().await;
     let step = (groups / PROBED_GROUPS).max(1);
-    let (mut first, mut next) = (Vec::new(), Vec::new());
+    // Up to PROBED_GROUPS samples each, summarised like every other latency: HDR histograms.
+    let (mut first, mut next) = (latency_histogram(), latency_histogram());
     for group in (0..groups)
         .step_by(usize::try_from(step).unwrap_or(1))
         .map(GroupId)
@@ -97,15 +99,20 @@ async fn probe_proposals(
         for latencies in [&mut first, &mut next] {
             let start = Instant::now();
             if node.propose_to_group(group, b"wake".to_vec()).await.is_ok() {
-                latencies.push(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX));
+                let us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+                latencies.saturating_record(us.max(1));
             }
         }
     }
-    let median = |mut v: Vec<u64>| {
-        v.sort_unstable();
-        v.get(v.len() / 2).copied()
-    };
+    let median = |h: Histogram<u64>| (!h.is_empty()).then(|| h.value_at_quantile(0.5));
     (median(first), median(next))
+}
+
+/// 1 µs to 10 min, 3 significant digits.
+#[allow(clippy::expect_used)] // constant bounds, valid by construction
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3)
+        .expect("1 µs to 10 min at 3 significant digits are valid bounds")
 }
 
 #[derive(Default)]

@@ -66,6 +66,11 @@ pub(crate) struct BenchArgs {
     /// Print the report as one JSON object on the last line of stdout.
     #[arg(long)]
     json: bool,
+    /// Write the cluster run's time series to this file, one JSON line per second
+    /// (throughput, p50 and p99 latency, leaders per node); `scripts/plot_series.py FILE`
+    /// plots it.
+    #[arg(long, value_name = "FILE")]
+    series: Option<std::path::PathBuf>,
     /// Measure what idle groups cost instead: no load, quiescence on and off in the same run;
     /// wire messages per second per node pair and CPU per node (groups up to 100000).
     #[arg(long)]
@@ -108,6 +113,7 @@ impl BenchArgs {
             tick: Duration::from_millis(self.tick_ms),
             persist: self.persist.into(),
             baseline_duration: seconds("baseline-duration", self.baseline_duration)?,
+            series: self.series.clone(),
         };
         match config.validate() {
             Ok(()) => Ok(config),

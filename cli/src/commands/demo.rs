@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use coordinator::testkit::local::{LoadStats, LocalCluster};
+use coordinator::testkit::series::SeriesWriter;
 use pontoon::{GroupId, NodeId, RoutingTable};
 use service::{KvCommand, KvStateMachine};
 
@@ -41,6 +42,10 @@ pub(crate) struct DemoArgs {
     /// Do not kill a node midway.
     #[arg(long)]
     no_kill: bool,
+    /// Write the run's time series to this file, one JSON line per second (throughput, p50 and
+    /// p99 latency, leaders per node, the kill); `scripts/plot_series.py FILE` plots it.
+    #[arg(long, value_name = "FILE")]
+    series: Option<std::path::PathBuf>,
 }
 
 type Machines = Arc<Mutex<BTreeMap<NodeId, KvStateMachine>>>;
@@ -162,6 +167,14 @@ async fn demo(args: DemoArgs) -> Result<ExitCode, CliError> {
     };
 
     let kill_at = load_start + Duration::from_secs(args.duration) / 2;
+    let mut series = match &args.series {
+        Some(path) => Some((
+            SeriesWriter::create(path, load_start)
+                .map_err(|e| format!("--series {}: {e}", path.display()))?,
+            load_start + Duration::from_secs(1),
+        )),
+        None => None,
+    };
     let mut killed: Option<(NodeId, usize, Instant)> = None;
     let mut failover: Option<Duration> = None;
     let mut counters_at_kill = BTreeMap::new();
@@ -177,6 +190,9 @@ async fn demo(args: DemoArgs) -> Result<ExitCode, CliError> {
                 counters_at_kill = counters(&cluster).await;
                 cluster.kill(victim).await;
                 killed = Some((victim, led, Instant::now()));
+                if let Some((series, _)) = &mut series {
+                    series.event(format!("killed {victim}, leader of {led} groups"));
+                }
                 println!(
                     "{}  ✗ killed {victim}, the leader of {led} groups, at {:.1} s",
                     if interactive { "\r\x1b[2K" } else { "" },
@@ -192,6 +208,12 @@ async fn demo(args: DemoArgs) -> Result<ExitCode, CliError> {
             if wanted.all(|g| leaders.contains_key(g)) {
                 let took = at.elapsed();
                 failover = Some(took);
+                if let Some((series, _)) = &mut series {
+                    series.event(format!(
+                        "every group led again after {:.2} s",
+                        took.as_secs_f64()
+                    ));
+                }
                 let moved = groups
                     .iter()
                     .filter(|g| leaders.get(g) != Some(&victim))
@@ -202,6 +224,12 @@ async fn demo(args: DemoArgs) -> Result<ExitCode, CliError> {
                     took.as_secs_f64()
                 );
             }
+        }
+        if let Some((series, next)) = &mut series
+            && now >= *next
+        {
+            series.sample(&cluster, &stats).await?;
+            *next += Duration::from_secs(1);
         }
         let acknowledged = stats.acknowledged();
         let rate =

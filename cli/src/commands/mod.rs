@@ -6,6 +6,7 @@ mod cluster_cmd;
 mod demo;
 mod kv_cmd;
 mod node;
+mod observe;
 
 use std::process::ExitCode;
 

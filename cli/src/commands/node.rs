@@ -12,7 +12,7 @@ use pontoon::{Node, NodeConfig, NodeId, RoutingTable};
 use serde::Deserialize;
 use service::{KvService, KvStateMachine};
 
-use super::CliError;
+use super::{CliError, observe};
 
 /// How long a SIGTERM drain may take before the node stops anyway: a few election timeouts
 /// for the transfers, and the default request timeout for requests in flight. Supervisors
@@ -54,6 +54,19 @@ pub(crate) struct NodeFile {
     /// Milliseconds per raft tick.
     #[serde(default = "default_tick_ms")]
     pub tick_ms: u64,
+    /// TCP address of the operators' HTTP endpoint (`/metrics`, `/health`, `/ready`, `/live`),
+    /// or `"off"`. Default: loopback, on the port number of `listen` (QUIC is UDP, so the two
+    /// never collide).
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+}
+
+/// Where the operators' endpoint listens, and whether the config chose it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum MetricsListen {
+    Off,
+    Default(SocketAddr),
+    Configured(SocketAddr),
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,7 +144,26 @@ impl NodeFile {
         if file.tick_ms == 0 {
             return Err(format!("{}: tick_ms must be at least 1", path.display()).into());
         }
+        file.metrics_listen()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(file)
+    }
+
+    /// The operators' endpoint address (see [`NodeFile::metrics_listen`]).
+    pub(crate) fn metrics_listen(&self) -> Result<MetricsListen, CliError> {
+        match self.metrics_listen.as_deref() {
+            None => Ok(MetricsListen::Default(SocketAddr::from((
+                std::net::Ipv4Addr::LOCALHOST,
+                self.listen.port(),
+            )))),
+            Some("off") => Ok(MetricsListen::Off),
+            Some(addr) => addr.parse().map(MetricsListen::Configured).map_err(|e| {
+                format!(
+                    "metrics_listen {addr:?} is not an address like 127.0.0.1:9464 or \"off\": {e}"
+                )
+                .into()
+            }),
+        }
     }
 
     /// The routing table every node computes from the same settings. A joining node's is
@@ -166,6 +198,14 @@ pub(crate) fn run(args: NodeArgs) -> Result<ExitCode, CliError> {
 
 async fn serve(file: NodeFile) -> Result<ExitCode, CliError> {
     let id = NodeId(file.node_id);
+    // Before the node starts: the libraries take their metric handles as they start, and
+    // health says "starting" (503) until the node is up.
+    let (started, starting) = tokio::sync::watch::channel(None);
+    if let listen @ (MetricsListen::Default(_) | MetricsListen::Configured(_)) =
+        file.metrics_listen()?
+    {
+        serve_metrics(observe::install_recorder()?, listen, starting).await?;
+    }
     let identity = pontoon::certs::NodeIdentity::from_pem_files(
         &file.certs.cert,
         &file.certs.key,
@@ -184,6 +224,7 @@ async fn serve(file: NodeFile) -> Result<ExitCode, CliError> {
     }
     let state = KvStateMachine::new();
     let node = Node::start(config, &identity, routing.clone(), state.clone()).await?;
+    started.send_replace(Some(node.clone()));
     let Some(mut clients) = node.take_client_connections() else {
         return Err("the transport does not hand over client connections".into());
     };
@@ -248,6 +289,33 @@ async fn serve(file: NodeFile) -> Result<ExitCode, CliError> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Binds the operators' endpoint and serves it. A configured address that cannot be bound
+/// stops the start; the default one only warns (another process may hold that TCP port).
+async fn serve_metrics(
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    listen: MetricsListen,
+    node: observe::Started,
+) -> Result<(), CliError> {
+    let (addr, configured) = match listen {
+        MetricsListen::Off => return Ok(()),
+        MetricsListen::Default(addr) => (addr, false),
+        MetricsListen::Configured(addr) => (addr, true),
+    };
+    match observe::bind(addr).await {
+        Ok(listener) => {
+            let bound = listener.local_addr()?;
+            println!("metrics and health on http://{bound}/metrics and http://{bound}/health");
+            tokio::spawn(observe::serve(listener, handle, node));
+            Ok(())
+        }
+        Err(e) if configured => Err(format!("metrics_listen {addr}: {e}").into()),
+        Err(error) => {
+            tracing::warn!(%addr, %error, "default metrics address unavailable; set metrics_listen");
+            Ok(())
+        }
+    }
 }
 
 /// SIGHUP: reads the node's certificate, key and CA bundle again (rotation, CA rollover) and

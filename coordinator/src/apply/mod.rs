@@ -373,6 +373,7 @@ impl Applying {
                 replies,
                 commands,
                 durable,
+                ..
             } => {
                 for (token, reply) in replies {
                     completed.extend(self.answer(pending, token, reply));

@@ -71,6 +71,8 @@ pub(crate) enum Output {
         /// How many commands the job held.
         commands: usize,
         durable: Option<Position>,
+        /// How long the state machine took.
+        took: std::time::Duration,
     },
     /// A snapshot of `group` taken at `index`.
     Snapshot {
@@ -147,7 +149,9 @@ impl Replicas {
                 through,
             } => {
                 let (replica, applied) = self.replica(group, slot)?;
+                let started = std::time::Instant::now();
                 let replies = replica.apply(&items)?;
+                let took = started.elapsed();
                 *applied = through.max(*applied);
                 Some(Output::Applied {
                     group,
@@ -159,6 +163,7 @@ impl Replicas {
                         .filter_map(|(token, reply)| Some((token?, reply)))
                         .collect(),
                     durable: replica.durable_position(),
+                    took,
                 })
             }
             Job::Restore {
@@ -176,6 +181,7 @@ impl Replicas {
                     replies: Vec::new(),
                     commands: 0,
                     durable: replica.durable_position(),
+                    took: std::time::Duration::ZERO,
                 })
             }
             Job::Snapshot { group } => {

@@ -187,6 +187,15 @@ impl MultiRaft {
             .flat_map(|g| g.queued.iter().map(|(_, token)| *token))
     }
 
+    /// Every peer this node shares a group with, and whether node-level liveness heard from
+    /// it within the liveness timeout. Empty while quiescence (and with it liveness) is off.
+    pub fn peer_liveness(&self) -> impl Iterator<Item = (NodeId, bool)> + '_ {
+        let timeout = self.config.liveness_timeout_ticks;
+        self.silent_ticks
+            .iter()
+            .map(move |(peer, silent)| (*peer, *silent < timeout))
+    }
+
     /// Forgets the proposals of `group` at indexes up to `up_to`, returning their tokens.
     fn take_proposals(&mut self, group: GroupId, up_to: u64) -> Vec<Token> {
         let keys: Vec<_> = self

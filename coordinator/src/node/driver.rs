@@ -21,6 +21,7 @@ use super::reconcile::Placement;
 use super::transfers::Transfers;
 use crate::apply::{Applying, Output};
 use crate::error::{BusyReason, CoordinatorError, RequestError};
+use crate::metrics::DriverMetrics;
 use crate::multiraft::{CycleId, Event, MultiRaft, Token};
 
 /// Where a caller waits for its answer.
@@ -79,6 +80,7 @@ pub(super) struct Driver {
     transfers: Transfers,
     /// Draining (see [`crate::Node::drain`]): no new proposal is taken.
     draining: bool,
+    metrics: DriverMetrics,
 }
 
 type PersistResult = Result<(), storage::StorageError>;
@@ -94,6 +96,7 @@ impl Driver {
         events: tokio::sync::broadcast::Sender<NodeEvent>,
     ) -> Self {
         Self {
+            metrics: DriverMetrics::new(core.id()),
             core,
             store,
             transport,
@@ -120,11 +123,14 @@ impl Driver {
         let (persist_tx, persist_rx) = std::sync::mpsc::channel::<storage::StagedBatch>();
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<PersistResult>();
         let store = self.store.clone();
+        let node = self.core.id();
         let persister = std::thread::Builder::new()
             .name("pontoon-persist".into())
             .spawn(move || {
                 while let Ok(staged) = persist_rx.recv() {
+                    let (info, started) = (staged.info(), Instant::now());
                     let result = store.commit(staged).map(|_| ());
+                    storage::metrics::record_persist(node, started.elapsed(), &info);
                     let failed = result.is_err();
                     if done_tx.send(result).is_err() || failed {
                         break;
@@ -185,6 +191,7 @@ impl Driver {
                         self.transfers.check(&self.core, Instant::now());
                         self.expire_requests();
                         self.compact()?;
+                        self.publish_metrics(commands.len(), inbound.len());
                     }
                     Some(message) = inbound.recv() => {
                         self.on_inbound(message);
@@ -275,10 +282,14 @@ impl Driver {
                     return;
                 }
                 let token = self.token();
+                if matches!(request, Request::Propose(_)) {
+                    self.metrics.proposed();
+                }
                 if let Err((waiter, error)) =
                     self.pending
                         .submit(&mut self.core, token, group, request, waiter)
                 {
+                    self.metrics.failed(&error);
                     let _ = waiter.fail(self.with_leader_hint(error));
                 }
             }
@@ -291,21 +302,7 @@ impl Driver {
                 let _ = reply.send(self.drain());
             }
             Command::Status { reply } => {
-                let groups = self
-                    .core
-                    .groups()
-                    .filter_map(|g| self.core.status(g))
-                    .collect();
-                let _ = reply.send(NodeStatus {
-                    node: self.core.id(),
-                    groups,
-                    coordinator: self.core.stats().clone(),
-                    storage: self.store.stats(),
-                    transport: self.transport.stats(),
-                    proposals_acknowledged: self.acknowledged,
-                    routing_version: self.applying.table().version(),
-                    peers_down: self.core.down_peers().collect(),
-                });
+                let _ = reply.send(self.status());
             }
         }
     }
@@ -325,6 +322,51 @@ impl Driver {
             leading: led.len(),
             in_flight: self.pending.len(),
         }
+    }
+
+    fn status(&self) -> NodeStatus {
+        let groups = self
+            .core
+            .groups()
+            .filter_map(|g| self.core.status(g))
+            .collect();
+        NodeStatus {
+            node: self.core.id(),
+            groups,
+            coordinator: self.core.stats().clone(),
+            storage: self.store.stats(),
+            transport: self.transport.stats(),
+            proposals_acknowledged: self.acknowledged,
+            routing_version: self.applying.table().version(),
+            peers_down: self.core.down_peers().collect(),
+        }
+    }
+
+    /// About once a second: the node's figures through the `metrics` facade.
+    fn publish_metrics(&mut self, commands: usize, inbound: usize) {
+        if !self.metrics.publish_due(Instant::now()) {
+            return;
+        }
+        crate::metrics::publish(&self.status());
+        let queues = [
+            ("commands", commands),
+            ("inbound", inbound),
+            ("requests", self.pending.len()),
+        ];
+        let links = self.transport.peer_links();
+        self.metrics
+            .publish_driver(self.core.peer_liveness(), &links, queues);
+    }
+
+    /// When the request behind `token` was issued: its deadline, less the timeout (tokens and
+    /// deadlines grow together, so the queue is sorted by token).
+    fn issued_at(&self, token: Token) -> Option<Instant> {
+        let i = self
+            .deadlines
+            .binary_search_by_key(&token, |(_, t)| *t)
+            .ok()?;
+        let (deadline, _) = self.deadlines.get(i)?;
+        deadline.checked_sub(self.request_timeout)
     }
 
     /// `error` with the leader this node last saw, when raft does not know one.
@@ -372,8 +414,14 @@ impl Driver {
     }
 
     fn reply(&mut self, done: Completed<Waiter>) {
-        if done.kind == Kind::Propose && done.result.is_ok() {
-            self.acknowledged += 1;
+        match &done.result {
+            Ok(_) if done.kind == Kind::Propose => {
+                self.acknowledged += 1;
+                let latency = self.issued_at(done.token).map(|at| at.elapsed());
+                self.metrics.acknowledged(latency);
+            }
+            Ok(_) => {}
+            Err(error) => self.metrics.failed(error),
         }
         done.waiter.send(done.group, done.token, done.result);
     }
@@ -401,6 +449,9 @@ impl Driver {
 
     /// What an apply worker finished: answers its proposals and the reads that waited for it.
     fn on_applied(&mut self, output: Output) -> Result<(), CoordinatorError> {
+        if let Output::Applied { took, .. } = &output {
+            self.metrics.applied(*took);
+        }
         let mut completed = Vec::new();
         self.applying
             .on_output(&mut self.pending, &mut self.core, output, &mut completed)?;

@@ -119,7 +119,7 @@ impl<W> Pending<W> {
         }
     }
 
-    /// How many requests wait.
+    /// How many requests wait (a queue depth the driver publishes).
     pub(crate) fn len(&self) -> usize {
         self.requests.len()
     }

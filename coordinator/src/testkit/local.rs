@@ -10,6 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use certs::NodeIdentity;
+use hdrhistogram::Histogram;
 use routing::{GroupId, NodeId, RoutingTable};
 
 use crate::lock;
@@ -53,34 +54,86 @@ pub enum LocalClusterError {
     Port(std::io::Error),
 }
 
-/// Counters of a [`LocalCluster::drive`] run, readable while it runs.
-#[derive(Debug, Default)]
+/// Counters of a [`LocalCluster::drive`] run, readable while it runs. Latencies go into HDR
+/// histograms (1 µs to 10 min, 3 significant digits): quantiles of any run length in fixed
+/// memory, one for the whole run and one for the window [`LoadStats::take_window`] reads.
+#[derive(Debug)]
 pub struct LoadStats {
     /// Proposals acknowledged.
     pub acknowledged: AtomicU64,
     /// Proposals that failed (timeouts, no leader within the deadline).
     pub failed: AtomicU64,
-    latencies_us: Mutex<Vec<u32>>,
+    latencies_us: Mutex<Latencies>,
+}
+
+#[derive(Debug)]
+struct Latencies {
+    run: Histogram<u64>,
+    window: Histogram<u64>,
+}
+
+/// The highest latency a histogram records, in µs (longer ones are clamped to it).
+const MAX_LATENCY_US: u64 = 600_000_000;
+
+#[allow(clippy::expect_used)] // constant bounds, valid by construction
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
+        .expect("1 µs to 10 min at 3 significant digits are valid bounds")
+}
+
+impl Default for LoadStats {
+    fn default() -> Self {
+        Self {
+            acknowledged: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            latencies_us: Mutex::new(Latencies {
+                run: latency_histogram(),
+                window: latency_histogram(),
+            }),
+        }
+    }
+}
+
+/// Quantiles of one latency window, from [`LoadStats::take_window`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LatencyWindow {
+    /// Acknowledged proposals in the window.
+    pub count: u64,
+    /// Latency at each quantile asked for, in µs (0 for an empty window).
+    pub quantiles_us: Vec<u64>,
 }
 
 impl LoadStats {
     fn record(&self, latency: Duration) {
         self.acknowledged.fetch_add(1, Ordering::Relaxed);
-        let us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
-        lock::mutex(&self.latencies_us).push(us);
+        let us = u64::try_from(latency.as_micros())
+            .unwrap_or(u64::MAX)
+            .clamp(1, MAX_LATENCY_US);
+        let mut latencies = lock::mutex(&self.latencies_us);
+        latencies.run.saturating_record(us);
+        latencies.window.saturating_record(us);
     }
 
     /// The latency at quantile `q` (0.0..=1.0) of the proposals acknowledged so far, in µs.
     pub fn latency_us(&self, q: f64) -> u64 {
-        let mut all = lock::mutex(&self.latencies_us).clone();
-        quantile(&mut all, q)
+        self.latencies_us(&[q]).first().copied().unwrap_or(0)
     }
 
-    /// Latencies at several quantiles at once (one sort).
+    /// Latencies at several quantiles at once, in µs (0 before any acknowledgement).
     pub fn latencies_us(&self, qs: &[f64]) -> Vec<u64> {
-        let mut all = lock::mutex(&self.latencies_us).clone();
-        all.sort_unstable();
-        qs.iter().map(|q| quantile(&mut all, *q)).collect()
+        quantiles(&lock::mutex(&self.latencies_us).run, qs)
+    }
+
+    /// The latencies recorded since the previous call (or the start), at quantiles `qs`; the
+    /// window starts afresh. What a per-second time series reads.
+    pub fn take_window(&self, qs: &[f64]) -> LatencyWindow {
+        let mut latencies = lock::mutex(&self.latencies_us);
+        let window = LatencyWindow {
+            count: latencies.window.len(),
+            quantiles_us: quantiles(&latencies.window, qs),
+        };
+        latencies.window.reset();
+        window
     }
 
     /// Acknowledged proposals so far.
@@ -89,13 +142,13 @@ impl LoadStats {
     }
 }
 
-fn quantile(values: &mut [u32], q: f64) -> u64 {
-    if values.is_empty() {
-        return 0;
+fn quantiles(histogram: &Histogram<u64>, qs: &[f64]) -> Vec<u64> {
+    if histogram.is_empty() {
+        return vec![0; qs.len()];
     }
-    values.sort_unstable();
-    let rank = ((values.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
-    u64::from(values[rank.min(values.len() - 1)])
+    qs.iter()
+        .map(|q| histogram.value_at_quantile(q.clamp(0.0, 1.0)))
+        .collect()
 }
 
 fn free_udp_port() -> Result<SocketAddr, LocalClusterError> {
@@ -468,5 +521,33 @@ impl<S: StateMachine> LocalCluster<S> {
         for node in self.node_ids() {
             self.kill(node).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_stats_quantiles_cover_the_run_and_a_window_restarts_when_read() {
+        let stats = LoadStats::default();
+        assert_eq!(stats.latencies_us(&[0.5, 0.99]), vec![0, 0]);
+        for ms in 1..=100 {
+            stats.record(Duration::from_millis(ms));
+        }
+        let [p50, p99] = <[u64; 2]>::try_from(stats.latencies_us(&[0.5, 0.99])).unwrap();
+        // Three significant digits: within 0.1% of the exact ranks.
+        assert!((49_950..=50_050).contains(&p50), "{p50}");
+        assert!((98_900..=99_100).contains(&p99), "{p99}");
+        let window = stats.take_window(&[0.5]);
+        assert_eq!(window.count, 100);
+        stats.record(Duration::from_secs(2));
+        let window = stats.take_window(&[0.5]);
+        assert_eq!(window.count, 1);
+        assert!((1_998_000..=2_002_000).contains(&window.quantiles_us[0]));
+        assert_eq!(stats.take_window(&[0.5]).quantiles_us, vec![0]);
+        // The run keeps everything.
+        assert_eq!(stats.acknowledged(), 101);
+        assert!(stats.latency_us(1.0) >= 1_998_000);
     }
 }

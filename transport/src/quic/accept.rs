@@ -83,15 +83,19 @@ pub(super) async fn accept_loop(shared: Arc<Shared>) {
                 Counters::add(&shared.counters.connections_refused, 1);
                 debug!(%remote, error = %why, "handshake failed");
             };
+            let failed = |why: &dyn std::fmt::Display| {
+                Counters::add(&shared.counters.connections_refused_handshake, 1);
+                refused(why);
+            };
             let connecting = match incoming.accept() {
                 Ok(connecting) => connecting,
-                Err(e) => return refused(&e),
+                Err(e) => return failed(&e),
             };
             // Dropping an unfinished handshake closes it: its state goes with it.
             let conn = match tokio::time::timeout(shared.config.handshake_timeout, connecting).await
             {
                 Ok(Ok(conn)) => conn,
-                Ok(Err(e)) => return refused(&e),
+                Ok(Err(e)) => return failed(&e),
                 Err(_) => {
                     Counters::add(&shared.counters.handshakes_timed_out, 1);
                     return refused(&"handshake timed out");

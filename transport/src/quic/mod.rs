@@ -640,6 +640,17 @@ impl Transport for QuicTransport {
         }
         stats
     }
+
+    fn peer_links(&self) -> Vec<(NodeId, bool)> {
+        let mut links: Vec<(NodeId, bool)> = self
+            .shared
+            .peers()
+            .values()
+            .map(|p| (p.id, p.is_connected()))
+            .collect();
+        links.sort_unstable();
+        links
+    }
 }
 
 impl NodeTransport for QuicTransport {

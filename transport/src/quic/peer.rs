@@ -209,9 +209,13 @@ async fn transfer(
         bytes += chunk.len() as u64;
     }
     send.finish().map_err(|e| e.to_string())?;
-    Counters::add(&c.frames_sent, frames);
-    Counters::add(&c.bytes_sent, bytes);
-    Counters::add(&c.messages_sent, 1);
+    Counters::add_all([
+        (&c.frames_sent, frames),
+        (&c.bytes_sent, bytes),
+        (&c.snapshot_frames_sent, frames),
+        (&c.snapshot_bytes_sent, bytes),
+        (&c.messages_sent, 1),
+    ]);
     let answer = recv.read_to_end(64).await.map_err(|e| e.to_string())?;
     let mut dec = wire::FrameDecoder::new(64);
     dec.extend(&answer);

@@ -339,6 +339,8 @@ struct Released {
     frames_sent: u64,
     messages_sent: u64,
     bytes_sent: u64,
+    heartbeat_frames_sent: u64,
+    heartbeat_bytes_sent: u64,
 }
 
 struct Writer {
@@ -425,6 +427,14 @@ impl Writer {
             (&c.frames_sent, std::mem::take(&mut r.frames_sent)),
             (&c.messages_sent, std::mem::take(&mut r.messages_sent)),
             (&c.bytes_sent, std::mem::take(&mut r.bytes_sent)),
+            (
+                &c.heartbeat_frames_sent,
+                std::mem::take(&mut r.heartbeat_frames_sent),
+            ),
+            (
+                &c.heartbeat_bytes_sent,
+                std::mem::take(&mut r.heartbeat_bytes_sent),
+            ),
         ]);
         if r.envelopes == 0 && r.bytes == 0 && r.per_stream.is_empty() {
             return;
@@ -725,6 +735,10 @@ impl Writer {
         r.frames_sent += sent.0;
         r.messages_sent += sent.1;
         r.bytes_sent += sent.2;
+        if matches!(key, StreamKey::Heartbeats) {
+            r.heartbeat_frames_sent += sent.0;
+            r.heartbeat_bytes_sent += sent.2;
+        }
         self.released.envelopes += gone.0;
         self.released.bytes += gone.1;
         if gone.0 > 0 {
