@@ -75,7 +75,7 @@ pub struct Failure {
     /// What went wrong.
     #[prost(
         oneof = "failure::Kind",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 14, 15"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 14, 15, 16, 17"
     )]
     pub kind: Option<failure::Kind>,
     /// Not leader: the leader's client address, when the node knows it.
@@ -661,6 +661,8 @@ mod tests {
                     RequestError::Timeout { .. }
                         | RequestError::OutcomeUnknown { .. }
                         | RequestError::StoppedInFlight { .. }
+                        // It did: a session's command applied before a restart.
+                        | RequestError::AppliedEarlier { .. }
                 ) | RemoteError::Unrecognised {
                     outcome: Outcome::Unknown
                 }
