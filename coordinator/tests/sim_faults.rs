@@ -29,6 +29,8 @@ struct GroupState {
     values: BTreeMap<u64, u64>,
     /// Every operation applied, so a lost or phantom write can be named.
     ops: BTreeSet<u64>,
+    /// Operations applied more than once (a client's retry applied again).
+    doubled: BTreeSet<u64>,
 }
 
 #[derive(Default)]
@@ -122,7 +124,9 @@ impl StateMachine for RegisterKv {
         let state = self.groups.entry(group).or_default();
         match Command::decode(command)? {
             Command::Put { op, key, value } => {
-                state.ops.insert(op);
+                if !state.ops.insert(op) {
+                    state.doubled.insert(op);
+                }
                 state.values.insert(key, value);
                 Ok(Vec::new())
             }
@@ -132,7 +136,9 @@ impl StateMachine for RegisterKv {
                 expected,
                 new,
             } => {
-                state.ops.insert(op);
+                if !state.ops.insert(op) {
+                    state.doubled.insert(op);
+                }
                 let swapped = state.values.get(&key).copied() == expected;
                 if swapped {
                     state.values.insert(key, new);
@@ -155,6 +161,7 @@ impl StateMachine for RegisterKv {
                 .into_iter(),
         );
         push_u64s(&mut out, state.ops.iter().copied());
+        push_u64s(&mut out, state.doubled.iter().copied());
         Ok(out)
     }
 
@@ -173,6 +180,9 @@ impl StateMachine for RegisterKv {
             }
             for _ in 0..next()? {
                 state.ops.insert(next()?);
+            }
+            for _ in 0..next()? {
+                state.doubled.insert(next()?);
             }
         }
         self.groups.insert(group, state);
@@ -234,6 +244,11 @@ struct Scenario {
     max_campaigns: usize,
     /// `SimConfig::durable_state_machines`: 0 for in-memory state machines.
     durable_every: u64,
+    /// Clients write in sessions and retry every write until it is answered (on any node,
+    /// after any error or a timeout), instead of giving up with an unknown outcome.
+    session_retries: bool,
+    /// `SimConfig::without_session_dedup`: the injected double-apply bug.
+    without_dedup: bool,
 }
 
 impl Scenario {
@@ -260,7 +275,21 @@ impl Scenario {
             // Drawn last: every other field keeps the value it had for this seed.
             max_campaigns: if rng.chance(0.5) { 1 } else { 1024 },
             durable_every: 0,
+            session_retries: false,
+            without_dedup: false,
         }
+    }
+
+    /// The same run with clients that retry every write in a session until it is answered.
+    fn with_session_retries(mut self) -> Self {
+        self.session_retries = true;
+        self
+    }
+
+    /// The session-retry run with the groups' de-duplication turned off (a deliberate bug).
+    fn without_dedup(mut self) -> Self {
+        self.without_dedup = true;
+        self
     }
 
     /// The same run with state machines that keep their own durable state, made durable only
@@ -292,6 +321,8 @@ impl Scenario {
             "PONTOON_SIM_BYZANTINE=1 "
         } else if self.durable_every > 0 {
             "PONTOON_SIM_DURABLE_SM=1 "
+        } else if self.session_retries {
+            "PONTOON_SIM_SESSIONS=1 "
         } else {
             ""
         };
@@ -331,6 +362,19 @@ struct Recorded {
     invoked: u64,
     invoked_step: u64,
     status: Status,
+    /// Under session retries: the write's command and its session (client, seq), to send
+    /// again, and when it was last sent.
+    retry: Option<Retry>,
+}
+
+#[derive(Clone, Debug)]
+struct Retry {
+    command: Vec<u8>,
+    client: u64,
+    seq: u64,
+    last_sent: u64,
+    /// Sent again after an error: due at once rather than after a timeout.
+    now: bool,
 }
 
 #[derive(Debug, Default)]
@@ -343,6 +387,8 @@ struct Counts {
     membership_applied: u64,
     fault_changes: u64,
     node_panics: u64,
+    /// Session writes sent again.
+    retries: u64,
     /// Forged raft messages delivered (byzantine senders), and those refused by the nodes up
     /// at the end (a crash forgets its counters).
     forged: u64,
@@ -417,6 +463,8 @@ struct Run {
     restart_at: BTreeMap<NodeId, u64>,
     /// Membership changes in flight.
     conf_tokens: BTreeSet<u64>,
+    /// Per client: the last session sequence number it used.
+    session_seq: Vec<u64>,
     counts: Counts,
     failures: Vec<String>,
 }
@@ -446,9 +494,11 @@ impl Run {
             .faults(faults)
             .unsynced_log(scenario.unsynced_log)
             .byzantine(scenario.byzantine)
-            .durable_state_machines(scenario.durable_every);
+            .durable_state_machines(scenario.durable_every)
+            .without_session_dedup(scenario.without_dedup);
         let cluster = SimCluster::new(dir, config, |_| RegisterKv::default())
             .map_err(|e| format!("the cluster did not start: {e}"))?;
+        let scenario_clients = scenario.clients;
         Ok(Self {
             busy: vec![None; scenario.clients],
             scenario,
@@ -462,6 +512,7 @@ impl Run {
             heal_at: None,
             restart_at: BTreeMap::new(),
             conf_tokens: BTreeSet::new(),
+            session_seq: vec![0; scenario_clients],
             counts: Counts::default(),
             failures: Vec::new(),
         })
@@ -501,6 +552,26 @@ impl Run {
             let Some(i) = self.outstanding.remove(&c.token) else {
                 continue;
             };
+            // A session's write answered already (by an earlier attempt): a later attempt
+            // must give the same answer, never apply it again.
+            if let Status::Returned { result, .. } = self.history[i].status {
+                if let (Ok(response), OpKind::Cas { .. }) = (&c.result, self.history[i].kind)
+                    && OpResult::Cas(response.as_slice() == [1]) != result
+                {
+                    self.failures.push(format!(
+                        "op {}: a retry was answered {response:?}, the first attempt {result:?}",
+                        self.history[i].op
+                    ));
+                }
+                continue;
+            }
+            if self.scenario.session_retries && c.result.is_err() {
+                if let Some(retry) = self.history[i].retry.as_mut() {
+                    // Whatever the error (dropped, outcome unknown, busy): send it again.
+                    retry.now = true;
+                    continue;
+                }
+            }
             let at = self.tick_clock();
             let rec = &mut self.history[i];
             rec.status = match (&c.result, rec.kind) {
@@ -546,16 +617,67 @@ impl Run {
                 }
             }
         }
-        // Clients give up on operations that take too long; the outcome stays unknown.
+        // Clients give up on operations that take too long; the outcome stays unknown. A
+        // session's write is sent again instead, until it is answered.
         let now = self.cluster.now();
-        for slot in &mut self.busy {
-            if let Some(i) = *slot
-                && self.history[i].invoked_step + CLIENT_TIMEOUT < now
-            {
-                *slot = None;
+        for client in 0..self.busy.len() {
+            let Some(i) = self.busy[client] else { continue };
+            if self.history[i].status != Status::Pending {
+                continue;
+            }
+            match &self.history[i].retry {
+                Some(retry) if retry.now || retry.last_sent + CLIENT_TIMEOUT < now => {
+                    self.resend(i);
+                }
+                Some(_) => {}
+                None if self.history[i].invoked_step + CLIENT_TIMEOUT < now => {
+                    self.busy[client] = None;
+                }
+                None => {}
             }
         }
         Ok(())
+    }
+
+    /// Sends a session's write again, to the group's leader if there is one.
+    fn resend(&mut self, i: usize) {
+        let group = self.history[i].group;
+        let Some(retry) = self.history[i].retry.clone() else {
+            return;
+        };
+        let holders: Vec<NodeId> = self
+            .up_nodes()
+            .into_iter()
+            .filter(|n| self.cluster.core(*n).is_some_and(|c| c.has_group(group)))
+            .collect();
+        let node = match self.cluster.leader(group) {
+            Some(l) => Some(l),
+            None => self.rng.pick(&holders),
+        };
+        let now = self.cluster.now();
+        let sent = node.and_then(|node| {
+            self.cluster
+                .propose_in_session(
+                    node,
+                    group,
+                    retry.command.clone(),
+                    (retry.client, retry.seq, retry.seq - 1),
+                )
+                .ok()
+        });
+        if let Some(token) = sent {
+            self.outstanding.insert(token, i);
+        }
+        if let Some(r) = self.history[i].retry.as_mut() {
+            // Not sent (no node could take it): try again a little later.
+            r.last_sent = if sent.is_some() {
+                now
+            } else {
+                now.saturating_sub(CLIENT_TIMEOUT - 10)
+            };
+            r.now = false;
+        }
+        self.counts.retries += 1;
     }
 
     fn issue(&mut self, client: usize) {
@@ -576,13 +698,14 @@ impl Run {
         let op = self.next_op;
         self.next_op += 1;
         let roll = self.rng.below(100);
+        let mut retry = None;
         let (kind, result) = if roll < 40 {
             (OpKind::Get, self.cluster.read_index(node, group))
         } else if roll < 75 {
             let command = Command::Put { op, key, value: op };
             (
                 OpKind::Put(op),
-                self.cluster.propose(node, group, command.encode()),
+                self.propose(client, node, group, command.encode(), &mut retry),
             )
         } else {
             let expected = match self.rng.below(10) {
@@ -598,11 +721,16 @@ impl Run {
             };
             (
                 OpKind::Cas { expected, new: op },
-                self.cluster.propose(node, group, command.encode()),
+                self.propose(client, node, group, command.encode(), &mut retry),
             )
         };
-        // Refused at once (not the leader, node down): it never happened.
-        let Ok(token) = result else { return };
+        // Refused at once (not the leader, node down): it never happened (a session's write
+        // is sent again later instead).
+        let token = match result {
+            Ok(token) => Some(token),
+            Err(_) if retry.is_some() => None,
+            Err(_) => return,
+        };
         let invoked = self.tick_clock();
         self.history.push(Recorded {
             op,
@@ -613,10 +741,42 @@ impl Run {
             invoked,
             invoked_step: self.cluster.now(),
             status: Status::Pending,
+            retry,
         });
         let i = self.history.len() - 1;
-        self.outstanding.insert(token, i);
+        if let Some(token) = token {
+            self.outstanding.insert(token, i);
+        } else if let Some(r) = self.history[i].retry.as_mut() {
+            r.now = true;
+        }
         self.busy[client] = Some(i);
+    }
+
+    /// Proposes a write: in a session when clients retry (filling `retry` with what it takes
+    /// to send it again), else plainly.
+    fn propose(
+        &mut self,
+        client: usize,
+        node: NodeId,
+        group: GroupId,
+        command: Vec<u8>,
+        retry: &mut Option<Retry>,
+    ) -> Result<u64, RequestError> {
+        if !self.scenario.session_retries {
+            return self.cluster.propose(node, group, command);
+        }
+        self.session_seq[client] += 1;
+        let seq = self.session_seq[client];
+        let session = client as u64 + 1;
+        *retry = Some(Retry {
+            command: command.clone(),
+            client: session,
+            seq,
+            last_sent: self.cluster.now(),
+            now: false,
+        });
+        self.cluster
+            .propose_in_session(node, group, command, (session, seq, seq - 1))
     }
 
     fn workload(&mut self) {
@@ -854,6 +1014,7 @@ impl Run {
                     invoked,
                     invoked_step: self.cluster.now(),
                     status: Status::Pending,
+                    retry: None,
                 });
                 let i = self.history.len() - 1;
                 self.outstanding.insert(token, i);
@@ -961,6 +1122,19 @@ impl Run {
                     self.failures.push(format!(
                         "{g}: replicas {} and {} disagree after settling",
                         pair[0].0, pair[1].0
+                    ));
+                }
+            }
+        }
+        // No write was applied twice, on any node.
+        for n in self.cluster.node_ids() {
+            for g in self.groups() {
+                if let Some(state) = state(n, g)
+                    && let Some(op) = state.doubled.first()
+                {
+                    self.failures.push(format!(
+                        "{g} on {n}: op {op} applied twice ({} doubled)",
+                        state.doubled.len()
                     ));
                 }
             }
@@ -1221,6 +1395,9 @@ fn replay() {
     if env_u64("PONTOON_SIM_DURABLE_SM") == Some(1) {
         scenario = scenario.with_durable_state_machines();
     }
+    if env_u64("PONTOON_SIM_SESSIONS") == Some(1) {
+        scenario = scenario.with_session_retries();
+    }
     let report = simulate(scenario);
     println!("{}", report.summary());
     assert!(report.failures.is_empty(), "{}", report.failure_text());
@@ -1275,6 +1452,55 @@ fn durable_state_machines_resume_from_their_own_position_under_crashes() {
         );
     }
     assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+/// Clients that retry every write in a session until it is answered (after timeouts, dropped
+/// proposals, outcomes a node lost track of, on whichever node leads by then) under crashes,
+/// partitions, leader transfers, membership changes and duplicated messages: every write is
+/// applied once on every node (the state machine counts repeats), and the history stays
+/// linearizable. `PONTOON_SIM_SEEDS=N` runs more.
+#[test]
+fn session_retries_apply_every_write_exactly_once_under_every_fault() {
+    let seeds = match env_u64("PONTOON_SIM_SEEDS") {
+        Some(n) => (1..=n).collect(),
+        None => vec![2, 3, 4, 5, 6, 7],
+    };
+    let mut failed = Vec::new();
+    let mut retries = 0;
+    for seed in seeds {
+        let report = simulate(Scenario::from_seed(seed).with_session_retries());
+        println!("{}", report.summary());
+        retries += report.counts.retries;
+        if !report.failures.is_empty() {
+            failed.push(report.failure_text());
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    assert!(retries > 0, "no write was retried: the test proves nothing");
+}
+
+/// The same runs with the groups' de-duplication turned off: the double applies the retries
+/// cause are caught.
+#[test]
+fn session_retries_without_dedup_are_caught_applying_twice() {
+    let mut caught = 0;
+    let seeds = [2, 3, 4, 5, 6, 7];
+    for seed in seeds {
+        let report = simulate(
+            Scenario::from_seed(seed)
+                .with_session_retries()
+                .without_dedup(),
+        );
+        println!("{}", report.summary());
+        if report.failures.iter().any(|f| f.contains("applied twice")) {
+            println!("  seed {seed}: caught a write applied twice");
+            caught += 1;
+        }
+    }
+    assert!(
+        caught > 0,
+        "no seed caught a retried write applied twice without de-duplication"
+    );
 }
 
 /// The harness must be able to fail: with the raft log acknowledged before it is written

@@ -83,11 +83,12 @@ impl Applying {
         initial: RoutingTable,
         workers: usize,
         max_backlog: usize,
+        dedup_sessions: bool,
     ) -> std::io::Result<Self> {
         let fences = Fences::default();
         let vshard_count = initial.vshard_count();
         let (tx, outputs) = mpsc::unbounded_channel();
-        let replicas = Replicas::new(factory, fences.clone(), vshard_count);
+        let replicas = Replicas::new(factory, fences.clone(), vshard_count, dedup_sessions);
         let applier = if workers == 0 {
             Applier::inline(replicas, tx)
         } else {

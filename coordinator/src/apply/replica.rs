@@ -62,6 +62,9 @@ pub(crate) struct Replica {
     /// and session changes (kept in memory) are applied again.
     skip_through: Option<Position>,
     sessions: Sessions,
+    /// Answer a session's retried command from the table (off only in a simulation that
+    /// checks the checks: see `SimConfig::without_session_dedup`).
+    dedup: bool,
 }
 
 impl Replica {
@@ -83,7 +86,15 @@ impl Replica {
             vshard_count,
             skip_through,
             sessions: Sessions::default(),
+            dedup: true,
         }
+    }
+
+    /// Stops answering retried session commands from the table: every retry is applied again
+    /// (the bug a simulation injects to prove its checks catch double applies).
+    pub(crate) fn without_dedup(mut self) -> Self {
+        self.dedup = false;
+        self
     }
 
     pub(crate) fn durable_position(&self) -> Option<Position> {
@@ -127,7 +138,7 @@ impl Replica {
                 Some(Frame::User {
                     vshard, session, ..
                 }) => {
-                    if let Some(tag) = session {
+                    if let Some(tag) = session.as_ref().filter(|_| self.dedup) {
                         if let Some(&first) = in_batch.get(&(tag.client, tag.seq)) {
                             copies.push((i, first));
                             continue;

@@ -98,6 +98,7 @@ pub(crate) struct Replicas {
     factory: Arc<dyn StateMachineFactory>,
     fences: Fences,
     vshard_count: u32,
+    dedup_sessions: bool,
 }
 
 /// One group's replica with the index it has applied through.
@@ -108,11 +109,13 @@ impl Replicas {
         factory: Arc<dyn StateMachineFactory>,
         fences: Fences,
         vshard_count: u32,
+        dedup_sessions: bool,
     ) -> Self {
         Self {
             factory,
             fences,
             vshard_count,
+            dedup_sessions,
         }
     }
 
@@ -124,6 +127,11 @@ impl Replicas {
         if slot.is_none() {
             let inner = self.factory.open(group)?;
             let replica = Replica::open(group, inner, self.fences.clone(), self.vshard_count);
+            let replica = if self.dedup_sessions {
+                replica
+            } else {
+                replica.without_dedup()
+            };
             *slot = Some((replica, 0));
         }
         slot.as_mut()

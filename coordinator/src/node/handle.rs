@@ -236,6 +236,7 @@ impl Node {
             routing.clone(),
             config.apply_workers,
             config.max_apply_backlog,
+            true,
         )
         .map_err(NodeError::ApplyWorkers)?;
         let fences = applying.fences();

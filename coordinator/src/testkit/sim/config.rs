@@ -48,6 +48,9 @@ pub struct SimConfig {
     /// loses what it applied since, so a restarted node must replay exactly what follows. 0
     /// (the default): in-memory state machines, rebuilt from the stored snapshot and the log.
     pub durable_state_machines: u64,
+    /// **A deliberate bug, for testing the checks.** Groups apply a client session's retried
+    /// command again instead of answering it from their session table. Off by default.
+    pub without_session_dedup: bool,
 }
 
 /// How long a batch stays unflushed under [`SimConfig::unsynced_log`], in time units.
@@ -75,7 +78,14 @@ impl SimConfig {
             meta: false,
             byzantine: 0.0,
             durable_state_machines: 0,
+            without_session_dedup: false,
         }
+    }
+
+    /// Injects the double-apply bug of [`SimConfig::without_session_dedup`].
+    pub fn without_session_dedup(mut self, on: bool) -> Self {
+        self.without_session_dedup = on;
+        self
     }
 
     /// State machines durable every `batches` batches (see

@@ -180,8 +180,14 @@ impl<S: StateMachine> SimCluster<S> {
             let shared = StateMachines::shared_arc(state_machine.clone());
             (state_machine, shared)
         };
-        let applying = Applying::new(state_machines.0, self.routing.clone(), 0, usize::MAX)
-            .map_err(|_| CoordinatorError::PersisterStopped)?;
+        let applying = Applying::new(
+            state_machines.0,
+            self.routing.clone(),
+            0,
+            usize::MAX,
+            !self.config.without_session_dedup,
+        )
+        .map_err(|_| CoordinatorError::PersisterStopped)?;
         self.nodes.insert(
             node,
             Some(SimNode {
@@ -344,6 +350,28 @@ impl<S: StateMachine> SimCluster<S> {
         data: Vec<u8>,
     ) -> Result<Token, RequestError> {
         self.propose_frame(node, group, Frame::encode_user(None, data, None))
+    }
+
+    /// [`SimCluster::propose`] for command `seq` of client session `client`, which has every
+    /// answer up to `acked`: however often it is proposed, it applies once (see
+    /// [`crate::ClientSession`]). The log carries the virtual time as the proposer's clock.
+    ///
+    /// # Errors
+    /// As [`SimCluster::propose`].
+    pub fn propose_in_session(
+        &mut self,
+        node: NodeId,
+        group: GroupId,
+        data: Vec<u8>,
+        (client, seq, acked): (u64, u64, u64),
+    ) -> Result<Token, RequestError> {
+        let tag = crate::replicated::SessionTag {
+            client,
+            seq,
+            acked,
+            time_ms: self.now,
+        };
+        self.propose_frame(node, group, Frame::encode_user(None, data, Some(tag)))
     }
 
     /// Proposes `data` for `key` on `node`, routed by the table `node` has applied: the
