@@ -565,12 +565,13 @@ impl Run {
                 }
                 continue;
             }
-            if self.scenario.session_retries && c.result.is_err() {
-                if let Some(retry) = self.history[i].retry.as_mut() {
-                    // Whatever the error (dropped, outcome unknown, busy): send it again.
-                    retry.now = true;
-                    continue;
-                }
+            if self.scenario.session_retries
+                && c.result.is_err()
+                && let Some(retry) = self.history[i].retry.as_mut()
+            {
+                // Whatever the error (dropped, outcome unknown, busy): send it again.
+                retry.now = true;
+                continue;
             }
             let at = self.tick_clock();
             let rec = &mut self.history[i];
