@@ -14,14 +14,12 @@ use routing::{GroupId, NodeId, RoutingTable};
 use tokio::sync::broadcast;
 
 /// Three nodes, `groups` groups of three replicas, elections slow enough that a leader cut off
-/// from its followers keeps leading for a second or more.
+/// from its followers keeps leading for a second or more, and liveness slow enough that it
+/// does not refuse proposals as `QuorumUnreachable` meanwhile.
 async fn three_nodes(dir: &std::path::Path, groups: u64) -> LocalCluster<SharedKv> {
-    three_nodes_with(
-        dir,
-        groups,
-        RaftConfig::default().election_tick(50).heartbeat_tick(5),
-    )
-    .await
+    let mut raft = RaftConfig::default().election_tick(50).heartbeat_tick(5);
+    raft.liveness_timeout_ticks = 10_000;
+    three_nodes_with(dir, groups, raft).await
 }
 
 async fn three_nodes_with(

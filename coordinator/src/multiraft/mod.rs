@@ -219,11 +219,11 @@ impl MultiRaft {
     pub fn step(&mut self, from: NodeId, envelope: Envelope) {
         // Any message proves the peer alive (an empty heartbeat batch is the liveness ping).
         if let Some(silent) = self.silent_ticks.get_mut(&from) {
-            if *silent >= self.config.liveness_timeout_ticks {
-                tracing::debug!(peer = %from, "a peer declared silent is heard again");
-                self.pending_events.push(Event::PeerUp { peer: from });
-            }
+            let back = *silent >= self.config.liveness_timeout_ticks;
             *silent = 0;
+            if back {
+                self.remind_leadership(from);
+            }
         }
         match envelope {
             Envelope::Raft { group, messages } => {
@@ -320,18 +320,19 @@ impl MultiRaft {
     /// # Errors
     /// [`RequestError::NotLeader`] with the leader this node knows of, [`RequestError::GroupNotFound`],
     /// [`RequestError::ProposalDropped`] when raft refuses it (leader transfer in progress, too
-    /// many uncommitted bytes).
+    /// many uncommitted bytes), [`RequestError::QuorumUnreachable`] when node-level liveness
+    /// holds too many voters down for it to commit.
     pub fn propose(
         &mut self,
         group: GroupId,
         data: Vec<u8>,
         token: Token,
     ) -> Result<(), RequestError> {
+        self.admit_request(group, true)?;
         let g = self
             .groups
             .get_mut(&group)
             .ok_or(RequestError::GroupNotFound { group })?;
-        Self::ensure_leader(group, g)?;
         if g.quiet {
             Self::wake(
                 g,
@@ -357,8 +358,8 @@ impl MultiRaft {
         change: &ConfChangeV2,
         token: Token,
     ) -> Result<(), RequestError> {
+        self.admit_request(group, true)?;
         let g = self.group_mut(group)?;
-        Self::ensure_leader(group, g)?;
         let (index, term) = g
             .propose_conf_change(change)
             .ok_or(RequestError::ProposalDropped { group })?;
@@ -379,13 +380,8 @@ impl MultiRaft {
     /// # Errors
     /// [`RequestError::GroupNotFound`]; [`RequestError::NotLeader`] with no leader known.
     pub fn read_index(&mut self, group: GroupId, token: Token) -> Result<(), RequestError> {
+        self.admit_request(group, false)?;
         let g = self.group_mut(group)?;
-        if g.leader().is_none() {
-            return Err(RequestError::NotLeader {
-                group,
-                leader: None,
-            });
-        }
         g.read_index(token.to_be_bytes().to_vec());
         Ok(())
     }
@@ -395,8 +391,8 @@ impl MultiRaft {
     /// # Errors
     /// [`RequestError::GroupNotFound`], [`RequestError::NotLeader`].
     pub fn transfer_leader(&mut self, group: GroupId, to: NodeId) -> Result<(), RequestError> {
+        self.admit_request(group, true)?;
         let g = self.group_mut(group)?;
-        Self::ensure_leader(group, g)?;
         g.transfer_leader(to);
         Ok(())
     }
@@ -457,17 +453,6 @@ impl MultiRaft {
         if let Some(g) = self.groups.get_mut(&group) {
             g.report_snapshot(to, delivered);
             self.dirty.insert(group);
-        }
-    }
-
-    fn ensure_leader(group: GroupId, g: &Group) -> Result<(), RequestError> {
-        if g.is_leader() {
-            Ok(())
-        } else {
-            Err(RequestError::NotLeader {
-                group,
-                leader: g.leader(),
-            })
         }
     }
 

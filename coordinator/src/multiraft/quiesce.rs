@@ -53,6 +53,57 @@ impl MultiRaft {
         g.forget_lost_leader(me, lost, |rank| rank * (election_tick / 2).max(1));
     }
 
+    /// Whether node-level liveness holds `peer` down now (never with quiescence off).
+    pub fn is_peer_down(&self, peer: NodeId) -> bool {
+        self.silent_ticks
+            .get(&peer)
+            .is_some_and(|silent| *silent >= self.config.liveness_timeout_ticks)
+    }
+
+    /// Whether a request to `group` may be handed to raft: the group is held here, enough of
+    /// its voters are up (per node-level liveness) to commit anything, and this node leads
+    /// it (`lead`) or knows a live leader. A request refused here did not take effect; a
+    /// leader that liveness holds down is not named (the caller would only be sent to it).
+    pub(super) fn admit_request(&self, group: GroupId, lead: bool) -> Result<(), RequestError> {
+        let g = self
+            .groups
+            .get(&group)
+            .ok_or(RequestError::GroupNotFound { group })?;
+        // The configuration is read only when some peer is down: not on every proposal.
+        if self.down_peers().next().is_some() {
+            let voters = g.voters();
+            let up = voters
+                .iter()
+                .filter(|v| **v == self.id || !self.is_peer_down(**v))
+                .count();
+            if !voters.is_empty() && up * 2 <= voters.len() {
+                return Err(RequestError::QuorumUnreachable { group });
+            }
+        }
+        let leader = g.leader().filter(|l| !self.is_peer_down(*l));
+        if (lead && !g.is_leader()) || leader.is_none() {
+            return Err(RequestError::NotLeader { group, leader });
+        }
+        Ok(())
+    }
+
+    /// A peer declared down is heard again (it restarted, or a partition healed). A quiet
+    /// group led here sends nothing it could learn its leader from, so each one it holds
+    /// gets one quiesce heartbeat now, all in one coalesced message: it knows its leader
+    /// within a liveness interval instead of an election timeout (or never, while quiet).
+    pub(super) fn remind_leadership(&mut self, peer: NodeId) {
+        tracing::debug!(%peer, "a peer declared silent is heard again");
+        self.pending_events.push(Event::PeerUp { peer });
+        for (&id, g) in &self.groups {
+            if g.quiet
+                && g.is_leader()
+                && let Some(commit) = g.heartbeat_commit(peer)
+            {
+                self.own_messages.push_quiesce(id, peer, g.term(), commit);
+            }
+        }
+    }
+
     /// The peers node-level liveness holds down now: silent past the liveness timeout (none
     /// with quiescence off, which turns node-level liveness off).
     pub fn down_peers(&self) -> impl Iterator<Item = NodeId> + '_ {
