@@ -268,6 +268,12 @@ async fn transfer_leader_resolves_once_the_target_leads_or_with_why_it_did_not()
     let dir = tempfile::tempdir().unwrap();
     let cluster = three_nodes_with(dir.path(), 1, RaftConfig::default()).await;
     let group = GroupId(1);
+    wait_until_every_peer_is_up(&cluster).await;
+    // A leader that committed in its term, not one a newer election already replaced.
+    cluster
+        .propose_to_group(group, b"k=v".to_vec(), Duration::from_secs(10))
+        .await
+        .unwrap();
     let leader = cluster.leaders().await[&group];
     let node = cluster.node(leader).unwrap();
     let to = cluster

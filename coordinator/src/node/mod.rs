@@ -15,11 +15,14 @@
 //! - `placement`: the groups a new cluster starts with.
 //! - `reconcile`: acting on routing tables the meta group applies.
 //! - `events`: what the node tells subscribers as it happens.
+//! - `lifecycle`: subscribing to those events, and draining a node out of service.
+//! - `transfers`: leadership transfers a caller waits on.
 
 mod config;
 mod driver;
 mod events;
 mod handle;
+mod lifecycle;
 pub(crate) mod pending;
 pub(crate) mod placement;
 mod reconcile;

@@ -386,7 +386,11 @@ impl<S: StateMachine> LocalCluster<S> {
                 // Only what certainly did not take effect is sent again: a command whose
                 // outcome is unknown (a timeout, a node stopping with it in raft) may have
                 // been applied, and sending it again could apply it twice.
-                Err(e @ (RequestError::ProposalDropped { .. } | RequestError::ShuttingDown)) => {
+                Err(
+                    e @ (RequestError::ProposalDropped { .. }
+                    | RequestError::ShuttingDown
+                    | RequestError::QuorumUnreachable { .. }),
+                ) => {
                     last = e;
                     target = None;
                     tokio::time::sleep(Duration::from_millis(20)).await;
