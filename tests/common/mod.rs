@@ -318,6 +318,22 @@ impl Cluster {
         }
     }
 
+    /// Waits (up to `deadline`) for node `i` to exit on its own; its exit status.
+    pub fn wait_exit(&mut self, i: usize, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        let child = self.children.get_mut(i)?.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.children[i] = None;
+                return Some(status);
+            }
+            if start.elapsed() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.children[i].take() {
             child.kill().expect("SIGKILL");
