@@ -339,3 +339,32 @@ fn a_node_cut_off_from_its_peers_refuses_requests_at_once_as_not_applied() {
         "{again:?}"
     );
 }
+
+#[test]
+fn a_node_restarted_before_its_peers_miss_it_learns_every_leader_within_a_liveness_interval() {
+    let config = RaftConfig::default();
+    // Its peers never declare it down, so nothing tells them it restarted: it asks. The quiet
+    // leaders answer; the groups it led itself (their followers still follow it) elect at
+    // once when it asks them. Without the probes it waits out an election timeout.
+    let bound = config.liveness_interval_ticks + 3;
+    assert!(bound < config.election_tick);
+    for seed in [21, 23, 25] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cluster(dir.path(), 32, seed);
+        elect_all(&mut c, 3_000);
+        assert!(c.run_until(3_000, all_quiet).unwrap());
+        let victim = NodeId(3);
+        c.crash(victim);
+        c.run(2 * TICK).unwrap();
+        c.restart(victim).unwrap();
+        let knows_all = |c: &SimCluster<Kv>| {
+            groups(c)
+                .iter()
+                .all(|g| c.status(victim, *g).is_none_or(|s| s.leader.is_some()))
+        };
+        assert!(
+            c.run_until(bound as u64 * TICK, knows_all).unwrap(),
+            "seed {seed}: {victim} knows every leader within {bound} ticks of its restart"
+        );
+    }
+}

@@ -82,6 +82,9 @@ pub struct MultiRaft {
     /// Events raised between cycles (groups quiet or woken, peers down or up), handed out
     /// with the next cycle's.
     pending_events: Vec<Event>,
+    /// Liveness rounds left in which replicas that know no leader probe for it (after a
+    /// start, or when a peer is heard again: see `probe_leaders`).
+    probe_rounds: usize,
     /// Ticks since each peer was last heard from, for node-level liveness.
     silent_ticks: BTreeMap<NodeId, usize>,
     /// The tick at which each peer was last reported unreachable to every group.
@@ -100,6 +103,9 @@ pub struct MultiRaft {
 }
 
 const BOOTSTRAP_INDEX: u64 = 1;
+/// How many liveness rounds leaderless replicas probe for their leader after a start or a
+/// reconnection (a probe lost with a connection not yet up is sent again).
+const LEADER_PROBE_ROUNDS: usize = 3;
 /// How many groups' first elections one election window takes (see `spread_first_elections`).
 const GROUPS_PER_ELECTION_WINDOW: usize = 4096;
 const BOOTSTRAP_TERM: u64 = 1;
@@ -132,6 +138,7 @@ impl MultiRaft {
             applied_since_check: BTreeSet::new(),
             own_messages: Outbox::default(),
             pending_events: Vec::new(),
+            probe_rounds: LEADER_PROBE_ROUNDS,
             silent_ticks: BTreeMap::new(),
             unreachable_reported: BTreeMap::new(),
             peers_stale: true,
@@ -247,6 +254,29 @@ impl MultiRaft {
             tracing::debug!(%group, %from, "message for a group this node does not hold");
             return;
         };
+        // A leader probe is no raft message: only the leader answers it, never raft.
+        if quiesce && m.get_msg_type() == MessageType::MsgHeartbeatResponse {
+            if g.quiet
+                && g.is_leader()
+                && let Some(commit) = g.heartbeat_commit(from)
+            {
+                self.own_messages
+                    .push_quiesce(group, from, g.term(), commit);
+            } else if g.quiet && g.leader() == Some(from) {
+                // The leader this quiet replica follows asks who leads: it restarted, and
+                // leads nothing any more. Elect now, as when liveness declares it dead.
+                Self::wake(
+                    g,
+                    &mut self.stats,
+                    &mut self.awake,
+                    &mut self.pending_events,
+                    group,
+                );
+                Self::stagger_election(self.id, from, self.config.election_tick, g);
+                self.dirty.insert(group);
+            }
+            return;
+        }
         // The transport proved who sent it; raft must not be told otherwise.
         m.from = from.get();
         m.to = self.id.get();

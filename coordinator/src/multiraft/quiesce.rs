@@ -94,6 +94,8 @@ impl MultiRaft {
     pub(super) fn remind_leadership(&mut self, peer: NodeId) {
         tracing::debug!(%peer, "a peer declared silent is heard again");
         self.pending_events.push(Event::PeerUp { peer });
+        // This side may have lost its leaders too (a partition from the peer that led).
+        self.probe_rounds = LEADER_PROBE_ROUNDS;
         for (&id, g) in &self.groups {
             if g.quiet
                 && g.is_leader()
@@ -112,6 +114,29 @@ impl MultiRaft {
             .iter()
             .filter(move |(_, silent)| **silent >= timeout)
             .map(|(peer, _)| *peer)
+    }
+
+    /// For a few liveness rounds after a start or a reconnection: every replica that follows
+    /// no leader asks each voter of its group (one coalesced batch per peer). A quiet leader
+    /// answers with a quiesce heartbeat, so a restarted node learns every quiet group's
+    /// leader within a liveness interval, even when its peers never missed it; otherwise it
+    /// would wait out an election timeout, and its pre-vote would wake the group.
+    fn probe_leaders(&mut self) {
+        if self.probe_rounds == 0 {
+            return;
+        }
+        self.probe_rounds -= 1;
+        for (&id, g) in &self.groups {
+            if g.leader().is_some() || g.role() != raft::StateRole::Follower {
+                continue;
+            }
+            let term = g.term();
+            for voter in g.voters() {
+                if voter != self.id {
+                    self.own_messages.push_leader_probe(id, voter, term);
+                }
+            }
+        }
     }
 
     pub(super) fn tick_liveness(&mut self) {
@@ -146,6 +171,7 @@ impl MultiRaft {
                 self.own_messages.push_liveness(*peer);
                 self.stats.liveness_pings += 1;
             }
+            self.probe_leaders();
         }
         for peer in lost {
             self.stats.peers_lost += 1;
