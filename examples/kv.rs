@@ -128,11 +128,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                         .find(|n| n.id() == leader)
                         .ok_or("unknown leader")?;
                 }
-                // No leader yet (the cluster just started) or the proposal was dropped: retry.
-                Err(
-                    RequestError::NotLeader { leader: None, .. }
-                    | RequestError::ProposalDropped { .. },
-                ) => {
+                // Anything else that certainly did not take effect (no leader yet, peers not
+                // heard yet as the cluster starts, a dropped proposal) is safe to retry.
+                Err(e) if e.did_not_take_effect() => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(e) => return Err(e.into()),

@@ -1,6 +1,7 @@
 //! Three real `pontoon node` processes on loopback, written to and read from through
 //! `pontoon kv` with a client certificate; one is killed with SIGKILL and everything written
-//! is read back from the survivors; the killed node restarts from its data directory.
+//! is read back from the survivors; the killed node restarts from its data directory. A node
+//! sent SIGTERM drains: it hands its leaderships over and exits cleanly.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
 
 mod common;
@@ -114,4 +115,34 @@ fn three_node_processes_survive_a_sigkill_and_a_restart() {
         version(&shape),
         "nothing changed"
     );
+}
+
+#[test]
+fn a_node_sent_sigterm_hands_its_leaderships_over_and_exits_cleanly() {
+    let mut cluster = Cluster::new(3);
+    for i in 0..3 {
+        cluster.start(i);
+    }
+    let deadline = Duration::from_secs(30);
+    for k in 0..12 {
+        cluster.put(k % 3, &format!("key-{k}"), &format!("value-{k}"), deadline);
+    }
+    cluster.signal(0, "TERM");
+    let status = cluster
+        .wait_exit(0, Duration::from_secs(30))
+        .expect("the drained node exits");
+    assert!(status.success(), "{status:?}\n{}", cluster.log(0));
+    let log = cluster.log(0);
+    assert!(
+        log.contains("drained") && log.contains("still_leading: 0"),
+        "it handed every leadership over before stopping:\n{log}"
+    );
+    // The others serve at once: no group waits out an election.
+    for k in 0..12 {
+        assert_eq!(
+            cluster.get(1 + k % 2, &format!("key-{k}"), deadline),
+            format!("value-{k}")
+        );
+    }
+    cluster.put(1, "after", "drain", Duration::from_secs(5));
 }

@@ -154,6 +154,11 @@ fn next_step(reply: ClientReply, asked: SocketAddr) -> Next {
         RemoteError::Propose(
             RequestError::ProposalDropped { .. } | RequestError::StaleRouting { .. },
         ) => Next::Wait(Duration::from_millis(50)),
+        // Refused before raft saw it: the node does not hear enough peers yet (it just
+        // started, or they are restarting). Safe to resend once they are back.
+        RemoteError::Propose(RequestError::QuorumUnreachable { .. }) => {
+            Next::Wait(Duration::from_millis(200))
+        }
         other => Next::Fail(other),
     }
 }
@@ -440,6 +445,13 @@ mod tests {
         ));
         assert!(matches!(
             next_step(failed(RequestError::ProposalDropped { group }, None), asked),
+            Next::Wait(_)
+        ));
+        assert!(matches!(
+            next_step(
+                failed(RequestError::QuorumUnreachable { group }, None),
+                asked
+            ),
             Next::Wait(_)
         ));
         assert!(matches!(

@@ -71,6 +71,24 @@ impl Outbox {
         self.peers.entry(to).or_default().heartbeats.push(hb);
     }
 
+    /// Files a leader probe: a heartbeat *response* marked `quiesce`, which no raft message
+    /// is. A replica that knows no leader of `group` (after a restart, or a partition) sends
+    /// it to each voter; the one that leads the group quietly answers with a quiesce
+    /// heartbeat, so the replica learns its leader without an election.
+    pub(crate) fn push_leader_probe(&mut self, group: GroupId, to: NodeId, term: u64) {
+        let hb = GroupHeartbeat {
+            group,
+            term,
+            commit: 0,
+            quiesce: true,
+        };
+        self.peers
+            .entry(to)
+            .or_default()
+            .heartbeat_responses
+            .push(hb);
+    }
+
     /// Files a node-level liveness ping: an empty heartbeat batch.
     pub(crate) fn push_liveness(&mut self, to: NodeId) {
         self.peers.entry(to).or_default().liveness = true;

@@ -14,14 +14,12 @@ use routing::{GroupId, NodeId, RoutingTable};
 use tokio::sync::broadcast;
 
 /// Three nodes, `groups` groups of three replicas, elections slow enough that a leader cut off
-/// from its followers keeps leading for a second or more.
+/// from its followers keeps leading for a second or more, and liveness slow enough that it
+/// does not refuse proposals as `QuorumUnreachable` meanwhile.
 async fn three_nodes(dir: &std::path::Path, groups: u64) -> LocalCluster<SharedKv> {
-    three_nodes_with(
-        dir,
-        groups,
-        RaftConfig::default().election_tick(50).heartbeat_tick(5),
-    )
-    .await
+    let mut raft = RaftConfig::default().election_tick(50).heartbeat_tick(5);
+    raft.liveness_timeout_ticks = 10_000;
+    three_nodes_with(dir, groups, raft).await
 }
 
 async fn three_nodes_with(
@@ -270,6 +268,12 @@ async fn transfer_leader_resolves_once_the_target_leads_or_with_why_it_did_not()
     let dir = tempfile::tempdir().unwrap();
     let cluster = three_nodes_with(dir.path(), 1, RaftConfig::default()).await;
     let group = GroupId(1);
+    wait_until_every_peer_is_up(&cluster).await;
+    // A leader that committed in its term, not one a newer election already replaced.
+    cluster
+        .propose_to_group(group, b"k=v".to_vec(), Duration::from_secs(10))
+        .await
+        .unwrap();
     let leader = cluster.leaders().await[&group];
     let node = cluster.node(leader).unwrap();
     let to = cluster

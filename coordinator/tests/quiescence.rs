@@ -7,7 +7,7 @@ mod common;
 
 use common::{Kv, Workload, assert_acked_everywhere, assert_replicas_agree, elect_all, groups};
 use pontoon_coordinator::testkit::sim::{SimCluster, SimConfig};
-use pontoon_coordinator::{RaftConfig, Role};
+use pontoon_coordinator::{Outcome, RaftConfig, RequestError, Role};
 use routing::NodeId;
 
 const TICK: u64 = 5; // SimConfig's steps per tick
@@ -263,4 +263,108 @@ fn a_dead_node_that_led_many_quiet_groups_is_replaced_within_the_campaign_budget
     c.run(2_000).unwrap();
     assert_acked_everywhere(&c, &w.acked);
     assert_replicas_agree(&c);
+}
+
+#[test]
+fn a_restarted_node_learns_every_quiet_groups_leader_within_a_liveness_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path(), 32, 21);
+    elect_all(&mut c, 3_000);
+    assert!(c.run_until(3_000, all_quiet).unwrap());
+    let config = RaftConfig::default();
+    // A node that leads nothing, down long enough for its peers to hold it down.
+    let gs = groups(&c);
+    let victim = c
+        .node_ids()
+        .into_iter()
+        .find(|n| gs.iter().all(|g| c.leader(*g) != Some(*n)))
+        .unwrap_or(NodeId(3));
+    c.crash(victim);
+    c.run((config.liveness_timeout_ticks as u64 + 5) * TICK)
+        .unwrap();
+    c.restart(victim).unwrap();
+    // Its quiet leaders send it nothing on their own; hearing it back, each sends one
+    // heartbeat for every quiet group it leads with it. Without that, the restarted replicas
+    // would wait out an election timeout (at least `election_tick`) before asking.
+    let bound = config.liveness_interval_ticks + 3;
+    assert!(bound < config.election_tick);
+    let knows_all = |c: &SimCluster<Kv>| {
+        groups(c)
+            .iter()
+            .all(|g| c.status(victim, *g).is_none_or(|s| s.leader.is_some()))
+    };
+    assert!(
+        c.run_until(bound as u64 * TICK, knows_all).unwrap(),
+        "{victim} knows every leader within {bound} ticks of its restart"
+    );
+}
+
+#[test]
+fn a_node_cut_off_from_its_peers_refuses_requests_at_once_as_not_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path(), 4, 22);
+    elect_all(&mut c, 3_000);
+    assert!(c.run_until(3_000, all_quiet).unwrap());
+    let gs = groups(&c);
+    let cut = c.leader(gs[0]).unwrap();
+    c.net().isolate(cut);
+    let config = RaftConfig::default();
+    c.run((config.liveness_timeout_ticks as u64 + 2) * TICK)
+        .unwrap();
+    for g in &gs {
+        // Refused before raft sees it, so it cannot have taken effect: not held to the
+        // deadline, and safe to send to a node in the majority.
+        let proposed = c.propose(cut, *g, b"k=v".to_vec()).unwrap_err();
+        assert_eq!(
+            proposed,
+            RequestError::QuorumUnreachable { group: *g },
+            "{g}"
+        );
+        assert_eq!(proposed.outcome(), Outcome::NotApplied);
+        let read = c.read_index(cut, *g).unwrap_err();
+        assert_eq!(read, RequestError::QuorumUnreachable { group: *g });
+    }
+    c.net().heal();
+    assert!(
+        c.run_until(5_000, |c| c
+            .core(cut)
+            .is_some_and(|core| core.down_peers().next().is_none()))
+            .unwrap(),
+        "its peers are heard again"
+    );
+    // Taken again (or, if leadership moved meanwhile, the caller is sent to the leader).
+    let again = c.propose(cut, gs[0], b"k=w".to_vec());
+    assert!(
+        !matches!(again, Err(RequestError::QuorumUnreachable { .. })),
+        "{again:?}"
+    );
+}
+
+#[test]
+fn a_node_restarted_before_its_peers_miss_it_learns_every_leader_within_a_liveness_interval() {
+    let config = RaftConfig::default();
+    // Its peers never declare it down, so nothing tells them it restarted: it asks. The quiet
+    // leaders answer; the groups it led itself (their followers still follow it) elect at
+    // once when it asks them. Without the probes it waits out an election timeout.
+    let bound = config.liveness_interval_ticks + 3;
+    assert!(bound < config.election_tick);
+    for seed in [21, 23, 25] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cluster(dir.path(), 32, seed);
+        elect_all(&mut c, 3_000);
+        assert!(c.run_until(3_000, all_quiet).unwrap());
+        let victim = NodeId(3);
+        c.crash(victim);
+        c.run(2 * TICK).unwrap();
+        c.restart(victim).unwrap();
+        let knows_all = |c: &SimCluster<Kv>| {
+            groups(c)
+                .iter()
+                .all(|g| c.status(victim, *g).is_none_or(|s| s.leader.is_some()))
+        };
+        assert!(
+            c.run_until(bound as u64 * TICK, knows_all).unwrap(),
+            "seed {seed}: {victim} knows every leader within {bound} ticks of its restart"
+        );
+    }
 }

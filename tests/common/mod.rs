@@ -295,6 +295,13 @@ impl Cluster {
         std::fs::read_to_string(self.log_path(i)).unwrap_or_default()
     }
 
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.children[i].take() {
+            child.kill().expect("SIGKILL");
+            let _ = child.wait();
+        }
+    }
+
     fn log_path(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("node-{}.log", i + 1))
     }
@@ -349,13 +356,6 @@ impl Cluster {
                 .status()
                 .map(|s| s.success());
             assert!(matches!(ok, Ok(true)), "kill -{signal} {pid}");
-        }
-    }
-
-    pub fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.children[i].take() {
-            child.kill().expect("SIGKILL");
-            let _ = child.wait();
         }
     }
 

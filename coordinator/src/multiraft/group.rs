@@ -204,6 +204,20 @@ impl Group {
             && raft.raft_log.committed == raft.raft_log.last_index()
     }
 
+    /// The voters of the configuration in force (the incoming one during a joint change).
+    pub(super) fn voters(&self) -> Vec<NodeId> {
+        let conf = self.raw.raft.prs().conf().to_conf_state();
+        conf.voters.into_iter().map(NodeId).collect()
+    }
+
+    /// The commit index a heartbeat from this leader may carry to `peer` (what raft would
+    /// send: no further than the peer's log is known to reach), if `peer` is in the group.
+    pub(super) fn heartbeat_commit(&self, peer: NodeId) -> Option<u64> {
+        let raft = &self.raw.raft;
+        let pr = raft.prs().get(peer.get())?;
+        Some(raft.raft_log.committed.min(pr.matched))
+    }
+
     /// The voter a leadership transfer is under way to, if any.
     pub(super) fn transferring_to(&self) -> Option<NodeId> {
         self.raw.raft.lead_transferee.map(NodeId)

@@ -82,6 +82,9 @@ pub struct MultiRaft {
     /// Events raised between cycles (groups quiet or woken, peers down or up), handed out
     /// with the next cycle's.
     pending_events: Vec<Event>,
+    /// Liveness rounds left in which replicas that know no leader probe for it (after a
+    /// start, or when a peer is heard again: see `probe_leaders`).
+    probe_rounds: usize,
     /// Ticks since each peer was last heard from, for node-level liveness.
     silent_ticks: BTreeMap<NodeId, usize>,
     /// The tick at which each peer was last reported unreachable to every group.
@@ -106,6 +109,9 @@ pub struct MultiRaft {
 }
 
 const BOOTSTRAP_INDEX: u64 = 1;
+/// How many liveness rounds leaderless replicas probe for their leader after a start or a
+/// reconnection (a probe lost with a connection not yet up is sent again).
+const LEADER_PROBE_ROUNDS: usize = 3;
 /// How many groups' first elections one election window takes (see `spread_first_elections`).
 const GROUPS_PER_ELECTION_WINDOW: usize = 4096;
 const BOOTSTRAP_TERM: u64 = 1;
@@ -138,6 +144,7 @@ impl MultiRaft {
             applied_since_check: BTreeSet::new(),
             own_messages: Outbox::default(),
             pending_events: Vec::new(),
+            probe_rounds: LEADER_PROBE_ROUNDS,
             silent_ticks: BTreeMap::new(),
             unreachable_reported: BTreeMap::new(),
             peers_stale: true,
@@ -236,11 +243,11 @@ impl MultiRaft {
     pub fn step(&mut self, from: NodeId, envelope: Envelope) {
         // Any message proves the peer alive (an empty heartbeat batch is the liveness ping).
         if let Some(silent) = self.silent_ticks.get_mut(&from) {
-            if *silent >= self.config.liveness_timeout_ticks {
-                tracing::debug!(peer = %from, "a peer declared silent is heard again");
-                self.pending_events.push(Event::PeerUp { peer: from });
-            }
+            let back = *silent >= self.config.liveness_timeout_ticks;
             *silent = 0;
+            if back {
+                self.remind_leadership(from);
+            }
         }
         match envelope {
             Envelope::Raft { group, messages } => {
@@ -264,6 +271,29 @@ impl MultiRaft {
             tracing::debug!(%group, %from, "message for a group this node does not hold");
             return;
         };
+        // A leader probe is no raft message: only the leader answers it, never raft.
+        if quiesce && m.get_msg_type() == MessageType::MsgHeartbeatResponse {
+            if g.quiet
+                && g.is_leader()
+                && let Some(commit) = g.heartbeat_commit(from)
+            {
+                self.own_messages
+                    .push_quiesce(group, from, g.term(), commit);
+            } else if g.quiet && g.leader() == Some(from) {
+                // The leader this quiet replica follows asks who leads: it restarted, and
+                // leads nothing any more. Elect now, as when liveness declares it dead.
+                Self::wake(
+                    g,
+                    &mut self.stats,
+                    &mut self.awake,
+                    &mut self.pending_events,
+                    group,
+                );
+                Self::stagger_election(self.id, from, self.config.election_tick, g);
+                self.dirty.insert(group);
+            }
+            return;
+        }
         // The transport proved who sent it; raft must not be told otherwise.
         m.from = from.get();
         m.to = self.id.get();
@@ -337,18 +367,19 @@ impl MultiRaft {
     /// # Errors
     /// [`RequestError::NotLeader`] with the leader this node knows of, [`RequestError::GroupNotFound`],
     /// [`RequestError::ProposalDropped`] when raft refuses it (leader transfer in progress, too
-    /// many uncommitted bytes).
+    /// many uncommitted bytes), [`RequestError::QuorumUnreachable`] when node-level liveness
+    /// holds too many voters down for it to commit.
     pub fn propose(
         &mut self,
         group: GroupId,
         data: Vec<u8>,
         token: Token,
     ) -> Result<(), RequestError> {
+        self.admit_request(group, true)?;
         let g = self
             .groups
             .get_mut(&group)
             .ok_or(RequestError::GroupNotFound { group })?;
-        Self::ensure_leader(group, g)?;
         if g.quiet {
             Self::wake(
                 g,
@@ -374,8 +405,8 @@ impl MultiRaft {
         change: &ConfChangeV2,
         token: Token,
     ) -> Result<(), RequestError> {
+        self.admit_request(group, true)?;
         let g = self.group_mut(group)?;
-        Self::ensure_leader(group, g)?;
         let (index, term) = g
             .propose_conf_change(change)
             .ok_or(RequestError::ProposalDropped { group })?;
@@ -396,13 +427,8 @@ impl MultiRaft {
     /// # Errors
     /// [`RequestError::GroupNotFound`]; [`RequestError::NotLeader`] with no leader known.
     pub fn read_index(&mut self, group: GroupId, token: Token) -> Result<(), RequestError> {
+        self.admit_request(group, false)?;
         let g = self.group_mut(group)?;
-        if g.leader().is_none() {
-            return Err(RequestError::NotLeader {
-                group,
-                leader: None,
-            });
-        }
         g.read_index(token.to_be_bytes().to_vec());
         Ok(())
     }
@@ -412,8 +438,8 @@ impl MultiRaft {
     /// # Errors
     /// [`RequestError::GroupNotFound`], [`RequestError::NotLeader`].
     pub fn transfer_leader(&mut self, group: GroupId, to: NodeId) -> Result<(), RequestError> {
+        self.admit_request(group, true)?;
         let g = self.group_mut(group)?;
-        Self::ensure_leader(group, g)?;
         g.transfer_leader(to);
         Ok(())
     }
@@ -474,17 +500,6 @@ impl MultiRaft {
         if let Some(g) = self.groups.get_mut(&group) {
             g.report_snapshot(to, delivered);
             self.dirty.insert(group);
-        }
-    }
-
-    fn ensure_leader(group: GroupId, g: &Group) -> Result<(), RequestError> {
-        if g.is_leader() {
-            Ok(())
-        } else {
-            Err(RequestError::NotLeader {
-                group,
-                leader: g.leader(),
-            })
         }
     }
 

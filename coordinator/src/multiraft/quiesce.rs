@@ -53,6 +53,59 @@ impl MultiRaft {
         g.forget_lost_leader(me, lost, |rank| rank * (election_tick / 2).max(1));
     }
 
+    /// Whether node-level liveness holds `peer` down now (never with quiescence off).
+    pub fn is_peer_down(&self, peer: NodeId) -> bool {
+        self.silent_ticks
+            .get(&peer)
+            .is_some_and(|silent| *silent >= self.config.liveness_timeout_ticks)
+    }
+
+    /// Whether a request to `group` may be handed to raft: the group is held here, enough of
+    /// its voters are up (per node-level liveness) to commit anything, and this node leads
+    /// it (`lead`) or knows a live leader. A request refused here did not take effect; a
+    /// leader that liveness holds down is not named (the caller would only be sent to it).
+    pub(super) fn admit_request(&self, group: GroupId, lead: bool) -> Result<(), RequestError> {
+        let g = self
+            .groups
+            .get(&group)
+            .ok_or(RequestError::GroupNotFound { group })?;
+        // The configuration is read only when some peer is down: not on every proposal.
+        if self.down_peers().next().is_some() {
+            let voters = g.voters();
+            let up = voters
+                .iter()
+                .filter(|v| **v == self.id || !self.is_peer_down(**v))
+                .count();
+            if !voters.is_empty() && up * 2 <= voters.len() {
+                return Err(RequestError::QuorumUnreachable { group });
+            }
+        }
+        let leader = g.leader().filter(|l| !self.is_peer_down(*l));
+        if (lead && !g.is_leader()) || leader.is_none() {
+            return Err(RequestError::NotLeader { group, leader });
+        }
+        Ok(())
+    }
+
+    /// A peer declared down is heard again (it restarted, or a partition healed). A quiet
+    /// group led here sends nothing it could learn its leader from, so each one it holds
+    /// gets one quiesce heartbeat now, all in one coalesced message: it knows its leader
+    /// within a liveness interval instead of an election timeout (or never, while quiet).
+    pub(super) fn remind_leadership(&mut self, peer: NodeId) {
+        tracing::debug!(%peer, "a peer declared silent is heard again");
+        self.pending_events.push(Event::PeerUp { peer });
+        // This side may have lost its leaders too (a partition from the peer that led).
+        self.probe_rounds = LEADER_PROBE_ROUNDS;
+        for (&id, g) in &self.groups {
+            if g.quiet
+                && g.is_leader()
+                && let Some(commit) = g.heartbeat_commit(peer)
+            {
+                self.own_messages.push_quiesce(id, peer, g.term(), commit);
+            }
+        }
+    }
+
     /// The peers node-level liveness holds down now: silent past the liveness timeout (none
     /// with quiescence off, which turns node-level liveness off).
     pub fn down_peers(&self) -> impl Iterator<Item = NodeId> + '_ {
@@ -61,6 +114,29 @@ impl MultiRaft {
             .iter()
             .filter(move |(_, silent)| **silent >= timeout)
             .map(|(peer, _)| *peer)
+    }
+
+    /// For a few liveness rounds after a start or a reconnection: every replica that follows
+    /// no leader asks each voter of its group (one coalesced batch per peer). A quiet leader
+    /// answers with a quiesce heartbeat, so a restarted node learns every quiet group's
+    /// leader within a liveness interval, even when its peers never missed it; otherwise it
+    /// would wait out an election timeout, and its pre-vote would wake the group.
+    fn probe_leaders(&mut self) {
+        if self.probe_rounds == 0 {
+            return;
+        }
+        self.probe_rounds -= 1;
+        for (&id, g) in &self.groups {
+            if g.leader().is_some() || g.role() != raft::StateRole::Follower {
+                continue;
+            }
+            let term = g.term();
+            for voter in g.voters() {
+                if voter != self.id {
+                    self.own_messages.push_leader_probe(id, voter, term);
+                }
+            }
+        }
     }
 
     pub(super) fn tick_liveness(&mut self) {
@@ -95,6 +171,7 @@ impl MultiRaft {
                 self.own_messages.push_liveness(*peer);
                 self.stats.liveness_pings += 1;
             }
+            self.probe_leaders();
         }
         for peer in lost {
             self.stats.peers_lost += 1;

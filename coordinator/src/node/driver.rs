@@ -380,7 +380,7 @@ impl Driver {
                 leader: self
                     .placement
                     .leader_hint(group)
-                    .filter(|l| *l != self.core.id()),
+                    .filter(|l| *l != self.core.id() && !self.core.is_peer_down(*l)),
             },
             other => other,
         }

@@ -19,7 +19,7 @@ use super::pending::Request;
 use super::placement::bootstrap_groups;
 use super::reconcile::{KnownGroups, Placement};
 use super::session::SessionCommand;
-use super::{DrainProgress, Drained, KeyRead, NodeConfig, NodeError, NodeEvent, NodeStatus};
+use super::{DrainProgress, KeyRead, NodeConfig, NodeError, NodeEvent, NodeStatus};
 use crate::apply::Applying;
 use crate::error::{CoordinatorError, RequestError};
 use crate::group_state_machine::StateMachines;
@@ -72,8 +72,8 @@ pub(super) enum Command {
 /// log store. Cheap to clone; all clones talk to the same node.
 #[derive(Clone)]
 pub struct Node {
-    id: NodeId,
-    commands: mpsc::Sender<Command>,
+    pub(super) id: NodeId,
+    pub(super) commands: mpsc::Sender<Command>,
     routing: Arc<RwLock<RoutingTable>>,
     /// The applied routing version, for waiting on a newer table.
     routing_version: watch::Receiver<u64>,
@@ -85,7 +85,7 @@ pub struct Node {
     /// Why the node stopped, once it has (see [`Node::stopped`]).
     stopped: watch::Receiver<Option<NodeStopped>>,
     /// What happens on the node, for [`Node::subscribe`].
-    events: tokio::sync::broadcast::Sender<NodeEvent>,
+    pub(super) events: tokio::sync::broadcast::Sender<NodeEvent>,
     /// The endpoint: the driver sends through it, the handle closes it and sets its trust.
     transport: Arc<dyn NodeTransport>,
 }
@@ -753,60 +753,9 @@ impl Node {
         }
     }
 
-    /// Subscribes to what happens on this node from now on: leader and role changes of its
-    /// groups, groups going quiet or waking, peers declared down or heard again, and last of
-    /// all [`NodeEvent::Stopped`] with the reason (a fatal error or a shutdown).
-    ///
-    /// The channel is bounded ([`NodeConfig::event_capacity`]): a subscriber that falls
-    /// further behind gets [`tokio::sync::broadcast::error::RecvError::Lagged`] and misses
-    /// the oldest events; read [`Node::status`] then to resynchronise.
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<NodeEvent> {
-        self.events.subscribe()
-    }
-
     /// Why the node stopped, if it has (see [`Node::stopped`]).
     pub fn stop_reason(&self) -> Option<NodeStopped> {
         self.stopped.borrow().clone()
-    }
-
-    /// Leaves the cluster's service gracefully, then shuts down: stops taking new proposals
-    /// (they fail with [`RequestError::ShuttingDown`], which did not take effect), moves
-    /// every leadership it holds to a caught-up voter, lets the requests in flight finish,
-    /// and then [`Node::shutdown`]s. Whatever is not done by `deadline` is cut short by the
-    /// shutdown: leaderships still held then move by election, requests still waiting fail
-    /// as the shutdown says. Reads are still served while it drains.
-    pub async fn drain(&self, deadline: Duration) -> Drained {
-        let until = tokio::time::Instant::now() + deadline;
-        let mut report = Drained {
-            led_at_start: 0,
-            still_leading: 0,
-            in_flight_at_stop: 0,
-        };
-        let mut first = true;
-        loop {
-            let (reply, rx) = oneshot::channel();
-            if self.commands.send(Command::Drain { reply }).await.is_err() {
-                break;
-            }
-            let Ok(progress) = rx.await else { break };
-            if first {
-                report.led_at_start = progress.leading;
-                first = false;
-            }
-            report.still_leading = progress.leading;
-            report.in_flight_at_stop = progress.in_flight;
-            if progress.leading == 0 && progress.in_flight == 0 {
-                break;
-            }
-            let now = tokio::time::Instant::now();
-            if now >= until {
-                break;
-            }
-            tokio::time::sleep((until - now).min(Duration::from_millis(20))).await;
-        }
-        tracing::info!(node = %self.id, ?report, "drained; shutting down");
-        self.shutdown().await;
-        report
     }
 
     /// Stops the node: pending requests fail (proposals raft holds with

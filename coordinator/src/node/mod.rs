@@ -16,11 +16,14 @@
 //! - `reconcile`: acting on routing tables the meta group applies.
 //! - `session`: client sessions, for exactly-once proposals.
 //! - `events`: what the node tells subscribers as it happens.
+//! - `lifecycle`: subscribing to those events, and draining a node out of service.
+//! - `transfers`: leadership transfers a caller waits on.
 
 mod config;
 mod driver;
 mod events;
 mod handle;
+mod lifecycle;
 pub(crate) mod pending;
 pub(crate) mod placement;
 mod reconcile;
