@@ -2,7 +2,8 @@
 //! per node shared by concurrent calls, one stream per request). Every call goes through
 //! [`NodeClient::call_with`], which follows `NotLeader` redirects and resends what the error
 //! class allows: what certainly did not take effect always, an outcome-unknown failure only
-//! for a get (see [`KvRequest::is_idempotent`]).
+//! for a get or a write in a client session (see [`KvRequest::is_idempotent`]). Its own
+//! writes are in a session, so every failure of one may be resent: it applies once.
 
 use std::net::SocketAddr;
 
@@ -11,11 +12,15 @@ use admin::{ClientError, NodeClient, Retries};
 use prost::Message as _;
 use routing::NodeId;
 
+use coordinator::ClientSession;
+
 use crate::proto::{KvReply, KvRequest};
 
 /// A client of the key-value service, authenticated by a client certificate.
 pub struct KvClient {
     nodes: NodeClient,
+    /// Every write is a command of this session: resent after any failure, it applies once.
+    session: ClientSession,
 }
 
 impl KvClient {
@@ -26,13 +31,17 @@ impl KvClient {
     pub fn new(identity: &certs::ClientIdentity) -> Result<Self, ClientError> {
         Ok(Self {
             nodes: NodeClient::new(identity)?,
+            session: ClientSession::new(),
         })
     }
 
     /// A client over an existing [`NodeClient`].
     #[must_use]
     pub fn over(nodes: NodeClient) -> Self {
-        Self { nodes }
+        Self {
+            nodes,
+            session: ClientSession::new(),
+        }
     }
 
     /// The client of the nodes it talks through (for admin requests on the same connections).
@@ -42,9 +51,11 @@ impl KvClient {
     }
 
     /// Sends `request` to the node at `first` (any node: it redirects to the key's leader) and
-    /// returns the answer. A get is resent after a lost connection or a timeout; a write is
-    /// not, and its error then says the write may have taken effect
-    /// ([`ClientError::may_have_taken_effect`]).
+    /// returns the answer. A get, or a write in a client session
+    /// ([`KvRequest::in_session`]), is resent after a lost connection or a timeout; a plain
+    /// write is not, and its error then says the write may have taken effect
+    /// ([`ClientError::may_have_taken_effect`]). `put`, `delete` and `compare_and_set` send
+    /// their writes in this client's session.
     ///
     /// # Errors
     /// [`ClientError`]; [`ClientError::Remote`] carries the node's typed failure.
@@ -77,7 +88,9 @@ impl KvClient {
         key: &[u8],
         value: &[u8],
     ) -> Result<Option<Vec<u8>>, ClientError> {
-        let reply = self.call(node, None, &KvRequest::put(key, value)).await?;
+        let once = self.session.command();
+        let request = KvRequest::put(key, value).in_session(&once);
+        let reply = self.call(node, None, &request).await?;
         Ok(reply.value().map(<[u8]>::to_vec))
     }
 
@@ -99,7 +112,9 @@ impl KvClient {
         node: SocketAddr,
         key: &[u8],
     ) -> Result<Option<Vec<u8>>, ClientError> {
-        let reply = self.call(node, None, &KvRequest::delete(key)).await?;
+        let once = self.session.command();
+        let request = KvRequest::delete(key).in_session(&once);
+        let reply = self.call(node, None, &request).await?;
         Ok(reply.value().map(<[u8]>::to_vec))
     }
 
@@ -115,7 +130,9 @@ impl KvClient {
         expected: Option<&[u8]>,
         value: &[u8],
     ) -> Result<Result<(), Option<Vec<u8>>>, ClientError> {
-        let request = KvRequest::compare_and_set(key, expected.map(<[u8]>::to_vec), value);
+        let once = self.session.command();
+        let request =
+            KvRequest::compare_and_set(key, expected.map(<[u8]>::to_vec), value).in_session(&once);
         let reply = self.call(node, None, &request).await?;
         Ok(match reply.outcome {
             Some(crate::proto::kv_reply::Outcome::Mismatch(found)) => Err(found.value),

@@ -11,6 +11,10 @@ pub struct KvRequest {
     /// The operation.
     #[prost(oneof = "kv_request::Op", tags = "1, 2, 3, 4")]
     pub op: Option<kv_request::Op>,
+    /// The client session a write belongs to: the node then applies it once however often
+    /// it is sent (see `pontoon_coordinator::ClientSession`).
+    #[prost(message, optional, tag = "5")]
+    pub session: Option<kv_request::Session>,
 }
 
 /// The operations of a [`KvRequest`].
@@ -54,6 +58,20 @@ pub mod kv_request {
         /// What to set.
         #[prost(bytes = "vec", tag = "3")]
         pub value: Vec<u8>,
+    }
+
+    /// Which command of which client session a write is.
+    #[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+    pub struct Session {
+        /// The session's id.
+        #[prost(uint64, tag = "1")]
+        pub client: u64,
+        /// The command's sequence number in the session.
+        #[prost(uint64, tag = "2")]
+        pub seq: u64,
+        /// The client has every answer up to this sequence number.
+        #[prost(uint64, tag = "3")]
+        pub acked: u64,
     }
 
     /// A key-value operation.
@@ -111,7 +129,22 @@ impl KvRequest {
     /// A request for `op`.
     #[must_use]
     pub fn new(op: kv_request::Op) -> Self {
-        Self { op: Some(op) }
+        Self {
+            op: Some(op),
+            session: None,
+        }
+    }
+
+    /// The same request as command `command` of a client session: the node applies it once
+    /// however often it is sent.
+    #[must_use]
+    pub fn in_session(mut self, command: &coordinator::SessionCommand) -> Self {
+        self.session = Some(kv_request::Session {
+            client: command.session().id(),
+            seq: command.seq(),
+            acked: command.acknowledged(),
+        });
+        self
     }
 
     /// A put.
@@ -151,12 +184,13 @@ impl KvRequest {
         }))
     }
 
-    /// Whether applying the request twice changes nothing (a get): a client may then resend
-    /// it after an outcome-unknown failure. Writes are not: a put resent after its first copy
-    /// applied could overwrite a later write, a delete or compare-and-set answer differently.
+    /// Whether sending the request twice changes nothing: a get, or a write in a client
+    /// session (the node applies it once). A client may then resend it after an
+    /// outcome-unknown failure. A plain write may not: resent after its first copy applied,
+    /// a put could overwrite a later write, a delete or compare-and-set answer differently.
     #[must_use]
     pub fn is_idempotent(&self) -> bool {
-        matches!(self.op, Some(kv_request::Op::Get(_)))
+        matches!(self.op, Some(kv_request::Op::Get(_))) || self.session.is_some()
     }
 
     /// The request's bytes, for the envelope.

@@ -15,6 +15,7 @@ use routing::NodeId;
 
 use crate::kv::{KvCommand, KvResponse, KvStateMachine};
 use crate::proto::{KvReply, KvRequest, kv_reply, kv_request};
+use coordinator::SessionCommand;
 
 /// How often a GET reads again when the key's vShard left the group while it was reading.
 const READ_ATTEMPTS: usize = 4;
@@ -136,11 +137,16 @@ impl KvService {
                 ));
             }
         };
-        let bytes = self
-            .node()
-            .propose(command.key(), command.encode())
-            .await
-            .map_err(|e| self.kv_failure(&e))?;
+        let proposed = match request.session {
+            Some(s) => {
+                let once = SessionCommand::relayed(s.client, s.seq, s.acked);
+                self.node()
+                    .propose_once(&once, command.key(), command.encode())
+                    .await
+            }
+            None => self.node().propose(command.key(), command.encode()).await,
+        };
+        let bytes = proposed.map_err(|e| self.kv_failure(&e))?;
         let outcome = match KvResponse::decode(&bytes) {
             Ok(KvResponse::Done { previous }) => {
                 kv_reply::Outcome::Done(kv_reply::Value { value: previous })

@@ -219,3 +219,37 @@ async fn compare_and_set_changes_a_key_only_from_the_value_expected() {
     assert_eq!(client.get(addr, b"k").await.unwrap(), None);
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_in_a_session_sent_again_is_answered_and_not_applied_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::generate("sessions").unwrap();
+    let node = serve(&ca, dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let addr = node.local_addr();
+    let client = client(&ca);
+    concurrent_puts(&client, addr, "ready", 1).await;
+    // The same request twice, as a client resending after a lost connection would: the
+    // second copy answers with the first's response (the value before it) and changes
+    // nothing, though another write came between.
+    let session = coordinator::ClientSession::new();
+    let first = session.command();
+    let put = pontoon_service::KvRequest::put(&b"k"[..], &b"one"[..]).in_session(&first);
+    let answer = client.call(addr, None, &put).await.unwrap();
+    assert_eq!(answer.value(), None, "k was absent");
+    assert_eq!(
+        client.put(addr, b"k", b"two").await.unwrap().as_deref(),
+        Some(&b"one"[..])
+    );
+    let again = client.call(addr, None, &put).await.unwrap();
+    assert_eq!(
+        again.value(),
+        None,
+        "the resent put answers as the first did"
+    );
+    assert_eq!(
+        client.get(addr, b"k").await.unwrap().as_deref(),
+        Some(&b"two"[..]),
+        "the resent put was not applied again"
+    );
+    node.shutdown().await;
+}

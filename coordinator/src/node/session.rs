@@ -77,6 +77,7 @@ impl ClientSession {
         SessionCommand {
             session: self.clone(),
             seq,
+            relayed_acked: None,
         }
     }
 
@@ -95,6 +96,8 @@ impl ClientSession {
 pub struct SessionCommand {
     session: ClientSession,
     seq: u64,
+    /// For a command relayed from a remote client: what that client has acknowledged.
+    relayed_acked: Option<u64>,
 }
 
 impl SessionCommand {
@@ -110,6 +113,27 @@ impl SessionCommand {
         &self.session
     }
 
+    /// A remote client's command, as its request carried it (a server relaying it to
+    /// [`crate::Node::propose_once`]): command `seq` of session `client`, which has every
+    /// answer up to `acked`.
+    #[must_use]
+    pub fn relayed(client: u64, seq: u64, acked: u64) -> Self {
+        Self {
+            session: ClientSession::with_id(client),
+            seq,
+            relayed_acked: Some(acked),
+        }
+    }
+
+    /// Every command of its session up to this sequence number has its final answer: the
+    /// groups may forget their responses.
+    #[must_use]
+    pub fn acknowledged(&self) -> u64 {
+        self.relayed_acked
+            .unwrap_or_else(|| self.session.acknowledged())
+            .min(self.seq.saturating_sub(1))
+    }
+
     /// The tag the log carries for it, stamped with this node's clock (the group's
     /// replicated time, which expires idle sessions).
     pub(crate) fn tag(&self) -> SessionTag {
@@ -119,7 +143,7 @@ impl SessionCommand {
         SessionTag {
             client: self.session.id(),
             seq: self.seq,
-            acked: self.session.acknowledged(),
+            acked: self.acknowledged(),
             time_ms,
         }
     }
