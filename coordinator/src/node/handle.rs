@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState};
 use routing::{GroupId, META_GROUP, NodeId, RoutingChange, RoutingTable, VShardId};
 use storage::LogStore;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -18,7 +17,6 @@ use super::driver::{Driver, Reply, Waiter};
 use super::pending::Request;
 use super::placement::bootstrap_groups;
 use super::reconcile::{KnownGroups, Placement};
-use super::session::SessionCommand;
 use super::{DrainProgress, KeyRead, NodeConfig, NodeError, NodeEvent, NodeStatus};
 use crate::apply::Applying;
 use crate::error::{CoordinatorError, RequestError};
@@ -78,7 +76,7 @@ pub struct Node {
     /// The applied routing version, for waiting on a newer table.
     routing_version: watch::Receiver<u64>,
     fences: Fences,
-    request_timeout: Duration,
+    pub(super) request_timeout: Duration,
     local_addr: SocketAddr,
     shutdown: Arc<tokio::sync::Mutex<Option<DriverHandle>>>,
     address_book: AddressBook,
@@ -298,7 +296,7 @@ impl Node {
             let _ = stop_events.send(NodeEvent::Stopped(stopped.clone()));
             let _ = stopped_tx.send(Some(stopped));
         });
-        admit_by_routing(&wiring.transport, id, &routing, version_rx.clone());
+        super::reconcile::admit_by_routing(&wiring.transport, id, &routing, version_rx.clone());
         Ok(Node {
             id,
             commands: commands_tx,
@@ -380,51 +378,10 @@ impl Node {
         .await
     }
 
-    /// [`Node::propose`] for a command of a client session: however often it is proposed (on
-    /// this node or any other, after any error), it is applied once, and every attempt that
-    /// succeeds answers with the first response. So every error may be retried with the same
-    /// `command`; this call itself retries the ones this node can (a dropped proposal, an
-    /// outcome it lost track of, an outdated route, an overloaded group) until the request
-    /// timeout.
-    ///
-    /// # Errors
-    /// As [`Node::propose`], plus [`RequestError::AppliedEarlier`] (it took effect; its response
-    /// is gone after a restart). `NotLeader`, `ShuttingDown` and `Timeout`: retry the same
-    /// `command` on the leader or another node.
-    pub async fn propose_once(
-        &self,
-        command: &SessionCommand,
-        key: &[u8],
-        bytes: Vec<u8>,
-    ) -> Result<Vec<u8>, RequestError> {
-        let deadline = tokio::time::Instant::now() + self.request_timeout;
-        let mut backoff = Duration::from_millis(5);
-        loop {
-            let result = self
-                .routed(key, |group, vshard| {
-                    let framed =
-                        Frame::encode_user(Some(vshard), bytes.clone(), Some(command.tag()));
-                    self.propose_frame(group, framed)
-                })
-                .await;
-            match result {
-                Err(
-                    RequestError::ProposalDropped { .. }
-                    | RequestError::OutcomeUnknown { .. }
-                    | RequestError::Busy { .. },
-                ) if tokio::time::Instant::now() + backoff < deadline => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(200));
-                }
-                other => return other,
-            }
-        }
-    }
-
     /// Runs `attempt` on the group that serves `key`'s vShard by this node's table. A group
     /// that refuses it as stale routing did not act on it, so it runs again once this node
     /// has a newer table, until the request timeout.
-    async fn routed<T, F>(
+    pub(super) async fn routed<T, F>(
         &self,
         key: &[u8],
         mut attempt: impl FnMut(GroupId, VShardId) -> F,
@@ -454,7 +411,7 @@ impl Node {
         }
     }
 
-    async fn request<T>(
+    pub(super) async fn request<T>(
         &self,
         group: GroupId,
         request: Request,
@@ -489,7 +446,11 @@ impl Node {
             .await
     }
 
-    async fn propose_frame(&self, group: GroupId, data: Vec<u8>) -> Result<Vec<u8>, RequestError> {
+    pub(super) async fn propose_frame(
+        &self,
+        group: GroupId,
+        data: Vec<u8>,
+    ) -> Result<Vec<u8>, RequestError> {
         self.request(group, Request::Propose(data), Waiter::Response)
             .await
     }
@@ -660,56 +621,6 @@ impl Node {
         .await
     }
 
-    /// Changes `group`'s membership through raft (joint consensus when `change` has several
-    /// steps; leave the joint state with an empty change). Resolves with the configuration in
-    /// force once the change is committed and applied.
-    ///
-    /// # Errors
-    /// As [`Node::propose`].
-    pub async fn change_membership(
-        &self,
-        group: GroupId,
-        change: ConfChangeV2,
-    ) -> Result<ConfState, RequestError> {
-        self.request(group, Request::ConfChange(change), Waiter::Configured)
-            .await
-    }
-
-    /// Adds `node` to `group` as a learner (it receives the log but does not vote).
-    ///
-    /// # Errors
-    /// As [`Node::change_membership`].
-    pub async fn add_learner(
-        &self,
-        group: GroupId,
-        node: NodeId,
-    ) -> Result<ConfState, RequestError> {
-        self.change_membership(group, single_change(ConfChangeType::AddLearnerNode, node))
-            .await
-    }
-
-    /// Adds `node` to `group` as a voter, or promotes it when it is a learner.
-    ///
-    /// # Errors
-    /// As [`Node::change_membership`].
-    pub async fn add_voter(&self, group: GroupId, node: NodeId) -> Result<ConfState, RequestError> {
-        self.change_membership(group, single_change(ConfChangeType::AddNode, node))
-            .await
-    }
-
-    /// Removes `node` from `group`.
-    ///
-    /// # Errors
-    /// As [`Node::change_membership`].
-    pub async fn remove_member(
-        &self,
-        group: GroupId,
-        node: NodeId,
-    ) -> Result<ConfState, RequestError> {
-        self.change_membership(group, single_change(ConfChangeType::RemoveNode, node))
-            .await
-    }
-
     /// Every group's status and the node's counters.
     ///
     /// # Errors
@@ -770,51 +681,4 @@ impl Node {
         }
         self.transport.shutdown().await;
     }
-}
-
-fn single_change(kind: ConfChangeType, node: NodeId) -> ConfChangeV2 {
-    let mut single = ConfChangeSingle::default();
-    single.set_change_type(kind);
-    single.node_id = node.get();
-    let mut change = ConfChangeV2::default();
-    change.mut_changes().push(single);
-    change
-}
-
-/// The endpoint hears only nodes of the cluster the routing table names (a node still joining
-/// hears anyone until its table lists it), and none it revokes: checked after every handshake,
-/// and again on live connections each time a new table applies.
-fn admit_by_routing(
-    transport: &Arc<dyn NodeTransport>,
-    me: NodeId,
-    routing: &Arc<RwLock<RoutingTable>>,
-    mut versions: watch::Receiver<u64>,
-) {
-    let table = routing.clone();
-    transport.set_peer_admission(Some(Arc::new(move |peer| {
-        let table = lock::read(&table);
-        !table.is_node_revoked(peer) && (table.is_member(peer) || !table.is_member(me))
-    })));
-    let revocations = |table: &RoutingTable| transport::Revocations {
-        nodes: table.revoked_nodes().iter().copied().collect(),
-        // Routing keeps serials without leading zero bytes; a certificate's DER integer has
-        // one when the high bit is set.
-        serials: table
-            .revoked_serials()
-            .iter()
-            .flat_map(|s| [s.clone(), [&[0u8][..], s].concat()])
-            .collect(),
-    };
-    transport.set_revocations(revocations(&lock::read(routing)));
-    let (transport, routing) = (Arc::downgrade(transport), routing.clone());
-    tokio::spawn(async move {
-        while versions.changed().await.is_ok() {
-            let Some(transport) = transport.upgrade() else {
-                return;
-            };
-            let revoked = revocations(&lock::read(&routing));
-            transport.set_revocations(revoked);
-            transport.recheck_admission();
-        }
-    });
 }

@@ -13,7 +13,9 @@
 //! - `pending`: the requests in flight and how a cycle answers them (shared with the
 //!   simulation, so both drivers answer alike).
 //! - `placement`: the groups a new cluster starts with.
-//! - `reconcile`: acting on routing tables the meta group applies.
+//! - `membership`: a group's membership changes, as calls on `Node`.
+//! - `reconcile`: acting on routing tables the meta group applies (replicas, and which peers
+//!   the endpoint admits).
 //! - `session`: client sessions, for exactly-once proposals.
 //! - `events`: what the node tells subscribers as it happens.
 //! - `lifecycle`: subscribing to those events, and draining a node out of service.
@@ -24,6 +26,7 @@ mod driver;
 mod events;
 mod handle;
 mod lifecycle;
+mod membership;
 pub(crate) mod pending;
 pub(crate) mod placement;
 mod reconcile;

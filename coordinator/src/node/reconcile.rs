@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use routing::{GroupId, NodeId, RoutingTable};
 use tokio::sync::watch;
-use transport::AddressBook;
+use transport::{AddressBook, NodeTransport};
 
 use crate::apply::Applying;
 use crate::error::CoordinatorError;
@@ -110,4 +110,42 @@ impl Placement {
         }
         self.version.send_replace(version);
     }
+}
+
+/// The endpoint hears only nodes of the cluster the routing table names (a node still joining
+/// hears anyone until its table lists it), and none it revokes: checked after every handshake,
+/// and again on live connections each time a new table applies.
+pub(super) fn admit_by_routing(
+    transport: &Arc<dyn NodeTransport>,
+    me: NodeId,
+    routing: &Arc<RwLock<RoutingTable>>,
+    mut versions: watch::Receiver<u64>,
+) {
+    let table = routing.clone();
+    transport.set_peer_admission(Some(Arc::new(move |peer| {
+        let table = lock::read(&table);
+        !table.is_node_revoked(peer) && (table.is_member(peer) || !table.is_member(me))
+    })));
+    let revocations = |table: &RoutingTable| transport::Revocations {
+        nodes: table.revoked_nodes().iter().copied().collect(),
+        // Routing keeps serials without leading zero bytes; a certificate's DER integer has
+        // one when the high bit is set.
+        serials: table
+            .revoked_serials()
+            .iter()
+            .flat_map(|s| [s.clone(), [&[0u8][..], s].concat()])
+            .collect(),
+    };
+    transport.set_revocations(revocations(&lock::read(routing)));
+    let (transport, routing) = (Arc::downgrade(transport), routing.clone());
+    tokio::spawn(async move {
+        while versions.changed().await.is_ok() {
+            let Some(transport) = transport.upgrade() else {
+                return;
+            };
+            let revoked = revocations(&lock::read(&routing));
+            transport.set_revocations(revoked);
+            transport.recheck_admission();
+        }
+    });
 }

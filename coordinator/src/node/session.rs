@@ -10,8 +10,12 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
+use std::time::Duration;
+
+use super::Node;
+use crate::error::RequestError;
 use crate::lock;
-use crate::replicated::SessionTag;
+use crate::replicated::{Frame, SessionTag};
 
 /// A client's session: see the module docs. Cheap to clone (shared); one per client
 /// process or logical client is enough, used by any number of concurrent commands.
@@ -154,6 +158,49 @@ impl Drop for SessionCommand {
         lock::mutex(&self.session.inner.state)
             .open
             .remove(&self.seq);
+    }
+}
+
+impl Node {
+    /// [`Node::propose`] for a command of a client session: however often it is proposed (on
+    /// this node or any other, after any error), it is applied once, and every attempt that
+    /// succeeds answers with the first response. So every error may be retried with the same
+    /// `command`; this call itself retries the ones this node can (a dropped proposal, an
+    /// outcome it lost track of, an outdated route, an overloaded group) until the request
+    /// timeout.
+    ///
+    /// # Errors
+    /// As [`Node::propose`], plus [`RequestError::AppliedEarlier`] (it took effect; its response
+    /// is gone after a restart). `NotLeader`, `ShuttingDown` and `Timeout`: retry the same
+    /// `command` on the leader or another node.
+    pub async fn propose_once(
+        &self,
+        command: &SessionCommand,
+        key: &[u8],
+        bytes: Vec<u8>,
+    ) -> Result<Vec<u8>, RequestError> {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let result = self
+                .routed(key, |group, vshard| {
+                    let framed =
+                        Frame::encode_user(Some(vshard), bytes.clone(), Some(command.tag()));
+                    self.propose_frame(group, framed)
+                })
+                .await;
+            match result {
+                Err(
+                    RequestError::ProposalDropped { .. }
+                    | RequestError::OutcomeUnknown { .. }
+                    | RequestError::Busy { .. },
+                ) if tokio::time::Instant::now() + backoff < deadline => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(200));
+                }
+                other => return other,
+            }
+        }
     }
 }
 
