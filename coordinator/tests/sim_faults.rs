@@ -1410,22 +1410,32 @@ fn replay() {
 /// `PONTOON_SIM_SEEDS=N` runs more.
 #[test]
 fn byzantine_senders_never_break_a_safety_check() {
+    run_variant(&[2, 3, 4, 5], Scenario::with_byzantine_senders, |report| {
+        assert!(
+            report.counts.forged > 100 && report.counts.refused > 0,
+            "seed {}: the forgeries did not reach the nodes: {:?}",
+            report.scenario.seed,
+            report.counts
+        );
+    });
+}
+
+/// Runs a variant of the scenario (`variant` applied to each seed's) on `ci_seeds`, or with
+/// `PONTOON_SIM_SEEDS=N` on seeds 1..=N; `each` checks what the variant must show in every
+/// run; fails with every failing seed's report.
+fn run_variant(ci_seeds: &[u64], variant: fn(Scenario) -> Scenario, each: impl Fn(&Report)) {
     let seeds = match env_u64("PONTOON_SIM_SEEDS") {
         Some(n) => (1..=n).collect(),
-        None => vec![2, 3, 4, 5],
+        None => ci_seeds.to_vec(),
     };
     let mut failed = Vec::new();
     for seed in seeds {
-        let report = simulate(Scenario::from_seed(seed).with_byzantine_senders());
+        let report = simulate(variant(Scenario::from_seed(seed)));
         println!("{}", report.summary());
         if !report.failures.is_empty() {
             failed.push(report.failure_text());
         }
-        assert!(
-            report.counts.forged > 100 && report.counts.refused > 0,
-            "seed {seed}: the forgeries did not reach the nodes: {:?}",
-            report.counts
-        );
+        each(&report);
     }
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
@@ -1436,23 +1446,17 @@ fn byzantine_senders_never_break_a_safety_check() {
 /// linearizability checks), under every fault. `PONTOON_SIM_SEEDS=N` runs more.
 #[test]
 fn durable_state_machines_resume_from_their_own_position_under_crashes() {
-    let seeds = match env_u64("PONTOON_SIM_SEEDS") {
-        Some(n) => (1..=n).collect(),
-        None => vec![2, 3, 4, 5],
-    };
-    let mut failed = Vec::new();
-    for seed in seeds {
-        let report = simulate(Scenario::from_seed(seed).with_durable_state_machines());
-        println!("{}", report.summary());
-        if !report.failures.is_empty() {
-            failed.push(report.failure_text());
-        }
-        assert!(
-            report.counts.crashes > 0,
-            "seed {seed}: no crash was tested"
-        );
-    }
-    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    run_variant(
+        &[2, 3, 4, 5],
+        Scenario::with_durable_state_machines,
+        |report| {
+            assert!(
+                report.counts.crashes > 0,
+                "seed {}: no crash was tested",
+                report.scenario.seed
+            );
+        },
+    );
 }
 
 /// Clients that retry every write in a session until it is answered (after timeouts, dropped
@@ -1462,22 +1466,18 @@ fn durable_state_machines_resume_from_their_own_position_under_crashes() {
 /// linearizable. `PONTOON_SIM_SEEDS=N` runs more.
 #[test]
 fn session_retries_apply_every_write_exactly_once_under_every_fault() {
-    let seeds = match env_u64("PONTOON_SIM_SEEDS") {
-        Some(n) => (1..=n).collect(),
-        None => vec![2, 3, 4, 5, 6, 7],
-    };
-    let mut failed = Vec::new();
-    let mut retries = 0;
-    for seed in seeds {
-        let report = simulate(Scenario::from_seed(seed).with_session_retries());
-        println!("{}", report.summary());
-        retries += report.counts.retries;
-        if !report.failures.is_empty() {
-            failed.push(report.failure_text());
-        }
-    }
-    assert!(failed.is_empty(), "{}", failed.join("\n"));
-    assert!(retries > 0, "no write was retried: the test proves nothing");
+    let retries = std::cell::Cell::new(0);
+    run_variant(
+        &[2, 3, 4, 5, 6, 7],
+        Scenario::with_session_retries,
+        |report| {
+            retries.set(retries.get() + report.counts.retries);
+        },
+    );
+    assert!(
+        retries.get() > 0,
+        "no write was retried: the test proves nothing"
+    );
 }
 
 /// The same runs with the groups' de-duplication turned off: the double applies the retries
