@@ -184,14 +184,12 @@ impl Applying {
                 Apply::Command {
                     group,
                     index,
-                    offset,
                     data,
                     proposal,
                     ..
                 } if group == META_GROUP => {
                     let reply = self.meta.apply(&data);
                     self.meta_applied = index;
-                    let _ = offset;
                     completed.extend(proposal.and_then(|token| self.answer(pending, token, reply)));
                 }
                 Apply::Command {
@@ -398,7 +396,10 @@ impl Applying {
                 if let Some(p) = self.progress.get_mut(&group) {
                     p.snapshotting = false;
                 }
-                core.compact(group, index, data)?;
+                // The replica may have moved away while its worker took the snapshot.
+                if core.has_group(group) {
+                    core.compact(group, index, data)?;
+                }
             }
             Output::Exported {
                 group,

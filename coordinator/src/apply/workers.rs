@@ -416,7 +416,8 @@ fn work(shared: &Shared, replicas: &Replicas, outputs: &UnboundedSender<Output>)
 
 impl Drop for Applier {
     /// Waits for the workers to finish what they were given: once a node has stopped,
-    /// nothing more is applied.
+    /// nothing more is applied (a restart may open the same state at once). A state machine
+    /// stuck inside apply therefore holds the node's shutdown until it returns.
     fn drop(&mut self) {
         if let Self::Threads { shared, threads } = self {
             lock::mutex(&shared.schedule).closed = true;
