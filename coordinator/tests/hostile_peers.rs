@@ -9,11 +9,10 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::SharedKv;
-use pontoon_coordinator::testkit::local::LocalCluster;
+use common::{Machines, local_cluster};
 use raft::eraftpb::{Entry, Message, MessageType, Snapshot};
 use routing::{GroupId, NodeId, RoutingTable};
 use transport::{AddressBook, Envelope, QuicTransport, Transport, TransportConfig};
@@ -128,23 +127,8 @@ async fn forged_raft_messages_from_members_and_outsiders_are_refused_and_the_clu
     let dir = tempfile::tempdir().unwrap();
     let nodes: Vec<NodeId> = (1..=3).map(NodeId).collect();
     let routing = RoutingTable::uniform(256, 8, &nodes, 3).unwrap();
-    let machines: Arc<Mutex<BTreeMap<NodeId, SharedKv>>> = Arc::default();
-    let registry = machines.clone();
-    let cluster = LocalCluster::start(
-        dir.path(),
-        routing.clone(),
-        |c| {
-            c.tick_interval(Duration::from_millis(20))
-                .request_timeout(Duration::from_secs(5))
-        },
-        move |node| {
-            let kv = SharedKv::default();
-            registry.lock().unwrap().insert(node, kv.clone());
-            kv
-        },
-    )
-    .await
-    .unwrap();
+    let machines = Machines::default();
+    let cluster = local_cluster(dir.path(), routing.clone(), &machines).await;
     assert!(
         cluster
             .wait_for_leaders(Duration::from_secs(20))

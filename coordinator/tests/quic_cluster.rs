@@ -6,11 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
-
-use common::SharedKv;
-use pontoon_coordinator::testkit::local::LocalCluster;
+use common::{Machines, local_cluster};
 use routing::{NodeId, RoutingTable};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -18,31 +14,9 @@ async fn three_quic_nodes_keep_taking_writes_after_losing_the_busiest_leader() {
     let dir = tempfile::tempdir().unwrap();
     let nodes: Vec<NodeId> = (1..=3).map(NodeId).collect();
     let routing = RoutingTable::uniform(1024, 64, &nodes, 3).unwrap();
-    let machines: std::sync::Arc<Mutex<BTreeMap<NodeId, SharedKv>>> = Default::default();
-    let registry = machines.clone();
-    let cluster = LocalCluster::start(
-        dir.path(),
-        routing,
-        |c| {
-            c.tick_interval(Duration::from_millis(20))
-                .request_timeout(Duration::from_secs(5))
-        },
-        move |node| {
-            // A restarted node starts from an empty state machine and replays its log.
-            let kv = SharedKv::default();
-            registry.lock().unwrap().insert(node, kv.clone());
-            kv
-        },
-    )
-    .await
-    .unwrap();
-    assert!(
-        cluster
-            .wait_for_leaders(Duration::from_secs(20))
-            .await
-            .is_some(),
-        "every group elects a leader"
-    );
+    // A restarted node starts from an empty state machine and replays its log.
+    let machines = Machines::default();
+    let cluster = local_cluster(dir.path(), routing, &machines).await;
 
     let timeout = Duration::from_secs(10);
     for i in 0..256 {

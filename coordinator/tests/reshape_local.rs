@@ -11,38 +11,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::SharedKv;
+use common::{Machines, SharedKv, local_cluster};
 use pontoon_coordinator::RequestError;
 use pontoon_coordinator::testkit::local::LocalCluster;
 use routing::{META_GROUP, NodeId, RoutingTable, VShardId};
 
-type Machines = Arc<Mutex<BTreeMap<NodeId, SharedKv>>>;
-
-async fn start(dir: &std::path::Path, machines: Machines) -> Arc<LocalCluster<SharedKv>> {
+async fn start(dir: &std::path::Path, machines: &Machines) -> Arc<LocalCluster<SharedKv>> {
     let nodes: Vec<NodeId> = (1..=3).map(NodeId).collect();
     let routing = RoutingTable::uniform(64, 6, &nodes, 3).unwrap();
-    let cluster = LocalCluster::start(
-        dir,
-        routing,
-        |c| {
-            c.tick_interval(Duration::from_millis(20))
-                .request_timeout(Duration::from_secs(5))
-        },
-        move |node| {
-            let kv = SharedKv::default();
-            machines.lock().unwrap().insert(node, kv.clone());
-            kv
-        },
-    )
-    .await
-    .unwrap();
-    assert!(
-        cluster
-            .wait_for_leaders(Duration::from_secs(20))
-            .await
-            .is_some()
-    );
-    Arc::new(cluster)
+    Arc::new(local_cluster(dir, routing, machines).await)
 }
 
 /// Writers that keep putting `w<i>=<seq>` until stopped, recording what was acknowledged.
@@ -170,7 +147,7 @@ async fn verify(
 async fn grow_move_a_vshard_balance_and_shrink_under_load() {
     let dir = tempfile::tempdir().unwrap();
     let machines: Machines = Default::default();
-    let cluster = start(dir.path(), machines.clone()).await;
+    let cluster = start(dir.path(), &machines).await;
     let writers = load(&cluster, 8);
     writers.keeps_acknowledging(50, "start").await;
 
@@ -239,7 +216,7 @@ async fn grow_move_a_vshard_balance_and_shrink_under_load() {
 async fn stale_routing_is_refused_and_retried_on_the_new_table() {
     let dir = tempfile::tempdir().unwrap();
     let machines: Machines = Default::default();
-    let cluster = start(dir.path(), machines.clone()).await;
+    let cluster = start(dir.path(), &machines).await;
     let node = cluster.node(NodeId(1)).unwrap();
     let table = node.routing();
     let vshard = table.vshard_of_key(b"k");

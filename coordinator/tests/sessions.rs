@@ -4,11 +4,9 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::SharedKv;
+use common::{Machines, SharedKv, local_cluster};
 use pontoon_coordinator::testkit::local::LocalCluster;
 use pontoon_coordinator::{ClientSession, Node, RequestError};
 use routing::{GroupId, NodeId, RoutingTable};
@@ -54,23 +52,8 @@ async fn a_session_command_retried_anywhere_applies_once() {
     let dir = tempfile::tempdir().unwrap();
     let nodes = [NodeId(1), NodeId(2), NodeId(3)];
     let routing = RoutingTable::uniform(64, 2, &nodes, 3).unwrap();
-    let machines: Arc<Mutex<BTreeMap<NodeId, SharedKv>>> = Arc::default();
-    let registry = machines.clone();
-    let cluster = LocalCluster::start(
-        dir.path(),
-        routing.clone(),
-        |c| {
-            c.tick_interval(Duration::from_millis(20))
-                .request_timeout(Duration::from_secs(5))
-        },
-        move |node| {
-            let kv = SharedKv::default();
-            registry.lock().unwrap().insert(node, kv.clone());
-            kv
-        },
-    )
-    .await
-    .unwrap();
+    let machines = Machines::default();
+    let cluster = local_cluster(dir.path(), routing.clone(), &machines).await;
     let group = routing.group_for_key(b"k");
     let session = ClientSession::new();
 

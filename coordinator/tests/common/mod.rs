@@ -4,9 +4,10 @@
 
 use std::collections::BTreeMap;
 
+use pontoon_coordinator::testkit::local::LocalCluster;
 use pontoon_coordinator::testkit::sim::{Completion, SimCluster};
 use pontoon_coordinator::{StateMachine, StateMachineError, VShardScope};
-use routing::{GroupId, NodeId};
+use routing::{GroupId, NodeId, RoutingTable};
 
 /// Each group holds a map; a command is `key=value`; the response is the previous value.
 #[derive(Default, Debug, Clone, PartialEq, Eq)]
@@ -311,4 +312,41 @@ pub fn missing_acked(
         }
     }
     missing
+}
+
+/// Each node's state machine in a [`LocalCluster`], by node (replaced when the node restarts).
+pub type Machines = std::sync::Arc<std::sync::Mutex<BTreeMap<NodeId, SharedKv>>>;
+
+/// A [`LocalCluster`] of `routing` over QUIC (20 ms ticks, 5 s request timeout) once every
+/// group has a leader; each node's [`SharedKv`] is registered in `machines` (a restarted node
+/// starts from an empty one and replays its log).
+pub async fn local_cluster(
+    dir: &std::path::Path,
+    routing: RoutingTable,
+    machines: &Machines,
+) -> LocalCluster<SharedKv> {
+    let registry = machines.clone();
+    let cluster = LocalCluster::start(
+        dir,
+        routing,
+        |c| {
+            c.tick_interval(std::time::Duration::from_millis(20))
+                .request_timeout(std::time::Duration::from_secs(5))
+        },
+        move |node| {
+            let kv = SharedKv::default();
+            registry.lock().unwrap().insert(node, kv.clone());
+            kv
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        cluster
+            .wait_for_leaders(std::time::Duration::from_secs(20))
+            .await
+            .is_some(),
+        "every group elects a leader"
+    );
+    cluster
 }
