@@ -506,7 +506,7 @@ impl Node {
     }
 
     /// Makes `group` serve `vshard`, importing `data` (from [`Node::export_vshard`] on its old
-    /// group) through [`StateMachine::import_vshard`]; `None` takes back a vShard this group
+    /// group) through [`GroupStateMachine::import_vshard`](crate::GroupStateMachine::import_vshard); `None` takes back a vShard this group
     /// released (a move rolled back). Idempotent: importing twice replaces the data.
     ///
     /// # Errors
@@ -530,7 +530,7 @@ impl Node {
     }
 
     /// `vshard`'s data in `group`, read from this node's replica after a linearizable read
-    /// barrier, through [`StateMachine::export_vshard`].
+    /// barrier, through [`GroupStateMachine::export_vshard`](crate::GroupStateMachine::export_vshard).
     ///
     /// # Errors
     /// As [`Node::read_index`], or [`RequestError::Refused`] when the state machine cannot

@@ -359,7 +359,8 @@ fn configs_offering(
     Ok((server, client))
 }
 
-/// A node's QUIC endpoint carrying raft traffic. See the [module docs](self).
+/// A node's QUIC endpoint carrying raft traffic: one stream per group per peer, a heartbeat
+/// stream per peer, snapshots on streams of their own, client connections on their own ALPN.
 pub struct QuicTransport {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
