@@ -107,7 +107,7 @@ impl KvService {
                     }));
                 }
                 match KvRequest::decode(bytes.as_slice()) {
-                    Ok(request) => match self.kv(request).await {
+                    Ok(request) => match self.kv(caller, request).await {
                         Ok(reply) => ClientReply::app(reply.encode_to_vec()),
                         Err(failure) => ClientReply::failure(failure),
                     },
@@ -118,7 +118,7 @@ impl KvService {
         }
     }
 
-    async fn kv(&self, request: KvRequest) -> Result<KvReply, Failure> {
+    async fn kv(&self, caller: &Caller, request: KvRequest) -> Result<KvReply, Failure> {
         let command = match request.op {
             Some(kv_request::Op::Get(get)) => return self.get(&get.key).await,
             Some(kv_request::Op::Put(p)) => KvCommand::Put {
@@ -139,7 +139,10 @@ impl KvService {
         };
         let proposed = match request.session {
             Some(s) => {
-                let once = SessionCommand::relayed(s.client, s.seq, s.acked);
+                // A session belongs to the certificate that opened it: one client cannot
+                // acknowledge (and so drop) another's cached answers by naming its session.
+                let client = session_of(caller.name(), s.client);
+                let once = SessionCommand::relayed(client, s.seq, s.acked);
                 self.node()
                     .propose_once(&once, command.key(), command.encode())
                     .await
@@ -220,4 +223,15 @@ impl KvService {
 
 fn bad_request(reason: String) -> ClientReply {
     ClientReply::failure(Failure::bad_request(reason))
+}
+
+/// The session id a client's `session` has in the groups: its own id mixed with the client's
+/// certificate name (FNV-1a: the same on every node, so a retry on another node finds it).
+fn session_of(client: &str, session: u64) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in client.as_bytes().iter().chain(&session.to_be_bytes()) {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
 }

@@ -19,6 +19,12 @@ pub(crate) const SESSION_TTL_MS: u64 = 60 * 60 * 1000;
 /// Responses one session may leave unacknowledged in one group; past it, new commands of the
 /// session are refused (did not take effect) until the client acknowledges.
 pub(crate) const MAX_UNACKNOWLEDGED: usize = 10_000;
+/// Sessions one group keeps; past it, commands of a new session are refused until idle ones
+/// expire, so clients that never acknowledge cannot grow the table without bound.
+pub(crate) const MAX_SESSIONS: usize = 100_000;
+/// Bytes of cached responses one group keeps, all sessions together; past it, commands that
+/// would add one are refused until clients acknowledge.
+pub(crate) const MAX_CACHED_BYTES: usize = 64 << 20;
 
 /// A cached outcome: the response, or `None` for a command applied before this replica
 /// restarted (the state machine had made it durable; its response was not kept).
@@ -48,6 +54,8 @@ pub(crate) enum Check {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct Sessions {
     clients: BTreeMap<u64, Client>,
+    /// Bytes of every cached response (kept in step with `clients`).
+    cached_bytes: usize,
     /// The group's replicated time: the latest proposer clock seen in its log.
     now_ms: u64,
     /// When idle sessions were last looked for.
@@ -60,12 +68,23 @@ impl Sessions {
     pub(crate) fn check(&mut self, tag: &SessionTag) -> Check {
         self.advance(tag.time_ms);
         let now = self.now_ms;
+        if !self.clients.contains_key(&tag.client) && self.clients.len() >= MAX_SESSIONS {
+            return Check::Refused(format!(
+                "this group holds {MAX_SESSIONS} client sessions; a new one must wait for idle \
+                 ones to expire"
+            ));
+        }
         let client = self.clients.entry(tag.client).or_default();
         client.last_ms = now;
         if tag.acked > client.acked {
             client.acked = tag.acked;
-            client.responses = client.responses.split_off(&(tag.acked + 1));
+            let kept = client.responses.split_off(&(tag.acked + 1));
+            let dropped = std::mem::replace(&mut client.responses, kept);
+            self.cached_bytes = self.cached_bytes.saturating_sub(bytes_of(dropped.values()));
         }
+        let Some(client) = self.clients.get(&tag.client) else {
+            return Check::Apply;
+        };
         if let Some((_, cached)) = client.responses.get(&tag.seq) {
             return match cached {
                 Some(response) => Check::Answered(response.clone()),
@@ -84,6 +103,12 @@ impl Sessions {
                 tag.client
             ));
         }
+        if self.cached_bytes >= MAX_CACHED_BYTES {
+            return Check::Refused(format!(
+                "this group caches {MAX_CACHED_BYTES} bytes of unacknowledged responses; \
+                 clients must acknowledge before more are taken"
+            ));
+        }
         Check::Apply
     }
 
@@ -100,7 +125,10 @@ impl Sessions {
         let client = self.clients.entry(tag.client).or_default();
         client.last_ms = now;
         if tag.seq > client.acked {
-            client.responses.insert(tag.seq, (vshard, response));
+            self.cached_bytes += response.as_ref().map_or(0, Vec::len);
+            if let Some(old) = client.responses.insert(tag.seq, (vshard, response)) {
+                self.cached_bytes = self.cached_bytes.saturating_sub(bytes_of([&old]));
+            }
         }
     }
 
@@ -116,6 +144,15 @@ impl Sessions {
         let now = self.now_ms;
         self.clients
             .retain(|_, c| c.last_ms.saturating_add(SESSION_TTL_MS) >= now);
+        self.recount();
+    }
+
+    fn recount(&mut self) {
+        self.cached_bytes = self
+            .clients
+            .values()
+            .map(|c| bytes_of(c.responses.values()))
+            .sum();
     }
 
     /// The table, for a snapshot.
@@ -184,7 +221,15 @@ impl Sessions {
             let acked = client.acked;
             client.responses.retain(|seq, _| *seq > acked);
         }
+        self.recount();
     }
+}
+
+fn bytes_of<'a>(cached: impl IntoIterator<Item = &'a Cached>) -> usize {
+    cached
+        .into_iter()
+        .map(|(_, r)| r.as_ref().map_or(0, Vec::len))
+        .sum()
 }
 
 /// The session table as it travels in snapshots and vShard exports.
@@ -277,6 +322,34 @@ mod tests {
             Check::Apply,
             "vShard 1's entry stayed behind"
         );
+    }
+
+    #[test]
+    fn a_group_full_of_sessions_or_cached_bytes_refuses_more_until_they_go() {
+        let mut s = Sessions::default();
+        for client in 1..=MAX_SESSIONS as u64 {
+            assert_eq!(s.check(&tag(client, 1, 0, 1)), Check::Apply);
+        }
+        let newcomer = tag(u64::MAX, 1, 0, 1);
+        assert!(matches!(s.check(&newcomer), Check::Refused(_)));
+        // Known sessions go on; once the idle ones expire, the newcomer gets in.
+        assert_eq!(s.check(&tag(1, 2, 0, 2)), Check::Apply);
+        let later = tag(u64::MAX, 1, 0, 2 + SESSION_TTL_MS + 1);
+        assert_eq!(s.check(&later), Check::Apply);
+
+        let mut s = Sessions::default();
+        let big = vec![0u8; 1 << 20];
+        for seq in 1..=(MAX_CACHED_BYTES >> 20) as u64 {
+            let t = tag(5, seq, 0, 1);
+            assert_eq!(s.check(&t), Check::Apply);
+            s.record(&t, None, Some(big.clone()));
+        }
+        let over = tag(5, 1_000, 0, 1);
+        assert!(matches!(s.check(&over), Check::Refused(_)));
+        // Acknowledging frees the bytes.
+        let acking = tag(5, 1_000, 999, 1);
+        assert_eq!(s.check(&acking), Check::Apply);
+        assert_eq!(s.cached_bytes, 0);
     }
 
     #[test]
