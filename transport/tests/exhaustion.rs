@@ -17,7 +17,7 @@ use std::task::Poll;
 use bytes::BytesMut;
 use common::*;
 use pontoon_transport::wire::{self, StreamHeader, StreamKind};
-use pontoon_transport::{Envelope, HeartbeatBatch, Inbound, SendError, Transport, TransportConfig};
+use pontoon_transport::{Envelope, Inbound, SendError, Transport, TransportConfig};
 use routing::{GroupId, NodeId};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -30,45 +30,6 @@ fn frame<M: prost::Message>(m: &M) -> Vec<u8> {
 
 fn header(group: u64) -> Vec<u8> {
     frame(&StreamHeader::new(StreamKind::Raft, group))
-}
-
-/// Node 1 (the victim, `config`, knowing groups 1..=16) and node 2 (its legitimate peer),
-/// connected: node 1 dialled, so the connection holds none of node 1's admission permits.
-async fn victim_and_peer(
-    ca: &certs::ClusterCa,
-    config: TransportConfig,
-) -> (Node, Node, pontoon_transport::AddressBook) {
-    let book = pontoon_transport::AddressBook::new();
-    let mut nodes = Vec::new();
-    for id in [1, 2] {
-        let (transport, inbound) = pontoon_transport::QuicTransport::bind(
-            any_port(),
-            &identity(ca, id),
-            if id == 1 {
-                config.clone()
-            } else {
-                TransportConfig::default()
-            },
-            book.clone(),
-            groups(1..=16),
-        )
-        .await
-        .unwrap();
-        book.insert(NodeId(id), transport.local_addr());
-        nodes.push(Node { transport, inbound });
-    }
-    let peer = nodes.pop().unwrap();
-    let victim = nodes.pop().unwrap();
-    victim
-        .transport
-        .send(NodeId(2), Envelope::Heartbeats(HeartbeatBatch::liveness()))
-        .unwrap();
-    wait_for("node 1 and node 2 to connect", || {
-        victim.transport.connected_peers() == vec![NodeId(2)]
-            && peer.transport.connected_peers() == vec![NodeId(1)]
-    })
-    .await;
-    (victim, peer, book)
 }
 
 /// `from` sends `per_group` appends to `to` in each of `groups`, waiting for room when its
@@ -159,7 +120,7 @@ async fn a_stream_flood_is_bounded_by_the_stream_limit_and_peers_keep_their_orde
     const FLOOD: u64 = 4_000;
     let ca = certs::ClusterCa::generate("stream-flood").unwrap();
     let config = TransportConfig::default().max_concurrent_uni_streams(LIMIT);
-    let (mut victim, mut peer, _book) = victim_and_peer(&ca, config).await;
+    let (mut victim, mut peer, _book) = victim_and_peer_with_book(&ca, config).await;
     let conn = attacker(&ca, 3, &victim).await;
 
     // As fast as it can: streams for unknown groups and streams of garbage, each finished at
@@ -222,7 +183,7 @@ async fn oversized_frames_at_scale_are_reset_without_allocating_their_length() {
     let config = TransportConfig::default()
         .max_frame_bytes(32 << 20)
         .peer_queue_bytes(64 << 20);
-    let (mut victim, mut peer, _book) = victim_and_peer(&ca, config).await;
+    let (mut victim, mut peer, _book) = victim_and_peer_with_book(&ca, config).await;
     let conn = attacker(&ca, 3, &victim).await;
 
     // Thousands of streams announcing 4 GiB frames: each refused from its prefix.
@@ -279,7 +240,7 @@ async fn connections_beyond_max_incoming_are_refused_and_counted() {
     const ATTEMPTS: u64 = 40;
     let ca = certs::ClusterCa::generate("many-conns").unwrap();
     let config = TransportConfig::default().max_incoming_connections(LIMIT);
-    let (mut victim, mut peer, _book) = victim_and_peer(&ca, config).await;
+    let (mut victim, mut peer, _book) = victim_and_peer_with_book(&ca, config).await;
     let target = victim.transport.local_addr();
 
     // Invalid certificates (another CA): the handshakes fail and free their permits.
@@ -405,7 +366,7 @@ async fn a_peer_that_never_reads_costs_bounded_queues_and_others_keep_flowing() 
         .peer_queue_len(PEER_QUEUE_LEN)
         .peer_queue_bytes(PEER_QUEUE_BYTES)
         .stream_queue_len(64);
-    let (mut victim, mut peer, book) = victim_and_peer(&ca, config).await;
+    let (mut victim, mut peer, book) = victim_and_peer_with_book(&ca, config).await;
 
     // Node 3 accepts node 1's connection and streams, and never reads a byte.
     let sink = raw_endpoint(

@@ -132,6 +132,16 @@ pub static RSS_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Node 1 (the victim, `config`) and node 2 (its legitimate peer, default config), both
 /// knowing groups 1..=16, connected (node 1 dialled).
 pub async fn victim_and_legit_peer(ca: &ClusterCa, config: TransportConfig) -> (Node, Node) {
+    let (victim, peer, _) = victim_and_peer_with_book(ca, config).await;
+    (victim, peer)
+}
+
+/// [`victim_and_legit_peer`], with the address book both use (to add attackers to). Node 1
+/// dialled, so the connection holds none of node 1's admission permits.
+pub async fn victim_and_peer_with_book(
+    ca: &ClusterCa,
+    config: TransportConfig,
+) -> (Node, Node, AddressBook) {
     use pontoon_transport::{Envelope, HeartbeatBatch, Transport};
     let book = AddressBook::new();
     let mut nodes = Vec::new();
@@ -163,7 +173,7 @@ pub async fn victim_and_legit_peer(ca: &ClusterCa, config: TransportConfig) -> (
             && peer.transport.connected_peers() == vec![NodeId(1)]
     })
     .await;
-    (victim, peer)
+    (victim, peer, book)
 }
 
 /// `from` sends `count` appends in group 1 to `to`, and `to` receives them all, in order
