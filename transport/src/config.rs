@@ -118,7 +118,9 @@ pub struct TransportConfig {
     pub max_conf_ids: usize,
     /// An incoming handshake not finished within this is abandoned (default 5 s) and counted
     /// in `handshakes_timed_out`, so a peer that starts handshakes and stalls holds no slot
-    /// for long.
+    /// for long. A dial to a peer is abandoned after it too, and retried after the backoff:
+    /// a peer that restarts elsewhere, or whose old address swallows packets, is reached
+    /// again within it (a lower-id node refuses the peer's own dial while it is dialling).
     pub handshake_timeout: Duration,
     /// Incoming handshakes in progress at once, nodes and clients alike, since the ALPN that
     /// tells them apart is known only at the end (default 256). Attempts beyond it are

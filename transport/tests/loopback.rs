@@ -251,3 +251,80 @@ async fn a_restarted_peer_is_reconnected_without_the_caller() {
     }
     assert!(nodes[0].transport.stats().connections_closed >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_moved_is_reached_though_its_old_address_swallows_dials() {
+    let ca = certs::ClusterCa::generate("moved").unwrap();
+    // The dial to the old address must give up long before the idle timeout, which here
+    // outlasts the test's deadline: only a dial that gives up lets node 2 in.
+    let config = TransportConfig::default()
+        .idle_timeout(std::time::Duration::from_secs(60))
+        .handshake_timeout(std::time::Duration::from_millis(500))
+        .reconnect_backoff_min(std::time::Duration::from_millis(10))
+        .reconnect_backoff_max(std::time::Duration::from_millis(100));
+    let (nodes, book) = cluster(&ca, &[1], config.clone(), all_groups()).await;
+    // Node 2's address answers nothing: a UDP socket that reads and never replies.
+    let black_hole = tokio::net::UdpSocket::bind(any_port()).await.unwrap();
+    book.insert(NodeId(2), black_hole.local_addr().unwrap());
+    nodes[0]
+        .transport
+        .send(
+            NodeId(2),
+            Envelope::Raft {
+                group: GroupId(1),
+                messages: vec![append(1, 2, 0, 8)],
+            },
+        )
+        .unwrap();
+    // Node 1 is dialling it: its first handshake packet arrived.
+    let mut packet = [0u8; 2048];
+    tokio::time::timeout(DEADLINE, black_hole.recv_from(&mut packet))
+        .await
+        .expect("node 1 never dialled node 2's old address")
+        .unwrap();
+    // Node 2 comes up elsewhere and dials node 1 itself; node 1 (the lower id, whose own
+    // dial wins) is dialling the black hole meanwhile, and must still be reached.
+    let moved_book = pontoon_transport::AddressBook::new();
+    moved_book.insert(NodeId(1), nodes[0].transport.local_addr());
+    let (moved, mut inbound) = pontoon_transport::QuicTransport::bind(
+        any_port(),
+        &identity(&ca, 2),
+        config,
+        moved_book,
+        all_groups(),
+    )
+    .await
+    .unwrap();
+    book.insert(NodeId(2), moved.local_addr());
+    moved
+        .send(
+            NodeId(1),
+            Envelope::Raft {
+                group: GroupId(1),
+                messages: vec![append(2, 1, 0, 8)],
+            },
+        )
+        .unwrap();
+    wait_for("the moved peer to be connected", || {
+        nodes[0].transport.connected_peers() == vec![NodeId(2)]
+            && moved.connected_peers() == vec![NodeId(1)]
+    })
+    .await;
+    // Traffic flows both ways on the new link.
+    nodes[0]
+        .transport
+        .send(
+            NodeId(2),
+            Envelope::Raft {
+                group: GroupId(1),
+                messages: vec![append(1, 2, 1, 8)],
+            },
+        )
+        .unwrap();
+    loop {
+        if let Inbound::Message { from, .. } = next(&mut inbound).await {
+            assert_eq!(from, NodeId(1));
+            break;
+        }
+    }
+}

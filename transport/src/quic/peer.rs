@@ -288,7 +288,14 @@ async fn connection_task(
                     &certs::node_server_name(id),
                 )
                 .map_err(|e| e.to_string())?;
-            let conn = connecting.await.map_err(|e| e.to_string())?;
+            // A dial to an address nobody answers (a crashed peer, an address it left) would
+            // wait out the idle timeout, and while it waits the lower node refuses the
+            // peer's own dial: bounded like an incoming handshake, then retried.
+            let timeout = shared.config.handshake_timeout;
+            let conn = tokio::time::timeout(timeout, connecting)
+                .await
+                .map_err(|_| format!("no handshake with {addr} within {timeout:?}"))?
+                .map_err(|e| e.to_string())?;
             // Hostname verification already proved it; the certificate's id must agree.
             if super::peer_node_id(&conn) != Some(id) {
                 conn.close(VarInt::from_u32(codes::NOT_A_NODE), b"wrong node");
