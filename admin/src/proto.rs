@@ -301,6 +301,9 @@ pub struct GroupStatusMsg {
     /// Quiescent.
     #[prost(bool, tag = "12")]
     pub quiet: bool,
+    /// The replica was set aside (its state machine failed to restore a snapshot).
+    #[prost(bool, tag = "13")]
+    pub set_aside: bool,
 }
 
 /// [`Role`] on the wire (0 is left unset so that a missing role is not read as a follower).
@@ -340,6 +343,7 @@ impl From<&GroupStatus> for GroupStatusMsg {
             learners: s.learners.iter().map(|n| n.get()).collect(),
             joint: s.joint,
             quiet: s.quiet,
+            set_aside: s.set_aside,
         }
     }
 }
@@ -368,6 +372,7 @@ impl GroupStatusMsg {
             learners: self.learners.iter().copied().map(NodeId).collect(),
             joint: self.joint,
             quiet: self.quiet,
+            set_aside: self.set_aside,
         })
     }
 }
@@ -577,6 +582,7 @@ mod tests {
             learners: vec![NodeId(5)],
             joint: true,
             quiet: false,
+            set_aside: true,
         };
         assert_eq!(
             GroupStatusMsg::from(&status).to_status(),

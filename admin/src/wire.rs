@@ -75,7 +75,7 @@ pub struct Failure {
     /// What went wrong.
     #[prost(
         oneof = "failure::Kind",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 14, 15, 16, 17"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 14, 15, 16, 17, 18"
     )]
     pub kind: Option<failure::Kind>,
     /// Not leader: the leader's client address, when the node knows it.
@@ -238,6 +238,9 @@ pub mod failure {
         /// The session's command took effect earlier; its response is gone.
         #[prost(message, tag = "17")]
         AppliedEarlier(Group),
+        /// The node's replica of the group stopped serving; did not take effect.
+        #[prost(message, tag = "18")]
+        ReplicaFailed(Group),
     }
 }
 
@@ -356,6 +359,7 @@ impl Failure {
                     })
                 }
                 RequestError::QuorumUnreachable { group: g } => Kind::QuorumUnreachable(group(g)),
+                RequestError::ReplicaFailed { group: g } => Kind::ReplicaFailed(group(g)),
             },
             RemoteError::Forbidden {
                 caller,
@@ -458,6 +462,9 @@ impl Failure {
                 to: NodeId(t.to),
             },
             Kind::QuorumUnreachable(g) => RequestError::QuorumUnreachable {
+                group: GroupId(g.group),
+            },
+            Kind::ReplicaFailed(g) => RequestError::ReplicaFailed {
                 group: GroupId(g.group),
             },
             Kind::Forbidden(f) => {
@@ -621,6 +628,7 @@ mod tests {
                 to: NodeId(2),
             },
             RequestError::QuorumUnreachable { group },
+            RequestError::ReplicaFailed { group },
         ]
         .into_iter()
         .map(RemoteError::Propose)

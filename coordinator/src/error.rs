@@ -127,6 +127,19 @@ pub enum RequestError {
         /// The group.
         group: GroupId,
     },
+    /// This node's replica of the group stopped serving: its state machine could not restore
+    /// a snapshot (a peer sent bytes it cannot read), so the node set the replica aside
+    /// instead of stopping every group ([`crate::NodeEvent::ReplicaFailed`] said why). The
+    /// request did not take effect: send it to another replica. The group's other replicas
+    /// carry on; replace this one with a membership change.
+    #[error(
+        "this node's replica of {group} stopped serving (its state machine failed); \
+         the request did not take effect, send it to another replica"
+    )]
+    ReplicaFailed {
+        /// The group.
+        group: GroupId,
+    },
 }
 
 /// Whether a failed request may have taken effect: the class every [`RequestError`] is in.
@@ -152,6 +165,7 @@ impl RequestError {
             | RequestError::ShuttingDown
             | RequestError::TransferFailed { .. }
             | RequestError::QuorumUnreachable { .. }
+            | RequestError::ReplicaFailed { .. }
             | RequestError::Busy { .. } => Outcome::NotApplied,
             // AppliedEarlier is known to have taken effect: of the two classes, the one that
             // says "may have".

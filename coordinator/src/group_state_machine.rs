@@ -168,6 +168,20 @@ pub trait StateMachineFactory: Send + Sync + 'static {
     fn removed(&self, group: GroupId) {
         let _ = group;
     }
+
+    /// Checks the bytes of a snapshot of `group` a peer sent (what
+    /// [`GroupStateMachine::snapshot`] wrote), before raft installs it: an error refuses the
+    /// snapshot, and the sender retries later. Without this check a snapshot that
+    /// [`GroupStateMachine::restore`] then refuses sets this node's replica aside
+    /// ([`crate::RequestError::ReplicaFailed`]). Runs on the node's coordinator task, so it
+    /// must be a quick, pure check of the bytes. The default accepts everything.
+    ///
+    /// # Errors
+    /// Bytes `restore` would refuse.
+    fn check_snapshot(&self, group: GroupId, snapshot: &[u8]) -> Result<(), StateMachineError> {
+        let _ = (group, snapshot);
+        Ok(())
+    }
 }
 
 /// What a node applies committed commands to: per-group state machines from a
@@ -217,6 +231,10 @@ impl<S: StateMachine> StateMachineFactory for Shared<S> {
             group,
             inner: self.0.clone(),
         }))
+    }
+
+    fn check_snapshot(&self, group: GroupId, snapshot: &[u8]) -> Result<(), StateMachineError> {
+        S::check_snapshot(group, snapshot)
     }
 }
 

@@ -100,7 +100,7 @@ pub use group_state_machine::{
 pub use multiraft::admission::Refusal;
 pub use multiraft::{
     Apply, CoordinatorStats, Cycle, CycleId, CycleOutput, Event, GroupStatus, MultiRaft, Role,
-    Token,
+    SnapshotCheck, Token,
 };
 pub use node::{
     ClientSession, Drained, KeyRead, Node, NodeConfig, NodeError, NodeEvent, NodeStatus,

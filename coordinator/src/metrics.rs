@@ -67,6 +67,8 @@ pub const GROUPS_QUIET: &str = "pontoon_groups_quiet";
 pub const GROUPS_AWAKE: &str = "pontoon_groups_awake";
 /// Gauge: groups whose leader this node does not know.
 pub const GROUPS_LEADERLESS: &str = "pontoon_groups_leaderless";
+/// Gauge: replicas set aside on this node (their state machine failed to restore a snapshot).
+pub const GROUPS_SET_ASIDE: &str = "pontoon_groups_set_aside";
 /// Gauge: the routing table version this node has applied.
 pub const ROUTING_VERSION: &str = "pontoon_routing_version";
 /// Gauge, label `peer`: 1 while node-level liveness hears from the peer, 0 once it is silent
@@ -152,6 +154,10 @@ pub fn describe() {
         "Groups whose leader this node does not know."
     );
     describe_gauge!(
+        GROUPS_SET_ASIDE,
+        "Replicas set aside: their state machine failed to restore a snapshot; replace them."
+    );
+    describe_gauge!(
         ROUTING_VERSION,
         "Version of the routing table this node applied."
     );
@@ -189,6 +195,7 @@ pub fn request_failure_reason(error: &RequestError) -> &'static str {
         RequestError::StoppedInFlight { .. } => "stopped_in_flight",
         RequestError::TransferFailed { .. } => "transfer_failed",
         RequestError::QuorumUnreachable { .. } => "quorum_unreachable",
+        RequestError::ReplicaFailed { .. } => "replica_failed",
         RequestError::Busy { .. } => "busy",
         RequestError::AppliedEarlier { .. } => "applied_earlier",
     }
@@ -224,11 +231,12 @@ pub fn publish(status: &NodeStatus) {
         counter!(MESSAGES_REFUSED, "node" => n.clone(), "reason" => *reason).absolute(*value);
     }
     let mut roles = [0u64; 4];
-    let (mut quiet, mut leaderless) = (0u64, 0u64);
+    let (mut quiet, mut leaderless, mut set_aside) = (0u64, 0u64, 0u64);
     for g in &status.groups {
         roles[role_index(g.role)] += 1;
         quiet += u64::from(g.quiet);
         leaderless += u64::from(g.leader.is_none());
+        set_aside += u64::from(g.set_aside);
     }
     for role in [
         Role::Follower,
@@ -243,6 +251,7 @@ pub fn publish(status: &NodeStatus) {
     gauge!(GROUPS_QUIET, "node" => n.clone()).set(quiet as f64);
     gauge!(GROUPS_AWAKE, "node" => n.clone()).set(total.saturating_sub(quiet) as f64);
     gauge!(GROUPS_LEADERLESS, "node" => n.clone()).set(leaderless as f64);
+    gauge!(GROUPS_SET_ASIDE, "node" => n.clone()).set(set_aside as f64);
     gauge!(ROUTING_VERSION, "node" => n).set(status.routing_version as f64);
     storage::metrics::publish(node, &status.storage);
     transport::metrics::publish(node, &status.transport);

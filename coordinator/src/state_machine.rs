@@ -38,6 +38,22 @@ pub trait StateMachine: Send + 'static {
     /// A malformed snapshot.
     fn restore(&mut self, group: GroupId, snapshot: &[u8]) -> Result<(), StateMachineError>;
 
+    /// Checks a snapshot of `group` a peer sent, before raft installs it: an error here
+    /// refuses the snapshot (the sender retries later), where a failed
+    /// [`StateMachine::restore`] could only set this replica aside. Runs on the node's
+    /// coordinator task without the state machine's lock, so it must be a pure check of the
+    /// bytes (decode them, check a checksum). The default accepts everything.
+    ///
+    /// # Errors
+    /// Bytes `restore` would refuse.
+    fn check_snapshot(group: GroupId, snapshot: &[u8]) -> Result<(), StateMachineError>
+    where
+        Self: Sized,
+    {
+        let _ = (group, snapshot);
+        Ok(())
+    }
+
     /// The data of one vShard held by `group`, for moving it to another group. Called on a
     /// replica that has applied everything committed, after the vShard was fenced (no command
     /// for it is applied in `group` any more). The default refuses: a state machine that

@@ -8,22 +8,14 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{Machines, local_cluster};
+use common::{Machines, attacker, forged, garbage_snapshot, local_cluster};
 use raft::eraftpb::{Entry, Message, MessageType, Snapshot};
-use routing::{GroupId, NodeId, RoutingTable};
-use transport::{AddressBook, Envelope, QuicTransport, Transport, TransportConfig};
+use routing::{GroupId, META_GROUP, NodeId, RoutingTable};
+use transport::{Envelope, Transport};
 use transport::{GroupHeartbeat, HeartbeatBatch, HeartbeatKind};
-
-fn forged(kind: MessageType, term: u64) -> Message {
-    let mut m = Message::default();
-    m.set_msg_type(kind);
-    m.term = term;
-    m
-}
 
 /// Every forged message of the attack classes, for `group`, at a term a little above any the
 /// cluster has reached (so raft would act on it if admission let it through).
@@ -85,6 +77,12 @@ fn attacks(group: GroupId, term: u64, from: NodeId) -> Vec<Envelope> {
         group,
         message: snapshot,
     });
+    // A sound snapshot (configuration, index, term) whose bytes the state machine cannot
+    // read: raft would install it and the replica could never restore it.
+    out.push(Envelope::Snapshot {
+        group,
+        message: garbage_snapshot(term, from),
+    });
     // A coalesced heartbeat whose commit is far past every log (raft-rs `commit_to` panics).
     out.push(Envelope::Heartbeats(HeartbeatBatch::new(
         HeartbeatKind::Requests,
@@ -96,30 +94,6 @@ fn attacks(group: GroupId, term: u64, from: NodeId) -> Vec<Envelope> {
         }],
     )));
     out
-}
-
-async fn attacker(
-    dir: &std::path::Path,
-    id: NodeId,
-    targets: &BTreeMap<NodeId, SocketAddr>,
-) -> QuicTransport {
-    let identity = certs::files::load_node(dir, id)
-        .or_else(|_| certs::files::issue_node_files(dir, id, &["127.0.0.1".to_string()], false))
-        .unwrap();
-    let book = AddressBook::new();
-    for (node, addr) in targets {
-        book.insert(*node, *addr);
-    }
-    let (transport, _inbound) = QuicTransport::bind(
-        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        &identity,
-        TransportConfig::default(),
-        book,
-        Arc::new(|_| true),
-    )
-    .await
-    .unwrap();
-    transport
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,7 +149,7 @@ async fn forged_raft_messages_from_members_and_outsiders_are_refused_and_the_clu
     let deadline = Instant::now() + Duration::from_secs(8);
     let mut round = 0u64;
     while Instant::now() < deadline {
-        for group in routing.groups().map(|(g, _)| g) {
+        for group in routing.groups().map(|(g, _)| g).chain([META_GROUP]) {
             for (transport, id) in [(&insider, NodeId(3)), (&outsider, NodeId(9))] {
                 for envelope in attacks(group, 1_000 + round, id) {
                     for to in targets.keys() {
@@ -241,6 +215,7 @@ async fn forged_raft_messages_from_members_and_outsiders_are_refused_and_the_clu
         "malformed_append",
         "out_of_range",
         "malformed_snapshot",
+        "unrestorable_snapshot",
         "commit_past_last_index",
     ] {
         assert!(

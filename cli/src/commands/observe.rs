@@ -270,6 +270,7 @@ mod tests {
             learners: Vec::new(),
             joint: false,
             quiet: false,
+            set_aside: false,
         }
     }
 

@@ -16,7 +16,7 @@ mod replica;
 mod sessions;
 mod workers;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use routing::{GroupId, META_GROUP, RoutingTable};
@@ -24,13 +24,22 @@ use tokio::sync::mpsc;
 
 use crate::error::{BusyReason, CoordinatorError, RequestError};
 use crate::group_state_machine::{Position, StateMachineFactory};
-use crate::multiraft::{Apply, Event, MultiRaft, Token};
+use crate::multiraft::{Apply, Event, MultiRaft, SnapshotCheck, Token};
 use crate::node::pending::{Completed, Done, Kind, Pending};
 use crate::replicated::{Fences, Meta, Reply};
 
 use replica::Item;
 pub(crate) use workers::Output;
 use workers::{Applier, Job, Replicas};
+
+/// The check a node's core runs on every snapshot a peer sends for a group other than the
+/// meta group, before raft installs it (see [`MultiRaft::set_snapshot_check`]): the system
+/// header here, the database's bytes by its factory.
+pub(crate) fn snapshot_check(factory: Arc<dyn StateMachineFactory>) -> SnapshotCheck {
+    Arc::new(move |group, data| {
+        replica::check_snapshot(&*factory, group, data).map_err(|e| e.to_string())
+    })
+}
 
 /// Where a group stands between the driver and its worker.
 #[derive(Default)]
@@ -71,6 +80,9 @@ pub(crate) struct Applying {
     /// How many commands of one group may wait for its worker before proposals are refused
     /// as busy.
     max_backlog: usize,
+    /// Groups whose replica was set aside here (its state machine could not restore a
+    /// snapshot): they take no snapshots and answer no reads.
+    set_aside: HashSet<GroupId>,
 }
 
 impl Applying {
@@ -102,6 +114,7 @@ impl Applying {
             outputs: Some(outputs),
             progress: HashMap::new(),
             max_backlog,
+            set_aside: HashSet::new(),
         })
     }
 
@@ -278,6 +291,9 @@ impl Applying {
         event: &Event,
     ) -> Option<Completed<W>> {
         match *event {
+            Event::ReadReady { group, token, .. } if self.set_aside.contains(&group) => {
+                pending.fail(token, |group| RequestError::ReplicaFailed { group })
+            }
             Event::ReadReady {
                 group,
                 token,
@@ -313,7 +329,8 @@ impl Applying {
             | Event::Quiet { .. }
             | Event::Woken { .. }
             | Event::PeerDown { .. }
-            | Event::PeerUp { .. } => None,
+            | Event::PeerUp { .. }
+            | Event::ReplicaFailed { .. } => None,
         }
     }
 
@@ -354,10 +371,10 @@ impl Applying {
     }
 
     /// Handles what a worker produced: answers proposals and the reads that were waiting,
-    /// stores snapshots.
+    /// stores snapshots, and quarantines a group whose replica was set aside.
     ///
     /// # Errors
-    /// A state machine failed (the node must stop), or compaction failed.
+    /// A state machine failed applying (the node must stop), or compaction failed.
     pub(crate) fn on_output<W>(
         &mut self,
         pending: &mut Pending<W>,
@@ -410,6 +427,34 @@ impl Applying {
                     .map(Done::Response)
                     .map_err(|reason| RequestError::Refused { group, reason })
             })),
+            Output::SetAside {
+                group,
+                seq,
+                commands,
+                tokens,
+                reason,
+            } => {
+                self.set_aside.insert(group);
+                core.quarantine(group, reason);
+                // Committed, never applied here: the group's other replicas apply them.
+                for token in tokens {
+                    completed.extend(
+                        pending.fail(token, |group| RequestError::OutcomeUnknown { group }),
+                    );
+                }
+                if let Some(p) = self.progress.get_mut(&group) {
+                    p.done = p.done.max(seq);
+                    p.backlog = p.backlog.saturating_sub(commands);
+                    if seq == 0 {
+                        p.snapshotting = false;
+                    }
+                    for (_, token, _) in std::mem::take(&mut p.reads) {
+                        completed.extend(
+                            pending.fail(token, |group| RequestError::ReplicaFailed { group }),
+                        );
+                    }
+                }
+            }
             Output::Failed { group, error } => {
                 return Err(CoordinatorError::StateMachine {
                     group,
@@ -429,6 +474,10 @@ impl Applying {
         for group in core.compaction_due() {
             if group == META_GROUP {
                 core.compact(group, self.meta_applied, self.meta.snapshot())?;
+                continue;
+            }
+            // A replica set aside has no state to snapshot; its log waits for its removal.
+            if self.set_aside.contains(&group) {
                 continue;
             }
             let p = self.progress.entry(group).or_default();
@@ -451,6 +500,7 @@ impl Applying {
             .collect();
         for group in gone {
             self.progress.remove(&group);
+            self.set_aside.remove(&group);
             self.submit(Job::Close { group });
         }
     }

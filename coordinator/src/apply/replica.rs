@@ -2,14 +2,14 @@
 //! fences, framed commands, the snapshot's header, and skipping what the state machine had
 //! already made durable before a restart.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 
 use prost::Message as _;
 use routing::{GroupId, VShardId};
 
 use super::sessions::{Check, Sessions, SessionsMsg};
-use crate::group_state_machine::{Committed, GroupStateMachine, Position};
+use crate::group_state_machine::{Committed, GroupStateMachine, Position, StateMachineFactory};
 use crate::replicated::{Fences, Frame, Reply};
 use crate::state_machine::{StateMachineError, VShardScope};
 
@@ -65,6 +65,9 @@ pub(crate) struct Replica {
     /// Answer a session's retried command from the table (off only in a simulation that
     /// checks the checks: see `SimConfig::without_session_dedup`).
     dedup: bool,
+    /// Why the replica was set aside (a snapshot its state machine could not restore): its
+    /// state is not the group's, so it runs no more jobs.
+    set_aside: Option<String>,
 }
 
 impl Replica {
@@ -87,7 +90,13 @@ impl Replica {
             skip_through,
             sessions: Sessions::default(),
             dedup: true,
+            set_aside: None,
         }
+    }
+
+    /// Why the replica was set aside, if it was: then it applies nothing more.
+    pub(crate) fn set_aside(&self) -> Option<&str> {
+        self.set_aside.as_deref()
     }
 
     /// Stops answering retried session commands from the table: every retry is applied again
@@ -314,25 +323,19 @@ impl Replica {
     /// and only the fences are restored.
     ///
     /// # Errors
-    /// A malformed snapshot, or the database's state machine failed.
+    /// A malformed snapshot, or the database's state machine failed: the replica is then set
+    /// aside ([`Replica::set_aside`]), its state no longer the group's.
     pub(crate) fn restore(&mut self, index: u64, snapshot: &[u8]) -> Result<(), StateMachineError> {
+        let restored = self.try_restore(index, snapshot);
+        if let Err(error) = &restored {
+            self.set_aside = Some(error.to_string());
+        }
+        restored
+    }
+
+    fn try_restore(&mut self, index: u64, snapshot: &[u8]) -> Result<(), StateMachineError> {
         let covers = Position::end_of(index);
-        let (header, mut user): (SnapshotHeader, Box<dyn Read + '_>) = match snapshot.first() {
-            None => (SnapshotHeader::default(), Box::new(&[][..])),
-            Some(&SNAPSHOT_FORMAT) => {
-                let mut rest = snapshot.get(1..).unwrap_or_default();
-                let header = SnapshotHeader::decode_length_delimited(&mut rest)?;
-                (header, Box::new(rest))
-            }
-            Some(_) => {
-                let legacy = LegacySnapshot::decode(snapshot)?;
-                let header = SnapshotHeader {
-                    fenced: legacy.fenced,
-                    sessions: None,
-                };
-                (header, Box::new(std::io::Cursor::new(legacy.user)))
-            }
-        };
+        let (header, user) = split_snapshot(snapshot)?;
         let fenced = header.fenced;
         self.sessions = header.sessions.map(Sessions::from_msg).unwrap_or_default();
         let fenced: BTreeSet<VShardId> = fenced.into_iter().map(VShardId).collect();
@@ -351,7 +354,7 @@ impl Replica {
             tracing::debug!(%group, index, "state machine is past the snapshot; keeping its state");
             return Ok(());
         }
-        self.inner.restore(covers, &mut user)?;
+        self.inner.restore(covers, &mut &*user)?;
         self.skip_through = None;
         Ok(())
     }
@@ -370,6 +373,44 @@ impl Replica {
         self.inner.export_vshard(scope, &mut out)?;
         Ok(out)
     }
+}
+
+/// Checks a snapshot of `group` a peer sent before raft installs it: its system header here,
+/// the database's bytes by `factory` ([`StateMachineFactory::check_snapshot`]).
+///
+/// # Errors
+/// A snapshot this node's replica could not restore.
+pub(crate) fn check_snapshot(
+    factory: &dyn StateMachineFactory,
+    group: GroupId,
+    snapshot: &[u8],
+) -> Result<(), StateMachineError> {
+    let (_, user) = split_snapshot(snapshot)?;
+    factory.check_snapshot(group, &user)
+}
+
+/// The system header of a snapshot and the database's bytes in it (a legacy snapshot's are
+/// copied out of its message).
+///
+/// # Errors
+/// A malformed header or legacy message.
+fn split_snapshot(snapshot: &[u8]) -> Result<(SnapshotHeader, Cow<'_, [u8]>), StateMachineError> {
+    Ok(match snapshot.first() {
+        None => (SnapshotHeader::default(), Cow::Borrowed(&[][..])),
+        Some(&SNAPSHOT_FORMAT) => {
+            let mut rest = snapshot.get(1..).unwrap_or_default();
+            let header = SnapshotHeader::decode_length_delimited(&mut rest)?;
+            (header, Cow::Borrowed(rest))
+        }
+        Some(_) => {
+            let legacy = LegacySnapshot::decode(snapshot)?;
+            let header = SnapshotHeader {
+                fenced: legacy.fenced,
+                sessions: None,
+            };
+            (header, Cow::Owned(legacy.user))
+        }
+    })
 }
 
 /// The session entries and the database's bytes of a vShard export.

@@ -1,6 +1,6 @@
 //! Tests of a replica's system layer: batching, positions, fences, sessions, snapshots.
 use super::*;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 
 /// What reached the state machine (shared with the test).
@@ -271,8 +271,60 @@ fn garbage_commands_and_snapshots_are_refused_not_applied() {
         assert!(matches!(replies[..], [Reply::Refused(_)]), "{bytes:?}");
     }
     assert!(seen.lock().unwrap().applied.is_empty());
+    assert!(
+        r.set_aside().is_none(),
+        "a refused command sets nothing aside"
+    );
     assert!(r.restore(3, b"\x00\xff\xff\xff").is_err());
     assert!(r.restore(3, b"\xff\xff").is_err());
+    // Its state is no longer the group's: it runs no more jobs (see `workers`).
+    assert!(r.set_aside().is_some());
+}
+
+/// A factory whose check accepts only user bytes that start with `ok`.
+struct Picky;
+
+impl StateMachineFactory for Picky {
+    fn open(&self, _: GroupId) -> Result<Box<dyn GroupStateMachine>, StateMachineError> {
+        Err("not opened in this test".into())
+    }
+    fn check_snapshot(&self, _: GroupId, user: &[u8]) -> Result<(), StateMachineError> {
+        if user.starts_with(b"ok") {
+            Ok(())
+        } else {
+            Err("unreadable".into())
+        }
+    }
+}
+
+#[test]
+fn a_snapshot_is_checked_header_first_then_by_the_state_machine_with_its_own_bytes() {
+    let (mut r, _) = replica(None);
+    r.apply(&[Item {
+        position: at(1, 0),
+        framed: Frame::User {
+            vshard: Some(VShardId(0)),
+            data: b"ok-and-more".to_vec(),
+            session: None,
+        }
+        .encode(),
+    }])
+    .unwrap();
+    // The replica's own snapshot: a header, then its state machine's bytes (the commands).
+    let good = r.snapshot().unwrap();
+    assert!(check_snapshot(&Picky, GroupId(1), &good).is_ok());
+    // A sound header before bytes the state machine refuses.
+    let mut bad = good.clone();
+    let user_at = bad.len() - b"ok-and-more".len();
+    bad[user_at] = b'x';
+    assert_eq!(
+        check_snapshot(&Picky, GroupId(1), &bad)
+            .unwrap_err()
+            .to_string(),
+        "unreadable"
+    );
+    // A broken header never reaches the state machine's check.
+    assert!(check_snapshot(&Picky, GroupId(1), b"\x00\xff\xff\xff").is_err());
 }
 
 fn in_session(vshard: u32, data: &[u8], seq: u64) -> Frame {

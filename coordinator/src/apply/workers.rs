@@ -86,6 +86,17 @@ pub(crate) enum Output {
         token: Token,
         result: Result<Vec<u8>, String>,
     },
+    /// The replica was set aside (its state machine could not restore a snapshot) and ran
+    /// none of job `seq` (0: a job that counts none), which held `commands` commands: the
+    /// driver quarantines the group, the node goes on with the others.
+    SetAside {
+        group: GroupId,
+        seq: u64,
+        commands: usize,
+        /// The proposals the refused job would have completed.
+        tokens: Vec<Token>,
+        reason: String,
+    },
     /// The state machine failed: the node must stop.
     Failed {
         group: GroupId,
@@ -148,6 +159,12 @@ impl Replicas {
     }
 
     fn try_run(&self, slot: &mut Slot, job: Job) -> Result<Option<Output>, StateMachineError> {
+        if let Some((replica, _)) = slot
+            && let Some(reason) = replica.set_aside()
+            && !matches!(job, Job::Close { .. })
+        {
+            return Ok(Self::refused_by_set_aside(job, reason));
+        }
         Ok(match job {
             Job::Apply {
                 group,
@@ -181,7 +198,17 @@ impl Replicas {
                 data,
             } => {
                 let (replica, applied) = self.replica(group, slot)?;
-                replica.restore(index, &data)?;
+                // Bytes a peer sent that this state machine cannot take: this replica is set
+                // aside, the node's other groups are not stopped for it.
+                if let Err(error) = replica.restore(index, &data) {
+                    return Ok(Some(Output::SetAside {
+                        group,
+                        seq,
+                        commands: 0,
+                        tokens: Vec::new(),
+                        reason: error.to_string(),
+                    }));
+                }
                 *applied = index;
                 Some(Output::Applied {
                     group,
@@ -220,6 +247,49 @@ impl Replicas {
                 None
             }
         })
+    }
+}
+
+impl Replicas {
+    /// What `job` answers on a replica set aside for `reason`: it runs nothing.
+    fn refused_by_set_aside(job: Job, reason: &str) -> Option<Output> {
+        let reason = reason.to_string();
+        match job {
+            Job::Apply {
+                group,
+                seq,
+                items,
+                tokens,
+                ..
+            } => Some(Output::SetAside {
+                group,
+                seq,
+                commands: items.len(),
+                tokens: tokens.into_iter().flatten().collect(),
+                reason,
+            }),
+            Job::Restore { group, seq, .. } => Some(Output::SetAside {
+                group,
+                seq,
+                commands: 0,
+                tokens: Vec::new(),
+                reason,
+            }),
+            Job::Snapshot { group } => Some(Output::SetAside {
+                group,
+                seq: 0,
+                commands: 0,
+                tokens: Vec::new(),
+                reason,
+            }),
+            Job::Export { group, token, .. } => Some(Output::Exported {
+                group,
+                token,
+                result: Err(format!("this replica was set aside: {reason}")),
+            }),
+            // A set-aside replica still closes (see `try_run`): never here.
+            Job::Close { .. } => None,
+        }
     }
 }
 

@@ -29,7 +29,9 @@
 
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfState, Message, MessageType};
 use raft::{Changer, ProgressTracker};
-use routing::NodeId;
+use routing::{GroupId, NodeId};
+
+use super::types::SnapshotCheck;
 
 /// Terms and indexes at or above this are refused: no honest cluster gets near it (2^48
 /// elections), and it keeps raft's `term + 1` and `index + 1` far from overflowing.
@@ -153,6 +155,16 @@ pub enum Refusal {
         /// What is wrong.
         why: String,
     },
+    /// A snapshot whose bytes this node's state machine could not restore (see
+    /// `StateMachineFactory::check_snapshot`): refused before raft installs it.
+    #[error("snapshot this node could not restore: {why}")]
+    UnrestorableSnapshot {
+        /// The state machine's error.
+        why: String,
+    },
+    /// `MsgTimeoutNow` to a replica set aside (its state machine failed): it must not lead.
+    #[error("a leadership transfer to a replica whose state machine failed")]
+    TransferToFailedReplica,
 }
 
 impl Refusal {
@@ -170,6 +182,8 @@ impl Refusal {
             Self::AckPastLastIndex { .. } => "ack_past_last_index",
             Self::MalformedReadIndex { .. } => "malformed_read_index",
             Self::MalformedSnapshot { .. } => "malformed_snapshot",
+            Self::UnrestorableSnapshot { .. } => "unrestorable_snapshot",
+            Self::TransferToFailedReplica => "transfer_to_failed_replica",
         }
     }
 }
@@ -344,6 +358,37 @@ fn check_append(m: &Message) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// What admission checks beyond raft's own view of the replica: the meta group's snapshot
+/// must hold a routing table (its replica restores it on the driver, and a table it cannot
+/// read would stop the node), and a replica set aside takes no leadership.
+pub(crate) fn check_for_group(
+    group: GroupId,
+    quarantined: bool,
+    snapshot_check: Option<&SnapshotCheck>,
+    m: &Message,
+) -> Result<(), Refusal> {
+    match m.get_msg_type() {
+        MessageType::MsgTimeoutNow if quarantined => Err(Refusal::TransferToFailedReplica),
+        MessageType::MsgSnapshot => {
+            let data = m.snapshot.as_ref().map_or(&[][..], |s| s.get_data());
+            if group == routing::META_GROUP {
+                if data.is_empty() {
+                    return Ok(());
+                }
+                return routing::RoutingTable::decode(data).map(drop).map_err(|e| {
+                    Refusal::MalformedSnapshot {
+                        why: format!("the meta group's snapshot holds no routing table: {e}"),
+                    }
+                });
+            }
+            snapshot_check.map_or(Ok(()), |check| {
+                check(group, data).map_err(|why| Refusal::UnrestorableSnapshot { why })
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 fn check_snapshot(m: &Message) -> Result<(), Refusal> {
     let malformed = |why: String| Refusal::MalformedSnapshot { why };
     let Some(snapshot) = m.snapshot.as_ref() else {
@@ -493,6 +538,79 @@ mod tests {
             term,
             ..Entry::default()
         }
+    }
+
+    fn snapshot_carrying(data: &[u8]) -> Message {
+        let mut m = message(MessageType::MsgSnapshot, 1, 2);
+        let snapshot = Snapshot {
+            data: data.to_vec().into(),
+            ..Snapshot::default()
+        };
+        m.snapshot = Some(snapshot).into();
+        m
+    }
+
+    #[test]
+    fn a_meta_snapshot_that_holds_no_routing_table_is_refused_before_raft_installs_it() {
+        let meta = routing::META_GROUP;
+        let table = routing::RoutingTable::uniform(16, 2, &[NodeId(1), NodeId(2)], 2).unwrap();
+        assert_eq!(
+            check_for_group(meta, false, None, &snapshot_carrying(&table.encode())),
+            Ok(())
+        );
+        // Empty: the bootstrap table.
+        assert_eq!(
+            check_for_group(meta, false, None, &snapshot_carrying(b"")),
+            Ok(())
+        );
+        let refused = check_for_group(meta, false, None, &snapshot_carrying(b"\x00garbage"));
+        assert!(
+            matches!(refused, Err(Refusal::MalformedSnapshot { .. })),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn a_user_snapshot_is_refused_exactly_when_the_state_machines_check_refuses_it() {
+        let check: SnapshotCheck = std::sync::Arc::new(|group, data: &[u8]| {
+            if data.starts_with(b"ok") {
+                Ok(())
+            } else {
+                Err(format!("{group}: unreadable"))
+            }
+        });
+        let group = GroupId(7);
+        assert_eq!(
+            check_for_group(group, false, Some(&check), &snapshot_carrying(b"ok, a map")),
+            Ok(())
+        );
+        assert_eq!(
+            check_for_group(group, false, Some(&check), &snapshot_carrying(b"garbage")),
+            Err(Refusal::UnrestorableSnapshot {
+                why: "g7: unreadable".into()
+            })
+        );
+        // Without a check every snapshot's bytes pass (its metadata is checked in `admit`).
+        assert_eq!(
+            check_for_group(group, false, None, &snapshot_carrying(b"garbage")),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_replica_set_aside_takes_no_leadership_transfer() {
+        let timeout_now = message(MessageType::MsgTimeoutNow, 1, 2);
+        assert_eq!(
+            check_for_group(GroupId(7), true, None, &timeout_now),
+            Err(Refusal::TransferToFailedReplica)
+        );
+        assert_eq!(
+            check_for_group(GroupId(7), false, None, &timeout_now),
+            Ok(())
+        );
+        // Everything else still reaches it: it keeps its log in step.
+        let append = message(MessageType::MsgAppend, 1, 2);
+        assert_eq!(check_for_group(GroupId(7), true, None, &append), Ok(()));
     }
 
     fn message(kind: MessageType, from: u64, term: u64) -> Message {

@@ -43,6 +43,9 @@ pub(super) struct Group {
     pub(super) idle_ticks: usize,
     /// Its first election timeout was spread out (see `spread_first_elections`).
     pub(super) first_spread: bool,
+    /// Set aside: its state machine failed (see [`super::MultiRaft::quarantine`]). It keeps
+    /// its log in step with the leader's but never campaigns and serves no request.
+    pub(super) quarantined: bool,
 }
 
 impl Group {
@@ -68,6 +71,7 @@ impl Group {
             quiet: false,
             idle_ticks: 0,
             first_spread: false,
+            quarantined: false,
         })
     }
 
@@ -168,6 +172,7 @@ impl Group {
             learners,
             joint: !conf.to_conf_state().voters_outgoing.is_empty(),
             quiet: self.quiet,
+            set_aside: self.quarantined,
         }
     }
 

@@ -37,7 +37,8 @@ mod types;
 use group::Group;
 
 pub use types::{
-    Apply, CoordinatorStats, Cycle, CycleId, CycleOutput, Event, GroupStatus, Role, Token,
+    Apply, CoordinatorStats, Cycle, CycleId, CycleOutput, Event, GroupStatus, Role, SnapshotCheck,
+    Token,
 };
 
 /// An entry proposed through this node: the term it was proposed in and its commands' tokens.
@@ -61,6 +62,8 @@ pub struct MultiRaft {
     store: LogStore,
     groups: BTreeMap<GroupId, Group>,
     rng: StdRng,
+    /// See [`MultiRaft::set_snapshot_check`].
+    snapshot_check: Option<SnapshotCheck>,
     /// Writes made outside a `Ready` (group creation, compaction), merged into the next cycle.
     pending: WriteBatch,
     pending_applies: Vec<Apply>,
@@ -130,6 +133,7 @@ impl MultiRaft {
         let mut this = Self {
             id,
             rng: StdRng::seed_from_u64(config.seed ^ id.get().rotate_left(32)),
+            snapshot_check: None,
             config,
             pending: store.batch(),
             pending_applies: Vec::new(),
@@ -311,7 +315,10 @@ impl MultiRaft {
                 || (group == routing::META_GROUP
                     && !admission::RaftView::has_configuration(g.view())),
         };
-        match admission::admit(g.view(), from, standing, &m) {
+        let verdict =
+            admission::check_for_group(group, g.quarantined, self.snapshot_check.as_ref(), &m)
+                .and_then(|()| admission::admit(g.view(), from, standing, &m));
+        match verdict {
             Ok(admission::Verdict::Step) => {}
             Ok(admission::Verdict::ClampCommit { to }) => {
                 self.stats.log_behind_leader += 1;
@@ -449,6 +456,7 @@ impl MultiRaft {
     /// # Errors
     /// [`RequestError::GroupNotFound`].
     pub fn campaign(&mut self, group: GroupId) -> Result<(), RequestError> {
+        self.refuse_quarantined(group)?;
         let _ = self.group_mut(group)?.campaign();
         if let Some(g) = self.groups.get_mut(&group) {
             Self::jitter_election(&mut self.rng, &self.config, g);
@@ -463,6 +471,7 @@ impl MultiRaft {
     /// # Errors
     /// [`RequestError::GroupNotFound`].
     pub fn campaign_soon(&mut self, group: GroupId) -> Result<(), RequestError> {
+        self.refuse_quarantined(group)?;
         self.group_mut(group)?.set_election_elapsed_to_brink();
         self.awake.insert(group);
         Ok(())
@@ -553,6 +562,43 @@ impl MultiRaft {
             }));
         }
         due.into_iter().collect()
+    }
+
+    /// Runs `check` on the bytes of every snapshot a peer sends for a group other than the
+    /// meta group, before raft installs it: a snapshot it refuses is dropped and counted
+    /// (`unrestorable_snapshot`), and this replica's state and log stay as they were. A
+    /// node installs its state machines' check here; without one, every snapshot whose
+    /// metadata is sound is installed.
+    pub fn set_snapshot_check(&mut self, check: SnapshotCheck) {
+        self.snapshot_check = Some(check);
+    }
+
+    /// Sets this node's replica of `group` aside because its state machine failed (it could
+    /// not restore a snapshot a peer sent): the replica keeps acknowledging the leader's log,
+    /// so the group's quorum is unchanged, but it never campaigns, never takes a leadership
+    /// transfer, and refuses every request with [`RequestError::ReplicaFailed`]. The node's
+    /// other groups carry on; [`Event::ReplicaFailed`] tells the embedder. Removing the
+    /// replica (a membership change) clears it.
+    pub fn quarantine(&mut self, group: GroupId, reason: String) {
+        let Some(g) = self.groups.get_mut(&group) else {
+            return;
+        };
+        if g.quarantined {
+            return;
+        }
+        g.quarantined = true;
+        tracing::error!(
+            %group, %reason,
+            "state machine failed: this replica serves nothing until it is replaced"
+        );
+        self.pending_events
+            .push(Event::ReplicaFailed { group, reason });
+    }
+
+    /// Whether this node's replica of `group` is set aside ([`MultiRaft::quarantine`]).
+    #[must_use]
+    pub fn is_quarantined(&self, group: GroupId) -> bool {
+        self.groups.get(&group).is_some_and(|g| g.quarantined)
     }
 
     /// Records how far `group`'s state machine has made its state durable (`None`: it keeps

@@ -24,6 +24,11 @@ impl MultiRaft {
             // needs a token (see `RaftConfig::max_campaigns`); without one its timer stays at
             // the brink and it tries again next tick.
             if g.election_due() {
+                // A replica set aside waits at the brink for good: it still votes (its timer
+                // is past the leader's lease) but never stands.
+                if g.quarantined {
+                    continue;
+                }
                 if self.campaign_tokens == 0 {
                     self.stats.campaigns_deferred += 1;
                     continue;

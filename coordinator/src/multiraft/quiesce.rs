@@ -60,6 +60,14 @@ impl MultiRaft {
             .is_some_and(|silent| *silent >= self.config.liveness_timeout_ticks)
     }
 
+    /// [`RequestError::ReplicaFailed`] for a replica set aside.
+    pub(super) fn refuse_quarantined(&self, group: GroupId) -> Result<(), RequestError> {
+        if self.groups.get(&group).is_some_and(|g| g.quarantined) {
+            return Err(RequestError::ReplicaFailed { group });
+        }
+        Ok(())
+    }
+
     /// Whether a request to `group` may be handed to raft: the group is held here, enough of
     /// its voters are up (per node-level liveness) to commit anything, and this node leads
     /// it (`lead`) or knows a live leader. A request refused here did not take effect; a
@@ -69,6 +77,7 @@ impl MultiRaft {
             .groups
             .get(&group)
             .ok_or(RequestError::GroupNotFound { group })?;
+        self.refuse_quarantined(group)?;
         // The configuration is read only when some peer is down: not on every proposal.
         if self.down_peers().next().is_some() {
             let voters = g.voters();

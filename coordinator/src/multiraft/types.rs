@@ -65,6 +65,9 @@ pub struct GroupStatus {
     pub joint: bool,
     /// Quiescent: idle, not ticking, kept alive by node-level liveness.
     pub quiet: bool,
+    /// This node's replica was set aside: its state machine could not restore a snapshot,
+    /// and it serves nothing until it is replaced (see [`Event::ReplicaFailed`]).
+    pub set_aside: bool,
 }
 
 /// Work for the state machine, in the order it must be done.
@@ -107,6 +110,11 @@ pub enum Apply {
         proposal: Option<Token>,
     },
 }
+
+/// A check of the bytes of a snapshot a peer sent for a group, run before raft installs it
+/// (see [`MultiRaft::set_snapshot_check`](crate::MultiRaft::set_snapshot_check)): `Err` with
+/// why the state machine could not restore it.
+pub type SnapshotCheck = std::sync::Arc<dyn Fn(GroupId, &[u8]) -> Result<(), String> + Send + Sync>;
 
 /// Something the driver should know about, after the cycle's [`Apply`] work is done.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -172,6 +180,14 @@ pub enum Event {
         group: GroupId,
         /// The proposal's token.
         token: Token,
+    },
+    /// This node's replica of a group was set aside: its state machine could not restore a
+    /// snapshot (see [`MultiRaft::quarantine`](crate::MultiRaft::quarantine)).
+    ReplicaFailed {
+        /// The group.
+        group: GroupId,
+        /// The state machine's error.
+        reason: String,
     },
     /// This node can no longer tell whether a proposal took effect: its entry was covered by
     /// a snapshot installed from another leader (or its group was removed here). It may have

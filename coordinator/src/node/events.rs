@@ -55,6 +55,16 @@ pub enum NodeEvent {
         /// The peer.
         peer: NodeId,
     },
+    /// This node's replica of a group stopped serving: its state machine could not restore a
+    /// snapshot a peer sent. The node serves its other groups; requests for this one get
+    /// [`RequestError::ReplicaFailed`](crate::RequestError::ReplicaFailed). Replace the
+    /// replica with a membership change (remove it here, add one elsewhere).
+    ReplicaFailed {
+        /// The group.
+        group: GroupId,
+        /// The state machine's error.
+        reason: String,
+    },
     /// The node stopped, and why: the last event a subscriber receives.
     Stopped(NodeStopped),
 }
@@ -62,8 +72,8 @@ pub enum NodeEvent {
 impl NodeEvent {
     /// The event a core event becomes, if the embedder is told of it.
     pub(super) fn from_core(event: &Event) -> Option<Self> {
-        Some(match *event {
-            Event::LeaderChanged {
+        Some(match event {
+            &Event::LeaderChanged {
                 group,
                 leader,
                 term,
@@ -72,11 +82,15 @@ impl NodeEvent {
                 leader,
                 term,
             },
-            Event::RoleChanged { group, role, term } => Self::RoleChanged { group, role, term },
-            Event::Quiet { group } => Self::Quiet { group },
-            Event::Woken { group } => Self::Woken { group },
-            Event::PeerDown { peer } => Self::PeerDown { peer },
-            Event::PeerUp { peer } => Self::PeerUp { peer },
+            &Event::RoleChanged { group, role, term } => Self::RoleChanged { group, role, term },
+            &Event::Quiet { group } => Self::Quiet { group },
+            &Event::Woken { group } => Self::Woken { group },
+            &Event::PeerDown { peer } => Self::PeerDown { peer },
+            &Event::PeerUp { peer } => Self::PeerUp { peer },
+            Event::ReplicaFailed { group, reason } => Self::ReplicaFailed {
+                group: *group,
+                reason: reason.clone(),
+            },
             Event::ReadReady { .. }
             | Event::ProposalDropped { .. }
             | Event::ProposalBusy { .. }

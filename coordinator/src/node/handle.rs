@@ -229,6 +229,7 @@ impl Node {
         }
         // Restores from stored snapshots come out of the first cycle; nothing else may run first.
         let (version_tx, version_rx) = watch::channel(routing.version());
+        core.set_snapshot_check(crate::apply::snapshot_check(state_machines.0.clone()));
         let applying = Applying::new(
             state_machines.0,
             routing.clone(),

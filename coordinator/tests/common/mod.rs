@@ -3,11 +3,15 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
 use pontoon_coordinator::testkit::local::LocalCluster;
 use pontoon_coordinator::testkit::sim::{Completion, SimCluster};
 use pontoon_coordinator::{StateMachine, StateMachineError, VShardScope};
+use raft::eraftpb::{Message, MessageType, Snapshot};
 use routing::{GroupId, NodeId, RoutingTable};
+use transport::{AddressBook, QuicTransport, TransportConfig};
 
 /// Each group holds a map; a command is `key=value`; the response is the previous value.
 #[derive(Default, Debug, Clone, PartialEq, Eq)]
@@ -261,6 +265,9 @@ impl SharedKv {
 }
 
 impl StateMachine for SharedKv {
+    fn check_snapshot(_: GroupId, snapshot: &[u8]) -> Result<(), StateMachineError> {
+        decode_pairs(snapshot).map(drop)
+    }
     fn apply(
         &mut self,
         group: GroupId,
@@ -349,4 +356,57 @@ pub async fn local_cluster(
         "every group elects a leader"
     );
     cluster
+}
+
+// --- Hostile peers: forged messages from a stolen identity --------------------------------
+
+/// A raft message of `kind` at `term`, every other field empty.
+pub fn forged(kind: MessageType, term: u64) -> Message {
+    let mut m = Message::default();
+    m.set_msg_type(kind);
+    m.term = term;
+    m
+}
+
+/// A `MsgSnapshot` raft would install (voters 1–3, far ahead of every log) carrying bytes no
+/// state machine here can read.
+pub fn garbage_snapshot(term: u64, from: NodeId) -> Message {
+    let mut message = forged(MessageType::MsgSnapshot, term);
+    let mut snapshot = Snapshot::default();
+    snapshot.mut_metadata().index = 1 << 20;
+    snapshot.mut_metadata().term = term.max(1);
+    snapshot.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+    snapshot.data = b"\x00\x02\x08\x01not a snapshot of anything"
+        .to_vec()
+        .into();
+    message.snapshot = Some(snapshot).into();
+    message.term = term.max(1);
+    message.from = from.get();
+    message
+}
+
+/// A QUIC endpoint holding node `id`'s certificate (issued into `dir` if it has none yet),
+/// that knows where `targets` listen: an attacker speaking as `id`.
+pub async fn attacker(
+    dir: &std::path::Path,
+    id: NodeId,
+    targets: &BTreeMap<NodeId, SocketAddr>,
+) -> QuicTransport {
+    let identity = certs::files::load_node(dir, id)
+        .or_else(|_| certs::files::issue_node_files(dir, id, &["127.0.0.1".to_string()], false))
+        .unwrap();
+    let book = AddressBook::new();
+    for (node, addr) in targets {
+        book.insert(*node, *addr);
+    }
+    let (transport, _inbound) = QuicTransport::bind(
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        &identity,
+        TransportConfig::default(),
+        book,
+        Arc::new(|_| true),
+    )
+    .await
+    .unwrap();
+    transport
 }

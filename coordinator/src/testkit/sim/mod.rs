@@ -180,6 +180,7 @@ impl<S: StateMachine> SimCluster<S> {
             let shared = StateMachines::shared_arc(state_machine.clone());
             (state_machine, shared)
         };
+        core.set_snapshot_check(crate::apply::snapshot_check(state_machines.0.clone()));
         let applying = Applying::new(
             state_machines.0,
             self.routing.clone(),
