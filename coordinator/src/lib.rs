@@ -99,8 +99,8 @@ pub use group_state_machine::{
 };
 pub use multiraft::admission::Refusal;
 pub use multiraft::{
-    Apply, CoordinatorStats, Cycle, CycleId, CycleOutput, Event, GroupStatus, MultiRaft, Role,
-    SnapshotCheck, Token,
+    Apply, CoordinatorStats, Cycle, CycleId, CycleOutput, Event, GroupCounts, GroupStatus,
+    MultiRaft, Role, SnapshotCheck, Token,
 };
 pub use node::{
     ClientSession, Drained, KeyRead, Node, NodeConfig, NodeError, NodeEvent, NodeStatus,

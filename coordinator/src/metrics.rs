@@ -20,7 +20,7 @@ use metrics::{
 use routing::NodeId;
 
 use crate::error::RequestError;
-use crate::multiraft::Role;
+use crate::multiraft::{CoordinatorStats, GroupCounts, Role};
 use crate::node::NodeStatus;
 
 /// Counter: proposals submitted to this node.
@@ -202,12 +202,47 @@ pub fn request_failure_reason(error: &RequestError) -> &'static str {
 }
 
 /// Publishes a node's status: the coordinator's, the store's and the transport's counters,
-/// and the groups by role, quiet, awake and leaderless. [`crate::Node`] calls it about once a
-/// second; an embedder driving [`MultiRaft`](crate::MultiRaft) itself may call it too.
+/// and the groups by role, quiet, awake and leaderless. An embedder driving
+/// [`MultiRaft`](crate::MultiRaft) itself may call it; [`crate::Node`] publishes the same
+/// figures about once a second through [`publish_counts`], without copying every group's
+/// status.
 pub fn publish(status: &NodeStatus) {
-    let node = status.node;
+    let mut groups = GroupCounts::default();
+    for g in &status.groups {
+        groups.add(g.role, g.quiet, g.leader.is_none(), g.set_aside);
+    }
+    publish_counts(&NodeFigures {
+        node: status.node,
+        groups,
+        coordinator: &status.coordinator,
+        storage: &status.storage,
+        transport: &status.transport,
+        routing_version: status.routing_version,
+    });
+}
+
+/// What [`publish_counts`] publishes: a node's figures, its groups only counted.
+#[derive(Debug)]
+pub struct NodeFigures<'a> {
+    /// The node.
+    pub node: NodeId,
+    /// Its groups, counted ([`MultiRaft::group_counts`](crate::MultiRaft::group_counts)).
+    pub groups: GroupCounts,
+    /// Coordinator counters.
+    pub coordinator: &'a CoordinatorStats,
+    /// Log store counters.
+    pub storage: &'a storage::StorageStats,
+    /// Transport counters.
+    pub transport: &'a transport::TransportStats,
+    /// The routing-table version the node applied.
+    pub routing_version: u64,
+}
+
+/// Publishes `figures`, as [`publish`] does a whole status.
+pub fn publish_counts(figures: &NodeFigures<'_>) {
+    let node = figures.node;
     let n = node.get().to_string();
-    let c = &status.coordinator;
+    let c = figures.coordinator;
     let counters = [
         (ENTRIES_APPLIED, c.entries_applied),
         (CYCLES, c.cycles),
@@ -230,40 +265,23 @@ pub fn publish(status: &NodeStatus) {
     for (reason, value) in &c.refused_messages {
         counter!(MESSAGES_REFUSED, "node" => n.clone(), "reason" => *reason).absolute(*value);
     }
-    let mut roles = [0u64; 4];
-    let (mut quiet, mut leaderless, mut set_aside) = (0u64, 0u64, 0u64);
-    for g in &status.groups {
-        roles[role_index(g.role)] += 1;
-        quiet += u64::from(g.quiet);
-        leaderless += u64::from(g.leader.is_none());
-        set_aside += u64::from(g.set_aside);
-    }
+    let g = &figures.groups;
     for role in [
         Role::Follower,
         Role::Candidate,
         Role::PreCandidate,
         Role::Leader,
     ] {
-        let value = roles[role_index(role)] as f64;
+        let value = g.in_role(role) as f64;
         gauge!(GROUPS, "node" => n.clone(), "role" => role_label(role)).set(value);
     }
-    let total = status.groups.len() as u64;
-    gauge!(GROUPS_QUIET, "node" => n.clone()).set(quiet as f64);
-    gauge!(GROUPS_AWAKE, "node" => n.clone()).set(total.saturating_sub(quiet) as f64);
-    gauge!(GROUPS_LEADERLESS, "node" => n.clone()).set(leaderless as f64);
-    gauge!(GROUPS_SET_ASIDE, "node" => n.clone()).set(set_aside as f64);
-    gauge!(ROUTING_VERSION, "node" => n).set(status.routing_version as f64);
-    storage::metrics::publish(node, &status.storage);
-    transport::metrics::publish(node, &status.transport);
-}
-
-fn role_index(role: Role) -> usize {
-    match role {
-        Role::Follower => 0,
-        Role::Candidate => 1,
-        Role::PreCandidate => 2,
-        Role::Leader => 3,
-    }
+    gauge!(GROUPS_QUIET, "node" => n.clone()).set(g.quiet as f64);
+    gauge!(GROUPS_AWAKE, "node" => n.clone()).set(g.total.saturating_sub(g.quiet) as f64);
+    gauge!(GROUPS_LEADERLESS, "node" => n.clone()).set(g.leaderless as f64);
+    gauge!(GROUPS_SET_ASIDE, "node" => n.clone()).set(g.set_aside as f64);
+    gauge!(ROUTING_VERSION, "node" => n).set(figures.routing_version as f64);
+    storage::metrics::publish(node, figures.storage);
+    transport::metrics::publish(node, figures.transport);
 }
 
 fn role_label(role: Role) -> &'static str {

@@ -7,7 +7,7 @@ mod common;
 
 use common::{Kv, Workload, assert_acked_everywhere, assert_replicas_agree, elect_all, groups};
 use pontoon_coordinator::testkit::sim::{SimCluster, SimConfig};
-use pontoon_coordinator::{Outcome, RaftConfig, RequestError, Role};
+use pontoon_coordinator::{GroupCounts, Outcome, RaftConfig, RequestError, Role};
 use routing::NodeId;
 
 const TICK: u64 = 5; // SimConfig's steps per tick
@@ -61,6 +61,22 @@ fn idle_groups_go_quiet_and_cost_only_liveness_pings() {
     assert!(all_quiet(&c));
     let status = c.status(NodeId(1), groups(&c)[0]).unwrap();
     assert!(status.quiet, "quiet groups show in status()");
+    // The counts metrics publish agree with every group's status, without copying them.
+    for n in c.node_ids() {
+        let mut from_status = GroupCounts::default();
+        for g in groups(&c) {
+            if let Some(s) = c.status(n, g) {
+                from_status.add(s.role, s.quiet, s.leader.is_none(), s.set_aside);
+            }
+        }
+        let counts = c.core(n).unwrap().group_counts();
+        assert_eq!(counts, from_status, "{n}");
+        assert_eq!(counts.quiet, counts.total, "{n}: all quiet");
+        assert!(
+            counts.leaders > 0 && counts.followers > 0,
+            "{n}: {counts:?}"
+        );
+    }
 }
 
 #[test]

@@ -37,8 +37,8 @@ mod types;
 use group::Group;
 
 pub use types::{
-    Apply, CoordinatorStats, Cycle, CycleId, CycleOutput, Event, GroupStatus, Role, SnapshotCheck,
-    Token,
+    Apply, CoordinatorStats, Cycle, CycleId, CycleOutput, Event, GroupCounts, GroupStatus, Role,
+    SnapshotCheck, Token,
 };
 
 /// An entry proposed through this node: the term it was proposed in and its commands' tokens.
@@ -515,6 +515,23 @@ impl MultiRaft {
     /// The status of `group`.
     pub fn status(&self, group: GroupId) -> Option<GroupStatus> {
         self.groups.get(&group).map(|g| g.status(group))
+    }
+
+    /// The groups counted by role, quiet, leaderless and set aside: what metrics publish
+    /// every second, without the copy of every group's configuration that
+    /// [`MultiRaft::status`] makes. Walks every group.
+    #[must_use]
+    pub fn group_counts(&self) -> GroupCounts {
+        let mut counts = GroupCounts::default();
+        for g in self.groups.values() {
+            counts.add(
+                g.role().into(),
+                g.quiet,
+                g.leader().is_none(),
+                g.quarantined,
+            );
+        }
+        counts
     }
 
     /// How many groups are campaigning (pre-vote or vote) now. Walks every group.

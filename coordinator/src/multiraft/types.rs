@@ -70,6 +70,55 @@ pub struct GroupStatus {
     pub set_aside: bool,
 }
 
+/// How a node's groups stand, counted without copying any group's status (see
+/// [`MultiRaft::group_counts`](crate::MultiRaft::group_counts)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupCounts {
+    /// Groups held.
+    pub total: u64,
+    /// Groups by this node's role in them.
+    pub leaders: u64,
+    /// See [`GroupCounts::leaders`].
+    pub followers: u64,
+    /// See [`GroupCounts::leaders`].
+    pub candidates: u64,
+    /// See [`GroupCounts::leaders`].
+    pub pre_candidates: u64,
+    /// Quiescent groups.
+    pub quiet: u64,
+    /// Groups whose leader this node does not know.
+    pub leaderless: u64,
+    /// Replicas set aside (see [`GroupStatus::set_aside`]).
+    pub set_aside: u64,
+}
+
+impl GroupCounts {
+    /// Counts one group.
+    pub fn add(&mut self, role: Role, quiet: bool, leaderless: bool, set_aside: bool) {
+        self.total += 1;
+        *match role {
+            Role::Leader => &mut self.leaders,
+            Role::Follower => &mut self.followers,
+            Role::Candidate => &mut self.candidates,
+            Role::PreCandidate => &mut self.pre_candidates,
+        } += 1;
+        self.quiet += u64::from(quiet);
+        self.leaderless += u64::from(leaderless);
+        self.set_aside += u64::from(set_aside);
+    }
+
+    /// The count of groups in `role`.
+    #[must_use]
+    pub fn in_role(&self, role: Role) -> u64 {
+        match role {
+            Role::Leader => self.leaders,
+            Role::Follower => self.followers,
+            Role::Candidate => self.candidates,
+            Role::PreCandidate => self.pre_candidates,
+        }
+    }
+}
+
 /// Work for the state machine, in the order it must be done.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Apply {

@@ -347,7 +347,14 @@ impl Driver {
         if !self.metrics.publish_due(Instant::now()) {
             return;
         }
-        crate::metrics::publish(&self.status());
+        crate::metrics::publish_counts(&crate::metrics::NodeFigures {
+            node: self.core.id(),
+            groups: self.core.group_counts(),
+            coordinator: self.core.stats(),
+            storage: &self.store.stats(),
+            transport: &self.transport.stats(),
+            routing_version: self.applying.table().version(),
+        });
         let queues = [
             ("commands", commands),
             ("inbound", inbound),
