@@ -103,7 +103,7 @@ pub use multiraft::{
     MultiRaft, Role, SnapshotCheck, Token,
 };
 pub use node::{
-    ClientSession, Drained, KeyRead, Node, NodeConfig, NodeError, NodeEvent, NodeStatus,
-    NodeStopped, SessionCommand,
+    ClientSession, Drained, KeyRead, LatencyQuantiles, Node, NodeConfig, NodeError, NodeEvent,
+    NodeStatus, NodeStopped, SessionCommand, StageLatencies,
 };
 pub use state_machine::{StateMachine, StateMachineError, VShardScope};

@@ -80,6 +80,9 @@ pub const QUEUE_DEPTH: &str = "pontoon_queue_depth";
 pub const COMMIT_SECONDS: &str = "pontoon_commit_latency_seconds";
 /// Histogram: seconds the state machine took to apply one cycle's committed entries.
 pub const APPLY_SECONDS: &str = "pontoon_apply_seconds";
+/// Histogram: a proposal led here, by stage: `replicate` (taken by the driver to committed)
+/// and `apply` (committed to answered).
+pub const STAGE_SECONDS: &str = "pontoon_proposal_stage_seconds";
 
 /// Whether [`describe`] was called: until then no recorder is assumed and the driver skips its
 /// periodic publication (a status of every group each second), so a process that exports
@@ -178,6 +181,11 @@ pub fn describe() {
         APPLY_SECONDS,
         Unit::Seconds,
         "Time the state machine took to apply one cycle's committed entries."
+    );
+    describe_histogram!(
+        STAGE_SECONDS,
+        Unit::Seconds,
+        "A proposal led here, by stage: replicate (taken to committed), apply (to answered)."
     );
 }
 
@@ -306,6 +314,8 @@ pub(crate) struct DriverMetrics {
     acknowledged: Counter,
     commit_seconds: Histogram,
     apply_seconds: Histogram,
+    replicate_seconds: Histogram,
+    apply_wait_seconds: Histogram,
     last_published: Option<Instant>,
 }
 
@@ -318,6 +328,8 @@ impl DriverMetrics {
             acknowledged: counter!(PROPOSALS_ACKNOWLEDGED, "node" => label.clone()),
             commit_seconds: histogram!(COMMIT_SECONDS, "node" => label.clone()),
             apply_seconds: histogram!(APPLY_SECONDS, "node" => label.clone()),
+            replicate_seconds: histogram!(STAGE_SECONDS, "node" => label.clone(), "stage" => "replicate"),
+            apply_wait_seconds: histogram!(STAGE_SECONDS, "node" => label.clone(), "stage" => "apply"),
             label,
             last_published: None,
         }
@@ -329,10 +341,20 @@ impl DriverMetrics {
     }
 
     /// A proposal was acknowledged, `latency` after it was submitted (when known).
-    pub(crate) fn acknowledged(&self, latency: Option<Duration>) {
+    /// A proposal was acknowledged `latency` after the driver took it; `stages` splits it
+    /// into raft (to commit) and apply (commit to answer) when this node committed it.
+    pub(crate) fn acknowledged(
+        &self,
+        latency: Option<Duration>,
+        stages: Option<(Duration, Duration)>,
+    ) {
         self.acknowledged.increment(1);
         if let Some(latency) = latency {
             self.commit_seconds.record(latency.as_secs_f64());
+        }
+        if let Some((replicate, apply)) = stages {
+            self.replicate_seconds.record(replicate.as_secs_f64());
+            self.apply_wait_seconds.record(apply.as_secs_f64());
         }
     }
 

@@ -31,6 +31,27 @@ async fn three_quic_nodes_keep_taking_writes_after_losing_the_busiest_leader() {
             .unwrap();
     }
 
+    // The leaders split each proposal's time into raft and apply; together they stay within
+    // what the callers waited.
+    let mut measured = 0;
+    for node in cluster.running() {
+        let status = node.status().await.unwrap();
+        let latency = status.latency;
+        measured += latency.replicate.count;
+        assert_eq!(latency.replicate.count, latency.apply.count);
+        for stage in [latency.replicate, latency.apply] {
+            assert!(
+                stage.p50_us <= stage.p99_us && stage.p99_us <= stage.max_us,
+                "{stage:?}"
+            );
+            assert!(stage.max_us <= timeout.as_micros() as u64, "{stage:?}");
+        }
+    }
+    assert_eq!(
+        measured, 256,
+        "every acknowledged proposal measured once, by its leader"
+    );
+
     let counts = cluster.leader_counts().await;
     let (&victim, _) = counts.iter().max_by_key(|(_, c)| **c).unwrap();
     cluster.kill(victim).await;

@@ -284,6 +284,7 @@ mod tests {
             proposals_acknowledged: 0,
             routing_version: 1,
             peers_down: Vec::new(),
+            latency: Default::default(),
         }
     }
 

@@ -16,6 +16,7 @@ use super::DrainProgress;
 use super::NodeStatus;
 use super::events::{self, NodeEvent};
 use super::handle::Command;
+use super::latency::StageClock;
 use super::pending::{Completed, Done, Kind, Pending, Request};
 use super::reconcile::Placement;
 use super::transfers::Transfers;
@@ -81,6 +82,8 @@ pub(super) struct Driver {
     /// Draining (see [`crate::Node::drain`]): no new proposal is taken.
     draining: bool,
     metrics: DriverMetrics,
+    /// Where the time of this node's proposals goes (see `latency`).
+    stages: StageClock,
 }
 
 type PersistResult = Result<(), storage::StorageError>;
@@ -97,6 +100,7 @@ impl Driver {
     ) -> Self {
         Self {
             metrics: DriverMetrics::new(core.id()),
+            stages: StageClock::default(),
             core,
             store,
             transport,
@@ -339,6 +343,7 @@ impl Driver {
             proposals_acknowledged: self.acknowledged,
             routing_version: self.applying.table().version(),
             peers_down: self.core.down_peers().collect(),
+            latency: self.stages.summary(),
         }
     }
 
@@ -399,6 +404,17 @@ impl Driver {
         applies: Vec<crate::multiraft::Apply>,
         events: &[Event],
     ) -> Result<(), CoordinatorError> {
+        let now = Instant::now();
+        for apply in &applies {
+            if let crate::multiraft::Apply::Command {
+                proposal: Some(token),
+                ..
+            } = apply
+                && self.pending.kind(*token).is_some()
+            {
+                self.stages.committed(*token, now);
+            }
+        }
         let mut completed = Vec::new();
         self.applying
             .dispatch(&mut self.pending, applies, &mut completed)?;
@@ -424,11 +440,16 @@ impl Driver {
         match &done.result {
             Ok(_) if done.kind == Kind::Propose => {
                 self.acknowledged += 1;
-                let latency = self.issued_at(done.token).map(|at| at.elapsed());
-                self.metrics.acknowledged(latency);
+                let (issued, now) = (self.issued_at(done.token), Instant::now());
+                let stages = self.stages.answered(done.token, issued, now);
+                self.metrics
+                    .acknowledged(issued.map(|at| now.duration_since(at)), stages);
             }
-            Ok(_) => {}
-            Err(error) => self.metrics.failed(error),
+            Ok(_) => self.stages.forget(done.token),
+            Err(error) => {
+                self.stages.forget(done.token);
+                self.metrics.failed(error);
+            }
         }
         done.waiter.send(done.group, done.token, done.result);
     }

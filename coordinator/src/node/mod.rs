@@ -25,6 +25,7 @@ mod config;
 mod driver;
 mod events;
 mod handle;
+mod latency;
 mod lifecycle;
 mod membership;
 pub(crate) mod pending;
@@ -43,6 +44,7 @@ use crate::multiraft::{CoordinatorStats, GroupStatus};
 pub use config::NodeConfig;
 pub use events::NodeEvent;
 pub use handle::{Node, NodeStopped};
+pub use latency::{LatencyQuantiles, StageLatencies};
 pub use session::{ClientSession, SessionCommand};
 
 /// Why a node could not start.
@@ -97,6 +99,9 @@ pub struct NodeStatus {
     pub routing_version: u64,
     /// The peers node-level liveness holds down now (silent past the liveness timeout).
     pub peers_down: Vec<NodeId>,
+    /// Where the time of the proposals this node led went, since it started: raft
+    /// (batching, persists, replication) and apply.
+    pub latency: StageLatencies,
 }
 
 impl NodeStatus {
