@@ -15,7 +15,7 @@ use crate::budget::{Exhausted, Reservation, SnapshotBudget};
 use crate::limits::{self, FrameKind, RepeatedCaps};
 use crate::stats::Counters;
 use crate::wire::{self, StreamHeader, StreamKind, WireError};
-use crate::{Envelope, GroupFilter, HeartbeatBatch, SendError, convert, direct};
+use crate::{Envelope, Forward, GroupFilter, HeartbeatBatch, SendError, convert, direct};
 
 /// Application error codes of `RecvStream::stop` (stream resets) and connection closes.
 pub mod codes {
@@ -68,13 +68,15 @@ pub(crate) enum StreamKey {
     Raft(GroupId),
     /// The heartbeat stream of the peer.
     Heartbeats,
+    /// The forward stream of the peer (forwarded requests and their replies).
+    Forward,
 }
 
 impl StreamKey {
     pub(crate) fn group(self) -> Option<GroupId> {
         match self {
             Self::Raft(g) => Some(g),
-            Self::Heartbeats => None,
+            Self::Heartbeats | Self::Forward => None,
         }
     }
 
@@ -82,6 +84,7 @@ impl StreamKey {
         match self {
             Self::Raft(g) => header_frame(StreamKind::Raft, g.get()),
             Self::Heartbeats => header_frame(StreamKind::Heartbeats, 0),
+            Self::Forward => header_frame(StreamKind::Forward, 0),
         }
     }
 }
@@ -267,6 +270,19 @@ pub(crate) fn encode(
                 messages,
             }))
         }
+        Envelope::Forward(forward) => {
+            // One request or reply per frame: a command larger than a frame is refused here,
+            // before anything is queued (the forwarding node answers it as not taken effect).
+            let mut out = BytesMut::new();
+            wire::encode_frame(&forward.into_wire(from), max_frame_bytes, &mut out)
+                .map_err(too_large)?;
+            Ok(Encoded::Frames(Frames {
+                key: StreamKey::Forward,
+                bytes: out.freeze(),
+                frames: 1,
+                messages: 1,
+            }))
+        }
         Envelope::Snapshot { group, mut message } => {
             let data = std::mem::take(&mut message.mut_snapshot().data);
             let header = wire::SnapshotHeader {
@@ -356,6 +372,7 @@ enum State {
     Header,
     Raft(GroupId),
     Heartbeats,
+    Forward,
     Control,
     SnapshotHead(GroupId),
     SnapshotData {
@@ -464,6 +481,7 @@ impl StreamReader {
             State::Header => None,
             State::Raft(g) => Some((StreamKind::Raft, Some(*g))),
             State::Heartbeats => Some((StreamKind::Heartbeats, None)),
+            State::Forward => Some((StreamKind::Forward, None)),
             State::Control => Some((StreamKind::Control, None)),
             State::SnapshotHead(g) | State::SnapshotData { group: g, .. } => {
                 Some((StreamKind::Snapshot, Some(*g)))
@@ -556,6 +574,7 @@ impl StreamReader {
                 self.state = match kind {
                     StreamKind::Raft => State::Raft(group),
                     StreamKind::Heartbeats => State::Heartbeats,
+                    StreamKind::Forward => State::Forward,
                     StreamKind::Control => State::Control,
                     _ => State::SnapshotHead(group),
                 };
@@ -590,6 +609,16 @@ impl StreamReader {
                 tally.frames += 1;
                 tally.messages += batch.heartbeats.len() as u64;
                 out.push(Envelope::Heartbeats(HeartbeatBatch::from_wire(batch)));
+                Ok(())
+            }
+            State::Forward => {
+                let frame: wire::ForwardFrame =
+                    wire::decode_body("ForwardFrame", body).map_err(Refusal::Malformed)?;
+                self.check_from(frame.from)?;
+                let forward = Forward::from_wire(frame).map_err(Refusal::Malformed)?;
+                tally.frames += 1;
+                tally.messages += 1;
+                out.push(Envelope::Forward(forward));
                 Ok(())
             }
             State::Control => Err(Refusal::Malformed(WireError::Malformed {

@@ -665,7 +665,8 @@ impl Writer {
 
     fn opened_stream(&mut self, key: StreamKey, cid: usize, s: SendStream) {
         let _ = s.set_priority(match key {
-            StreamKey::Heartbeats => 1,
+            // Forwarded requests and replies are small and a caller waits on each.
+            StreamKey::Heartbeats | StreamKey::Forward => 1,
             StreamKey::Raft(_) => 0,
         });
         Counters::add(&self.shared.counters.streams_opened, 1);
