@@ -25,7 +25,7 @@ fn start(
     net: &LocalNetwork,
     routing: &RoutingTable,
     running: &[NodeId],
-    forward: bool,
+    configure: impl Fn(NodeConfig) -> NodeConfig,
 ) -> Vec<(Node, SharedKv)> {
     running
         .iter()
@@ -33,8 +33,8 @@ fn start(
             let (transport, inbound) = net.join(id, 4096);
             let config = NodeConfig::new(id, transport.local_addr(), dir.join(format!("n{id}")))
                 .tick_interval(Duration::from_millis(10))
-                .request_timeout(TIMEOUT)
-                .forward_to_leader(forward);
+                .request_timeout(TIMEOUT);
+            let config = configure(config);
             let kv = SharedKv::default();
             let node = Node::start_with_transport(
                 config,
@@ -74,6 +74,20 @@ async fn leader(nodes: &[(Node, SharedKv)], group: GroupId) -> NodeId {
     }
 }
 
+/// Holds `kv`'s lock on a thread of its own, so its node's applies wait, until dropped.
+fn hold_apply(kv: &SharedKv) -> std::sync::mpsc::Sender<()> {
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (taken, is_taken) = std::sync::mpsc::channel();
+    let kv = kv.0.clone();
+    std::thread::spawn(move || {
+        let _held = kv.lock().unwrap();
+        taken.send(()).unwrap();
+        let _ = released.recv();
+    });
+    is_taken.recv().unwrap();
+    release
+}
+
 fn node(nodes: &[(Node, SharedKv)], id: NodeId) -> &(Node, SharedKv) {
     nodes.iter().find(|(n, _)| n.id() == id).unwrap()
 }
@@ -95,7 +109,7 @@ async fn a_proposal_on_a_follower_is_forwarded_and_reads_on_any_node_see_it() {
     let dir = tempfile::tempdir().unwrap();
     let (ids, routing) = three();
     let net = LocalNetwork::new();
-    let nodes = start(dir.path(), &net, &routing, &ids, true);
+    let nodes = start(dir.path(), &net, &routing, &ids, |c| c);
     let group = nodes[0].0.group_for_key(b"k");
     let leader_id = leader(&nodes, group).await;
     let (follower, follower_kv) = nodes.iter().find(|(n, _)| n.id() != leader_id).unwrap();
@@ -116,7 +130,7 @@ async fn a_session_command_forwarded_twice_applies_once() {
     let dir = tempfile::tempdir().unwrap();
     let (ids, routing) = three();
     let net = LocalNetwork::new();
-    let nodes = start(dir.path(), &net, &routing, &ids, true);
+    let nodes = start(dir.path(), &net, &routing, &ids, |c| c);
     let group = nodes[0].0.group_for_key(b"k");
     let leader_id = leader(&nodes, group).await;
     let (follower, _) = nodes.iter().find(|(n, _)| n.id() != leader_id).unwrap();
@@ -136,7 +150,9 @@ async fn with_forwarding_off_a_follower_answers_not_leader_naming_the_leader() {
     let dir = tempfile::tempdir().unwrap();
     let (ids, routing) = three();
     let net = LocalNetwork::new();
-    let nodes = start(dir.path(), &net, &routing, &ids, false);
+    let nodes = start(dir.path(), &net, &routing, &ids, |c| {
+        c.forward_to_leader(false)
+    });
     let group = nodes[0].0.group_for_key(b"k");
     let leader_id = leader(&nodes, group).await;
     let (follower, _) = nodes.iter().find(|(n, _)| n.id() != leader_id).unwrap();
@@ -162,7 +178,7 @@ async fn with_no_leader_reachable_a_follower_fails_within_the_deadline_as_not_ap
     let dir = tempfile::tempdir().unwrap();
     let (ids, routing) = three();
     let net = LocalNetwork::new();
-    let nodes = start(dir.path(), &net, &routing, &ids, true);
+    let nodes = start(dir.path(), &net, &routing, &ids, |c| c);
     let group = nodes[0].0.group_for_key(b"k");
     let leader_id = leader(&nodes, group).await;
     // The leader and one more node go: no quorum, so no leader can be elected.
@@ -220,7 +236,7 @@ fn propose(id: u64, group: GroupId) -> Envelope {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_leader_serves_forwards_only_from_members_and_never_forwards_them_again() {
+async fn the_leader_serves_forwards_only_from_members_within_a_cap_and_never_forwards_them_again() {
     let dir = tempfile::tempdir().unwrap();
     // Four nodes, four groups of three replicas: node 4 is outside some group. Node 4 is a raw
     // endpoint here, sending forward frames of its own making.
@@ -228,7 +244,9 @@ async fn the_leader_serves_forwards_only_from_members_and_never_forwards_them_ag
     let routing = RoutingTable::uniform(16, 4, &ids, 3).unwrap();
     let net = LocalNetwork::new();
     let (raw, mut raw_in) = net.join(NodeId(4), 4096);
-    let nodes = start(dir.path(), &net, &routing, &ids[..3], true);
+    let nodes = start(dir.path(), &net, &routing, &ids[..3], |c| {
+        c.max_forwarded_per_peer(1)
+    });
     let replicas = |g: GroupId| routing.replicas(g).unwrap_or_default().to_vec();
     let groups: Vec<GroupId> = routing.groups().map(|(g, _)| g).collect();
     let outside = *groups
@@ -248,6 +266,14 @@ async fn the_leader_serves_forwards_only_from_members_and_never_forwards_them_ag
     let leader_in = leader(&nodes, inside).await;
     raw.send(leader_in, propose(2, inside)).unwrap();
     assert_eq!(reply(&mut raw_in, 2).await, Ok(Bytes::new()));
+    // One request of this peer in flight (its apply held up) is the cap: the next is Busy.
+    let held = hold_apply(&node(&nodes, leader_in).1);
+    raw.send(leader_in, propose(4, inside)).unwrap();
+    raw.send(leader_in, propose(5, inside)).unwrap();
+    const BUSY: u32 = 9;
+    assert_eq!(reply(&mut raw_in, 5).await, Err(BUSY));
+    drop(held);
+    assert_eq!(reply(&mut raw_in, 4).await, Ok(Bytes::from_static(b"9")));
     // Sent to a replica that does not lead, it is refused as NotLeader, not passed on.
     let follower_in = replicas(inside)
         .into_iter()
@@ -255,5 +281,26 @@ async fn the_leader_serves_forwards_only_from_members_and_never_forwards_them_ag
         .unwrap();
     raw.send(follower_in, propose(3, inside)).unwrap();
     assert_eq!(reply(&mut raw_in, 3).await, Err(NOT_LEADER));
+    shutdown(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_proposal_whose_answer_does_not_come_is_outcome_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ids, routing) = three();
+    let net = LocalNetwork::new();
+    let nodes = start(dir.path(), &net, &routing, &ids, |c| c);
+    let group = nodes[0].0.group_for_key(b"k");
+    let leader_id = leader(&nodes, group).await;
+    let (follower, follower_kv) = nodes.iter().find(|(n, _)| n.id() != leader_id).unwrap();
+    // The leader commits but cannot apply, so it cannot answer before the deadline.
+    let held = hold_apply(&node(&nodes, leader_id).1);
+    let lost = follower.propose(b"k", b"k=1".to_vec()).await.unwrap_err();
+    assert_eq!(lost, RequestError::Timeout { group });
+    assert_eq!(lost.outcome(), Outcome::Unknown);
+    drop(held);
+    // Unknown, not "did not happen": it was committed, and is applied everywhere.
+    let read = follower.read_key(b"k").await.unwrap();
+    assert_eq!(follower_kv.get(read.group, "k").as_deref(), Some("1"));
     shutdown(&nodes).await;
 }
