@@ -212,7 +212,7 @@ impl Forwarding {
             }
             .instrument(span),
         );
-        let frame = Frame::encode_user(vshard, command.to_vec(), session.map(tag_from_wire));
+        let frame = Frame::encode_user_from(vshard, &command, session.map(tag_from_wire));
         Some((group, Request::Propose(frame), Waiter::Response(tx)))
     }
 }
@@ -312,13 +312,14 @@ impl Node {
         &self,
         group: GroupId,
         vshard: Option<VShardId>,
-        command: Vec<u8>,
+        command: &[u8],
         session: Option<SessionTag>,
     ) -> Result<Vec<u8>, RequestError> {
         let deadline = Instant::now() + self.request_timeout;
         let mut backoff = Backoff::new();
         loop {
-            let framed = Frame::encode_user(vshard, command.clone(), session);
+            // Borrowed, not copied: the leader's path costs what it did without forwarding.
+            let framed = Frame::encode_user_from(vshard, command, session);
             let local = self.propose_frame(group, framed).await;
             let leader = match &local {
                 Err(RequestError::NotLeader { leader, .. }) if self.forwarding.enabled() => {
@@ -327,9 +328,10 @@ impl Node {
                 _ => return local,
             };
             let mut last = local;
-            if let Some(leader) = leader {
+            // Past the deadline nothing is sent: sent now, it could only come back unknown.
+            if let Some(leader) = leader.filter(|_| Instant::now() < deadline) {
                 let forwarded = self
-                    .forward(leader, group, vshard, &command, session, deadline)
+                    .forward(leader, group, vshard, command, session, deadline)
                     .await;
                 match forwarded {
                     // The leader moved on or is stepping down: nothing took effect there; ask

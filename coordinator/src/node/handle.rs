@@ -385,7 +385,7 @@ impl Node {
     /// unknown). [`RequestError::outcome`] says which class an error is in.
     pub async fn propose(&self, key: &[u8], command: Vec<u8>) -> Result<Vec<u8>, RequestError> {
         self.routed(key, |group, vshard| {
-            self.propose_user(group, Some(vshard), command.clone(), None)
+            self.propose_user(group, Some(vshard), &command, None)
         })
         .await
     }
@@ -454,7 +454,7 @@ impl Node {
         group: GroupId,
         command: Vec<u8>,
     ) -> Result<Vec<u8>, RequestError> {
-        self.propose_user(group, None, command, None).await
+        self.propose_user(group, None, &command, None).await
     }
 
     pub(super) async fn propose_frame(

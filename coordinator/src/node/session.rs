@@ -186,7 +186,7 @@ impl Node {
                 .routed(key, |group, vshard| {
                     // On a follower the command goes to the leader with its session tag, so a
                     // retry (here, or by the caller on any node) still applies once.
-                    self.propose_user(group, Some(vshard), bytes.clone(), Some(command.tag()))
+                    self.propose_user(group, Some(vshard), &bytes, Some(command.tag()))
                 })
                 .await;
             match result {
