@@ -177,7 +177,9 @@ impl Frame {
         FrameMsg { kind: Some(kind) }.encode_to_vec()
     }
 
-    /// A user command without copying it twice (the hot path).
+    /// A user command it owns, without copying it twice (the simulation's proposals; the
+    /// node encodes borrowed commands with [`Frame::encode_user_from`]).
+    #[cfg(any(test, feature = "test-util"))]
     pub(crate) fn encode_user(
         vshard: Option<VShardId>,
         data: Vec<u8>,

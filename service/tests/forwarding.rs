@@ -131,6 +131,40 @@ async fn kv_writes_and_reads_sent_to_a_follower_succeed_without_a_redirect() {
     assert_eq!(kv_reply(&send(once).await).value(), Some(&b"v1"[..]));
     let get = send(KvRequest::get(b"k".to_vec())).await;
     assert_eq!(kv_reply(&get).value(), Some(&b"v2"[..]));
+    // The writes went over the follower's forward stream, one request frame each (the second
+    // session write too: the follower does not hold the session's answers, the group does).
+    let by_id = |id: NodeId| nodes.iter().find(|(n, _)| n.id() == id).unwrap();
+    let stats = by_id(follower).0.status().await.unwrap().transport;
+    assert_eq!(stats.forward_frames_sent, 3, "{stats:?}");
+    // A client that goes straight to the leader costs no forward at all.
+    let group = nodes[0].0.group_for_key(b"k");
+    let leader = by_id(follower)
+        .0
+        .group_status(group)
+        .await
+        .unwrap()
+        .unwrap()
+        .leader
+        .unwrap();
+    let (leader_node, leader_addr) = by_id(leader);
+    let before = leader_node
+        .status()
+        .await
+        .unwrap()
+        .transport
+        .forward_frames_sent;
+    let direct = client
+        .request(
+            *leader_addr,
+            Some(leader),
+            &ClientRequest::app(KvRequest::put(b"k".to_vec(), b"v3".to_vec()).to_bytes()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(kv_reply(&direct).value(), Some(&b"v2"[..]));
+    let after = leader_node.status().await.unwrap().transport;
+    assert_eq!(after.forward_frames_sent, before, "{after:?}");
+    assert_eq!(after.forward_frames_received, 3, "{after:?}");
     for (node, _) in &nodes {
         node.shutdown().await;
     }

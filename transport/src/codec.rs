@@ -408,6 +408,9 @@ impl Tally {
             Some(StreamKind::Snapshot) => {
                 Some((&c.snapshot_frames_received, &c.snapshot_bytes_received))
             }
+            Some(StreamKind::Forward) => {
+                Some((&c.forward_frames_received, &c.forward_bytes_received))
+            }
             _ => None,
         };
         if let Some((frames, bytes)) = by_kind {
