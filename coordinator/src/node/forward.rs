@@ -56,8 +56,8 @@ pub(super) struct Forwarding {
     enabled: bool,
     max_per_peer: usize,
     next_id: AtomicU64,
-    /// Requests this node forwarded, by id: the leader they went to and who waits.
-    waiting: Mutex<HashMap<u64, (NodeId, ReplyTx)>>,
+    /// Requests this node forwarded and waits on.
+    waiting: Mutex<Waiting>,
     /// Requests peers forwarded here that are not yet answered, by peer.
     served: Arc<Mutex<HashMap<NodeId, usize>>>,
     sent: Counter,
@@ -65,20 +65,38 @@ pub(super) struct Forwarding {
     refused: Counter,
 }
 
+/// The requests a node forwarded: who waits on each, and how many went to each leader (the
+/// cap is checked without walking every request).
+#[derive(Default)]
+struct Waiting {
+    by_id: HashMap<u64, (NodeId, ReplyTx)>,
+    per_leader: HashMap<NodeId, usize>,
+}
+
+impl Waiting {
+    fn remove(&mut self, id: u64) -> Option<ReplyTx> {
+        let (leader, reply) = self.by_id.remove(&id)?;
+        if let Some(n) = self.per_leader.get_mut(&leader) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_leader.remove(&leader);
+            }
+        }
+        Some(reply)
+    }
+}
+
 impl Forwarding {
     pub(super) fn new(node: NodeId, enabled: bool, max_per_peer: usize) -> Self {
         let label = node.get().to_string();
+        let counter = |direction: &'static str| counter!(FORWARDED, "node" => label.clone(), "direction" => direction);
         Self {
-            node,
-            enabled,
-            max_per_peer: max_per_peer.max(1),
-            next_id: AtomicU64::new(1),
-            waiting: Mutex::new(HashMap::new()),
-            served: Arc::default(),
-            sent: counter!(FORWARDED, "node" => label.clone(), "direction" => "sent"),
-            served_total: counter!(FORWARDED, "node" => label.clone(), "direction" => "served"),
-            refused: counter!(FORWARDED, "node" => label, "direction" => "refused"),
+            sent: counter("sent"),
+            served_total: counter("served"),
+            refused: counter("refused"),
+            ..Self::off(node)
         }
+        .configured(enabled, max_per_peer)
     }
 
     /// Forwarding off, counting nothing: what a driver holds until its node shares its own.
@@ -88,12 +106,18 @@ impl Forwarding {
             enabled: false,
             max_per_peer: 1,
             next_id: AtomicU64::new(1),
-            waiting: Mutex::new(HashMap::new()),
+            waiting: Mutex::default(),
             served: Arc::default(),
             sent: Counter::noop(),
             served_total: Counter::noop(),
             refused: Counter::noop(),
         }
+    }
+
+    fn configured(mut self, enabled: bool, max_per_peer: usize) -> Self {
+        self.enabled = enabled;
+        self.max_per_peer = max_per_peer.max(1);
+        self
     }
 
     /// Whether requests on a follower go to the leader (`NodeConfig::forward_to_leader`).
@@ -105,25 +129,26 @@ impl Forwarding {
     /// on it.
     fn register(&self, leader: NodeId, reply: ReplyTx) -> Option<u64> {
         let mut waiting = lock::mutex(&self.waiting);
-        let to_leader = waiting.values().filter(|(l, _)| *l == leader).count();
-        if to_leader >= self.max_per_peer {
+        let to_leader = waiting.per_leader.entry(leader).or_insert(0);
+        if *to_leader >= self.max_per_peer {
             return None;
         }
+        *to_leader += 1;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        waiting.insert(id, (leader, reply));
+        waiting.by_id.insert(id, (leader, reply));
         Some(id)
     }
 
     fn forget(&self, id: u64) {
-        lock::mutex(&self.waiting).remove(&id);
+        lock::mutex(&self.waiting).remove(id);
     }
 
     /// A reply arrived from `from`: it answers the request `id` only if that went to `from`.
     fn complete(&self, from: NodeId, id: u64, result: Result<Bytes, ForwardError>) {
         let mut waiting = lock::mutex(&self.waiting);
-        match waiting.get(&id) {
+        match waiting.by_id.get(&id) {
             Some((leader, _)) if *leader == from => {
-                if let Some((_, reply)) = waiting.remove(&id) {
+                if let Some(reply) = waiting.remove(id) {
                     // A caller that gave up (its deadline passed) is not waiting any more.
                     let _ = reply.send(result);
                 }
@@ -137,7 +162,7 @@ impl Forwarding {
 
     /// The node stops: every caller still waiting learns it now instead of at its deadline.
     pub(super) fn close(&self) {
-        lock::mutex(&self.waiting).clear();
+        *lock::mutex(&self.waiting) = Waiting::default();
     }
 
     /// What the driver does with a forward envelope from `from`: a reply is handed to its
@@ -454,5 +479,42 @@ struct Registered<'a> {
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
         self.forwarding.forget(self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwards_to_one_leader_are_capped_and_a_finished_one_frees_its_place() {
+        let f = Forwarding::new(NodeId(1), true, 2);
+        let (a, b, c) = (
+            oneshot::channel().0,
+            oneshot::channel().0,
+            oneshot::channel().0,
+        );
+        let first = f.register(NodeId(2), a).unwrap();
+        assert!(f.register(NodeId(2), b).is_some());
+        assert!(
+            f.register(NodeId(2), c).is_none(),
+            "a third to the same leader"
+        );
+        assert!(f.register(NodeId(3), oneshot::channel().0).is_some());
+        f.forget(first);
+        assert!(f.register(NodeId(2), oneshot::channel().0).is_some());
+    }
+
+    #[test]
+    fn a_reply_answers_only_a_request_that_went_to_its_sender() {
+        let f = Forwarding::new(NodeId(1), true, 8);
+        let (tx, mut rx) = oneshot::channel();
+        let id = f.register(NodeId(2), tx).unwrap();
+        f.complete(NodeId(3), id, Ok(Bytes::from_static(b"forged")));
+        assert!(rx.try_recv().is_err(), "another node cannot answer it");
+        f.complete(NodeId(2), id, Ok(Bytes::from_static(b"ok")));
+        assert_eq!(rx.try_recv().unwrap(), Ok(Bytes::from_static(b"ok")));
+        // Answered once: a duplicate finds nobody waiting.
+        f.complete(NodeId(2), id, Ok(Bytes::new()));
     }
 }
