@@ -392,8 +392,10 @@ impl Node {
         let mut backoff = Backoff::new();
         loop {
             let result = attempt().await;
+            // A read barrier fails NotLeader only while raft knows no leader (with one, raft
+            // asks it itself); a leader named then is the last one seen, a hint at best.
             match &result {
-                Err(RequestError::NotLeader { leader: None, .. })
+                Err(RequestError::NotLeader { .. })
                     if self.forwarding.enabled() && backoff.wait(deadline).await => {}
                 _ => return result,
             }
