@@ -108,8 +108,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         }
     }
 
-    // 5. Write. A proposal goes to its key's group; only that group's leader accepts it, and
-    //    NotLeader names the leader to retry on. The answer comes after commit and apply.
+    // 5. Write. A proposal goes to its key's group; any node takes it (a follower forwards it
+    //    to the group's leader), and the answer comes after commit and apply. NotLeader (with
+    //    forwarding turned off, or no leader elected by the deadline) names the leader to retry
+    //    on, when one is known.
     for i in 0..args.keys {
         let (key, value) = (format!("user:{i}"), format!("name-{i}"));
         let mut node = &nodes[i % nodes.len()];

@@ -347,6 +347,7 @@ impl Failure {
                     reason: match reason {
                         BusyReason::ApplyBacklog => 1,
                         BusyReason::UncommittedBytes => 2,
+                        BusyReason::ForwardedRequests => 3,
                     },
                 }),
                 RequestError::AppliedEarlier { group: g } => Kind::AppliedEarlier(group(g)),
@@ -444,10 +445,10 @@ impl Failure {
             },
             Kind::Busy(b) => RequestError::Busy {
                 group: GroupId(b.group),
-                reason: if b.reason == 2 {
-                    BusyReason::UncommittedBytes
-                } else {
-                    BusyReason::ApplyBacklog
+                reason: match b.reason {
+                    2 => BusyReason::UncommittedBytes,
+                    3 => BusyReason::ForwardedRequests,
+                    _ => BusyReason::ApplyBacklog,
                 },
             },
             Kind::AppliedEarlier(g) => RequestError::AppliedEarlier {

@@ -192,6 +192,10 @@ pub enum BusyReason {
     /// The leader holds as many uncommitted bytes as its limit allows.
     #[error("too many uncommitted bytes")]
     UncommittedBytes,
+    /// As many requests forwarded between this node and the leader are in flight as
+    /// [`crate::NodeConfig::max_forwarded_per_peer`] allows.
+    #[error("too many forwarded requests in flight")]
+    ForwardedRequests,
 }
 
 /// A failure of the coordinator itself. A node that hits one stops (fail-stop): continuing

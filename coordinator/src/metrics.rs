@@ -29,6 +29,9 @@ pub const PROPOSALS: &str = "pontoon_proposals_total";
 pub const PROPOSALS_ACKNOWLEDGED: &str = "pontoon_proposals_acknowledged_total";
 /// Counter, label `reason`: requests that failed (see [`request_failure_reason`]).
 pub const REQUESTS_FAILED: &str = "pontoon_requests_failed_total";
+/// Counter, label `direction` (`sent`, `served`, `refused`): proposals a follower forwarded
+/// to its leader, forwarded proposals this node took as leader, and those it refused.
+pub const FORWARDED: &str = "pontoon_forwarded_requests_total";
 /// Counter: committed entries handed to the state machine.
 pub const ENTRIES_APPLIED: &str = "pontoon_entries_applied_total";
 /// Counter: coordinator cycles (one storage batch and one persist each).
@@ -106,6 +109,10 @@ pub fn describe() {
         REQUESTS_FAILED,
         "Requests that failed, by reason (not_leader, group_not_found, proposal_dropped, \
          timeout, outcome_unknown, stale_routing, refused, shutting_down)."
+    );
+    describe_counter!(
+        FORWARDED,
+        "Proposals forwarded to a leader (sent), served for a follower (served), or refused."
     );
     describe_counter!(
         ENTRIES_APPLIED,

@@ -177,7 +177,9 @@ impl Frame {
         FrameMsg { kind: Some(kind) }.encode_to_vec()
     }
 
-    /// A user command without copying it twice (the hot path).
+    /// A user command it owns, without copying it twice (the simulation's proposals; the
+    /// node encodes borrowed commands with [`Frame::encode_user_from`]).
+    #[cfg(any(test, feature = "test-util"))]
     pub(crate) fn encode_user(
         vshard: Option<VShardId>,
         data: Vec<u8>,
@@ -191,6 +193,45 @@ impl Frame {
             })),
         }
         .encode_to_vec()
+    }
+
+    /// [`Frame::encode_user`] from a borrowed command, byte for byte the same: a caller that
+    /// may still need the command (to forward it if this node does not lead) encodes it
+    /// without copying it first.
+    pub(crate) fn encode_user_from(
+        vshard: Option<VShardId>,
+        data: &[u8],
+        session: Option<SessionTag>,
+    ) -> Vec<u8> {
+        use prost::encoding::{
+            WireType, encode_key, encode_varint, encoded_len_varint, key_len, message, uint32,
+        };
+        let session = session.map(SessionMsg::from);
+        // prost leaves out an empty bytes field, and encodes a set optional one even at 0.
+        let data_len = if data.is_empty() {
+            0
+        } else {
+            key_len(2) + encoded_len_varint(data.len() as u64) + data.len()
+        };
+        let user_len = vshard.map_or(0, |v| uint32::encoded_len(1, &v.get()))
+            + data_len
+            + session.as_ref().map_or(0, |m| message::encoded_len(3, m));
+        let mut out =
+            Vec::with_capacity(key_len(1) + encoded_len_varint(user_len as u64) + user_len);
+        encode_key(1, WireType::LengthDelimited, &mut out);
+        encode_varint(user_len as u64, &mut out);
+        if let Some(v) = vshard {
+            uint32::encode(1, &v.get(), &mut out);
+        }
+        if !data.is_empty() {
+            encode_key(2, WireType::LengthDelimited, &mut out);
+            encode_varint(data.len() as u64, &mut out);
+            out.extend_from_slice(data);
+        }
+        if let Some(m) = &session {
+            message::encode(3, m, &mut out);
+        }
+        out
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
@@ -329,6 +370,28 @@ impl Meta {
 mod tests {
     use super::*;
     use routing::NodeId;
+
+    #[test]
+    fn a_user_frame_encodes_the_same_from_a_borrowed_command() {
+        let tag = SessionTag {
+            client: 7,
+            seq: 0,
+            acked: 3,
+            time_ms: 1_700_000_000_000,
+        };
+        for vshard in [None, Some(VShardId(0)), Some(VShardId(70_000))] {
+            for data in [&b""[..], b"k=v", &[9u8; 300][..]] {
+                for session in [None, Some(tag)] {
+                    assert_eq!(
+                        Frame::encode_user_from(vshard, data, session),
+                        Frame::encode_user(vshard, data.to_vec(), session),
+                        "{vshard:?} {} {session:?}",
+                        data.len()
+                    );
+                }
+            }
+        }
+    }
 
     fn meta() -> Meta {
         Meta::new(RoutingTable::uniform(16, 2, &[NodeId(1), NodeId(2), NodeId(3)], 3).unwrap())

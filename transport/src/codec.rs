@@ -15,51 +15,10 @@ use crate::budget::{Exhausted, Reservation, SnapshotBudget};
 use crate::limits::{self, FrameKind, RepeatedCaps};
 use crate::stats::Counters;
 use crate::wire::{self, StreamHeader, StreamKind, WireError};
-use crate::{Envelope, GroupFilter, HeartbeatBatch, SendError, convert, direct};
+use crate::{Envelope, Forward, GroupFilter, HeartbeatBatch, SendError, convert, direct};
 
 /// Application error codes of `RecvStream::stop` (stream resets) and connection closes.
-pub mod codes {
-    /// Stream reset: the header names a group this node does not know.
-    pub const UNKNOWN_GROUP: u32 = 0x10;
-    /// Stream reset: a header or frame did not decode, or the stream ended inside a frame.
-    pub const MALFORMED: u32 = 0x11;
-    /// Stream reset: unknown stream kind or wire version.
-    pub const UNKNOWN_KIND: u32 = 0x12;
-    /// Stream reset: a frame longer than `max_frame_bytes`, or a snapshot longer than
-    /// `max_snapshot_bytes`.
-    pub const TOO_LARGE: u32 = 0x13;
-    /// Stream reset: a frame claims a sender other than the peer's certificate.
-    pub const SENDER_MISMATCH: u32 = 0x14;
-    /// Stream reset or connection close: this node is shutting down.
-    pub const SHUTDOWN: u32 = 0x15;
-    /// Stream reset: a frame holds more elements of a repeated field than its cap
-    /// (`TransportConfig::max_entries_per_message` and the like).
-    pub const TOO_MANY: u32 = 0x16;
-    /// Stream reset: it held an unfinished frame or snapshot and received nothing for
-    /// `TransportConfig::partial_frame_timeout`.
-    pub const STALLED: u32 = 0x17;
-    /// Stream reset: the snapshot it announces does not fit in what its peer's (or all
-    /// peers') unfinished snapshots may hold (`TransportConfig::snapshot_receive_bytes_per_peer`,
-    /// `TransportConfig::snapshot_receive_bytes_per_node`); the sender retries later.
-    pub const SNAPSHOT_BUDGET: u32 = 0x18;
-    /// Connection close: another connection between the same two nodes won (the one dialled
-    /// by the lower NodeId).
-    pub const DUPLICATE_CONNECTION: u32 = 0x20;
-    /// Connection close: the peer's certificate carries no node id (on the raft ALPN), or no
-    /// pontoon identity at all (on the client ALPN).
-    pub const NOT_A_NODE: u32 = 0x21;
-    /// Connection close: the node id is not admitted by this node (not a member of its
-    /// groups nor placed by its routing table).
-    pub const NOT_ADMITTED: u32 = 0x23;
-    /// Connection close: the node id or the certificate's serial is revoked.
-    pub const REVOKED: u32 = 0x24;
-    /// Connection close: the id already has an established, recently active connection, or
-    /// replaced it too recently; the dial is refused.
-    pub const LINK_KEPT: u32 = 0x25;
-    /// Connection close: a client connection arrived while the queue of client connections
-    /// not yet taken by the service was full (`TransportConfig::client_queue_len`).
-    pub const CLIENTS_BUSY: u32 = 0x22;
-}
+pub mod codes;
 
 /// Where an outgoing frame goes: the stream it is written on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -68,13 +27,15 @@ pub(crate) enum StreamKey {
     Raft(GroupId),
     /// The heartbeat stream of the peer.
     Heartbeats,
+    /// The forward stream of the peer (forwarded requests and their replies).
+    Forward,
 }
 
 impl StreamKey {
     pub(crate) fn group(self) -> Option<GroupId> {
         match self {
             Self::Raft(g) => Some(g),
-            Self::Heartbeats => None,
+            Self::Heartbeats | Self::Forward => None,
         }
     }
 
@@ -82,6 +43,7 @@ impl StreamKey {
         match self {
             Self::Raft(g) => header_frame(StreamKind::Raft, g.get()),
             Self::Heartbeats => header_frame(StreamKind::Heartbeats, 0),
+            Self::Forward => header_frame(StreamKind::Forward, 0),
         }
     }
 }
@@ -267,6 +229,19 @@ pub(crate) fn encode(
                 messages,
             }))
         }
+        Envelope::Forward(forward) => {
+            // One request or reply per frame: a command larger than a frame is refused here,
+            // before anything is queued (the forwarding node answers it as not taken effect).
+            let mut out = BytesMut::new();
+            wire::encode_frame(&forward.into_wire(from), max_frame_bytes, &mut out)
+                .map_err(too_large)?;
+            Ok(Encoded::Frames(Frames {
+                key: StreamKey::Forward,
+                bytes: out.freeze(),
+                frames: 1,
+                messages: 1,
+            }))
+        }
         Envelope::Snapshot { group, mut message } => {
             let data = std::mem::take(&mut message.mut_snapshot().data);
             let header = wire::SnapshotHeader {
@@ -356,6 +331,7 @@ enum State {
     Header,
     Raft(GroupId),
     Heartbeats,
+    Forward,
     Control,
     SnapshotHead(GroupId),
     SnapshotData {
@@ -390,6 +366,9 @@ impl Tally {
             }
             Some(StreamKind::Snapshot) => {
                 Some((&c.snapshot_frames_received, &c.snapshot_bytes_received))
+            }
+            Some(StreamKind::Forward) => {
+                Some((&c.forward_frames_received, &c.forward_bytes_received))
             }
             _ => None,
         };
@@ -464,6 +443,7 @@ impl StreamReader {
             State::Header => None,
             State::Raft(g) => Some((StreamKind::Raft, Some(*g))),
             State::Heartbeats => Some((StreamKind::Heartbeats, None)),
+            State::Forward => Some((StreamKind::Forward, None)),
             State::Control => Some((StreamKind::Control, None)),
             State::SnapshotHead(g) | State::SnapshotData { group: g, .. } => {
                 Some((StreamKind::Snapshot, Some(*g)))
@@ -556,6 +536,7 @@ impl StreamReader {
                 self.state = match kind {
                     StreamKind::Raft => State::Raft(group),
                     StreamKind::Heartbeats => State::Heartbeats,
+                    StreamKind::Forward => State::Forward,
                     StreamKind::Control => State::Control,
                     _ => State::SnapshotHead(group),
                 };
@@ -590,6 +571,16 @@ impl StreamReader {
                 tally.frames += 1;
                 tally.messages += batch.heartbeats.len() as u64;
                 out.push(Envelope::Heartbeats(HeartbeatBatch::from_wire(batch)));
+                Ok(())
+            }
+            State::Forward => {
+                let frame: wire::ForwardFrame =
+                    wire::decode_body("ForwardFrame", body).map_err(Refusal::Malformed)?;
+                self.check_from(frame.from)?;
+                let forward = Forward::from_wire(frame).map_err(Refusal::Malformed)?;
+                tally.frames += 1;
+                tally.messages += 1;
+                out.push(Envelope::Forward(forward));
                 Ok(())
             }
             State::Control => Err(Refusal::Malformed(WireError::Malformed {

@@ -8,7 +8,7 @@
 //!   [`to_wire`] / [`from_wire`], the lossless conversion from and to raft-rs messages.
 //! - [`Transport`]: what the coordinator calls: a non-blocking [`Transport::send`] of an
 //!   [`Envelope`]; [`Inbound`] events come back on a channel. Envelopes are typed (raft-rs
-//!   messages, [`HeartbeatBatch`]): the prost structs of [`wire`] stay on this side of the seam,
+//!   messages, [`HeartbeatBatch`], [`Forward`]ed requests): the prost structs of [`wire`] stay on this side of the seam,
 //!   converted by the codec.
 //! - [`NodeTransport`]: what a running node holds: `send` plus the endpoint's life cycle
 //!   (local address, shutdown, client connections) and trust settings (TLS reload, peer
@@ -38,6 +38,7 @@ mod codec;
 mod config;
 mod convert;
 mod direct;
+mod forward;
 mod heartbeat;
 mod limits;
 pub mod mem;
@@ -62,6 +63,7 @@ use routing::{GroupId, NodeId};
 pub use codec::codes;
 pub use config::{ConfigError, STREAM_HEADROOM, TransportConfig};
 pub use convert::{from_wire, to_wire};
+pub use forward::{Forward, ForwardError, ForwardSession};
 pub use heartbeat::{GroupHeartbeat, HeartbeatBatch, HeartbeatKind};
 pub use node_transport::{NodeTransport, TransportFuture};
 pub use stats::TransportStats;
@@ -87,6 +89,9 @@ pub enum Envelope {
         /// The `MsgSnapshot`, data included.
         message: eraftpb::Message,
     },
+    /// A request forwarded to a group's leader, or the leader's reply, on the peer's forward
+    /// stream (see [`Forward`]).
+    Forward(Forward),
 }
 
 impl Envelope {
@@ -95,7 +100,7 @@ impl Envelope {
     pub fn group(&self) -> Option<GroupId> {
         match self {
             Self::Raft { group, .. } | Self::Snapshot { group, .. } => Some(*group),
-            Self::Heartbeats(_) => None,
+            Self::Heartbeats(_) | Self::Forward(_) => None,
         }
     }
 }

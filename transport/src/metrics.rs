@@ -11,8 +11,8 @@ use routing::NodeId;
 
 use crate::TransportStats;
 
-/// Counter, label `kind` (`raft`, `heartbeat`, `snapshot`): frames written (stream headers
-/// excluded).
+/// Counter, label `kind` (`raft`, `heartbeat`, `snapshot`, `forward`): frames written (stream
+/// headers excluded).
 pub const FRAMES_SENT: &str = "pontoon_transport_frames_sent_total";
 /// Counter, label `kind`: frames read and accepted.
 pub const FRAMES_RECEIVED: &str = "pontoon_transport_frames_received_total";
@@ -60,21 +60,21 @@ pub const PEER_CONNECTED: &str = "pontoon_transport_peer_connected";
 pub fn describe() {
     describe_counter!(
         FRAMES_SENT,
-        "Frames written to peers, by stream kind (raft, heartbeat, snapshot)."
+        "Frames written to peers, by stream kind (raft, heartbeat, snapshot, forward)."
     );
     describe_counter!(
         FRAMES_RECEIVED,
-        "Frames read from peers and accepted, by stream kind (raft, heartbeat, snapshot)."
+        "Frames read from peers and accepted, by stream kind (raft, heartbeat, snapshot, forward)."
     );
     describe_counter!(
         BYTES_SENT,
         Unit::Bytes,
-        "Bytes written to peers, by stream kind (raft, heartbeat, snapshot)."
+        "Bytes written to peers, by stream kind (raft, heartbeat, snapshot, forward)."
     );
     describe_counter!(
         BYTES_RECEIVED,
         Unit::Bytes,
-        "Bytes read from peers, by stream kind (raft, heartbeat, snapshot)."
+        "Bytes read from peers, by stream kind (raft, heartbeat, snapshot, forward)."
     );
     describe_counter!(MESSAGES_SENT, "Raft messages written to peers.");
     describe_counter!(
@@ -133,40 +133,48 @@ pub fn describe() {
 /// Publishes a snapshot of a transport's counters for `node`: call it on a periodic tick.
 pub fn publish(node: NodeId, s: &TransportStats) {
     let n = node.get().to_string();
-    // The totals count every stream; heartbeat and snapshot streams also count on their own,
-    // so raft streams (and the control stream) are the rest.
+    // The totals count every stream; heartbeat, snapshot and forward streams also count on
+    // their own, so raft streams (and the control stream) are the rest.
     let by_kind = [
         (
             FRAMES_SENT,
             s.frames_sent,
             s.heartbeat_frames_sent,
             s.snapshot_frames_sent,
+            s.forward_frames_sent,
         ),
         (
             FRAMES_RECEIVED,
             s.frames_received,
             s.heartbeat_frames_received,
             s.snapshot_frames_received,
+            s.forward_frames_received,
         ),
         (
             BYTES_SENT,
             s.bytes_sent,
             s.heartbeat_bytes_sent,
             s.snapshot_bytes_sent,
+            s.forward_bytes_sent,
         ),
         (
             BYTES_RECEIVED,
             s.bytes_received,
             s.heartbeat_bytes_received,
             s.snapshot_bytes_received,
+            s.forward_bytes_received,
         ),
     ];
-    for (name, total, heartbeat, snapshot) in by_kind {
-        let raft = total.saturating_sub(heartbeat).saturating_sub(snapshot);
+    for (name, total, heartbeat, snapshot, forward) in by_kind {
+        let raft = total
+            .saturating_sub(heartbeat)
+            .saturating_sub(snapshot)
+            .saturating_sub(forward);
         for (kind, value) in [
             ("raft", raft),
             ("heartbeat", heartbeat),
             ("snapshot", snapshot),
+            ("forward", forward),
         ] {
             counter!(name, "node" => n.clone(), "kind" => kind).absolute(value);
         }

@@ -50,6 +50,14 @@ stats!(
     snapshot_frames_received,
     /// Of `bytes_received`, those of snapshot transfers.
     snapshot_bytes_received,
+    /// Of `frames_sent`, those on forward streams (forwarded requests and their replies).
+    forward_frames_sent,
+    /// Of `bytes_sent`, those on forward streams.
+    forward_bytes_sent,
+    /// Of `frames_received`, those on forward streams.
+    forward_frames_received,
+    /// Of `bytes_received`, those on forward streams.
+    forward_bytes_received,
     /// Raft messages (and coalesced heartbeats, one per group) written.
     messages_sent,
     /// Raft messages (and coalesced heartbeats, one per group) handed to the coordinator.

@@ -88,6 +88,9 @@ pub enum StreamKind {
     /// Header only, opened by the lower NodeId on a connection the higher NodeId dialled,
     /// to say it adopted that connection (see the connection rule in the QUIC transport).
     Control = 4,
+    /// One stream per peer: frames of [`ForwardFrame`], requests a follower forwards to the
+    /// leader and the leader's replies (each direction on its sender's stream).
+    Forward = 5,
 }
 
 /// The first frame of every stream.
@@ -323,6 +326,109 @@ pub struct SnapshotAck {
     /// `true` when the snapshot was handed to the receiving coordinator.
     #[prost(bool, tag = "1")]
     pub delivered: bool,
+}
+
+/// A client session's tag on a forwarded command, field for field (see the coordinator's
+/// client sessions): the leader proposes the command with it, so a retry still applies once.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct ForwardSession {
+    /// The session's id.
+    #[prost(uint64, tag = "1")]
+    pub client: u64,
+    /// The command's sequence number in the session.
+    #[prost(uint64, tag = "2")]
+    pub seq: u64,
+    /// Every answer up to this sequence number is acknowledged.
+    #[prost(uint64, tag = "3")]
+    pub acked: u64,
+    /// The proposer's clock, in ms since the Unix epoch.
+    #[prost(uint64, tag = "4")]
+    pub time_ms: u64,
+}
+
+/// A command a follower forwards to the group's leader, to be proposed there.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ForwardPropose {
+    /// The vShard the follower routed the command by, if it routed by key.
+    #[prost(uint32, optional, tag = "1")]
+    pub vshard: Option<u32>,
+    /// The database's command.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub command: Bytes,
+    /// Its client session, if it has one.
+    #[prost(message, optional, tag = "3")]
+    pub session: Option<ForwardSession>,
+}
+
+/// Why the leader did not answer a forwarded command with a response.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ForwardError {
+    /// Which error (the coordinator's code for its typed error).
+    #[prost(uint32, tag = "1")]
+    pub code: u32,
+    /// `true` when the command certainly did not take effect: kept on the wire, so a code
+    /// this build does not know still keeps its outcome class.
+    #[prost(bool, tag = "2")]
+    pub not_applied: bool,
+    /// A node the error names (a leader, a transfer target); 0 for none.
+    #[prost(uint64, tag = "3")]
+    pub node: u64,
+    /// A vShard the error names.
+    #[prost(uint32, tag = "4")]
+    pub vshard: u32,
+    /// A routing-table version the error names.
+    #[prost(uint64, tag = "5")]
+    pub table_version: u64,
+    /// A sub-reason code, or the text of a refusal.
+    #[prost(string, tag = "6")]
+    pub reason: String,
+}
+
+/// The leader's answer to a forwarded request.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ForwardReply {
+    /// The response, or why there is none.
+    #[prost(oneof = "ForwardOutcome", tags = "1, 2")]
+    pub outcome: Option<ForwardOutcome>,
+}
+
+/// A [`ForwardReply`]'s outcome.
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum ForwardOutcome {
+    /// The state machine's response.
+    #[prost(bytes = "bytes", tag = "1")]
+    Response(Bytes),
+    /// The typed error.
+    #[prost(message, tag = "2")]
+    Error(ForwardError),
+}
+
+/// One frame of a forward stream: a forwarded request, or the reply to one.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ForwardFrame {
+    /// The claimed sender; must equal the NodeId of the peer's certificate.
+    #[prost(uint64, tag = "1")]
+    pub from: u64,
+    /// The request's id, chosen by the node that forwarded it; its reply carries it back.
+    #[prost(uint64, tag = "2")]
+    pub id: u64,
+    /// The group of a request; 0 in a reply.
+    #[prost(uint64, tag = "3")]
+    pub group_id: u64,
+    /// What the frame carries.
+    #[prost(oneof = "ForwardBody", tags = "4, 5")]
+    pub body: Option<ForwardBody>,
+}
+
+/// A [`ForwardFrame`]'s body.
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum ForwardBody {
+    /// A command to propose.
+    #[prost(message, tag = "4")]
+    Propose(ForwardPropose),
+    /// The reply to a request this node forwarded.
+    #[prost(message, tag = "5")]
+    Reply(ForwardReply),
 }
 
 /// Appends one length-prefixed frame holding `message` to `out`.

@@ -266,6 +266,9 @@ impl MultiRaft {
                 }
             }
             Envelope::Snapshot { group, message } => self.step_one(from, group, message, false),
+            // Forwarded requests are the driver's (they become proposals through the same
+            // checks as a local caller's); the core has no use for them.
+            Envelope::Forward(_) => {}
         }
     }
 

@@ -49,6 +49,14 @@ pub struct NodeConfig {
     /// (see [`crate::Node::subscribe`]). A failover of a node with many groups raises a few
     /// events per group.
     pub event_capacity: usize,
+    /// Whether a proposal (or a read) made on a follower goes to the group's leader over the
+    /// peer connection, waiting for a leader while none is known, instead of failing with
+    /// [`RequestError::NotLeader`](crate::RequestError::NotLeader). Default: `true`.
+    pub forward_to_leader: bool,
+    /// How many forwarded requests may be in flight between this node and one peer, each way
+    /// (as the follower that forwards, and as the leader that serves); past it they fail with
+    /// [`RequestError::Busy`](crate::RequestError::Busy) (did not take effect). Default: 1,024.
+    pub max_forwarded_per_peer: usize,
 }
 
 impl NodeConfig {
@@ -69,6 +77,8 @@ impl NodeConfig {
             apply_workers: 2,
             max_apply_backlog: 10_000,
             event_capacity: super::events::DEFAULT_CAPACITY,
+            forward_to_leader: true,
+            max_forwarded_per_peer: 1024,
         }
     }
 
@@ -123,6 +133,18 @@ impl NodeConfig {
     /// Sets how far an event subscriber may fall behind (see [`NodeConfig::event_capacity`]).
     pub fn event_capacity(mut self, events: usize) -> Self {
         self.event_capacity = events;
+        self
+    }
+
+    /// Turns forwarding to the leader on or off (see [`NodeConfig::forward_to_leader`]).
+    pub fn forward_to_leader(mut self, forward: bool) -> Self {
+        self.forward_to_leader = forward;
+        self
+    }
+
+    /// Sets the cap on forwarded requests per peer (see [`NodeConfig::max_forwarded_per_peer`]).
+    pub fn max_forwarded_per_peer(mut self, requests: usize) -> Self {
+        self.max_forwarded_per_peer = requests;
         self
     }
 

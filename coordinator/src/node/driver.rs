@@ -15,6 +15,7 @@ use transport::{Envelope, Inbound, Transport};
 use super::DrainProgress;
 use super::NodeStatus;
 use super::events::{self, NodeEvent};
+use super::forward::Forwarding;
 use super::handle::Command;
 use super::latency::StageClock;
 use super::pending::{Completed, Done, Kind, Pending, Request};
@@ -84,6 +85,8 @@ pub(super) struct Driver {
     metrics: DriverMetrics,
     /// Where the time of this node's proposals goes (see `latency`).
     stages: StageClock,
+    /// Requests followers forward here, and replies to those this node forwarded.
+    forwarding: Arc<Forwarding>,
 }
 
 type PersistResult = Result<(), storage::StorageError>;
@@ -98,8 +101,9 @@ impl Driver {
         request_timeout: Duration,
         events: tokio::sync::broadcast::Sender<NodeEvent>,
     ) -> Self {
+        let core_id = core.id();
         Self {
-            metrics: DriverMetrics::new(core.id()),
+            metrics: DriverMetrics::new(core_id),
             stages: StageClock::default(),
             core,
             store,
@@ -114,7 +118,14 @@ impl Driver {
             events,
             transfers: Transfers::default(),
             draining: false,
+            forwarding: Arc::new(Forwarding::off(core_id)),
         }
+    }
+
+    /// Shares the node's forwarding state (see `forward`) with the driver.
+    pub(super) fn with_forwarding(mut self, forwarding: Arc<Forwarding>) -> Self {
+        self.forwarding = forwarding;
+        self
     }
 
     pub(super) async fn run(
@@ -248,6 +259,22 @@ impl Driver {
 
     fn on_inbound(&mut self, inbound: Inbound) {
         match inbound {
+            Inbound::Message {
+                from,
+                envelope: Envelope::Forward(forward),
+            } => {
+                // A forwarded request that passes the checks is served as a local caller's.
+                let accepted =
+                    self.forwarding
+                        .on_envelope(from, forward, &self.core, &self.transport);
+                if let Some((group, request, waiter)) = accepted {
+                    self.on_command(Command::Request {
+                        group,
+                        request,
+                        waiter,
+                    });
+                }
+            }
             Inbound::Message { from, envelope } => self.core.step(from, envelope),
             Inbound::Unreachable { to, group } => self.core.report_unreachable(to, group),
             Inbound::SnapshotStatus {

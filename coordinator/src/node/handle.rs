@@ -14,6 +14,7 @@ use tracing::Instrument as _;
 use transport::{AddressBook, Inbound, NodeTransport, QuicTransport, Transport};
 
 use super::driver::{Driver, Reply, Waiter};
+use super::forward::Forwarding;
 use super::pending::Request;
 use super::placement::bootstrap_groups;
 use super::reconcile::{KnownGroups, Placement};
@@ -85,7 +86,9 @@ pub struct Node {
     /// What happens on the node, for [`Node::subscribe`].
     pub(super) events: tokio::sync::broadcast::Sender<NodeEvent>,
     /// The endpoint: the driver sends through it, the handle closes it and sets its trust.
-    transport: Arc<dyn NodeTransport>,
+    pub(super) transport: Arc<dyn NodeTransport>,
+    /// Proposals on a follower go to the leader (see `forward`).
+    pub(super) forwarding: Arc<Forwarding>,
 }
 
 /// How a node is wired to its transport.
@@ -250,6 +253,11 @@ impl Node {
             wiring.address_book.clone(),
         );
         let sender: Arc<dyn Transport> = wiring.transport.clone();
+        let forwarding = Arc::new(Forwarding::new(
+            id,
+            config.forward_to_leader,
+            config.max_forwarded_per_peer,
+        ));
         let driver = Driver::new(
             core,
             store,
@@ -258,7 +266,8 @@ impl Node {
             placement,
             config.request_timeout,
             events.clone(),
-        );
+        )
+        .with_forwarding(forwarding.clone());
         let span = tracing::info_span!("node", node = %id);
         let driver = tokio::spawn(
             driver
@@ -311,6 +320,7 @@ impl Node {
             stopped: stopped_rx,
             events,
             transport: wiring.transport,
+            forwarding,
         })
     }
 
@@ -363,18 +373,20 @@ impl Node {
     /// Replicates `command` in the group that owns `key`, and returns the state machine's
     /// response once the command is committed by a quorum and applied here.
     ///
+    /// On a follower the command goes to the leader over the peer connection
+    /// ([`NodeConfig::forward_to_leader`], on by default), waiting with backoff for a leader
+    /// while none is known; a caller on the leader pays nothing for it.
+    ///
     /// # Errors
-    /// [`RequestError::NotLeader`] (retry on the leader it names), [`RequestError::GroupNotFound`],
+    /// [`RequestError::NotLeader`] (forwarding off, or no leader known by the deadline: retry
+    /// on the leader it names), [`RequestError::GroupNotFound`],
     /// [`RequestError::ProposalDropped`] (did not take effect), [`RequestError::Timeout`]
     /// (outcome unknown), [`RequestError::ShuttingDown`] (the node is stopping; did not take
     /// effect), [`RequestError::StoppedInFlight`] (it stopped with the command in raft; outcome
     /// unknown). [`RequestError::outcome`] says which class an error is in.
     pub async fn propose(&self, key: &[u8], command: Vec<u8>) -> Result<Vec<u8>, RequestError> {
         self.routed(key, |group, vshard| {
-            self.propose_frame(
-                group,
-                Frame::encode_user(Some(vshard), command.clone(), None),
-            )
+            self.propose_user(group, Some(vshard), &command, None)
         })
         .await
     }
@@ -443,8 +455,7 @@ impl Node {
         group: GroupId,
         command: Vec<u8>,
     ) -> Result<Vec<u8>, RequestError> {
-        self.propose_frame(group, Frame::encode_user(None, command, None))
-            .await
+        self.propose_user(group, None, &command, None).await
     }
 
     pub(super) async fn propose_frame(
@@ -577,10 +588,12 @@ impl Node {
     /// before the deadline.
     pub async fn read_key(&self, key: &[u8]) -> Result<KeyRead, RequestError> {
         self.routed(key, |group, vshard| async move {
-            let read = Request::Read {
+            let read = || Request::Read {
                 vshard: Some(vshard),
             };
-            let index = self.request(group, read, Waiter::Index).await?;
+            let index = self
+                .with_leader(|| self.request(group, read(), Waiter::Index))
+                .await?;
             Ok(KeyRead {
                 group,
                 vshard,
@@ -602,8 +615,9 @@ impl Node {
     /// # Errors
     /// As [`Node::propose`].
     pub async fn read_index(&self, group: GroupId) -> Result<u64, RequestError> {
-        let read = Request::Read { vshard: None };
-        self.request(group, read, Waiter::Index).await
+        let read = || Request::Read { vshard: None };
+        self.with_leader(|| self.request(group, read(), Waiter::Index))
+            .await
     }
 
     /// Asks `group`'s leader (this node) to hand leadership to `to`, and resolves once `to`
@@ -680,6 +694,7 @@ impl Node {
             let _ = stop.send(());
             let _ = handle.await;
         }
+        self.forwarding.close();
         self.transport.shutdown().await;
     }
 }

@@ -20,10 +20,14 @@
 //! - `events`: what the node tells subscribers as it happens.
 //! - `lifecycle`: subscribing to those events, and draining a node out of service.
 //! - `transfers`: leadership transfers a caller waits on.
+//! - `forward`: proposals made on a follower, forwarded to the leader (and served there);
+//!   `forward_error`, their typed errors on the forward stream.
 
 mod config;
 mod driver;
 mod events;
+mod forward;
+mod forward_error;
 mod handle;
 mod latency;
 mod lifecycle;

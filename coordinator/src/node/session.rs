@@ -15,7 +15,7 @@ use std::time::Duration;
 use super::Node;
 use crate::error::RequestError;
 use crate::lock;
-use crate::replicated::{Frame, SessionTag};
+use crate::replicated::SessionTag;
 
 /// A client's session: see the module docs. Cheap to clone (shared); one per client
 /// process or logical client is enough, used by any number of concurrent commands.
@@ -184,9 +184,9 @@ impl Node {
         loop {
             let result = self
                 .routed(key, |group, vshard| {
-                    let framed =
-                        Frame::encode_user(Some(vshard), bytes.clone(), Some(command.tag()));
-                    self.propose_frame(group, framed)
+                    // On a follower the command goes to the leader with its session tag, so a
+                    // retry (here, or by the caller on any node) still applies once.
+                    self.propose_user(group, Some(vshard), &bytes, Some(command.tag()))
                 })
                 .await;
             match result {

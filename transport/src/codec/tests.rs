@@ -131,3 +131,154 @@ proptest! {
         }
     }
 }
+
+fn forward_reader() -> (StreamReader, Counters) {
+    let counters = Counters::default();
+    let mut reader = StreamReader::new(
+        NodeId(7),
+        4096,
+        0,
+        Arc::new(|_| true),
+        RepeatedCaps::unbounded(),
+    );
+    reader
+        .feed(header_frame(StreamKind::Forward, 0), &counters)
+        .unwrap();
+    (reader, counters)
+}
+
+fn forward_bytes(frame: &wire::ForwardFrame) -> Bytes {
+    let mut out = BytesMut::new();
+    wire::encode_frame(frame, 1 << 20, &mut out).unwrap();
+    out.freeze()
+}
+
+#[test]
+fn forwarded_requests_and_replies_read_back_as_sent() {
+    let sent = [
+        Forward::Propose {
+            id: 9,
+            group: GroupId(3),
+            vshard: Some(routing::VShardId(12)),
+            command: Bytes::from_static(b"put k v"),
+            session: Some(wire::ForwardSession {
+                client: 5,
+                seq: 2,
+                acked: 1,
+                time_ms: 77,
+            }),
+        },
+        Forward::Reply {
+            id: 9,
+            result: Ok(Bytes::from_static(b"done")),
+        },
+        Forward::Reply {
+            id: 10,
+            result: Err(wire::ForwardError {
+                code: 1,
+                not_applied: true,
+                node: 2,
+                reason: "why".into(),
+                ..Default::default()
+            }),
+        },
+    ];
+    let (mut reader, counters) = forward_reader();
+    for forward in sent {
+        let Ok(Encoded::Frames(f)) = encode(
+            NodeId(7),
+            Envelope::Forward(forward.clone()),
+            4096,
+            &RepeatedCaps::unbounded(),
+        ) else {
+            panic!("forward frames");
+        };
+        assert_eq!(f.key, StreamKey::Forward);
+        assert_eq!(
+            reader.feed(f.bytes, &counters).unwrap(),
+            vec![Envelope::Forward(forward)]
+        );
+    }
+}
+
+#[test]
+fn a_forwarded_command_larger_than_a_frame_is_refused_before_it_is_queued() {
+    let big = Forward::Propose {
+        id: 1,
+        group: GroupId(1),
+        vshard: None,
+        command: Bytes::from(vec![0u8; 8192]),
+        session: None,
+    };
+    assert!(matches!(
+        encode(
+            NodeId(7),
+            Envelope::Forward(big),
+            4096,
+            &RepeatedCaps::unbounded()
+        ),
+        Err(SendError::FrameTooLarge { max: 4096, .. })
+    ));
+    // A prefix announcing more than the receiver's maximum resets the stream unread.
+    let (mut reader, counters) = forward_reader();
+    let refusal = reader
+        .feed(Bytes::from_static(&[0, 1, 0, 0]), &counters)
+        .unwrap_err();
+    assert_eq!(refusal.code(), codes::TOO_LARGE);
+}
+
+#[test]
+fn malformed_or_forged_forward_frames_are_typed_refusals() {
+    let refusal = |frame: wire::ForwardFrame| {
+        let (mut reader, counters) = forward_reader();
+        reader.feed(forward_bytes(&frame), &counters).unwrap_err()
+    };
+    let propose = Some(wire::ForwardBody::Propose(wire::ForwardPropose::default()));
+    // Another node's id in the frame: the certificate says 7.
+    let forged = refusal(wire::ForwardFrame {
+        from: 8,
+        id: 1,
+        group_id: 1,
+        body: propose.clone(),
+    });
+    assert_eq!(forged.code(), codes::SENDER_MISMATCH);
+    for bad in [
+        wire::ForwardFrame {
+            from: 7,
+            id: 1,
+            group_id: 1,
+            body: None,
+        },
+        wire::ForwardFrame {
+            from: 7,
+            id: 1,
+            group_id: 0,
+            body: propose,
+        },
+        wire::ForwardFrame {
+            from: 7,
+            id: 1,
+            group_id: 0,
+            body: Some(wire::ForwardBody::Reply(wire::ForwardReply {
+                outcome: None,
+            })),
+        },
+    ] {
+        assert_eq!(refusal(bad).code(), codes::MALFORMED);
+    }
+    let (mut reader, counters) = forward_reader();
+    let garbage = reader
+        .feed(Bytes::from_static(&[0, 0, 0, 2, 0xff, 0xff]), &counters)
+        .unwrap_err();
+    assert_eq!(garbage.code(), codes::MALFORMED);
+}
+
+proptest! {
+    #[test]
+    fn any_bytes_on_a_forward_stream_decode_or_are_refused_without_panic(
+        bytes in proptest::collection::vec(any::<u8>(), 0..512),
+    ) {
+        let (mut reader, counters) = forward_reader();
+        let _ = reader.feed(Bytes::from(bytes), &counters);
+    }
+}

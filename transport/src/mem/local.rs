@@ -135,7 +135,7 @@ fn message_count(envelope: &Envelope) -> u64 {
     match envelope {
         Envelope::Raft { messages, .. } => messages.len() as u64,
         Envelope::Heartbeats(batch) => batch.heartbeats.len() as u64,
-        Envelope::Snapshot { .. } => 1,
+        Envelope::Snapshot { .. } | Envelope::Forward(_) => 1,
     }
 }
 

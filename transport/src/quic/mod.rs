@@ -23,7 +23,8 @@
 //! moving. On the receiving side a fixed number of reader tasks per connection
 //! ([`TransportConfig::readers_per_connection`]) share its streams, each stream read by one
 //! of them when it has data (`recv.rs`). Heartbeats get a higher stream priority than raft data and
-//! snapshots a lower one.
+//! snapshots a lower one; so does the peer's forward stream (requests a follower forwards to
+//! a leader, and the replies: small, and a caller waits on each), bounded like any stream.
 //!
 //! # Clients on the same endpoint
 //! With [`TransportConfig::accept_clients`] the endpoint also offers

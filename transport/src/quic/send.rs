@@ -341,6 +341,8 @@ struct Released {
     bytes_sent: u64,
     heartbeat_frames_sent: u64,
     heartbeat_bytes_sent: u64,
+    forward_frames_sent: u64,
+    forward_bytes_sent: u64,
 }
 
 struct Writer {
@@ -434,6 +436,14 @@ impl Writer {
             (
                 &c.heartbeat_bytes_sent,
                 std::mem::take(&mut r.heartbeat_bytes_sent),
+            ),
+            (
+                &c.forward_frames_sent,
+                std::mem::take(&mut r.forward_frames_sent),
+            ),
+            (
+                &c.forward_bytes_sent,
+                std::mem::take(&mut r.forward_bytes_sent),
             ),
         ]);
         if r.envelopes == 0 && r.bytes == 0 && r.per_stream.is_empty() {
@@ -665,7 +675,8 @@ impl Writer {
 
     fn opened_stream(&mut self, key: StreamKey, cid: usize, s: SendStream) {
         let _ = s.set_priority(match key {
-            StreamKey::Heartbeats => 1,
+            // Forwarded requests and replies are small and a caller waits on each.
+            StreamKey::Heartbeats | StreamKey::Forward => 1,
             StreamKey::Raft(_) => 0,
         });
         Counters::add(&self.shared.counters.streams_opened, 1);
@@ -735,9 +746,16 @@ impl Writer {
         r.frames_sent += sent.0;
         r.messages_sent += sent.1;
         r.bytes_sent += sent.2;
-        if matches!(key, StreamKey::Heartbeats) {
-            r.heartbeat_frames_sent += sent.0;
-            r.heartbeat_bytes_sent += sent.2;
+        match key {
+            StreamKey::Heartbeats => {
+                r.heartbeat_frames_sent += sent.0;
+                r.heartbeat_bytes_sent += sent.2;
+            }
+            StreamKey::Forward => {
+                r.forward_frames_sent += sent.0;
+                r.forward_bytes_sent += sent.2;
+            }
+            StreamKey::Raft(_) => {}
         }
         self.released.envelopes += gone.0;
         self.released.bytes += gone.1;
