@@ -104,6 +104,30 @@ wait_ready() { # url curl-args... : until it answers 200, or fail after 60 s
     return 1
 }
 
+# Sum of a Prometheus counter over all its label sets, across the given /metrics URLs.
+scrape() { # name "curl args" url...
+    local name="$1" curl_args="$2"; shift 2
+    local url
+    for url in "$@"; do
+        # shellcheck disable=SC2086 # curl_args is a list of words on purpose
+        curl -fsS $curl_args "$url" 2>/dev/null || true
+    done | awk -v n="$name" '$1 == n || index($1, n "{") == 1 { s += $NF } END { printf "%.0f\n", s }'
+}
+
+# The tool's JSON line, with the servers' fsyncs and peer bytes per write over the run, from
+# their /metrics read before (FSYNC0, PEER0) and after; appended to the results.
+record() { # label fsyncs-after peer-bytes-after
+    python3 -c '
+import json, sys
+r = json.loads(sys.stdin.read().strip().splitlines()[-1])
+r["system"] = sys.argv[1]
+fsyncs, peer = int(sys.argv[2]) - int(sys.argv[4]), int(sys.argv[3]) - int(sys.argv[5])
+w = r["writes"]
+r["server_fsyncs_per_1k_writes"] = fsyncs * 1000 / w if w else None
+r["peer_bytes_per_write"] = peer / w if w else None
+print(json.dumps(r))' "$1" "$2" "$3" "$FSYNC0" "$PEER0" | tee -a "$RESULTS" >&2
+}
+
 # --- pontoon: certificates once, a fresh cluster per run ----------------------------------
 PCERTS="$TMP/pontoon-certs"
 "$PONTOON" certs init --dir "$PCERTS" >/dev/null
@@ -140,10 +164,14 @@ EOF
     done
     # /ready (on the node's port, over TCP) answers 200 once the node's groups have leaders.
     for i in 1 2 3; do wait_ready "http://127.0.0.1:$((BASE + i))/ready"; done
+    local metrics=() fs=pontoon_storage_fsyncs_total peer=pontoon_transport_sent_bytes_total
+    for i in 1 2 3; do metrics+=("http://127.0.0.1:$((BASE + i))/metrics"); done
     log "pontoon, $clients clients, ${DURATION}s"
+    FSYNC0=$(scrape $fs "" "${metrics[@]}"); PEER0=$(scrape $peer "" "${metrics[@]}")
     "$PONTOON" load "${args[@]}" --certs "$PCERTS" --clients "$clients" \
         --connections "$CONNECTIONS" --duration "$DURATION" --value-bytes "$VALUE_BYTES" \
-        "${pids[@]}" --json | tail -n 1 | tee -a "$RESULTS" >&2
+        "${pids[@]}" --json >"$TMP/load.json"
+    record pontoon "$(scrape $fs "" "${metrics[@]}")" "$(scrape $peer "" "${metrics[@]}")" <"$TMP/load.json"
     stop_servers
 }
 
@@ -192,11 +220,16 @@ run_etcd() { # clients tls(1|0)
         args+=(--endpoint "$client_url")
     done
     for i in 1 2 3; do wait_ready "$scheme://127.0.0.1:$((BASE + 100 + i))/health" "${ctl[@]}"; done
+    # etcd's WAL fsyncs (its acknowledgement waits on them) and its raft traffic to peers.
+    local metrics=() fs=etcd_disk_wal_fsync_duration_seconds_count
+    local peer=etcd_network_peer_sent_bytes_total
+    for i in 1 2 3; do metrics+=("$scheme://127.0.0.1:$((BASE + 100 + i))/metrics"); done
     log "$label, $clients clients, ${DURATION}s"
+    FSYNC0=$(scrape $fs "${ctl[*]}" "${metrics[@]}"); PEER0=$(scrape $peer "${ctl[*]}" "${metrics[@]}")
     "$ETCD_LOAD" "${args[@]}" --clients "$clients" --connections "$CONNECTIONS" \
-        --duration "$DURATION" --value-bytes "$VALUE_BYTES" "${pids[@]}" --json \
-        | tail -n 1 | python3 -c "import json,sys; r=json.load(sys.stdin); r['system']='$label'; print(json.dumps(r))" \
-        | tee -a "$RESULTS" >&2
+        --duration "$DURATION" --value-bytes "$VALUE_BYTES" "${pids[@]}" --json >"$TMP/load.json"
+    record "$label" "$(scrape $fs "${ctl[*]}" "${metrics[@]}")" \
+        "$(scrape $peer "${ctl[*]}" "${metrics[@]}")" <"$TMP/load.json"
     stop_servers
 }
 
@@ -228,6 +261,8 @@ metrics = [
     ("p99 ms", lambda r: r["latency_us"]["p99"] / 1000, "{:.2f}"),
     ("p99.9 ms", lambda r: r["latency_us"]["p999"] / 1000, "{:.2f}"),
     ("CPU s/1k writes", lambda r: r.get("server_cpu_sec_per_1k"), "{:.3f}"),
+    ("fsyncs/1k writes", lambda r: r.get("server_fsyncs_per_1k_writes"), "{:.0f}"),
+    ("peer bytes/write", lambda r: r.get("peer_bytes_per_write"), "{:.0f}"),
     ("failed", lambda r: r["failed"], "{:.0f}"),
 ]
 others = [s for s in ("etcd", "etcd-plain") if any(r["system"] == s for r in rows)]
