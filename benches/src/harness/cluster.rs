@@ -110,12 +110,25 @@ impl Totals {
 
 /// CPU seconds (user + system) this process has used, all threads, from `/proc/self/stat`.
 /// `None` off Linux or if the file does not parse.
+#[must_use]
+pub fn process_cpu_seconds() -> Option<f64> {
+    cpu_seconds_in_stat(&std::fs::read_to_string("/proc/self/stat").ok()?)
+}
+
+/// CPU seconds (user + system) process `pid` has used, all threads, from `/proc/PID/stat`:
+/// how `pontoon load` charges a run to the server processes it drives. `None` off Linux, for
+/// a process that is gone, or if the file does not parse.
+#[must_use]
+pub fn pid_cpu_seconds(pid: u32) -> Option<f64> {
+    cpu_seconds_in_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// utime + stime of one `/proc/PID/stat` line, in seconds.
 ///
 /// The kernel reports clock ticks of `USER_HZ`, which Linux fixes at 100 for user space on
 /// every architecture it exports `/proc` on; hence the division by 100 (resolution 10 ms).
 #[must_use]
-pub fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+pub fn cpu_seconds_in_stat(stat: &str) -> Option<f64> {
     // The command name (field 2) may hold spaces and parentheses: parse after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     // Field 3 is the first after ')'; utime and stime are fields 14 and 15.
@@ -309,6 +322,24 @@ mod tests {
             }
             std::hint::black_box(x);
             assert!(process_cpu_seconds().unwrap() >= before);
+        }
+    }
+
+    #[test]
+    fn cpu_seconds_in_stat_reads_utime_and_stime_after_an_awkward_command_name() {
+        // comm "(my (node) x)" holds spaces and parentheses; utime 250, stime 50 ticks.
+        let line = "4242 (my (node) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0";
+        assert_eq!(cpu_seconds_in_stat(line), Some(3.0));
+        assert_eq!(cpu_seconds_in_stat("4242 (cut) S 1 2"), None);
+        assert_eq!(cpu_seconds_in_stat("no parenthesis"), None);
+    }
+
+    #[test]
+    fn pid_cpu_seconds_reads_this_process_by_its_id() {
+        if cfg!(target_os = "linux") {
+            assert!(pid_cpu_seconds(std::process::id()).is_some());
+            // pid_max is at most 2^22 on Linux: this id is never in use.
+            assert_eq!(pid_cpu_seconds(u32::MAX), None);
         }
     }
 

@@ -25,7 +25,8 @@ mod report;
 
 pub use baselines::{fjall_append_per_sec, quinn_stream_msgs_per_sec};
 pub use cluster::{
-    ClusterFigures, process_cpu_seconds, process_rss_bytes, run_cluster, start_cluster,
+    ClusterFigures, cpu_seconds_in_stat, pid_cpu_seconds, process_cpu_seconds, process_rss_bytes,
+    run_cluster, start_cluster,
 };
 pub use config::{BenchConfig, MAX_GROUPS};
 pub use counter::CountingStateMachine;

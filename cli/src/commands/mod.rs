@@ -5,6 +5,7 @@ mod certs_cmd;
 mod cluster_cmd;
 mod demo;
 mod kv_cmd;
+mod load;
 mod node;
 mod observe;
 
@@ -34,6 +35,9 @@ enum Command {
     Kv(kv_cmd::KvArgs),
     /// Change a running cluster's shape: status, add-node, remove-node, balance, move-vshard.
     Cluster(cluster_cmd::ClusterArgs),
+    /// Closed-loop remote write load against a running cluster: writes/s, latency quantiles,
+    /// server CPU per 1k writes (what scripts/race_etcd.sh sets beside etcd).
+    Load(load::LoadArgs),
     /// Measure a cluster (in-process) next to the raw fjall and quinn baselines, in one run.
     Bench(bench::BenchArgs),
 }
@@ -43,7 +47,7 @@ impl Cli {
     pub(crate) fn default_log_filter(&self) -> &'static str {
         match self.command {
             Command::Demo(_) | Command::Bench(_) => "error",
-            Command::Certs(_) | Command::Kv(_) | Command::Cluster(_) => "warn",
+            Command::Certs(_) | Command::Kv(_) | Command::Cluster(_) | Command::Load(_) => "warn",
             Command::Node(_) => "info",
         }
     }
@@ -60,6 +64,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Node(args) => node::run(args),
         Command::Kv(args) => kv_cmd::run(args),
         Command::Cluster(args) => cluster_cmd::run(args),
+        Command::Load(args) => load::run(args),
         Command::Bench(args) => bench::run(args),
     }
 }
