@@ -15,7 +15,8 @@ use super::CliError;
 
 #[derive(Args, Debug)]
 pub(crate) struct KvArgs {
-    /// Address of any node (it redirects to the leader).
+    /// Address of any node holding the key's group (it forwards the request to the leader;
+    /// other nodes redirect).
     #[arg(long)]
     node: SocketAddr,
     /// Directory holding ca.pem and the client certificate (`pontoon certs issue --client NAME`).

@@ -59,6 +59,14 @@ pub(crate) struct NodeFile {
     /// never collide).
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// Forward a proposal made on a follower to its group's leader (default true); off, the
+    /// follower answers `NotLeader` and the client follows the redirect.
+    #[serde(default = "default_forward")]
+    pub forward_to_leader: bool,
+    /// Forwarded requests in flight to or from one peer before more are refused as busy
+    /// (default 1024).
+    #[serde(default = "default_max_forwarded")]
+    pub max_forwarded_per_peer: usize,
 }
 
 /// Where the operators' endpoint listens, and whether the config chose it.
@@ -108,6 +116,12 @@ impl Default for RoutingSettings {
 fn default_tick_ms() -> u64 {
     100
 }
+fn default_forward() -> bool {
+    true
+}
+fn default_max_forwarded() -> usize {
+    1024
+}
 fn default_vshards() -> u32 {
     1024
 }
@@ -143,6 +157,14 @@ impl NodeFile {
         }
         if file.tick_ms == 0 {
             return Err(format!("{}: tick_ms must be at least 1", path.display()).into());
+        }
+        if file.max_forwarded_per_peer == 0 {
+            return Err(format!(
+                "{}: max_forwarded_per_peer must be at least 1 (turn forwarding off with \
+                 forward_to_leader = false)",
+                path.display()
+            )
+            .into());
         }
         file.metrics_listen()
             .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -215,7 +237,9 @@ async fn serve(file: NodeFile) -> Result<ExitCode, CliError> {
     let addresses = file.addresses();
     let mut config = NodeConfig::new(id, file.listen, &file.data_dir)
         .tick_interval(Duration::from_millis(file.tick_ms))
-        .join(file.join);
+        .join(file.join)
+        .forward_to_leader(file.forward_to_leader)
+        .max_forwarded_per_peer(file.max_forwarded_per_peer);
     config.transport = config.transport.accept_clients(true);
     for (peer, addr) in &addresses {
         if *peer != id {
@@ -376,5 +400,22 @@ mod tests {
         let alone = "[[nodes]]\nid = 4\naddr = \"127.0.0.1:7004\"\n";
         let lonely = load(&format!("node_id = 4\njoin = true\n{HEAD}{alone}")).unwrap_err();
         assert!(lonely.to_string().contains("running node"), "{lonely}");
+    }
+
+    #[test]
+    fn forwarding_is_on_by_default_and_its_settings_are_checked() {
+        let file = load(&format!("node_id = 1\n{HEAD}{RUNNING}")).unwrap();
+        assert!(file.forward_to_leader);
+        assert_eq!(file.max_forwarded_per_peer, 1024);
+        let off = "forward_to_leader = false\nmax_forwarded_per_peer = 8\n";
+        let file = load(&format!("node_id = 1\n{off}{HEAD}{RUNNING}")).unwrap();
+        assert!(!file.forward_to_leader);
+        assert_eq!(file.max_forwarded_per_peer, 8);
+        let zero = "max_forwarded_per_peer = 0\n";
+        let refused = load(&format!("node_id = 1\n{zero}{HEAD}{RUNNING}")).unwrap_err();
+        assert!(
+            refused.to_string().contains("max_forwarded_per_peer"),
+            "{refused}"
+        );
     }
 }
