@@ -19,6 +19,8 @@ use crate::{CommitInfo, StorageStats};
 pub const BATCHES: &str = "pontoon_storage_batches_total";
 /// Counter: persists that reached the journal (each an fsync with a syncing persist mode).
 pub const FSYNCS: &str = "pontoon_storage_fsyncs_total";
+/// Counter: batches written without a sync, since they only raised commit indexes.
+pub const UNSYNCED_BATCHES: &str = "pontoon_storage_unsynced_batches_total";
 /// Counter: log entries written.
 pub const ENTRIES_WRITTEN: &str = "pontoon_storage_entries_written_total";
 /// Counter: key and value bytes written.
@@ -42,6 +44,10 @@ pub fn describe() {
     describe_counter!(
         FSYNCS,
         "Persists that reached the journal: one fsync each with a syncing persist mode."
+    );
+    describe_counter!(
+        UNSYNCED_BATCHES,
+        "Batches written without a sync: they only raised commit indexes."
     );
     describe_counter!(ENTRIES_WRITTEN, "Raft log entries written.");
     describe_counter!(
@@ -73,6 +79,7 @@ pub fn publish(node: NodeId, stats: &StorageStats) {
     let node = node.get().to_string();
     counter!(BATCHES, "node" => node.clone()).absolute(stats.batches);
     counter!(FSYNCS, "node" => node.clone()).absolute(stats.persists);
+    counter!(UNSYNCED_BATCHES, "node" => node.clone()).absolute(stats.unsynced_batches);
     counter!(ENTRIES_WRITTEN, "node" => node.clone()).absolute(stats.entries_written);
     counter!(BYTES_WRITTEN, "node" => node.clone()).absolute(stats.bytes_written);
     counter!(CACHE_HITS, "node" => node.clone()).absolute(stats.cache_hits);
@@ -82,6 +89,10 @@ pub fn publish(node: NodeId, stats: &StorageStats) {
 
 /// Records one persisted batch: how long its commit took and how much it carried.
 pub fn record_persist(node: NodeId, elapsed: Duration, info: &CommitInfo) {
+    // Only what the fsync histograms are about: a commit-index-only batch has no sync.
+    if info.commit_index_only {
+        return;
+    }
     let node = node.get().to_string();
     histogram!(FSYNC_SECONDS, "node" => node.clone()).record(elapsed.as_secs_f64());
     histogram!(PERSIST_GROUPS, "node" => node.clone()).record(info.groups as f64);

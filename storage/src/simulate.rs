@@ -24,6 +24,9 @@ pub(crate) struct Sim {
     dirty: u8,
     /// Highest log index written for this group in this batch.
     max_written: Option<u64>,
+    /// The batch changes something a crash must not lose: anything but a hard state that
+    /// only moves the commit index (see [`Sim::must_sync`]).
+    must_sync: bool,
 }
 
 impl Sim {
@@ -36,7 +39,17 @@ impl Sim {
             replaced: false,
             dirty: 0,
             max_written: None,
+            must_sync: false,
         }
+    }
+
+    /// Whether this group's ops need the batch synced. A hard state that only raises the
+    /// commit index does not: a commit index lost in a crash is learnt again from the leader
+    /// (raft persists it for convenience, as etcd does without a sync), and journal order
+    /// makes it durable with the next synced batch anyway. Entries, a term or a vote, a
+    /// snapshot, a configuration, a compaction, a group created or deleted all do.
+    pub(crate) fn must_sync(&self) -> bool {
+        self.must_sync
     }
 }
 
@@ -155,6 +168,12 @@ pub(crate) fn stage_op<'b>(
     log_ops: &mut LogOps,
     snap_out: &mut Option<&'b Snapshot>,
 ) -> Result<(), StorageError> {
+    sim.must_sync |= match (op, sim.meta.as_ref()) {
+        (Op::HardState(hs), Some(m)) => {
+            hs.term != m.hard_state.term || hs.vote != m.hard_state.vote
+        }
+        _ => true,
+    };
     if let Op::Create(cs) = op {
         if sim.meta.is_some() {
             return Err(StorageError::GroupExists { group: g });

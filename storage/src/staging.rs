@@ -12,6 +12,7 @@ use crate::batch::{Op, WriteBatch};
 use crate::db::Shared;
 use crate::error::{PoisonCause, StorageError};
 use crate::keys::MetaKey;
+use crate::options::Persist;
 use crate::simulate::{self, LogOps, Sim};
 use crate::state::{Cell, GroupState};
 use crate::sync;
@@ -28,6 +29,11 @@ pub struct CommitInfo {
     pub entries: usize,
     /// Key and value bytes written.
     pub bytes: usize,
+    /// The batch only raised commit indexes, so it was written without a sync whatever the
+    /// persist mode: a crash may lose it, and raft learns the commit index again from the
+    /// leader (etcd skips the sync for the same reason). Counted in `unsynced_batches`, not
+    /// in `persists`.
+    pub commit_index_only: bool,
 }
 
 /// A batch that [`LogStore::stage`](crate::LogStore::stage) validated and made visible to
@@ -168,6 +174,7 @@ impl Pipeline {
             groups: batch.groups_touched(),
             entries: batch.entry_count(),
             bytes: 0,
+            commit_index_only: false,
         };
         let mut sims: Vec<Sim> = Vec::with_capacity(batch.groups.len());
         let mut log_ops = LogOps::with_capacity(batch.entry_count());
@@ -192,11 +199,17 @@ impl Pipeline {
         }
 
         let log_ops = log_ops.finish();
+        info.commit_index_only = !sims.iter().any(Sim::must_sync);
+        let persist = if info.commit_index_only {
+            Persist::Buffer
+        } else {
+            shared.options.persist
+        };
         let mut fb = fjall::OwnedWriteBatch::with_capacity(
             shared.db.clone(),
             log_ops.len() + meta_ops.len(),
         )
-        .durability(Some(shared.options.persist.to_fjall()));
+        .durability(Some(persist.to_fjall()));
         for (k, v) in log_ops {
             info.bytes += k.len() + v.as_ref().map_or(0, Vec::len);
             match v {
@@ -294,7 +307,9 @@ impl Pipeline {
         }
         shared.set_durable_seq(seq);
         shared.stats.batches.inc(1);
-        if writes {
+        if writes && info.commit_index_only {
+            shared.stats.unsynced_batches.inc(1);
+        } else if writes {
             shared.stats.persists.inc(1);
         }
         shared.stats.entries_written.inc(info.entries as u64);

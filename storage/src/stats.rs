@@ -22,6 +22,7 @@ impl Counter {
 pub(crate) struct Counters {
     pub(crate) batches: Counter,
     pub(crate) persists: Counter,
+    pub(crate) unsynced_batches: Counter,
     pub(crate) entries_written: Counter,
     pub(crate) bytes_written: Counter,
     pub(crate) cache_hits: Counter,
@@ -34,6 +35,7 @@ impl Counters {
         StorageStats {
             batches: self.batches.get(),
             persists: self.persists.get(),
+            unsynced_batches: self.unsynced_batches.get(),
             entries_written: self.entries_written.get(),
             bytes_written: self.bytes_written.get(),
             groups,
@@ -49,9 +51,12 @@ impl Counters {
 pub struct StorageStats {
     /// Batches committed.
     pub batches: u64,
-    /// Persist calls that reached the journal (one per non-empty committed batch); with a
-    /// syncing [`Persist`](crate::Persist) mode, each is one fsync/fdatasync.
+    /// Persist calls that reached the journal (one per non-empty committed batch that needs
+    /// one); with a syncing [`Persist`](crate::Persist) mode, each is one fsync/fdatasync.
     pub persists: u64,
+    /// Non-empty batches written without a sync because they only raised commit indexes (see
+    /// [`CommitInfo::commit_index_only`](crate::CommitInfo::commit_index_only)).
+    pub unsynced_batches: u64,
     /// Log entries written.
     pub entries_written: u64,
     /// Key and value bytes written (tombstones count their key).

@@ -181,6 +181,54 @@ mod tests {
 
     use super::*;
 
+    /// A batch that only raises a commit index needs no sync; entries, a term or a vote do.
+    #[test]
+    fn only_a_batch_that_raises_nothing_but_commit_indexes_skips_the_sync() {
+        let hs = |term, vote, commit| raft::eraftpb::HardState {
+            term,
+            vote,
+            commit,
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path(), StoreOptions::default()).unwrap();
+        let g = GroupId(1);
+        let mut b = store.batch();
+        b.create_group(g, ConfState::default());
+        assert!(!store.write(b).unwrap().commit_index_only);
+        let mut b = store.batch();
+        b.append(
+            g,
+            &[Entry {
+                index: 1,
+                term: 1,
+                ..Default::default()
+            }],
+        );
+        b.set_hard_state(g, hs(1, 2, 0));
+        assert!(
+            !store.write(b).unwrap().commit_index_only,
+            "entries and a vote"
+        );
+        let before = store.stats();
+        let mut b = store.batch();
+        b.set_hard_state(g, hs(1, 2, 1));
+        assert!(store.write(b).unwrap().commit_index_only);
+        let after = store.stats();
+        assert_eq!(after.persists, before.persists, "no fsync counted");
+        assert_eq!(after.unsynced_batches, before.unsynced_batches + 1);
+        // Readers see it at once, like any staged write.
+        assert_eq!(store.group(g).unwrap().hard_state().commit, 1);
+        for hs in [hs(2, 2, 1), hs(2, 3, 1)] {
+            let mut b = store.batch();
+            b.set_hard_state(g, hs);
+            assert!(
+                !store.write(b).unwrap().commit_index_only,
+                "a new term or vote"
+            );
+        }
+    }
+
     /// A reader on the coordinator thread must never wait for the thread that fsyncs: commit
     /// takes no group's lock. Here a group's lock is held for writing while another thread
     /// commits a batch of that group; the commit must finish regardless.

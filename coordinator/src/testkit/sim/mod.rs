@@ -58,7 +58,9 @@ struct SimNode<S> {
     /// The meta group applied a table this node has not acted on yet.
     table_pending: bool,
     store: LogStore,
-    /// Under [`SimConfig::unsynced_log`]: staged batches not yet written, with their time.
+    /// Staged batches not yet written, with their time: commit-index-only batches until the
+    /// next synced one (the store writes them without a sync), and every batch under
+    /// [`SimConfig::unsynced_log`]. A crash loses them.
     unsynced: VecDeque<(u64, StagedBatch)>,
     /// Requests waiting for an outcome (gone with the node when it crashes).
     pending: Pending<()>,
@@ -591,8 +593,8 @@ impl<S: StateMachine> SimCluster<S> {
         }
     }
 
-    /// Under [`SimConfig::unsynced_log`], writes the staged batches that are old enough (or
-    /// all of `only`'s), as the OS would flush an unsynced log eventually.
+    /// Writes the unsynced batches that are old enough (or all of `only`'s), as the OS would
+    /// flush an unsynced log eventually.
     fn flush_unsynced(&mut self, only: Option<NodeId>) -> Result<(), CoordinatorError> {
         let now = self.now;
         for (id, node) in &mut self.nodes {
@@ -642,15 +644,23 @@ impl<S: StateMachine> SimCluster<S> {
         unsynced: bool,
         now: u64,
     ) -> Result<Option<CycleOutput>, CoordinatorError> {
-        if !unsynced {
-            return node.core.run_cycle();
-        }
         let Some(cycle) = node.core.poll_cycle()? else {
             return Ok(None);
         };
         let staged = cycle.batch;
-        node.unsynced.push_back((now, staged));
-        // The bug: tell raft the batch is durable while it is only in memory.
+        if unsynced || staged.info().commit_index_only {
+            // A batch that only raises commit indexes is written without a sync, as the
+            // store does: a crash before the next synced batch loses it. Under
+            // `unsynced_log`, the bug: every batch is only in memory.
+            node.unsynced.push_back((now, staged));
+        } else {
+            // A synced batch makes everything written before it durable too.
+            while let Some((_, held)) = node.unsynced.pop_front() {
+                node.store.commit(held)?;
+            }
+            node.store.commit(staged)?;
+        }
+        // Raft hears the batch is durable (under `unsynced_log`, while it is only in memory).
         let mut messages = cycle.messages;
         messages.extend(node.core.on_persisted(cycle.id)?);
         Ok(Some(CycleOutput {
