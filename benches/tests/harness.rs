@@ -73,7 +73,20 @@ async fn report_of_a_short_three_node_run_is_consistent_and_complete() {
     }
     for key in ["p50", "p99", "p999"] {
         assert!(value["latency_us"][key].is_number(), "latency_us.{key}");
+        for stage in ["replicate", "apply"] {
+            let v = &value["latency_breakdown_us"][stage][key];
+            assert!(v.is_number(), "latency_breakdown_us.{stage}.{key}");
+        }
     }
+    // Raft and apply happen inside what the client waited for: each stage's median is at
+    // most the slowest end-to-end time measured.
+    let b = report.latency_breakdown_us;
+    assert!(b.replicate.p50 > 0 && b.replicate.p50 <= b.replicate.p99);
+    assert!(b.apply.p50 <= b.apply.p99);
+    assert!(
+        b.replicate.p50 <= report.latency_us.p999.max(1) * 2,
+        "{b:?}"
+    );
     for key in [
         "nodes",
         "groups",

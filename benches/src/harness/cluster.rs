@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use coordinator::testkit::local::{LoadStats, LocalCluster};
 use coordinator::testkit::series::SeriesWriter;
+use coordinator::{LatencyQuantiles, StageLatencies};
 use routing::{NodeId, RoutingTable};
 use storage::StoreOptions;
 
@@ -61,6 +62,30 @@ pub struct ClusterFigures {
     pub heartbeat_batches: u64,
     /// How long the groups took to elect leaders after the nodes started.
     pub election: Duration,
+    /// Where the proposals' time went on their leaders (raft to commit, then apply), merged
+    /// over the nodes: counts summed, each quantile the highest any node saw. Covers the
+    /// nodes' whole life (the election's few proposals included).
+    pub stages: StageLatencies,
+}
+
+/// The nodes' stage latencies merged (see [`ClusterFigures::stages`]).
+async fn stages(
+    cluster: &LocalCluster<CountingStateMachine>,
+) -> Result<StageLatencies, BenchError> {
+    let merge = |a: LatencyQuantiles, b: LatencyQuantiles| LatencyQuantiles {
+        count: a.count + b.count,
+        p50_us: a.p50_us.max(b.p50_us),
+        p99_us: a.p99_us.max(b.p99_us),
+        p999_us: a.p999_us.max(b.p999_us),
+        max_us: a.max_us.max(b.max_us),
+    };
+    let mut merged = StageLatencies::default();
+    for node in cluster.running() {
+        let s = node.status().await?.latency;
+        merged.replicate = merge(merged.replicate, s.replicate);
+        merged.apply = merge(merged.apply, s.apply);
+    }
+    Ok(merged)
 }
 
 /// Counters summed over the running nodes.
@@ -237,6 +262,7 @@ async fn measure(
     }
     let cpu_after = process_cpu_seconds();
     let delta = Totals::read(cluster).await?.since(before);
+    let stages = stages(cluster).await?;
 
     let acknowledged = stats.acknowledged();
     let failed = stats.failed.load(Ordering::Relaxed);
@@ -273,6 +299,7 @@ async fn measure(
         heartbeats_coalesced: delta.heartbeats_coalesced,
         heartbeat_batches: delta.heartbeat_batches,
         election: Duration::ZERO,
+        stages,
     })
 }
 

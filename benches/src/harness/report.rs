@@ -17,6 +17,31 @@ pub struct LatencyUs {
     pub p999: u64,
 }
 
+/// Where a proposal's time went on its leader, µs (see `coordinator::StageLatencies`): the
+/// rest of the end-to-end latency is the wait for the leader's driver and the client's hops.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LatencyBreakdownUs {
+    /// Taken by the leader's driver to committed: batching into the cycle's entry, the
+    /// leader's persist, replication and the followers' persists.
+    pub replicate: LatencyUs,
+    /// Committed to answered: the apply queue and the state machine.
+    pub apply: LatencyUs,
+}
+
+impl LatencyBreakdownUs {
+    fn from_stages(stages: &coordinator::StageLatencies) -> Self {
+        let us = |q: coordinator::LatencyQuantiles| LatencyUs {
+            p50: q.p50_us,
+            p99: q.p99_us,
+            p999: q.p999_us,
+        };
+        Self {
+            replicate: us(stages.replicate),
+            apply: us(stages.apply),
+        }
+    }
+}
+
 /// The run's configuration as the report names it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ReportConfig {
@@ -68,6 +93,8 @@ pub struct BenchReport {
     pub proposals_per_sec: f64,
     /// Commit latency of acknowledged proposals.
     pub latency_us: LatencyUs,
+    /// The same split by stage on the leaders (each quantile the highest of any node).
+    pub latency_breakdown_us: LatencyBreakdownUs,
     /// Log persists per node per acknowledged proposal (each an fsync when the mode syncs).
     pub fsyncs_per_proposal: f64,
     /// Bytes all nodes sent per acknowledged proposal.
@@ -139,6 +166,7 @@ impl BenchReport {
                 p99: cluster.latency_us[1],
                 p999: cluster.latency_us[2],
             },
+            latency_breakdown_us: LatencyBreakdownUs::from_stages(&cluster.stages),
             fsyncs_per_proposal: cluster.fsyncs_per_proposal,
             wire_bytes_per_proposal: cluster.wire_bytes_per_proposal,
             wire_msgs_per_proposal: cluster.wire_msgs_per_proposal,
@@ -226,6 +254,21 @@ impl BenchReport {
                 ms(self.latency_us.p999)
             ),
         );
+        let b = &self.latency_breakdown_us;
+        for (name, stage) in [
+            ("  of which raft (to commit)", b.replicate),
+            ("  of which apply (to answer)", b.apply),
+        ] {
+            single(
+                name,
+                format!(
+                    "{:.2} / {:.2} / {:.2} ms",
+                    ms(stage.p50),
+                    ms(stage.p99),
+                    ms(stage.p999)
+                ),
+            );
+        }
         single(
             "fsyncs per proposal",
             format!(
