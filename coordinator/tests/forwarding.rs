@@ -116,6 +116,9 @@ async fn a_proposal_on_a_follower_is_forwarded_and_reads_on_any_node_see_it() {
     assert_eq!(follower.propose(b"k", b"k=1".to_vec()).await.unwrap(), b"");
     // The response is the state machine's (the previous value), relayed from the leader.
     assert_eq!(follower.propose(b"k", b"k=2".to_vec()).await.unwrap(), b"1");
+    // The follower names the leader, so a caller can go there next time instead of paying
+    // the forwarding hop on every command.
+    assert_eq!(follower.leader_hint(group), Some(leader_id));
     // Linearizable: a read barrier on the leader, then on the follower, sees the write.
     let (leader_node, leader_kv) = node(&nodes, leader_id);
     let read = leader_node.read_key(b"k").await.unwrap();

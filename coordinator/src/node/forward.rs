@@ -331,6 +331,15 @@ struct NotSent {
 }
 
 impl Node {
+    /// The leader of `group` as this node last saw it (its routing table's hint, kept
+    /// current by leadership changes), without copying the table. A client that caches "the
+    /// node that answered" would, with forwarding on, keep paying a follower's extra hop:
+    /// cache this instead.
+    #[must_use]
+    pub fn leader_hint(&self, group: GroupId) -> Option<NodeId> {
+        crate::lock::read(&self.routing).leader_hint(group)
+    }
+
     /// Proposes a user command to `group`: here when this node leads it, else (forwarding on)
     /// on the leader, waiting for one while none is known. See the module doc.
     pub(super) async fn propose_user(

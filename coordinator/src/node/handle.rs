@@ -73,7 +73,7 @@ pub(super) enum Command {
 pub struct Node {
     pub(super) id: NodeId,
     pub(super) commands: mpsc::Sender<Command>,
-    routing: Arc<RwLock<RoutingTable>>,
+    pub(super) routing: Arc<RwLock<RoutingTable>>,
     /// The applied routing version, for waiting on a newer table.
     routing_version: watch::Receiver<u64>,
     fences: Fences,

@@ -433,9 +433,13 @@ impl<S: StateMachine> LocalCluster<S> {
                 }
             };
             let id = node.id();
+            let hint = node.clone();
             match request(node).await {
                 Ok(response) => {
-                    lock::mutex(&self.leader_cache).insert(group, id);
+                    // The leader, not the node that answered: a follower forwards the command,
+                    // and caching it would cost every later command that extra hop.
+                    let leader = hint.leader_hint(group).unwrap_or(id);
+                    lock::mutex(&self.leader_cache).insert(group, leader);
                     return Ok(response);
                 }
                 Err(RequestError::NotLeader { leader, group }) => {
