@@ -44,7 +44,9 @@ fn quinn_transport_params(c: &TransportConfig) -> Result<quinn::TransportConfig,
 
 /// The transport parameters offered to a connection still handshaking: no streams and a small
 /// window until its certificate says what it is (quinn allocates state for every stream it
-/// grants). [`accept::grant_node_budgets`](super::accept::grant_node_budgets) and the client hand-over grant the real ones.
+/// grants). [`accept::grant_node_budgets`] and the client hand-over grant the real ones.
+///
+/// [`accept::grant_node_budgets`]: super::accept::grant_node_budgets
 fn handshake_transport(c: &TransportConfig) -> Result<Arc<quinn::TransportConfig>, ConfigError> {
     let mut t = quinn_transport_params(c)?;
     let window = c.client_receive_window.min(c.connection_receive_window);
