@@ -42,13 +42,20 @@
 //! decoded (`limits.rs`) and unfinished ones are held within a per-connection budget for a
 //! bounded time (`recv.rs`).
 //!
+//! # Where the rest lives
+//! Quinn's transport and TLS configs are built from ours in `quinn_config.rs`; what a
+//! finished handshake says about the other side (ALPN, certificate chain, NodeId) is read in
+//! `handshake.rs`; the per-peer writer is `send.rs`, the readers `recv.rs`.
+//!
 //! [`codes::DUPLICATE_CONNECTION`]: crate::codes::DUPLICATE_CONNECTION
 //! [`StreamKind::Control`]: crate::wire::StreamKind::Control
 
 mod accept;
 pub(crate) mod admission;
 mod clients;
+mod handshake;
 mod peer;
+mod quinn_config;
 mod recv;
 mod send;
 
@@ -62,8 +69,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
-use quinn::crypto::rustls::{HandshakeData, QuicClientConfig, QuicServerConfig};
-use quinn::{Endpoint, IdleTimeout, VarInt};
+use quinn::{Endpoint, VarInt};
 use routing::NodeId;
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{Instrument, info_span};
@@ -77,7 +83,12 @@ use crate::{
     TransportConfig, TransportFuture, TransportStats,
 };
 
+use handshake::peer_chain;
+// The accept loop and the dialler reach these through here.
+use handshake::{negotiated_alpn, peer_node_id};
 use peer::Peer;
+use quinn_config::endpoint_configs;
+pub use quinn_config::quinn_configs;
 
 /// Why a transport could not start, or refused a change of its TLS settings.
 #[derive(Debug, thiserror::Error)]
@@ -246,118 +257,6 @@ impl Shared {
     pub(crate) fn report(&self, event: Inbound) {
         let _ = self.inbound.try_send(event);
     }
-}
-
-/// Connection attempts quinn holds for the accept loop beyond `max_incoming_connections`.
-const PENDING_INCOMING: usize = 1024;
-
-/// Builds quinn's transport parameters from our config.
-pub(crate) fn quinn_transport(
-    c: &TransportConfig,
-) -> Result<Arc<quinn::TransportConfig>, ConfigError> {
-    quinn_transport_params(c).map(Arc::new)
-}
-
-fn quinn_transport_params(c: &TransportConfig) -> Result<quinn::TransportConfig, ConfigError> {
-    let err = |field, e: &dyn std::fmt::Display| ConfigError {
-        field,
-        reason: e.to_string(),
-    };
-    let mut t = quinn::TransportConfig::default();
-    t.max_concurrent_uni_streams(VarInt::from_u32(c.max_concurrent_uni_streams))
-        .max_concurrent_bidi_streams(VarInt::from_u32(c.max_concurrent_bidi_streams))
-        .stream_receive_window(VarInt::from_u32(c.stream_receive_window))
-        .receive_window(VarInt::from_u32(c.connection_receive_window))
-        .send_window(c.send_window)
-        .send_fairness(c.send_fairness)
-        .max_idle_timeout(Some(
-            IdleTimeout::try_from(c.idle_timeout).map_err(|e| err("idle_timeout", &e))?,
-        ))
-        .keep_alive_interval(Some(c.keep_alive));
-    Ok(t)
-}
-
-/// The transport parameters offered to a connection still handshaking: no streams and a small
-/// window until its certificate says what it is (quinn allocates state for every stream it
-/// grants). [`accept::grant_node_budgets`] and the client hand-over grant the real ones.
-fn handshake_transport(c: &TransportConfig) -> Result<Arc<quinn::TransportConfig>, ConfigError> {
-    let mut t = quinn_transport_params(c)?;
-    let window = c.client_receive_window.min(c.connection_receive_window);
-    t.max_concurrent_uni_streams(VarInt::from_u32(0))
-        .max_concurrent_bidi_streams(VarInt::from_u32(0))
-        .receive_window(VarInt::from_u32(window))
-        .stream_receive_window(VarInt::from_u32(c.stream_receive_window.min(window)));
-    Ok(Arc::new(t))
-}
-
-/// The server config the endpoint accepts with (ALPNs offered, handshake budgets) and the
-/// client config it dials with, trusting `cas`.
-fn endpoint_configs(
-    identity: &certs::NodeIdentity,
-    config: &TransportConfig,
-    cas: &[rustls::pki_types::CertificateDer<'static>],
-) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TransportError> {
-    // Node dials offer only the raft ALPN; the server offers the client one on request.
-    let offered: &[&[u8]] = if config.accept_clients {
-        &[certs::ALPN, certs::CLIENT_ALPN]
-    } else {
-        &[certs::ALPN]
-    };
-    let (mut server, client) = configs_offering(identity, config, offered, certs::ALPN, cas)?;
-    server.transport_config(handshake_transport(config)?);
-    // Data a not-yet-accepted attempt may buffer (0-RTT is off: this is only its Initial).
-    server
-        .incoming_buffer_size(64 << 10)
-        .incoming_buffer_size_total(8 << 20);
-    Ok((server, client))
-}
-
-/// Quinn server and client configs from a node identity, with our limits. Exposed so tests
-/// and benchmarks can build a raw quinn endpoint with exactly the transport's TLS.
-///
-/// # Errors
-/// [`TransportError`] when the identity or the config cannot produce a QUIC config.
-pub fn quinn_configs(
-    identity: &certs::NodeIdentity,
-    config: &TransportConfig,
-    alpn: &[u8],
-) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TransportError> {
-    configs_offering(
-        identity,
-        config,
-        &[alpn],
-        alpn,
-        std::slice::from_ref(identity.ca()),
-    )
-}
-
-/// As [`quinn_configs`], with the server offering every ALPN of `server_alpns`.
-fn configs_offering(
-    identity: &certs::NodeIdentity,
-    config: &TransportConfig,
-    server_alpns: &[&[u8]],
-    alpn: &[u8],
-    cas: &[rustls::pki_types::CertificateDer<'static>],
-) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TransportError> {
-    let transport = quinn_transport(config)?;
-    let server_tls =
-        QuicServerConfig::try_from(identity.server_config_trusting(server_alpns, cas)?)
-            .map_err(|e| TransportError::Quic(e.to_string()))?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_tls));
-    server.transport_config(transport.clone());
-    // quinn's own bound is on attempts not yet taken by the accept loop, which takes them at
-    // once and refuses (and counts) those beyond `max_incoming_connections` itself: quinn's
-    // is only a backstop for a burst that outruns the loop.
-    server.max_incoming(
-        config
-            .max_incoming_connections
-            .saturating_add(PENDING_INCOMING),
-    );
-    let client_tls = QuicClientConfig::try_from(identity.client_config_trusting(&[alpn], cas)?)
-        .map_err(|e| TransportError::Quic(e.to_string()))?;
-    let mut client = quinn::ClientConfig::new(Arc::new(client_tls));
-    client.transport_config(transport);
-    Ok((server, client))
 }
 
 /// A node's QUIC endpoint carrying raft traffic: one stream per group per peer, a heartbeat
@@ -699,29 +598,4 @@ impl Drop for QuicTransport {
             p.stop();
         }
     }
-}
-
-/// The ALPN protocol the handshake settled on.
-fn negotiated_alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
-    conn.handshake_data()?
-        .downcast::<HandshakeData>()
-        .ok()?
-        .protocol
-}
-
-/// The peer's verified certificate chain.
-fn peer_chain(conn: &quinn::Connection) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
-    conn.peer_identity()?
-        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-        .ok()
-        .map(|chain| *chain)
-}
-
-/// The NodeId in the peer's verified certificate.
-pub(crate) fn peer_node_id(conn: &quinn::Connection) -> Option<NodeId> {
-    let identity = conn.peer_identity()?;
-    let chain = identity
-        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-        .ok()?;
-    certs::node_id_from_chain(&chain).ok()
 }

@@ -16,299 +16,36 @@
 //! Per-stream state is created on a stream's first frame and is small (a quinn `SendStream`,
 //! two empty deques, a few flags): a node with 100k groups holds no task per group.
 
-use std::collections::{HashMap, VecDeque};
-use std::future::Future;
-use std::hash::{BuildHasherDefault, Hasher};
-use std::pin::{Pin, pin};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll, Wake, Waker};
+//!
+//! The queue shared with `send` is in [`queue`]; the per-stream bookkeeping in [`stream`];
+//! this file is the writer task itself.
 
-use bytes::{Buf, Bytes, BytesMut};
+mod queue;
+mod stream;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
 use quinn::{Connection, ConnectionError, SendStream};
 use routing::NodeId;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use super::Shared;
 use super::peer::{ConnState, PeerEvent};
+use crate::Inbound;
 use crate::codec::{Frames, StreamKey};
 use crate::stats::Counters;
-use crate::{Inbound, SendError};
+
+pub(crate) use queue::{FxHasher, Queue};
+use queue::{KeyMap, StreamWaker};
+use stream::{Meta, Stream};
 
 /// Chunks handed to quinn in one call: bounds the time one stream holds the connection lock.
 const MAX_WRITE_CHUNKS: usize = 1024;
-
-/// Neighbouring pending chunks shorter than this are copied into one before a write: quinn
-/// keeps every chunk as a segment until it is acknowledged and walks its segments to build
-/// each packet, so a few large segments cost it far less than many frame-sized ones. Longer
-/// chunks are handed over as they are (no copy).
-const COALESCE_BELOW: usize = 4096;
-
-/// Deque capacity kept by a stream that has drained: a burst does not pin its peak memory
-/// on each of many idle groups.
-const KEEP_CAPACITY: usize = 16;
-
-/// A map by stream: hashed with a multiply, not SipHash, as it is looked up once per frame
-/// and its keys are group ids our own coordinator picks (nothing a peer can choose).
-type KeyMap<V> = HashMap<StreamKey, V, BuildHasherDefault<FxHasher>>;
-
-/// FxHash's mix: enough to spread ids we pick ourselves (groups, peers) over a table.
-#[derive(Default)]
-pub(crate) struct FxHasher(u64);
-
-impl Hasher for FxHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-
-    fn write_isize(&mut self, n: isize) {
-        self.write_u64(n as u64);
-    }
-}
-
-/// Frames queued toward one peer, shared by `send` and the peer's writer.
-///
-/// Everything `send` touches lives under the one lock of [`Handoff`]: a send is one
-/// uncontended lock while the writer works through its last take, not a handful of atomics
-/// whose cache lines bounce between the sending thread and the writer's.
-pub(crate) struct Queue {
-    handoff: Mutex<Handoff>,
-    /// Wakes the writer; used only when it sleeps (`Handoff::parked`).
-    notify: Notify,
-}
-
-/// What `send` and quinn's wakers leave for the writer.
-#[derive(Default)]
-struct Handoff {
-    /// Frames in the order they were queued, not yet taken by the writer.
-    frames: Vec<Frames>,
-    /// Streams quinn said are writable again since the writer last looked.
-    writable: Vec<StreamKey>,
-    /// Frames queued or held by the writer, per stream (no entry at zero).
-    per_stream: KeyMap<usize>,
-    /// Envelopes queued or held by the writer, and snapshot transfers in flight.
-    envelopes: usize,
-    /// Encoded bytes of the queued and held frames.
-    bytes: usize,
-    /// The writer found nothing to do and waits for `notify`.
-    parked: bool,
-}
-
-impl Queue {
-    pub(crate) fn new() -> Self {
-        Self {
-            handoff: Mutex::new(Handoff::default()),
-            notify: Notify::new(),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Handoff> {
-        self.handoff.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Envelopes and bytes queued now (the `queued_*` gauges of the stats).
-    pub(crate) fn queued(&self) -> (usize, usize) {
-        let h = self.lock();
-        (h.envelopes, h.bytes)
-    }
-
-    /// Takes a place for a snapshot transfer under the peer's envelope bound; `false` when
-    /// it is full. Given back by [`Queue::snapshot_done`].
-    pub(crate) fn admit_snapshot(&self, limit: usize) -> bool {
-        let mut h = self.lock();
-        if h.envelopes >= limit {
-            return false;
-        }
-        h.envelopes += 1;
-        true
-    }
-
-    /// A snapshot transfer ended: its place is free.
-    pub(crate) fn snapshot_done(&self) {
-        let mut h = self.lock();
-        h.envelopes = h.envelopes.saturating_sub(1);
-    }
-
-    /// Queues frames for the writer, under the peer's bounds (envelopes, bytes) and the
-    /// stream's.
-    pub(crate) fn push(&self, shared: &Shared, peer: NodeId, f: Frames) -> Result<(), SendError> {
-        let cfg = &shared.config;
-        let wake = {
-            let mut h = self.lock();
-            // Admitted while under the byte bound, so any one envelope fits.
-            let full = h.envelopes >= cfg.peer_queue_len
-                || h.bytes >= cfg.peer_queue_bytes
-                || h.per_stream
-                    .get(&f.key)
-                    .is_some_and(|&n| n >= cfg.stream_queue_len);
-            if full {
-                drop(h);
-                Counters::add(&shared.counters.dropped_queue_full, 1);
-                return Err(SendError::QueueFull { to: peer });
-            }
-            h.envelopes += 1;
-            h.bytes += f.bytes.len();
-            *h.per_stream.entry(f.key).or_insert(0) += 1;
-            h.frames.push(f);
-            std::mem::take(&mut h.parked)
-        };
-        if wake {
-            self.notify.notify_one();
-        }
-        Ok(())
-    }
-
-    /// quinn's wake-up for a stream that was out of credit.
-    fn writable(&self, key: StreamKey) {
-        let wake = {
-            let mut h = self.lock();
-            h.writable.push(key);
-            std::mem::take(&mut h.parked)
-        };
-        if wake {
-            self.notify.notify_one();
-        }
-    }
-}
-
-/// The waker a blocked stream leaves with quinn.
-struct StreamWaker {
-    key: StreamKey,
-    queue: Arc<Queue>,
-}
-
-impl Wake for StreamWaker {
-    fn wake(self: Arc<Self>) {
-        self.queue.writable(self.key);
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.queue.writable(self.key);
-    }
-}
-
-/// What a run of pending bytes is: a stream header, or one queued envelope's frames.
-#[derive(Clone, Copy)]
-struct Meta {
-    len: usize,
-    frames: u64,
-    messages: u64,
-    /// A stream header, not a queued envelope (holds no place in the queue).
-    header: bool,
-}
-
-/// One stream toward the peer, as the writer sees it.
-#[derive(Default)]
-struct Stream {
-    /// The quinn stream and the `stable_id` of the connection it belongs to.
-    send: Option<(usize, SendStream)>,
-    /// Bytes not yet handed to quinn, oldest first: the stream header after an open, then
-    /// the frames (small neighbours copied into one before a write; quinn empties the chunks
-    /// it takes and trims a partly taken one in place).
-    chunks: VecDeque<Bytes>,
-    /// What those bytes are, in order.
-    meta: VecDeque<Meta>,
-    /// Bytes of the first `meta` entry already handed to quinn.
-    head_written: usize,
-    /// Created when the stream first runs out of credit.
-    waker: Option<Waker>,
-    /// quinn holds our waker: nothing to try until it fires.
-    blocked: bool,
-    /// On the writer's list of streams to write this pass.
-    scheduled: bool,
-    /// Waiting for the connection to allow one more stream.
-    waiting_open: bool,
-}
-
-impl Stream {
-    /// Removes what is left of the first entry (it cannot be completed on another stream).
-    fn drop_head(&mut self) -> Option<Meta> {
-        let m = self.meta.pop_front()?;
-        let mut left = m.len - std::mem::take(&mut self.head_written);
-        while left > 0 {
-            let Some(front) = self.chunks.front_mut() else {
-                break;
-            };
-            if front.len() <= left {
-                left -= front.len();
-                self.chunks.pop_front();
-            } else {
-                front.advance(left);
-                left = 0;
-            }
-        }
-        Some(m)
-    }
-
-    /// Accounts `n` more bytes handed to quinn: calls `done` for each entry now wholly
-    /// written, and drops the chunks quinn emptied.
-    fn consume(&mut self, mut n: usize, mut done: impl FnMut(Meta)) {
-        while n > 0 {
-            let Some(m) = self.meta.front() else {
-                break;
-            };
-            let left = m.len - self.head_written;
-            if n < left {
-                self.head_written += n;
-                break;
-            }
-            n -= left;
-            self.head_written = 0;
-            if let Some(m) = self.meta.pop_front() {
-                done(m);
-            }
-        }
-        while self.chunks.front().is_some_and(Bytes::is_empty) {
-            self.chunks.pop_front();
-        }
-    }
-
-    /// Copies each run of small neighbouring chunks into one (see [`COALESCE_BELOW`]).
-    fn coalesce(&mut self) {
-        let small = |c: &Bytes| c.len() < COALESCE_BELOW;
-        let chunks = self.chunks.make_contiguous();
-        if !chunks.windows(2).any(|w| small(&w[0]) && small(&w[1])) {
-            return;
-        }
-        // Compacted in place: `kept` chunks are final, `i` is the next to look at.
-        let (mut kept, mut i) = (0, 0);
-        while i < chunks.len() {
-            let run = chunks[i..].iter().take_while(|c| small(c)).count();
-            let merged = if run < 2 {
-                i += 1;
-                std::mem::take(&mut chunks[i - 1])
-            } else {
-                let len = chunks[i..i + run].iter().map(Bytes::len).sum();
-                let mut b = BytesMut::with_capacity(len);
-                for c in &chunks[i..i + run] {
-                    b.extend_from_slice(c);
-                }
-                i += run;
-                b.freeze()
-            };
-            chunks[kept] = merged;
-            kept += 1;
-        }
-        self.chunks.truncate(kept);
-    }
-
-    fn shrink(&mut self) {
-        if self.chunks.is_empty() && self.chunks.capacity() > KEEP_CAPACITY {
-            self.chunks = VecDeque::new();
-            self.meta = VecDeque::new();
-        }
-    }
-}
 
 type Opening = Pin<Box<dyn Future<Output = Result<SendStream, ConnectionError>> + Send>>;
 
