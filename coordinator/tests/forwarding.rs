@@ -203,27 +203,39 @@ async fn with_no_leader_reachable_a_follower_fails_within_the_deadline_as_not_ap
     follower.shutdown().await;
 }
 
-/// The forward replies `inbound` receives (raft traffic skipped), until one for `id`.
-async fn reply(inbound: &mut mpsc::Receiver<Inbound>, id: u64) -> Result<Bytes, u32> {
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        let next = tokio::time::timeout_at(until, inbound.recv()).await;
-        let Ok(Some(message)) = next else {
-            panic!("no reply to forwarded request {id}");
-        };
-        if let Inbound::Message {
-            envelope: Envelope::Forward(Forward::Reply { id: got, result }),
-            ..
-        } = message
-            && got == id
-        {
-            return result.map_err(|e| {
-                assert!(
-                    e.not_applied,
-                    "a refusal before proposing did not take effect"
-                );
-                e.code
-            });
+/// The forward replies a raw endpoint receives, kept by request id (raft traffic skipped),
+/// so waiting for one never loses another that came first.
+struct Replies {
+    inbound: mpsc::Receiver<Inbound>,
+    seen: std::collections::HashMap<u64, Result<Bytes, u32>>,
+}
+
+impl Replies {
+    /// The reply to request `id`: an answer, or the error code of a refusal.
+    async fn of(&mut self, id: u64) -> Result<Bytes, u32> {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(reply) = self.seen.remove(&id) {
+                return reply;
+            }
+            let next = tokio::time::timeout_at(until, self.inbound.recv()).await;
+            let Ok(Some(message)) = next else {
+                panic!("no reply to forwarded request {id}");
+            };
+            if let Inbound::Message {
+                envelope: Envelope::Forward(Forward::Reply { id: got, result }),
+                ..
+            } = message
+            {
+                let reply = result.map_err(|e| {
+                    assert!(
+                        e.not_applied,
+                        "a refusal before proposing did not take effect"
+                    );
+                    e.code
+                });
+                self.seen.insert(got, reply);
+            }
         }
     }
 }
@@ -246,7 +258,11 @@ async fn the_leader_serves_forwards_only_from_members_within_a_cap_and_never_for
     let ids: Vec<NodeId> = (1..=4).map(NodeId).collect();
     let routing = RoutingTable::uniform(16, 4, &ids, 3).unwrap();
     let net = LocalNetwork::new();
-    let (raw, mut raw_in) = net.join(NodeId(4), 4096);
+    let (raw, raw_in) = net.join(NodeId(4), 4096);
+    let mut replies = Replies {
+        inbound: raw_in,
+        seen: std::collections::HashMap::new(),
+    };
     let nodes = start(dir.path(), &net, &routing, &ids[..3], |c| {
         c.max_forwarded_per_peer(1)
     });
@@ -264,26 +280,26 @@ async fn the_leader_serves_forwards_only_from_members_within_a_cap_and_never_for
     raw.send(leader_out, propose(1, outside)).unwrap();
     const REFUSED: u32 = 7;
     const NOT_LEADER: u32 = 1;
-    assert_eq!(reply(&mut raw_in, 1).await, Err(REFUSED));
+    assert_eq!(replies.of(1).await, Err(REFUSED));
     // A member is served: the command is applied on the leader.
     let leader_in = leader(&nodes, inside).await;
     raw.send(leader_in, propose(2, inside)).unwrap();
-    assert_eq!(reply(&mut raw_in, 2).await, Ok(Bytes::new()));
+    assert_eq!(replies.of(2).await, Ok(Bytes::new()));
     // One request of this peer in flight (its apply held up) is the cap: the next is Busy.
     let held = hold_apply(&node(&nodes, leader_in).1);
     raw.send(leader_in, propose(4, inside)).unwrap();
     raw.send(leader_in, propose(5, inside)).unwrap();
     const BUSY: u32 = 9;
-    assert_eq!(reply(&mut raw_in, 5).await, Err(BUSY));
+    assert_eq!(replies.of(5).await, Err(BUSY));
     drop(held);
-    assert_eq!(reply(&mut raw_in, 4).await, Ok(Bytes::from_static(b"9")));
+    assert_eq!(replies.of(4).await, Ok(Bytes::from_static(b"9")));
     // Sent to a replica that does not lead, it is refused as NotLeader, not passed on.
     let follower_in = replicas(inside)
         .into_iter()
         .find(|n| *n != leader_in && *n != NodeId(4))
         .unwrap();
     raw.send(follower_in, propose(3, inside)).unwrap();
-    assert_eq!(reply(&mut raw_in, 3).await, Err(NOT_LEADER));
+    assert_eq!(replies.of(3).await, Err(NOT_LEADER));
     shutdown(&nodes).await;
 }
 

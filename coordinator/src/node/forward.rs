@@ -230,10 +230,12 @@ impl Forwarding {
                 let result = rx
                     .await
                     .unwrap_or(Err(RequestError::StoppedInFlight { group }));
+                // Answered: no longer in flight here. Released before the reply leaves, or the
+                // peer's next request, sent on reading it, could find the slot still taken.
+                drop(slot);
                 if let Err(e) = transport.send(from, Envelope::Forward(answer(result))) {
                     tracing::debug!(error = %e, "cannot send a forward reply; the peer times out");
                 }
-                drop(slot);
             }
             .instrument(span),
         );
