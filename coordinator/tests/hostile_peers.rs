@@ -225,3 +225,66 @@ async fn forged_raft_messages_from_members_and_outsiders_are_refused_and_the_clu
     }
     cluster.shutdown().await;
 }
+
+/// A node waiting to be added has no configuration yet: it hears only the nodes its starting
+/// table lists. A stranger with a CA-signed certificate cannot make itself the joining node's
+/// meta leader (and hand it a forged cluster); the real cluster then adds the node as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_hears_only_the_nodes_it_was_given_and_still_joins() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes: Vec<NodeId> = (1..=3).map(NodeId).collect();
+    let routing = RoutingTable::uniform(64, 4, &nodes, 3).unwrap();
+    let machines = Machines::default();
+    let cluster = local_cluster(dir.path(), routing, &machines).await;
+    let addr = cluster.join_node(NodeId(4)).await.unwrap();
+    let joining = cluster.node(NodeId(4)).unwrap();
+
+    let targets = BTreeMap::from([(NodeId(4), addr)]);
+    let stranger = attacker(&dir.path().join("certs"), NodeId(9), &targets).await;
+    let term = 1_000;
+    let heartbeat = {
+        let mut m = forged(MessageType::MsgHeartbeat, term);
+        m.from = 9;
+        m
+    };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        for envelope in [
+            Envelope::Raft {
+                group: META_GROUP,
+                messages: vec![heartbeat.clone()],
+            },
+            Envelope::Raft {
+                group: META_GROUP,
+                messages: vec![garbage_snapshot(term, NodeId(9))],
+            },
+        ] {
+            let _ = stranger.send(NodeId(4), envelope);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = joining.status().await.expect("the joining node serves");
+    assert!(
+        status.transport.connections_refused_not_admitted > 0,
+        "the stranger's connections were admitted"
+    );
+    let meta = joining.group_status(META_GROUP).await.unwrap().unwrap();
+    assert!(
+        meta.term < term && meta.leader != Some(NodeId(9)),
+        "the stranger was heard: {meta:?}"
+    );
+
+    // The cluster's own meta leader is listed, so the honest add goes through.
+    cluster
+        .reshaper(500)
+        .add_node(NodeId(4), &addr.to_string())
+        .await
+        .unwrap();
+    let meta = joining.group_status(META_GROUP).await.unwrap().unwrap();
+    assert!(
+        meta.leader.is_some_and(|leader| nodes.contains(&leader)),
+        "{meta:?}"
+    );
+    assert!(joining.routing().is_member(NodeId(4)));
+    cluster.shutdown().await;
+}

@@ -602,3 +602,48 @@ fn reshaping_under_faults_keeps_every_write_and_converges() {
         simulate(seed);
     }
 }
+
+/// A node waiting to be added hears only the nodes its starting table lists: a stranger's
+/// heartbeat at a high term would otherwise make it the joining meta replica's leader (and
+/// its snapshot the node's cluster). The honest add still goes through.
+#[test]
+fn a_joining_node_refuses_a_stranger_and_joins_the_cluster_it_knows() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = Run::new(dir.path(), 1);
+    for _ in 0..300 {
+        run.step();
+    }
+    let term = 1_000;
+    {
+        let mut c = run.cluster.borrow_mut();
+        c.add_node(NodeId(4)).unwrap();
+        let mut heartbeat = raft::eraftpb::Message::default();
+        heartbeat.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
+        heartbeat.term = term;
+        heartbeat.from = 9;
+        for _ in 0..3 {
+            c.inject(
+                NodeId(9),
+                NodeId(4),
+                transport::Envelope::Raft {
+                    group: META_GROUP,
+                    messages: vec![heartbeat.clone()],
+                },
+            );
+            c.run(20).unwrap();
+        }
+        let meta = c.status(NodeId(4), META_GROUP).unwrap();
+        assert!(
+            meta.term < term && meta.leader != Some(NodeId(9)),
+            "{meta:?}"
+        );
+        let refused = &c.core(NodeId(4)).unwrap().stats().refused_messages;
+        assert!(
+            refused.get("not_a_member").copied().unwrap_or(0) > 0,
+            "{refused:?}"
+        );
+    }
+    run.operate("add node 4", Op::AddNode(NodeId(4)));
+    let c = run.cluster.borrow();
+    assert!(c.table(NodeId(4)).unwrap().is_member(NodeId(4)));
+}

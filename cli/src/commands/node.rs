@@ -28,8 +28,8 @@ pub(crate) struct NodeArgs {
 
 /// The TOML config of one node. Every node of a new cluster lists the same nodes and routing
 /// settings, so each computes the same routing table. A node with `join = true` joins a
-/// running cluster instead (`pontoon cluster add-node` then adds it): it lists the nodes it can
-/// reach, itself not required, and receives the routing table from the cluster.
+/// running cluster instead (`pontoon cluster add-node` then adds it): it lists the running
+/// nodes, itself not required, hears only them until it receives the cluster's routing table.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NodeFile {
@@ -42,7 +42,8 @@ pub(crate) struct NodeFile {
     /// Certificate files.
     pub certs: CertPaths,
     /// Every node of the cluster, this one included: id and the address others reach it at.
-    /// With `join`, the running nodes this one can reach (itself may be left out).
+    /// With `join`, the running nodes (itself may be left out): until the cluster's table
+    /// arrives the node hears only these, so list every voter of the meta group.
     pub nodes: Vec<PeerEntry>,
     /// Join a running cluster rather than bootstrap one from `nodes` (ignored on a restart:
     /// the data directory then says what the node holds).

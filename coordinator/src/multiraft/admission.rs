@@ -14,8 +14,8 @@
 //!   heartbeats, snapshots and vote requests from any node of the cluster (a member of the
 //!   routing table). A replica that follows a live leader never does, so no node can depose a
 //!   healthy leader of a group it is not in, and a node outside the cluster is never heard.
-//!   The one place an outsider may speak first is the meta replica of a node joining a
-//!   cluster, which cannot know the cluster's members before its first meta snapshot.
+//!   A node joining a cluster knows the cluster only from the nodes its configuration lists
+//!   (the table it starts with), and hears only them until the cluster's own table arrives.
 //! - **raft-rs panics on some forged input** (`fatal!`): a heartbeat commit past the last
 //!   index, an empty `MsgPropose`, an empty `MsgReadIndex`, an append whose entries step back
 //!   onto a committed one, a snapshot whose configuration raft cannot restore. Each is checked
@@ -194,8 +194,8 @@ pub(crate) struct Standing {
     /// The routing table places the sender on this group (listed before a membership change
     /// adds it, and until one removes it).
     pub(crate) placed: bool,
-    /// The sender is a node of the cluster (or, for a replica that cannot know the cluster
-    /// yet, may be one).
+    /// The sender is a node of the cluster, as the routing table this node holds says (for a
+    /// joining node: the running nodes its configuration lists).
     pub(crate) in_cluster: bool,
 }
 

@@ -310,13 +310,12 @@ impl MultiRaft {
                 .get(&group)
                 .is_some_and(|nodes| nodes.contains(&from)),
             // Without a routing table (a core driven on its own) every sender counts as a node
-            // of the cluster; the meta replica of a joining node cannot know the cluster yet.
+            // of the cluster. A joining node's table is the embedder's list of running nodes:
+            // its meta replica hears only them until the cluster's own table arrives.
             in_cluster: self
                 .cluster
                 .as_ref()
-                .is_none_or(|nodes| nodes.contains(&from))
-                || (group == routing::META_GROUP
-                    && !admission::RaftView::has_configuration(g.view())),
+                .is_none_or(|nodes| nodes.contains(&from)),
         };
         let verdict =
             admission::check_for_group(group, g.quarantined, self.snapshot_check.as_ref(), &m)

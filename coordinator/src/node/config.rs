@@ -5,10 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use routing::NodeId;
+use routing::{NodeId, RoutingTable};
 use storage::StoreOptions;
 use transport::TransportConfig;
 
+use super::NodeError;
 use crate::config::RaftConfig;
 
 /// Everything a node needs besides its identity, routing and state machine.
@@ -36,6 +37,12 @@ pub struct NodeConfig {
     /// Join a running cluster instead of bootstrapping one: the node starts with no group and
     /// learns the routing table (and its replicas) once an operator adds it
     /// (`add_node`). Ignored when the data directory already holds groups (a restart).
+    ///
+    /// Until the cluster's table arrives, the node hears only the nodes of the table given to
+    /// [`Node::start`](crate::Node::start): list every running node there (at least every
+    /// voter of the meta group, any of which may lead it and send the table). Another node's
+    /// messages are refused as from a non-member, so a stranger with a CA-signed certificate
+    /// cannot hand a joining node a forged cluster.
     pub join: bool,
     /// Apply worker threads: committed commands are applied there, never on the
     /// coordinator's task, each group on one worker (its order kept), groups spread over
@@ -92,6 +99,20 @@ impl NodeConfig {
     pub fn max_apply_backlog(mut self, commands: usize) -> Self {
         self.max_apply_backlog = commands;
         self
+    }
+
+    /// Refuses a first start (an empty data directory) that could never serve: a
+    /// bootstrapping node the table gives no group, a joining one whose table lists nobody
+    /// else to hear.
+    pub(super) fn check_first_start(&self, routing: &RoutingTable) -> Result<(), NodeError> {
+        let id = self.node_id;
+        if !self.join && !routing.is_member(id) {
+            return Err(NodeError::NoGroups(id));
+        }
+        if self.join && routing.members().all(|(node, _)| node == id) {
+            return Err(NodeError::JoinWithoutCluster(id));
+        }
+        Ok(())
     }
 
     /// Joins a running cluster instead of bootstrapping one (see [`NodeConfig::join`]).
@@ -152,5 +173,28 @@ impl NodeConfig {
     pub fn transport(mut self, transport: TransportConfig) -> Self {
         self.transport = transport;
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_first_start_that_could_never_serve_is_refused() {
+        let others = RoutingTable::uniform(16, 2, &[NodeId(1), NodeId(2)], 2).unwrap();
+        let alone = RoutingTable::uniform(16, 2, &[NodeId(3)], 1).unwrap();
+        let config = NodeConfig::new(NodeId(3), "127.0.0.1:0".parse().unwrap(), "unused");
+        assert!(matches!(
+            config.check_first_start(&others),
+            Err(NodeError::NoGroups(NodeId(3)))
+        ));
+        assert!(config.check_first_start(&alone).is_ok());
+        let joining = config.join(true);
+        assert!(joining.check_first_start(&others).is_ok());
+        assert!(matches!(
+            joining.check_first_start(&alone),
+            Err(NodeError::JoinWithoutCluster(NodeId(3)))
+        ));
     }
 }

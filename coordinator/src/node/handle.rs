@@ -204,8 +204,8 @@ impl Node {
     ) -> Result<Node, NodeError> {
         let id = config.node_id;
         let fresh = store.groups().is_empty();
-        if fresh && !config.join && !routing.is_member(id) {
-            return Err(NodeError::NoGroups(id));
+        if fresh {
+            config.check_first_start(&routing)?;
         }
         let mut core = MultiRaft::new(id, config.raft.clone(), store.clone())?;
         core.set_placement(&routing);
@@ -306,7 +306,7 @@ impl Node {
             let _ = stop_events.send(NodeEvent::Stopped(stopped.clone()));
             let _ = stopped_tx.send(Some(stopped));
         });
-        super::reconcile::admit_by_routing(&wiring.transport, id, &routing, version_rx.clone());
+        super::reconcile::admit_by_routing(&wiring.transport, &routing, version_rx.clone());
         Ok(Node {
             id,
             commands: commands_tx,

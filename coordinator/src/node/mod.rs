@@ -74,6 +74,13 @@ pub enum NodeError {
     /// The routing table gives this node no group.
     #[error("the routing table gives node {0} no group; check the node id and the table")]
     NoGroups(NodeId),
+    /// A joining node was started with a routing table that lists no other node: it would
+    /// hear nobody (see [`NodeConfig::join`]).
+    #[error(
+        "node {0} is joining but its routing table lists no running node; list the cluster's \
+         nodes (every voter of the meta group) in the table it starts with"
+    )]
+    JoinWithoutCluster(NodeId),
     /// The apply worker threads could not be started.
     #[error("cannot start the apply workers: {0}")]
     ApplyWorkers(std::io::Error),

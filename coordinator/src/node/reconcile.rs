@@ -112,19 +112,18 @@ impl Placement {
     }
 }
 
-/// The endpoint hears only nodes of the cluster the routing table names (a node still joining
-/// hears anyone until its table lists it), and none it revokes: checked after every handshake,
-/// and again on live connections each time a new table applies.
+/// The endpoint hears only nodes of the cluster the routing table names (for a node still
+/// joining: the running nodes its configuration listed), and none it revokes: checked after
+/// every handshake, and again on live connections each time a new table applies.
 pub(super) fn admit_by_routing(
     transport: &Arc<dyn NodeTransport>,
-    me: NodeId,
     routing: &Arc<RwLock<RoutingTable>>,
     mut versions: watch::Receiver<u64>,
 ) {
     let table = routing.clone();
     transport.set_peer_admission(Some(Arc::new(move |peer| {
         let table = lock::read(&table);
-        !table.is_node_revoked(peer) && (table.is_member(peer) || !table.is_member(me))
+        !table.is_node_revoked(peer) && table.is_member(peer)
     })));
     let revocations = |table: &RoutingTable| transport::Revocations {
         nodes: table.revoked_nodes().iter().copied().collect(),

@@ -205,7 +205,8 @@ impl<S: StateMachine> LocalCluster<S> {
 
     /// Starts a new node `node` that joins the running cluster (a certificate of the
     /// cluster CA, a loopback port, an empty data directory), and returns its address. It holds
-    /// nothing until [`crate::reshape::Reshaper::add_node`] adds it.
+    /// nothing until [`crate::reshape::Reshaper::add_node`] adds it. It starts with a running
+    /// node's routing table, so it knows (and hears) every node of the cluster.
     ///
     /// # Errors
     /// [`LocalClusterError`] naming what failed.
@@ -216,8 +217,10 @@ impl<S: StateMachine> LocalCluster<S> {
         let addr = free_udp_port()?;
         lock::mutex(&self.identities).insert(node, identity);
         lock::mutex(&self.addrs).insert(node, addr);
+        let known = self.running().first().map(Node::routing);
         self.nodes().insert(node, None);
-        self.start_node(node, true).await?;
+        self.start_node(node, known.unwrap_or_else(|| self.routing.clone()), true)
+            .await?;
         Ok(addr)
     }
 
@@ -246,10 +249,15 @@ impl<S: StateMachine> LocalCluster<S> {
     /// # Errors
     /// [`LocalClusterError::Node`].
     pub async fn restart(&self, node: NodeId) -> Result<(), LocalClusterError> {
-        self.start_node(node, false).await
+        self.start_node(node, self.routing.clone(), false).await
     }
 
-    async fn start_node(&self, node: NodeId, join: bool) -> Result<(), LocalClusterError> {
+    async fn start_node(
+        &self,
+        node: NodeId,
+        routing: RoutingTable,
+        join: bool,
+    ) -> Result<(), LocalClusterError> {
         let identity = lock::mutex(&self.identities).get(&node).cloned();
         let Some(identity) = identity else {
             return Err(LocalClusterError::Node {
@@ -269,14 +277,9 @@ impl<S: StateMachine> LocalCluster<S> {
             }
         }
         let config = (self.configure)(config).join(join);
-        let started = Node::start(
-            config,
-            &identity,
-            self.routing.clone(),
-            (self.make_state_machine)(node),
-        )
-        .await
-        .map_err(|source| LocalClusterError::Node { node, source })?;
+        let started = Node::start(config, &identity, routing, (self.make_state_machine)(node))
+            .await
+            .map_err(|source| LocalClusterError::Node { node, source })?;
         self.nodes().insert(node, Some(started));
         Ok(())
     }
