@@ -283,10 +283,18 @@ impl QuicTransport {
         config.validate()?;
         let (server, client) =
             endpoint_configs(identity, &config, std::slice::from_ref(identity.ca()))?;
-        let endpoint = Endpoint::server(server, listen).map_err(|source| TransportError::Bind {
+        let bind_error = |source| TransportError::Bind {
             addr: listen,
             source,
-        })?;
+        };
+        let socket = std::net::UdpSocket::bind(listen).map_err(bind_error)?;
+        let endpoint = Endpoint::new(
+            quinn_config::endpoint_config(identity)?,
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind_error)?;
         let local_addr = endpoint
             .local_addr()
             .map_err(|source| TransportError::Bind {

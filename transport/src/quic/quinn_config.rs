@@ -16,6 +16,45 @@ use crate::{ConfigError, TransportConfig};
 /// Connection attempts quinn holds for the accept loop beyond `max_incoming_connections`.
 const PENDING_INCOMING: usize = 1024;
 
+/// The endpoint's own settings: its stateless-reset key and connection-id key, both derived
+/// from the node's private key. A node restarted with the same identity then recognises the
+/// connection ids its previous process issued and answers a packet on one with a stateless
+/// reset (RFC 9000, section 10.3) carrying the token that process announced: a peer drops
+/// the dead connection at its next packet. Otherwise the dead connection looks alive for two
+/// keep-alive intervals after its last packet, and a live-looking connection is not replaced
+/// by a new dial from the same id (see [`TransportConfig::min_link_replace_interval`]), so
+/// the restarted node would stay cut off for up to 10 s. Only a holder of the private key
+/// can forge such a reset.
+pub(super) fn endpoint_config(
+    identity: &certs::NodeIdentity,
+) -> Result<quinn::EndpointConfig, TransportError> {
+    use ring::{hkdf, hmac};
+    /// An HKDF output of `0` bytes.
+    struct Bytes(usize);
+    impl hkdf::KeyType for Bytes {
+        fn len(&self) -> usize {
+            self.0
+        }
+    }
+    let unusable = |_| TransportError::Quic("cannot derive the endpoint keys".into());
+    let secret = hkdf::Salt::new(hkdf::HKDF_SHA256, b"pontoon quic endpoint v1")
+        .extract(identity.key().secret_der());
+    let reset = secret
+        .expand(&[b"stateless reset"], hmac::HMAC_SHA256)
+        .map_err(unusable)?;
+    let mut cid_key = [0u8; 8];
+    secret
+        .expand(&[b"connection id"], Bytes(cid_key.len()))
+        .and_then(|okm| okm.fill(&mut cid_key))
+        .map_err(unusable)?;
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut config = quinn::EndpointConfig::new(Arc::new(hmac::Key::from(reset)));
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    Ok(config)
+}
+
 /// Builds quinn's transport parameters from our config.
 pub(crate) fn quinn_transport(
     c: &TransportConfig,
