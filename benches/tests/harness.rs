@@ -107,3 +107,54 @@ async fn report_of_a_short_three_node_run_is_consistent_and_complete() {
     }
     assert!(report.table().contains("raw quinn"));
 }
+
+/// `pontoon bench --slow-group-apply-ms`: both kinds of phase ran on the fast groups, the
+/// slow group was written to (and slowly), and the JSON names every figure. No threshold on
+/// the ratio: a timing is a benchmark's to report, not a test's to assert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_group_report_measures_both_phases_and_the_slow_group() {
+    let config = BenchConfig {
+        nodes: 3,
+        groups: 4,
+        concurrency: 8,
+        duration: Duration::from_millis(600),
+        ..BenchConfig::default()
+    };
+    let apply = Duration::from_millis(30);
+    let report = harness::run_slow_group(&config, apply, |step| eprintln!("{step}"))
+        .await
+        .unwrap();
+    for phase in [&report.without, &report.with] {
+        assert!(phase.acknowledged > 0);
+        assert!(phase.proposals_per_sec > 0.0);
+        assert!(phase.latency_us.p50 <= phase.latency_us.p99);
+    }
+    // One client, two phases of 600 ms, 30 ms per command: at most 40 applied.
+    assert!(
+        (1..=40).contains(&report.slow_group_acknowledged),
+        "{report:?}"
+    );
+    assert!(close(
+        report.p99_ratio,
+        report.with.latency_us.p99 as f64 / report.without.latency_us.p99 as f64
+    ));
+    let json: serde_json::Value = serde_json::from_str(&report.to_json().unwrap()).unwrap();
+    for key in [
+        "apply_ms",
+        "without",
+        "with",
+        "slow_group_acknowledged",
+        "p99_ratio",
+    ] {
+        assert!(json.get(key).is_some(), "{key} missing");
+    }
+    let too_few = BenchConfig {
+        groups: 1,
+        ..config
+    };
+    assert!(
+        harness::run_slow_group(&too_few, apply, |_| {})
+            .await
+            .is_err()
+    );
+}

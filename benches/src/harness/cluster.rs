@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use coordinator::testkit::local::{LoadStats, LocalCluster};
 use coordinator::testkit::series::SeriesWriter;
-use coordinator::{LatencyQuantiles, StageLatencies};
+use coordinator::{LatencyQuantiles, StageLatencies, StateMachines};
 use routing::{NodeId, RoutingTable};
 use storage::StoreOptions;
 
@@ -172,12 +172,12 @@ pub fn process_rss_bytes() -> Option<u64> {
 }
 
 /// The key of proposal `n`: distinct keys spread over every vShard.
-fn key_of(n: u64) -> Vec<u8> {
+pub(super) fn key_of(n: u64) -> Vec<u8> {
     format!("bench-{n:016x}").into_bytes()
 }
 
 /// The command of proposal `n`: its number, padded to `len` bytes.
-fn command_of(n: u64, len: usize) -> Vec<u8> {
+pub(super) fn command_of(n: u64, len: usize) -> Vec<u8> {
     let mut bytes = n.to_be_bytes().to_vec();
     bytes.resize(len, 0xA5);
     bytes
@@ -191,6 +191,18 @@ pub async fn start_cluster(
     config: &BenchConfig,
     dir: &Path,
 ) -> Result<(Arc<LocalCluster<CountingStateMachine>>, Duration), BenchError> {
+    start_cluster_with(config, dir, |_| CountingStateMachine::new()).await
+}
+
+/// [`start_cluster`] with each node's state machines made by `make`.
+///
+/// # Errors
+/// As [`start_cluster`].
+pub async fn start_cluster_with<S: Into<StateMachines> + 'static>(
+    config: &BenchConfig,
+    dir: &Path,
+    make: impl Fn(NodeId) -> S + Send + Sync + 'static,
+) -> Result<(Arc<LocalCluster<S>>, Duration), BenchError> {
     config.validate()?;
     let nodes: Vec<NodeId> = (1..=config.nodes).map(NodeId).collect();
     let routing =
@@ -204,7 +216,7 @@ pub async fn start_cluster(
                 .request_timeout(Duration::from_secs(10))
                 .store(StoreOptions::default().persist(persist))
         },
-        |_| CountingStateMachine::new(),
+        make,
     )
     .await?;
     // Elections take 10-20 ticks; thousands of groups campaign over two shared cores.

@@ -22,16 +22,18 @@ mod config;
 mod counter;
 mod idle;
 mod report;
+mod slow_group;
 
 pub use baselines::{fjall_append_per_sec, quinn_stream_msgs_per_sec};
 pub use cluster::{
     ClusterFigures, cpu_seconds_in_stat, pid_cpu_seconds, process_cpu_seconds, process_rss_bytes,
-    run_cluster, start_cluster,
+    run_cluster, start_cluster, start_cluster_with,
 };
 pub use config::{BenchConfig, MAX_GROUPS};
 pub use counter::CountingStateMachine;
 pub use idle::{IdleConfig, IdleFigures, run_idle};
 pub use report::{Baselines, BenchReport, LatencyUs, Ratios, ReportConfig};
+pub use slow_group::{FastGroups, SlowGroupReport, run_slow_group};
 
 /// Why a benchmark could not run. Each variant names the part that failed.
 #[derive(Debug, thiserror::Error)]

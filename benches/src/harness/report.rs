@@ -65,6 +65,24 @@ pub struct ReportConfig {
     pub persist: &'static str,
 }
 
+impl ReportConfig {
+    /// How the report names `config`.
+    #[must_use]
+    pub fn of(config: &BenchConfig) -> Self {
+        ReportConfig {
+            nodes: config.nodes,
+            groups: config.groups,
+            vshards: config.vshards,
+            command_bytes: config.command_bytes,
+            concurrency: config.concurrency,
+            duration_s: config.duration.as_secs_f64(),
+            replication: config.replication(),
+            tick_ms: config.tick.as_secs_f64() * 1e3,
+            persist: persist_name(config.persist),
+        }
+    }
+}
+
 /// The raw baselines, measured in the same run.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Baselines {
@@ -171,17 +189,7 @@ impl BenchReport {
             wire_bytes_per_proposal: cluster.wire_bytes_per_proposal,
             wire_msgs_per_proposal: cluster.wire_msgs_per_proposal,
             cpu_sec_per_1k: cluster.cpu_sec_per_1k,
-            config: ReportConfig {
-                nodes: config.nodes,
-                groups: config.groups,
-                vshards: config.vshards,
-                command_bytes: config.command_bytes,
-                concurrency: config.concurrency,
-                duration_s: config.duration.as_secs_f64(),
-                replication,
-                tick_ms: config.tick.as_secs_f64() * 1e3,
-                persist: persist_name(config.persist),
-            },
+            config: ReportConfig::of(config),
             ratios: Ratios {
                 vs_fjall_append: ratio(cluster.proposals_per_sec, baselines.fjall_append_per_sec),
                 vs_quinn_stream: ratio(

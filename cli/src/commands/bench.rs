@@ -83,6 +83,11 @@ pub(crate) struct BenchArgs {
     /// measured as it is and the report says how many groups were led.
     #[arg(long, default_value_t = 240.0)]
     election_limit: f64,
+    /// Measure one slow state machine beside fast ones instead: the same load on every group
+    /// but one, alone and then beside one client writing to a group whose state machine
+    /// sleeps this many ms per command; reports the fast groups' latency of both runs.
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    slow_group_apply_ms: Option<u64>,
 }
 
 /// Which idle runs `--idle` makes.
@@ -142,6 +147,45 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if let Some(ms) = args.slow_group_apply_ms {
+        let apply = Duration::from_millis(ms);
+        let r = runtime.block_on(harness::run_slow_group(&config, apply, |step| {
+            eprintln!("{step} ...");
+        }))?;
+        let mut out = std::io::stdout().lock();
+        let row = |name: &str, f: &harness::FastGroups| {
+            format!(
+                "{name:<28}{:>12.0}{:>10.2}{:>10.2}{:>10.2}{:>8}\n",
+                f.proposals_per_sec,
+                f.latency_us.p50 as f64 / 1e3,
+                f.latency_us.p99 as f64 / 1e3,
+                f.latency_us.p999 as f64 / 1e3,
+                f.failed
+            )
+        };
+        write!(
+            out,
+            "fast groups ({} of {}){:>12}{:>10}{:>10}{:>10}{:>8}\n{}{}slow group {} acknowledged \
+             {} commands at {ms} ms each; fast-group p99 with / without: {:.2}x\n",
+            config.groups - 1,
+            config.groups,
+            "prop/s",
+            "p50 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "failed",
+            row("  alone", &r.without),
+            row("  beside the slow group", &r.with),
+            r.slow_group,
+            r.slow_group_acknowledged,
+            r.p99_ratio
+        )?;
+        if args.json {
+            writeln!(out, "{}", r.to_json()?)?;
+        }
+        out.flush()?;
+        return Ok(ExitCode::SUCCESS);
+    }
     // Progress goes to stderr so stdout stays the table and the JSON line.
     let report = runtime.block_on(harness::run(&config, |step| eprintln!("{step} ...")))?;
     let mut out = std::io::stdout().lock();

@@ -15,13 +15,15 @@ use routing::{GroupId, NodeId, RoutingTable};
 
 use crate::lock;
 use crate::reshape::NodeSet;
-use crate::{ClientSession, Node, NodeConfig, NodeError, RequestError, StateMachine};
+use crate::{ClientSession, Node, NodeConfig, NodeError, RequestError, StateMachines};
 
 /// Builds the [`NodeConfig`] of each node from its id, address and data directory.
 pub type ConfigFn = Box<dyn Fn(NodeConfig) -> NodeConfig + Send + Sync>;
 
-/// N nodes of one cluster in this process. See the [module docs](self).
-pub struct LocalCluster<S: StateMachine> {
+/// N nodes of one cluster in this process. See the [module docs](self). `S` is what each
+/// node's state machines are made from: a [`crate::StateMachine`] (one per node, shared by
+/// its groups) or [`StateMachines`] (a factory of one per group).
+pub struct LocalCluster<S: Into<StateMachines> + 'static> {
     identities: Mutex<BTreeMap<NodeId, NodeIdentity>>,
     addrs: Mutex<BTreeMap<NodeId, SocketAddr>>,
     nodes: Mutex<BTreeMap<NodeId, Option<Node>>>,
@@ -157,7 +159,7 @@ fn free_udp_port() -> Result<SocketAddr, LocalClusterError> {
     socket.local_addr().map_err(LocalClusterError::Port)
 }
 
-impl<S: StateMachine> LocalCluster<S> {
+impl<S: Into<StateMachines> + 'static> LocalCluster<S> {
     /// Starts one node per node of `routing`, certificates in `dir/certs` (a fresh cluster CA
     /// and one certificate per node), data under `dir`, each node's config passed
     /// through `configure` (tick interval, durability, raft settings).
