@@ -323,3 +323,34 @@ async fn a_forwarded_proposal_whose_answer_does_not_come_is_outcome_unknown() {
     assert_eq!(follower_kv.get(read.group, "k").as_deref(), Some("1"));
     shutdown(&nodes).await;
 }
+
+/// A leader that goes down with a forwarded request in flight: the follower's caller learns
+/// it as `OutcomeUnknown` once liveness declares the leader down, not as `Timeout` at the
+/// request's deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_proposal_whose_leader_goes_down_fails_as_outcome_unknown_before_the_deadline()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let (ids, routing) = three();
+    let net = LocalNetwork::new();
+    // A deadline far past liveness's failure detection (some election timeouts of 10 ms ticks).
+    let nodes = start(dir.path(), &net, &routing, &ids, |c| {
+        c.request_timeout(Duration::from_secs(30))
+    });
+    let group = nodes[0].0.group_for_key(b"k");
+    let leader_id = leader(&nodes, group).await;
+    let (follower, _) = nodes.iter().find(|(n, _)| n.id() != leader_id).unwrap();
+    // The leader takes the request but cannot answer it, then drops off the network.
+    let held = hold_apply(&node(&nodes, leader_id).1);
+    let proposal = follower.propose(b"k", b"k=1".to_vec());
+    let cut = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        net.disconnect(leader_id);
+    };
+    let (lost, ()) = tokio::join!(proposal, cut);
+    let lost = lost.unwrap_err();
+    assert_eq!(lost, RequestError::OutcomeUnknown { group });
+    assert_eq!(lost.outcome(), Outcome::Unknown);
+    drop(held);
+    shutdown(&nodes).await;
+}

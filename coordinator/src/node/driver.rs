@@ -446,14 +446,22 @@ impl Driver {
         self.applying
             .dispatch(&mut self.pending, applies, &mut completed)?;
         for event in events {
-            if let Event::LeaderChanged {
-                group,
-                leader,
-                term,
-            } = *event
-            {
-                tracing::debug!(%group, ?leader, term, "leader changed");
-                self.placement.set_leader_hint(group, leader);
+            match *event {
+                Event::LeaderChanged {
+                    group,
+                    leader,
+                    term,
+                } => {
+                    tracing::debug!(%group, ?leader, term, "leader changed");
+                    self.placement.set_leader_hint(group, leader);
+                }
+                Event::PeerDown { peer } => {
+                    let lost = self.forwarding.peer_down(peer);
+                    if lost > 0 {
+                        tracing::debug!(%peer, lost, "requests forwarded to a node that went down: outcome unknown");
+                    }
+                }
+                _ => {}
             }
             completed.extend(self.applying.on_event(&mut self.pending, event));
         }

@@ -14,7 +14,8 @@
 //!   (voter or learner) of the group's current configuration; the transport has already
 //!   checked that the peer is the node its certificate names.
 //! - **Honest outcomes.** Nothing sent: did not take effect. Sent, and no answer before the
-//!   deadline: `Timeout` (outcome unknown). The leader's own error comes back as the same
+//!   deadline: `Timeout` (outcome unknown); sent, and the leader went down before answering
+//!   (node-level liveness says so, well before the deadline): `OutcomeUnknown`. The leader's own error comes back as the same
 //!   typed error (see `forward_error`), its outcome class intact.
 //! - **Reads are not forwarded.** A follower's read barrier already asks the leader through
 //!   raft's ReadIndex messages and reads its own replica; what forwarding adds to reads is the
@@ -39,7 +40,7 @@ use transport::{Envelope, Forward, ForwardError, SendError, Transport};
 
 use super::Node;
 use super::driver::Waiter;
-use super::forward_error::{from_wire, to_wire};
+use super::forward_error::{from_wire, leader_went_down, to_wire};
 use super::pending::Request;
 use crate::error::{BusyReason, RequestError};
 use crate::lock;
@@ -158,6 +159,25 @@ impl Forwarding {
             }
             None => tracing::debug!(peer = %from, id, "a forward reply nobody waits for (late)"),
         }
+    }
+
+    /// `peer` went down (node-level liveness): callers waiting on requests forwarded to it
+    /// learn now, as outcome unknown (it may have committed them before it went), instead of
+    /// at their deadline. Returns how many.
+    pub(super) fn peer_down(&self, peer: NodeId) -> usize {
+        let mut waiting = lock::mutex(&self.waiting);
+        let lost: Vec<u64> = waiting
+            .by_id
+            .iter()
+            .filter(|(_, (leader, _))| *leader == peer)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &lost {
+            if let Some(reply) = waiting.remove(*id) {
+                let _ = reply.send(Err(leader_went_down()));
+            }
+        }
+        lost.len()
     }
 
     /// The node stops: every caller still waiting learns it now instead of at its deadline.
@@ -529,5 +549,27 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap(), Ok(Bytes::from_static(b"ok")));
         // Answered once: a duplicate finds nobody waiting.
         f.complete(NodeId(2), id, Ok(Bytes::new()));
+    }
+
+    #[test]
+    fn a_leader_that_went_down_fails_its_waiting_requests_as_outcome_unknown_at_once() {
+        let f = Forwarding::new(NodeId(1), true, 8);
+        let (to_two, mut two) = oneshot::channel();
+        let (also_to_two, mut also_two) = oneshot::channel();
+        let (to_three, mut three) = oneshot::channel();
+        f.register(NodeId(2), to_two).unwrap();
+        f.register(NodeId(2), also_to_two).unwrap();
+        f.register(NodeId(3), to_three).unwrap();
+        assert_eq!(f.peer_down(NodeId(2)), 2);
+        for rx in [&mut two, &mut also_two] {
+            let error = from_wire(GroupId(7), rx.try_recv().unwrap().unwrap_err());
+            assert_eq!(error, RequestError::OutcomeUnknown { group: GroupId(7) });
+        }
+        assert!(three.try_recv().is_err(), "node 3 is up: still waiting");
+        // Their places are free again.
+        assert_eq!(f.peer_down(NodeId(2)), 0);
+        for _ in 0..8 {
+            assert!(f.register(NodeId(2), oneshot::channel().0).is_some());
+        }
     }
 }

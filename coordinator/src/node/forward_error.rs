@@ -26,6 +26,16 @@ const BUSY_APPLY_BACKLOG: &str = "apply_backlog";
 const BUSY_UNCOMMITTED_BYTES: &str = "uncommitted_bytes";
 const BUSY_FORWARDED: &str = "forwarded_requests";
 
+/// What a caller waiting on a request forwarded to a leader learns when that leader goes
+/// down first: the outcome is unknown (it may have committed the command before it went).
+pub(super) fn leader_went_down() -> ForwardError {
+    ForwardError {
+        code: OUTCOME_UNKNOWN,
+        not_applied: false,
+        ..ForwardError::default()
+    }
+}
+
 /// The wire form of `error` (its group is the request's, known to both sides).
 pub(super) fn to_wire(error: &RequestError) -> ForwardError {
     let mut wire = ForwardError {

@@ -91,6 +91,15 @@ impl LocalNetwork {
         (Arc::new(transport), rx)
     }
 
+    /// Cuts `node` off, as a machine that crashed or fell behind a partition while its
+    /// process runs on: every send to or from it is refused from now on, until it joins
+    /// again.
+    pub fn disconnect(&self, node: NodeId) {
+        if let Some(port) = self.port(node) {
+            port.closed.store(true, Ordering::SeqCst);
+        }
+    }
+
     fn port(&self, node: NodeId) -> Option<Arc<Port>> {
         self.ports
             .read()
