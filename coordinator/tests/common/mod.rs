@@ -410,3 +410,14 @@ pub async fn attacker(
     .unwrap();
     transport
 }
+
+/// This process's resident memory in bytes, from `/proc/self/status` (0 where there is none).
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}
