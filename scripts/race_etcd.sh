@@ -6,7 +6,7 @@
 #
 #   scripts/race_etcd.sh [--clients "1 256 1024"] [--duration 10] [--rounds 1]
 #                        [--value-bytes 256] [--connections 4] [--etcd-plain] [--no-build]
-#                        [--out FILE] [--pontoon-only]
+#                        [--out FILE] [--pontoon-only] [--restart-node-at SECS]
 #
 # --etcd-plain  also runs etcd without TLS (client and peer traffic in the clear).
 # --no-build    uses the binaries already built (target/release/pontoon and
@@ -14,6 +14,8 @@
 # --out FILE    keeps every run's JSON line (the temporary directory is removed on exit).
 # --pontoon-only runs only the pontoon side (no etcd, no etcd-load): the client-robustness
 #               runs of the README (failed requests and p99.9 / p99 at 1,024 clients).
+# --restart-node-at SECS  SIGKILLs pontoon node 2 SECS into each load window and starts it
+#               again 1 s later, from its data directory (clients keep their connections).
 #
 # Installs etcd-server (and protobuf-compiler, which etcd-load's gRPC build needs) with
 # apt-get where missing. Both systems share the machine's disk and cores with the load
@@ -30,6 +32,7 @@ ETCD_PLAIN=0
 BUILD=1
 OUT=""
 PONTOON_ONLY=0
+RESTART_AT=""
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -42,7 +45,8 @@ while [[ $# -gt 0 ]]; do
         --no-build) BUILD=0; shift ;;
         --out) OUT="$2"; shift 2 ;;
         --pontoon-only) PONTOON_ONLY=1; shift ;;
-        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        --restart-node-at) RESTART_AT="$2"; shift 2 ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -84,6 +88,8 @@ done
 TMP="$(mktemp -d -t pontoon-race.XXXXXX)"
 PIDS=()
 stop_servers() {
+    # A node restarted mid-run (--restart-node-at) left its pid here.
+    if [[ -s "$TMP/restarted.pid" ]]; then PIDS+=("$(cat "$TMP/restarted.pid")"); : >"$TMP/restarted.pid"; fi
     for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do
         for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -176,6 +182,17 @@ EOF
     for i in 1 2 3; do metrics+=("http://127.0.0.1:$((BASE + i))/metrics"); done
     log "pontoon, $clients clients, ${DURATION}s"
     FSYNC0=$(scrape $fs "" "${metrics[@]}"); PEER0=$(scrape $peer "" "${metrics[@]}")
+    if [[ -n $RESTART_AT ]]; then
+        local victim=${PIDS[${#PIDS[@]}-2]}  # node 2
+        (
+            sleep "$RESTART_AT"
+            log "SIGKILL node 2, restart in 1 s"
+            kill -KILL "$victim" 2>/dev/null || true
+            sleep 1
+            RUST_LOG=warn "$PONTOON" node --config "$dir/node-2.toml" >>"$TMP/pontoon-2.log" 2>&1 &
+            echo $! >"$TMP/restarted.pid"
+        ) &
+    fi
     "$PONTOON" load "${args[@]}" --certs "$PCERTS" --clients "$clients" \
         --connections "$CONNECTIONS" --duration "$DURATION" --value-bytes "$VALUE_BYTES" \
         "${pids[@]}" --json >"$TMP/load.json"
