@@ -2,7 +2,9 @@
 //! namespace with its own address, under load through `pontoon kv`, while faults strike:
 //! SIGKILL of a leader, a node cut off and healed, SIGSTOP/SIGCONT, restarts. Afterwards no
 //! acknowledged write is lost, replicas converge (every node answers every read), and every
-//! group has a leader. A second test kills nodes in a loop on loopback.
+//! group has a leader. A second test kills nodes in a loop on loopback; a third drains,
+//! restarts and SIGKILLs nodes under a writer whose every command is a session command
+//! resent until answered, and checks each was applied exactly once.
 //!
 //! Where namespaces cannot be created (not root, no `ip`, no netns support), the namespace
 //! test fails with a message naming what is missing: a fault test that did not run must not
@@ -12,6 +14,8 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Cluster, Netns};
@@ -144,4 +148,125 @@ fn a_crash_loop_of_sigkills_under_load_keeps_every_acknowledged_write() {
         acked.len()
     );
     verify(&cluster, &[0, 1, 2], &acked);
+}
+
+/// A writer increments a counter by compare-and-set (from n to n + 1), one session command
+/// at a time, resending each to the next node after any error until it is answered, while
+/// another thread drains (SIGTERM), SIGKILLs and restarts the nodes in turn. A command
+/// applied twice would answer `Mismatch` (its second apply finds n + 1): every increment
+/// must answer `Done`, and the counter must end at the number of increments, so none was
+/// lost either.
+#[test]
+fn a_session_writer_sees_every_command_applied_once_through_drains_restarts_and_sigkills() {
+    use pontoon::ClientSession;
+    use service::proto::kv_reply::Outcome;
+    use service::{KvClient, KvRequest};
+
+    let mut cluster = Cluster::new(3);
+    for i in 0..3 {
+        cluster.start(i);
+    }
+    cluster.put(0, "warmup", "ok", DEADLINE);
+    let addrs = cluster.addrs.clone();
+    let identity = pontoon::certs::files::load_client(&cluster.certs(), "admin").unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = {
+        let _inside = runtime.enter();
+        KvClient::new(&identity).unwrap()
+    };
+    let cluster = Arc::new(Mutex::new(cluster));
+    let faulting = Arc::new(AtomicBool::new(true));
+    let faults = {
+        let (cluster, faulting) = (cluster.clone(), faulting.clone());
+        std::thread::spawn(move || {
+            for round in 0..6 {
+                std::thread::sleep(Duration::from_millis(1500));
+                let victim = round % 3;
+                let mut c = cluster.lock().unwrap();
+                if round % 2 == 0 {
+                    c.signal(victim, "TERM");
+                    assert!(
+                        c.wait_exit(victim, Duration::from_secs(30)).is_some(),
+                        "node {} did not finish draining",
+                        victim + 1
+                    );
+                } else {
+                    c.kill(victim);
+                    // Down for a moment: commands sent to it meanwhile fail and are resent.
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                c.start(victim);
+            }
+            faulting.store(false, Ordering::SeqCst);
+        })
+    };
+
+    let session = ClientSession::new();
+    let mut increments = 0u64;
+    let mut resent = 0u64;
+    // Sends `request` to node `first`, then round the nodes, until it is answered.
+    let answer = |request: &KvRequest, first: usize, resent: &mut u64| {
+        let (client, addrs) = (&client, &addrs);
+        let request = request.clone();
+        let started = Instant::now();
+        let (reply, errors) = runtime.block_on(async move {
+            let mut errors = 0u64;
+            for attempt in 0.. {
+                match client
+                    .call(addrs[(first + attempt) % addrs.len()], None, &request)
+                    .await
+                {
+                    Ok(reply) => return (reply, errors),
+                    Err(e) => {
+                        assert!(
+                            started.elapsed() < Duration::from_secs(60),
+                            "never answered: {e}"
+                        );
+                        errors += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            unreachable!("the loop only ends by returning")
+        });
+        *resent += errors;
+        reply.outcome
+    };
+    while faulting.load(Ordering::SeqCst) || increments < 20 {
+        let n = increments;
+        let expected = (n > 0).then(|| n.to_string().into_bytes());
+        let once = session.command();
+        let request =
+            KvRequest::compare_and_set(b"counter".to_vec(), expected, (n + 1).to_string())
+                .in_session(&once);
+        // Every fifth command is sent again once answered, to another node: the group answers
+        // it from its session table, never applying it again.
+        let sends: u64 = if n.is_multiple_of(5) { 2 } else { 1 };
+        for send in 0..sends {
+            if let Some(Outcome::Mismatch(found)) =
+                answer(&request, (n + send) as usize, &mut resent)
+            {
+                panic!(
+                    "increment {} (send {}) answered Mismatch (found {:?}): a command was \
+                     applied twice or lost",
+                    n + 1,
+                    send + 1,
+                    found
+                        .value
+                        .map(|v| String::from_utf8_lossy(&v).into_owned())
+                );
+            }
+        }
+        resent += sends - 1;
+        drop(once);
+        increments += 1;
+    }
+    faults.join().unwrap();
+    let cluster = cluster.lock().unwrap();
+    let counter = cluster.get(1, "counter", DEADLINE);
+    eprintln!(
+        "{increments} increments, {resent} resends (after errors, and every fifth on purpose); counter {counter}"
+    );
+    assert!(resent >= increments / 5, "commands were resent");
+    assert_eq!(counter, increments.to_string());
 }
