@@ -15,8 +15,9 @@
 //!   checked that the peer is the node its certificate names.
 //! - **Honest outcomes.** Nothing sent: did not take effect. Sent, and no answer before the
 //!   deadline: `Timeout` (outcome unknown); sent, and the leader went down before answering
-//!   (node-level liveness says so, well before the deadline): `OutcomeUnknown`. The leader's own error comes back as the same
-//!   typed error (see `forward_error`), its outcome class intact.
+//!   (node-level liveness says so, well before the deadline): `OutcomeUnknown`. The leader's
+//!   own error comes back as the same typed error (see `forward_error`), its outcome class
+//!   intact.
 //! - **Reads are not forwarded.** A follower's read barrier already asks the leader through
 //!   raft's ReadIndex messages and reads its own replica; what forwarding adds to reads is the
 //!   wait for a leader when none is known.
