@@ -226,12 +226,8 @@ fn bad_request(reason: String) -> ClientReply {
 }
 
 /// The session id a client's `session` has in the groups: its own id mixed with the client's
-/// certificate name (FNV-1a: the same on every node, so a retry on another node finds it).
+/// certificate name, the same on every node (so a retry on another node finds it), and owned
+/// by that certificate in the groups' session quotas.
 fn session_of(client: &str, session: u64) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in client.as_bytes().iter().chain(&session.to_be_bytes()) {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
+    coordinator::ClientSession::relayed_id(client.as_bytes(), session)
 }

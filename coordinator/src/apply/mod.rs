@@ -16,6 +16,8 @@ mod replica;
 mod sessions;
 mod workers;
 
+pub(crate) use sessions::OWNER_BITS as SESSION_OWNER_BITS;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 

@@ -22,6 +22,16 @@ pub(crate) const MAX_UNACKNOWLEDGED: usize = 10_000;
 /// Sessions one group keeps; past it, commands of a new session are refused until idle ones
 /// expire, so clients that never acknowledge cannot grow the table without bound.
 pub(crate) const MAX_SESSIONS: usize = 100_000;
+/// Sessions one owner keeps in one group: the top [`OWNER_BITS`] bits of a session id name
+/// its owner (the KV service puts the client certificate's there), so one client opening
+/// sessions without end fills at most half of [`MAX_SESSIONS`], never the whole table every
+/// other client needs. Past it, the owner's new sessions are refused until its idle ones
+/// expire; random ids ([`crate::ClientSession::new`]) spread over every owner. Half, not
+/// less: a client that opens a session per command (one `pontoon kv` process per write)
+/// legitimately leaves one behind per write for the session lifetime.
+pub(crate) const MAX_SESSIONS_PER_OWNER: usize = MAX_SESSIONS / 2;
+/// The bits of a session id that name its owner (see [`MAX_SESSIONS_PER_OWNER`]).
+pub(crate) const OWNER_BITS: u32 = 16;
 /// Bytes of cached responses one group keeps, all sessions together; past it, commands that
 /// would add one are refused until clients acknowledge.
 pub(crate) const MAX_CACHED_BYTES: usize = 64 << 20;
@@ -54,6 +64,8 @@ pub(crate) enum Check {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct Sessions {
     clients: BTreeMap<u64, Client>,
+    /// Sessions per owner (kept in step with `clients`, so the quota costs no scan).
+    owners: BTreeMap<u64, usize>,
     /// Bytes of every cached response (kept in step with `clients`).
     cached_bytes: usize,
     /// The group's replicated time: the latest proposer clock seen in its log.
@@ -68,13 +80,22 @@ impl Sessions {
     pub(crate) fn check(&mut self, tag: &SessionTag) -> Check {
         self.advance(tag.time_ms);
         let now = self.now_ms;
-        if !self.clients.contains_key(&tag.client) && self.clients.len() >= MAX_SESSIONS {
-            return Check::Refused(format!(
-                "this group holds {MAX_SESSIONS} client sessions; a new one must wait for idle \
-                 ones to expire"
-            ));
+        if !self.clients.contains_key(&tag.client) {
+            if self.clients.len() >= MAX_SESSIONS {
+                return Check::Refused(format!(
+                    "this group holds {MAX_SESSIONS} client sessions; a new one must wait for \
+                     idle ones to expire"
+                ));
+            }
+            if self.owned_by(tag.client) >= MAX_SESSIONS_PER_OWNER {
+                return Check::Refused(format!(
+                    "this client holds {MAX_SESSIONS_PER_OWNER} sessions in this group; a new \
+                     one must wait for its idle ones to expire (reuse a session instead of \
+                     opening one per command)"
+                ));
+            }
         }
-        let client = self.clients.entry(tag.client).or_default();
+        let client = Self::client_mut(&mut self.clients, &mut self.owners, tag.client);
         client.last_ms = now;
         if tag.acked > client.acked {
             client.acked = tag.acked;
@@ -122,7 +143,7 @@ impl Sessions {
     ) {
         self.advance(tag.time_ms);
         let now = self.now_ms;
-        let client = self.clients.entry(tag.client).or_default();
+        let client = Self::client_mut(&mut self.clients, &mut self.owners, tag.client);
         client.last_ms = now;
         if tag.seq > client.acked {
             self.cached_bytes += response.as_ref().map_or(0, Vec::len);
@@ -130,6 +151,23 @@ impl Sessions {
                 self.cached_bytes = self.cached_bytes.saturating_sub(bytes_of([&old]));
             }
         }
+    }
+
+    /// Sessions of `client`'s owner in the table.
+    fn owned_by(&self, client: u64) -> usize {
+        self.owners.get(&owner(client)).copied().unwrap_or(0)
+    }
+
+    /// `client`'s entry in `clients`, made (and counted in `owners`) if it is new.
+    fn client_mut<'a>(
+        clients: &'a mut BTreeMap<u64, Client>,
+        owners: &mut BTreeMap<u64, usize>,
+        client: u64,
+    ) -> &'a mut Client {
+        if !clients.contains_key(&client) {
+            *owners.entry(owner(client)).or_default() += 1;
+        }
+        clients.entry(client).or_default()
     }
 
     fn advance(&mut self, time_ms: u64) {
@@ -153,6 +191,10 @@ impl Sessions {
             .values()
             .map(|c| bytes_of(c.responses.values()))
             .sum();
+        self.owners.clear();
+        for id in self.clients.keys() {
+            *self.owners.entry(owner(*id)).or_default() += 1;
+        }
     }
 
     /// The table, for a snapshot.
@@ -223,6 +265,11 @@ impl Sessions {
         }
         self.recount();
     }
+}
+
+/// The owner a session id names (see [`MAX_SESSIONS_PER_OWNER`]).
+fn owner(client: u64) -> u64 {
+    client >> (u64::BITS - OWNER_BITS)
 }
 
 fn bytes_of<'a>(cached: impl IntoIterator<Item = &'a Cached>) -> usize {
@@ -327,13 +374,15 @@ mod tests {
     #[test]
     fn a_group_full_of_sessions_or_cached_bytes_refuses_more_until_they_go() {
         let mut s = Sessions::default();
-        for client in 1..=MAX_SESSIONS as u64 {
-            assert_eq!(s.check(&tag(client, 1, 0, 1)), Check::Apply);
+        // Spread over owners, each under its quota.
+        let spread = |i: u64| ((i % 64) << (u64::BITS - OWNER_BITS)) | i;
+        for i in 1..=MAX_SESSIONS as u64 {
+            assert_eq!(s.check(&tag(spread(i), 1, 0, 1)), Check::Apply);
         }
         let newcomer = tag(u64::MAX, 1, 0, 1);
         assert!(matches!(s.check(&newcomer), Check::Refused(_)));
         // Known sessions go on; once the idle ones expire, the newcomer gets in.
-        assert_eq!(s.check(&tag(1, 2, 0, 2)), Check::Apply);
+        assert_eq!(s.check(&tag(spread(1), 2, 0, 2)), Check::Apply);
         let later = tag(u64::MAX, 1, 0, 2 + SESSION_TTL_MS + 1);
         assert_eq!(s.check(&later), Check::Apply);
 
@@ -350,6 +399,28 @@ mod tests {
         let acking = tag(5, 1_000, 999, 1);
         assert_eq!(s.check(&acking), Check::Apply);
         assert_eq!(s.cached_bytes, 0);
+    }
+
+    #[test]
+    fn one_owner_opening_sessions_without_end_fills_only_its_share() {
+        let mut s = Sessions::default();
+        let shift = u64::BITS - OWNER_BITS;
+        let flooder = |i: u64| (7 << shift) | i;
+        for i in 1..=MAX_SESSIONS_PER_OWNER as u64 {
+            assert_eq!(s.check(&tag(flooder(i), 1, 0, 1)), Check::Apply);
+        }
+        let one_more = tag(flooder(u64::from(u32::MAX)), 1, 0, 1);
+        assert!(matches!(s.check(&one_more), Check::Refused(r) if r.contains("this client")));
+        // The same on a replica restored from a snapshot of the table.
+        let mut restored = Sessions::from_msg(s.to_msg());
+        assert!(matches!(restored.check(&one_more), Check::Refused(_)));
+        // Its sessions go on, and every other owner still opens new ones.
+        assert_eq!(s.check(&tag(flooder(1), 2, 0, 1)), Check::Apply);
+        assert_eq!(s.check(&tag((8 << shift) | 1, 1, 0, 1)), Check::Apply);
+        assert_eq!(s.check(&tag((6 << shift) | 1, 1, 0, 1)), Check::Apply);
+        // Once its idle sessions expire, it opens new ones again.
+        let later = tag(flooder(u64::from(u32::MAX)), 1, 0, 2 + SESSION_TTL_MS + 1);
+        assert_eq!(s.check(&later), Check::Apply);
     }
 
     #[test]

@@ -69,6 +69,20 @@ impl ClientSession {
         self.inner.id
     }
 
+    /// The id a server relaying remote clients' sessions ([`SessionCommand::relayed`]) should
+    /// give session `session` of the client authenticated as `owner` (its certificate name,
+    /// say): the same on every node, different for two owners naming the same session, and
+    /// with a hash of `owner` in its top 16 bits, which name the session's owner in each
+    /// group's table. One owner may hold at most half of a group's 100,000 sessions, so a
+    /// client that opens sessions without end cannot fill the table every other client needs.
+    #[must_use]
+    pub fn relayed_id(owner: &[u8], session: u64) -> u64 {
+        let owner_hash = fnv1a(owner.iter());
+        let mixed = fnv1a(owner.iter().chain(&session.to_be_bytes()));
+        let shift = u64::BITS - crate::apply::SESSION_OWNER_BITS;
+        (owner_hash >> shift << shift) | (mixed & ((1 << shift) - 1))
+    }
+
     /// A new command of this session. Propose it with [`crate::Node::propose_once`], as often
     /// and on as many nodes as it takes: it is applied once. Drop it once you have its final
     /// answer (the groups then forget its response).
@@ -93,6 +107,13 @@ impl ClientSession {
             .first()
             .map_or(state.last, |first| first.saturating_sub(1))
     }
+}
+
+/// FNV-1a, 64 bits: stable across nodes and builds (not a defence against a chosen owner).
+fn fnv1a<'a>(bytes: impl Iterator<Item = &'a u8>) -> u64 {
+    bytes.fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// One command of a [`ClientSession`]: the same command however often it is proposed.
@@ -207,6 +228,26 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relayed_ids_are_stable_distinct_per_owner_and_carry_the_owner_in_their_top_bits() {
+        let shift = u64::BITS - crate::apply::SESSION_OWNER_BITS;
+        let alice = ClientSession::relayed_id(b"alice", 42);
+        assert_eq!(alice, ClientSession::relayed_id(b"alice", 42));
+        assert_ne!(alice, ClientSession::relayed_id(b"bob", 42));
+        assert_ne!(alice, ClientSession::relayed_id(b"alice", 43));
+        let owners = |name: &[u8]| {
+            (0..100)
+                .map(|s| ClientSession::relayed_id(name, s) >> shift)
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        assert_eq!(
+            owners(b"alice").len(),
+            1,
+            "one owner for all of alice's sessions"
+        );
+        assert_ne!(owners(b"alice"), owners(b"bob"));
+    }
 
     #[test]
     fn a_session_acknowledges_only_what_every_earlier_command_has_answered() {
