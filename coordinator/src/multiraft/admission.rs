@@ -12,8 +12,10 @@
 //!   membership changes live: a replica with no leader (a lagging follower whose configuration
 //!   predates a new member that now leads, a replica joining its group) hears appends,
 //!   heartbeats, snapshots and vote requests from any node of the cluster (a member of the
-//!   routing table). A replica that follows a live leader never does, so no node can depose a
-//!   healthy leader of a group it is not in, and a node outside the cluster is never heard.
+//!   routing table); so does a replica with no configuration yet (joining), from a newer term
+//!   than the leader it followed. A configured replica that follows a live leader never does,
+//!   so no node can depose a healthy leader of a group it is not in, and a node outside the
+//!   cluster is never heard.
 //!   A node joining a cluster knows the cluster only from the nodes its configuration lists
 //!   (the table it starts with), and hears only them until the cluster's own table arrives.
 //! - **raft-rs panics on some forged input** (`fatal!`): a heartbeat commit past the last
@@ -231,9 +233,15 @@ pub(crate) fn admit(
     let known = replica.leader() == Some(from)
         || (replica.has_configuration() && replica.is_member(from))
         || standing.placed;
-    let heard_while_leaderless =
-        standing.in_cluster && replica.leader().is_none() && claims_leadership(kind);
-    if !(known || heard_while_leaderless) {
+    // A replica without a configuration (joining its group) cannot tell members from other
+    // nodes, and never campaigns, so nothing else would clear a leader it followed once: a
+    // newer term's leader replaces it. Without this, a joining replica that heard one leader
+    // before leadership moved waited for that node forever.
+    let may_be_new_leader = standing.in_cluster
+        && claims_leadership(kind)
+        && (replica.leader().is_none()
+            || (!replica.has_configuration() && m.term > replica.term()));
+    if !(known || may_be_new_leader) {
         return Err(Refusal::NotAMember { from });
     }
     for (field, value) in [

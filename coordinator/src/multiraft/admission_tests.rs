@@ -386,6 +386,58 @@ fn a_replica_without_a_leader_hears_a_new_leader_it_does_not_know_yet_and_nothin
 }
 
 #[test]
+fn a_joining_replica_that_followed_a_leader_hears_the_next_terms_leader() {
+    let storage = MemStorage::new();
+    let config = raft::Config {
+        id: 4,
+        ..raft::Config::default()
+    };
+    let mut joining = RawNode::new(&config, storage, &logger()).unwrap_or_else(|e| panic!("{e}"));
+    // It heard node 2 lead term 2, before any configuration reached it.
+    joining
+        .step(message(MessageType::MsgHeartbeat, 2, 2))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(RaftView::leader(&joining), Some(NodeId(2)));
+    assert!(!RaftView::has_configuration(&joining));
+    // Node 1 now leads term 3: heard, though the replica follows node 2 and knows no members.
+    for kind in [
+        MessageType::MsgAppend,
+        MessageType::MsgHeartbeat,
+        MessageType::MsgSnapshot,
+    ] {
+        assert!(
+            !matches!(
+                admit(&joining, NodeId(1), IN_CLUSTER, &message(kind, 1, 3)),
+                Err(Refusal::NotAMember { .. })
+            ),
+            "{kind:?}"
+        );
+        // Not at the term it already has a leader for, and never from outside the cluster.
+        assert_eq!(
+            admit(&joining, NodeId(1), IN_CLUSTER, &message(kind, 1, 2)),
+            Err(Refusal::NotAMember { from: NodeId(1) }),
+            "{kind:?}"
+        );
+        assert_eq!(
+            admit(&joining, NodeId(1), OUTSIDER, &message(kind, 1, 3)),
+            Err(Refusal::NotAMember { from: NodeId(1) }),
+            "{kind:?}"
+        );
+    }
+    // A configured follower of a live leader still hears no stranger, whatever its term.
+    let node = follower();
+    assert_eq!(
+        admit(
+            &node,
+            NodeId(7),
+            IN_CLUSTER,
+            &message(MessageType::MsgAppend, 7, 99)
+        ),
+        Err(Refusal::NotAMember { from: NodeId(7) })
+    );
+}
+
+#[test]
 fn malformed_appends_are_refused_and_honest_ones_admitted() {
     let node = follower();
     let mut gap = message(MessageType::MsgAppend, 1, 2);
