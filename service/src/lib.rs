@@ -20,8 +20,10 @@ pub mod client;
 pub mod kv;
 pub mod proto;
 pub mod server;
+pub mod session_budget;
 
 pub use client::KvClient;
 pub use kv::{KvCommand, KvResponse, KvStateMachine};
 pub use proto::{KvReply, KvRequest};
 pub use server::KvService;
+pub use session_budget::SessionBudget;

@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
 
 use admin::wire::{ClientReply, ClientRequest, Failure, RemoteError, client_request};
 use admin::{AdminService, Caller};
@@ -15,6 +17,7 @@ use routing::NodeId;
 
 use crate::kv::{KvCommand, KvResponse, KvStateMachine};
 use crate::proto::{KvReply, KvRequest, kv_reply, kv_request};
+use crate::session_budget::SessionBudget;
 use coordinator::SessionCommand;
 
 /// How often a GET reads again when the key's vShard left the group while it was reading.
@@ -25,6 +28,7 @@ const READ_ATTEMPTS: usize = 4;
 pub struct KvService {
     admin: AdminService,
     state: KvStateMachine,
+    sessions: Arc<SessionBudget>,
 }
 
 impl KvService {
@@ -39,7 +43,15 @@ impl KvService {
         Self {
             admin: AdminService::new(node, client_addrs),
             state,
+            sessions: Arc::default(),
         }
+    }
+
+    /// The same service with another per-client session budget (see [`SessionBudget`]).
+    #[must_use]
+    pub fn with_session_budget(mut self, budget: SessionBudget) -> Self {
+        self.sessions = Arc::new(budget);
+        self
     }
 
     fn node(&self) -> &Node {
@@ -142,6 +154,19 @@ impl KvService {
                 // A session belongs to the certificate that opened it: one client cannot
                 // acknowledge (and so drop) another's cached answers by naming its session.
                 let client = session_of(caller.name(), s.client);
+                if !self.sessions.admit(caller.name(), client, Instant::now()) {
+                    let group = self.node().group_for_key(command.key());
+                    return Err(self
+                        .admin
+                        .failure(&RemoteError::Propose(RequestError::Refused {
+                            group,
+                            reason: format!(
+                                "this client opened {} sessions through this node within their \
+                             lifetime; reuse a session instead of opening one per command",
+                                self.sessions.per_client()
+                            ),
+                        })));
+                }
                 let once = SessionCommand::relayed(client, s.seq, s.acked);
                 self.node()
                     .propose_once(&once, command.key(), command.encode())

@@ -18,7 +18,7 @@ use admin::wire::{ClientReply, ClientRequest, client_reply};
 use admin::{AUDIT_TARGET, ClientError, NodeClient, RemoteError};
 use certs::{ClientRole, ClusterCa};
 use coordinator::{Node, NodeConfig};
-use pontoon_service::{KvClient, KvService, KvStateMachine};
+use pontoon_service::{KvClient, KvService, KvStateMachine, SessionBudget};
 use routing::{GroupId, NodeId, RoutingChange, RoutingTable, VShardId};
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt as _};
@@ -66,6 +66,15 @@ fn audit_log() -> AuditLog {
 
 /// A one-node cluster (two data groups) serving the KV service on loopback.
 async fn serve_one_node(ca: &ClusterCa, dir: &std::path::Path) -> (Node, SocketAddr) {
+    serve_one_node_with(ca, dir, SessionBudget::default()).await
+}
+
+/// The same, with the service's per-client session budget `budget`.
+async fn serve_one_node_with(
+    ca: &ClusterCa,
+    dir: &std::path::Path,
+    budget: SessionBudget,
+) -> (Node, SocketAddr) {
     let id = NodeId(1);
     let identity = ca.issue_node(id, &["127.0.0.1".to_string()]).unwrap();
     let routing = RoutingTable::uniform(16, 2, &[id], 1).unwrap();
@@ -78,7 +87,8 @@ async fn serve_one_node(ca: &ClusterCa, dir: &std::path::Path) -> (Node, SocketA
         .unwrap();
     let addr = node.local_addr();
     let mut clients = node.take_client_connections().unwrap();
-    let service = KvService::new(node.clone(), state, BTreeMap::from([(id, addr)]));
+    let service = KvService::new(node.clone(), state, BTreeMap::from([(id, addr)]))
+        .with_session_budget(budget);
     tokio::spawn(async move {
         while let Some(client) = clients.recv().await {
             tokio::spawn(service.clone().serve(client));
@@ -310,5 +320,45 @@ async fn kv_clients_are_refused_every_admin_operation_admins_are_not_and_nodes_a
 
     reader.close().await;
     ops.close().await;
+    node.shutdown().await;
+}
+
+/// A client certificate may open only so many sessions through one node (each `KvClient` is
+/// one session): past the budget a new session's write is refused as did-not-take-effect,
+/// while the sessions it has go on and another certificate is untouched. The groups' tables,
+/// bounded per group only, cannot be grown group after group by one client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_opening_sessions_without_end_is_refused_past_its_budget_and_others_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::generate("session budget test").unwrap();
+    let budget = SessionBudget::new(3, Duration::from_secs(3600));
+    let (node, addr) = serve_one_node_with(&ca, dir.path(), budget).await;
+    let flood = ca.issue_client_with_role("flood", ClientRole::Kv).unwrap();
+    let first = KvClient::new(&flood).unwrap();
+    put_when_ready(&first, addr, "k0", "v").await;
+    let mut clients = vec![first];
+    for i in 1..3 {
+        let client = KvClient::new(&flood).unwrap();
+        client
+            .put(addr, format!("k{i}").as_bytes(), b"v")
+            .await
+            .unwrap();
+        clients.push(client);
+    }
+    let one_too_many = KvClient::new(&flood).unwrap();
+    let refused = one_too_many.put(addr, b"k3", b"v").await.unwrap_err();
+    assert!(!refused.may_have_taken_effect(), "{refused}");
+    assert!(refused.to_string().contains("reuse a session"), "{refused}");
+    assert_eq!(one_too_many.get(addr, b"k3").await.unwrap(), None);
+    // Its sessions go on; another certificate has its own budget.
+    for (i, client) in clients.iter().enumerate() {
+        client
+            .put(addr, format!("k{i}").as_bytes(), b"again")
+            .await
+            .unwrap();
+    }
+    let other =
+        KvClient::new(&ca.issue_client_with_role("other", ClientRole::Kv).unwrap()).unwrap();
+    other.put(addr, b"k3", b"v").await.unwrap();
     node.shutdown().await;
 }

@@ -68,6 +68,11 @@ pub(crate) struct NodeFile {
     /// (default 1024).
     #[serde(default = "default_max_forwarded")]
     pub max_forwarded_per_peer: usize,
+    /// Client sessions one client certificate may open through this node within an hour
+    /// (default 100000); past it, writes in a new session are refused (see
+    /// `pontoon_service::SessionBudget`).
+    #[serde(default = "default_max_client_sessions")]
+    pub max_client_sessions: usize,
 }
 
 /// Where the operators' endpoint listens, and whether the config chose it.
@@ -122,6 +127,9 @@ fn default_forward() -> bool {
 }
 fn default_max_forwarded() -> usize {
     1024
+}
+fn default_max_client_sessions() -> usize {
+    service::session_budget::SESSIONS_PER_CLIENT
 }
 fn default_vshards() -> u32 {
     1024
@@ -267,7 +275,12 @@ async fn serve(file: NodeFile) -> Result<ExitCode, CliError> {
             file.data_dir.display()
         );
     }
-    let service = KvService::new(node.clone(), state, addresses);
+    let service = KvService::new(node.clone(), state, addresses).with_session_budget(
+        service::SessionBudget::new(
+            file.max_client_sessions,
+            service::session_budget::SESSION_LIFETIME,
+        ),
+    );
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     // SIGTERM (what a supervisor sends to stop a service) drains: leadership moves away
@@ -408,6 +421,7 @@ mod tests {
         let file = load(&format!("node_id = 1\n{HEAD}{RUNNING}")).unwrap();
         assert!(file.forward_to_leader);
         assert_eq!(file.max_forwarded_per_peer, 1024);
+        assert_eq!(file.max_client_sessions, 100_000);
         let off = "forward_to_leader = false\nmax_forwarded_per_peer = 8\n";
         let file = load(&format!("node_id = 1\n{off}{HEAD}{RUNNING}")).unwrap();
         assert!(!file.forward_to_leader);
