@@ -32,9 +32,16 @@ pub(crate) const MAX_SESSIONS: usize = 100_000;
 pub(crate) const MAX_SESSIONS_PER_OWNER: usize = MAX_SESSIONS / 2;
 /// The bits of a session id that name its owner (see [`MAX_SESSIONS_PER_OWNER`]).
 pub(crate) const OWNER_BITS: u32 = 16;
-/// Bytes of cached responses one group keeps, all sessions together; past it, commands that
-/// would add one are refused until clients acknowledge.
+/// Bytes one group's table may hold, all sessions together: cached responses, and what each
+/// session and each cached response costs beside its bytes ([`SESSION_COST`],
+/// [`RESPONSE_COST`]); past it, commands that would add more are refused until clients
+/// acknowledge or idle sessions expire.
 pub(crate) const MAX_CACHED_BYTES: usize = 64 << 20;
+/// What a session costs the table beside its responses' bytes (its map entry and the first
+/// node of its responses' map), charged against [`MAX_CACHED_BYTES`].
+pub(crate) const SESSION_COST: usize = 512;
+/// What a cached response costs beside its bytes (its map slot and vector header).
+pub(crate) const RESPONSE_COST: usize = 64;
 
 /// A cached outcome: the response, or `None` for a command applied before this replica
 /// restarted (the state machine had made it durable; its response was not kept).
@@ -66,7 +73,8 @@ pub(crate) struct Sessions {
     clients: BTreeMap<u64, Client>,
     /// Sessions per owner (kept in step with `clients`, so the quota costs no scan).
     owners: BTreeMap<u64, usize>,
-    /// Bytes of every cached response (kept in step with `clients`).
+    /// What the table holds, in bytes: every session's and cached response's cost and the
+    /// responses' bytes (kept in step with `clients`).
     cached_bytes: usize,
     /// The group's replicated time: the latest proposer clock seen in its log.
     now_ms: u64,
@@ -95,7 +103,12 @@ impl Sessions {
                 ));
             }
         }
-        let client = Self::client_mut(&mut self.clients, &mut self.owners, tag.client);
+        let client = Self::client_mut(
+            &mut self.clients,
+            &mut self.owners,
+            &mut self.cached_bytes,
+            tag.client,
+        );
         client.last_ms = now;
         if tag.acked > client.acked {
             client.acked = tag.acked;
@@ -143,10 +156,15 @@ impl Sessions {
     ) {
         self.advance(tag.time_ms);
         let now = self.now_ms;
-        let client = Self::client_mut(&mut self.clients, &mut self.owners, tag.client);
+        let client = Self::client_mut(
+            &mut self.clients,
+            &mut self.owners,
+            &mut self.cached_bytes,
+            tag.client,
+        );
         client.last_ms = now;
         if tag.seq > client.acked {
-            self.cached_bytes += response.as_ref().map_or(0, Vec::len);
+            self.cached_bytes += RESPONSE_COST + response.as_ref().map_or(0, Vec::len);
             if let Some(old) = client.responses.insert(tag.seq, (vshard, response)) {
                 self.cached_bytes = self.cached_bytes.saturating_sub(bytes_of([&old]));
             }
@@ -162,10 +180,12 @@ impl Sessions {
     fn client_mut<'a>(
         clients: &'a mut BTreeMap<u64, Client>,
         owners: &mut BTreeMap<u64, usize>,
+        cached_bytes: &mut usize,
         client: u64,
     ) -> &'a mut Client {
         if !clients.contains_key(&client) {
             *owners.entry(owner(client)).or_default() += 1;
+            *cached_bytes += SESSION_COST;
         }
         clients.entry(client).or_default()
     }
@@ -189,7 +209,7 @@ impl Sessions {
         self.cached_bytes = self
             .clients
             .values()
-            .map(|c| bytes_of(c.responses.values()))
+            .map(|c| SESSION_COST + bytes_of(c.responses.values()))
             .sum();
         self.owners.clear();
         for id in self.clients.keys() {
@@ -272,10 +292,11 @@ fn owner(client: u64) -> u64 {
     client >> (u64::BITS - OWNER_BITS)
 }
 
+/// What `cached` responses cost the table ([`RESPONSE_COST`] each beside their bytes).
 fn bytes_of<'a>(cached: impl IntoIterator<Item = &'a Cached>) -> usize {
     cached
         .into_iter()
-        .map(|(_, r)| r.as_ref().map_or(0, Vec::len))
+        .map(|(_, r)| RESPONSE_COST + r.as_ref().map_or(0, Vec::len))
         .sum()
 }
 
@@ -395,10 +416,24 @@ mod tests {
         }
         let over = tag(5, 1_000, 0, 1);
         assert!(matches!(s.check(&over), Check::Refused(_)));
-        // Acknowledging frees the bytes.
+        // Acknowledging frees the responses; the session's own cost stays while it lives.
         let acking = tag(5, 1_000, 999, 1);
         assert_eq!(s.check(&acking), Check::Apply);
-        assert_eq!(s.cached_bytes, 0);
+        assert_eq!(s.cached_bytes, SESSION_COST);
+    }
+
+    #[test]
+    fn every_session_and_response_is_charged_its_cost_beside_its_bytes() {
+        let mut s = Sessions::default();
+        for (client, response) in [(1, Vec::new()), (2, vec![0u8; 100])] {
+            let t = tag(client, 1, 0, 1);
+            assert_eq!(s.check(&t), Check::Apply);
+            s.record(&t, None, Some(response));
+        }
+        let charged = 2 * SESSION_COST + 2 * RESPONSE_COST + 100;
+        assert_eq!(s.cached_bytes, charged);
+        // Counted afresh on a replica restored from a snapshot: the same.
+        assert_eq!(Sessions::from_msg(s.to_msg()).cached_bytes, charged);
     }
 
     #[test]
