@@ -354,3 +354,30 @@ async fn a_forwarded_proposal_whose_leader_goes_down_fails_as_outcome_unknown_be
     drop(held);
     shutdown(&nodes).await;
 }
+
+/// Node-level liveness is visible to a service choosing where to redirect a client: a peer cut
+/// off is reported down once liveness declares it so, and up again once it is heard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reports_which_peers_liveness_holds_down_and_clears_them_when_heard() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ids, routing) = three();
+    let net = LocalNetwork::new();
+    let nodes = start(dir.path(), &net, &routing, &ids, |c| c);
+    let (watcher, cut) = (&nodes[0].0, ids[2]);
+    let group = watcher.group_for_key(b"k");
+    leader(&nodes, group).await;
+    assert!(!watcher.is_peer_down(cut), "a connected peer is up");
+    net.disconnect(cut);
+    let until = Instant::now() + Duration::from_secs(30);
+    while !watcher.is_peer_down(cut) {
+        assert!(Instant::now() < until, "never declared down");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!watcher.is_peer_down(ids[1]), "only the peer cut off");
+    net.reconnect(cut);
+    while watcher.is_peer_down(cut) {
+        assert!(Instant::now() < until, "never heard again");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    shutdown(&nodes).await;
+}

@@ -199,11 +199,17 @@ impl KvService {
     /// follows like any `NotLeader`.
     fn kv_failure(&self, error: &RequestError) -> Failure {
         if let RequestError::GroupNotFound { group } = error {
-            let table = self.node().routing();
+            let node = self.node();
+            let table = node.routing();
+            let replicas = table.replicas(*group).unwrap_or_default();
+            // The leader if known and up, else a replica that is up: a redirect to a node
+            // that is down costs the client its whole connect timeout. With none up, any.
+            let up = |r: &NodeId| *r != node.id() && !node.is_peer_down(*r);
             let replica = table
                 .leader_hint(*group)
-                .or_else(|| table.replicas(*group).and_then(|r| r.first().copied()))
-                .filter(|r| *r != self.node().id());
+                .filter(up)
+                .or_else(|| replicas.iter().copied().find(up))
+                .or_else(|| replicas.iter().copied().find(|r| *r != node.id()));
             if let Some(replica) = replica {
                 return self
                     .admin

@@ -461,6 +461,7 @@ impl Driver {
                         tracing::debug!(%peer, lost, "requests forwarded to a node that went down: outcome unknown");
                     }
                 }
+                Event::PeerUp { peer } => self.forwarding.peer_up(peer),
                 _ => {}
             }
             completed.extend(self.applying.on_event(&mut self.pending, event));

@@ -25,7 +25,7 @@
 //!   backoff and jitter until the request's deadline, then fail as `NotLeader` with no leader
 //!   (did not take effect).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -62,6 +62,8 @@ pub(super) struct Forwarding {
     waiting: Mutex<Waiting>,
     /// Requests peers forwarded here that are not yet answered, by peer.
     served: Arc<Mutex<HashMap<NodeId, usize>>>,
+    /// The peers node-level liveness holds down now: redirects avoid naming them.
+    down: Mutex<HashSet<NodeId>>,
     sent: Counter,
     served_total: Counter,
     refused: Counter,
@@ -110,6 +112,7 @@ impl Forwarding {
             next_id: AtomicU64::new(1),
             waiting: Mutex::default(),
             served: Arc::default(),
+            down: Mutex::default(),
             sent: Counter::noop(),
             served_total: Counter::noop(),
             refused: Counter::noop(),
@@ -166,6 +169,7 @@ impl Forwarding {
     /// learn now, as outcome unknown (it may have committed them before it went), instead of
     /// at their deadline. Returns how many.
     pub(super) fn peer_down(&self, peer: NodeId) -> usize {
+        lock::mutex(&self.down).insert(peer);
         let mut waiting = lock::mutex(&self.waiting);
         let lost: Vec<u64> = waiting
             .by_id
@@ -179,6 +183,11 @@ impl Forwarding {
             }
         }
         lost.len()
+    }
+
+    /// `peer` is heard again after node-level liveness held it down.
+    pub(super) fn peer_up(&self, peer: NodeId) {
+        lock::mutex(&self.down).remove(&peer);
     }
 
     /// The node stops: every caller still waiting learns it now instead of at its deadline.
@@ -361,6 +370,14 @@ impl Node {
     #[must_use]
     pub fn leader_hint(&self, group: GroupId) -> Option<NodeId> {
         crate::lock::read(&self.routing).leader_hint(group)
+    }
+
+    /// Whether node-level liveness holds `peer` down now (silent past the liveness timeout,
+    /// counted from this node's start for a peer never heard). A service that redirects a client to another
+    /// node should not name one that is down: the client would wait out its connect timeout.
+    #[must_use]
+    pub fn is_peer_down(&self, peer: NodeId) -> bool {
+        lock::mutex(&self.forwarding.down).contains(&peer)
     }
 
     /// Proposes a user command to `group`: here when this node leads it, else (forwarding on)

@@ -100,6 +100,14 @@ impl LocalNetwork {
         }
     }
 
+    /// Puts a node cut off by [`LocalNetwork::disconnect`] back on the network (a partition
+    /// that healed); what was sent meanwhile stays lost.
+    pub fn reconnect(&self, node: NodeId) {
+        if let Some(port) = self.port(node) {
+            port.closed.store(false, Ordering::SeqCst);
+        }
+    }
+
     fn port(&self, node: NodeId) -> Option<Arc<Port>> {
         self.ports
             .read()
