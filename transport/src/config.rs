@@ -144,9 +144,10 @@ pub struct TransportConfig {
     /// Largest request [`crate::ClientConnection::accept_request`] reads (default 4 MiB + 4,
     /// the service's largest message and its length prefix).
     pub client_request_bytes: usize,
-    /// Bytes of requests being read and not yet answered, per client (default 8 MiB, at least
-    /// `client_request_bytes`). A request that would pass it is refused with
-    /// [`crate::codes::CLIENTS_BUSY`].
+    /// Bytes of requests being read and not yet answered, per client identity (the name in
+    /// its certificate; all its connections together, so more connections buy no more)
+    /// (default 8 MiB, at least `client_request_bytes`). A request that would pass it is
+    /// refused with [`crate::codes::CLIENTS_BUSY`].
     pub client_buffered_bytes: usize,
     /// The same, all clients of the node together (default 64 MiB).
     pub clients_buffered_bytes: usize,

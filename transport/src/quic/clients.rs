@@ -1,6 +1,7 @@
 //! Client connections handed over to the service, and the budgets their requests are read
 //! within: a request is read whole (up to `client_request_bytes`) within
-//! `client_request_timeout`, its bytes counted against the client's and all clients' budgets
+//! `client_request_timeout`, its bytes counted against the client's (all connections of one
+//! certificate name together) and all clients' budgets
 //! until the answer is sent, so unfinished or slow requests hold bounded memory for a
 //! bounded time.
 
@@ -98,11 +99,12 @@ pub struct IncomingRequest {
 impl ClientConnection {
     pub(super) fn new(name: String, connection: quinn::Connection, shared: &Arc<Shared>) -> Self {
         let cfg = &shared.config;
+        let client = shared.client_budget(&name);
         Self {
             name,
             connection,
             budget: RequestBudget {
-                client: Arc::new(Semaphore::new(cfg.client_buffered_bytes)),
+                client,
                 all: shared.client_bytes.clone(),
                 max_request: cfg.client_request_bytes,
                 timeout: cfg.client_request_timeout,

@@ -66,7 +66,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, Weak};
 use std::time::Duration;
 
 use quinn::{Endpoint, VarInt};
@@ -159,6 +159,9 @@ pub(crate) struct Shared {
     /// Bytes of client requests being read or answered, all clients together
     /// ([`TransportConfig::clients_buffered_bytes`]).
     client_bytes: Arc<Semaphore>,
+    /// Each client identity's budget of request bytes
+    /// ([`TransportConfig::client_buffered_bytes`]), shared by its connections while any lives.
+    client_budgets: Mutex<HashMap<String, Weak<Semaphore>>>,
     /// Bytes all peers' unfinished snapshot transfers hold
     /// ([`TransportConfig::snapshot_receive_bytes_per_node`]); each connection adds its own
     /// budget under it.
@@ -166,6 +169,26 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The request-byte budget of client `name`, shared by all its connections: opening more
+    /// connections with one certificate buys no more memory.
+    pub(crate) fn client_budget(&self, name: &str) -> Arc<Semaphore> {
+        let mut budgets = self
+            .client_budgets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(budget) = budgets.get(name).and_then(Weak::upgrade) {
+            return budget;
+        }
+        // Forget identities with no connection left, before the map could grow past the
+        // client connection cap.
+        if budgets.len() >= self.config.max_client_connections {
+            budgets.retain(|_, budget| budget.strong_count() > 0);
+        }
+        let budget = Arc::new(Semaphore::new(self.config.client_buffered_bytes));
+        budgets.insert(name.to_string(), Arc::downgrade(&budget));
+        budget
+    }
+
     /// The peer's state, created (with its connection task) on first use.
     pub(crate) fn peer(self: &Arc<Self>, id: NodeId) -> Arc<Peer> {
         let mut peers = self.peers.write().unwrap_or_else(PoisonError::into_inner);
@@ -331,6 +354,7 @@ impl QuicTransport {
             gate: admission::Gate::default(),
             client_slots: Arc::new(Semaphore::new(max_clients)),
             client_bytes: Arc::new(Semaphore::new(client_bytes)),
+            client_budgets: Mutex::default(),
             snapshot_bytes: ByteBudget::new(snapshot_bytes),
         });
         let span = info_span!("node", node = %shared.local, %local_addr);
