@@ -678,9 +678,13 @@ async fn half_open(arsenal: &Arsenal, until: Instant) -> Result<AttackReport, At
     Ok(report)
 }
 
-/// Relays datagrams from local dialers to `target` and drops every answer: handshakes that
-/// start and never finish, from an address that never answers a Retry (as a spoofed one).
-async fn black_hole(target: SocketAddr, until: Instant) -> Result<SocketAddr, AttackError> {
+/// Relays datagrams from local dialers to `target` and drops every answer, until `until`:
+/// dialling the address it returns makes handshakes that start and never finish, from an
+/// address that never answers a Retry (as a spoofed one).
+///
+/// # Errors
+/// [`AttackError::Endpoint`] when no local UDP socket can be bound.
+pub async fn black_hole(target: SocketAddr, until: Instant) -> Result<SocketAddr, AttackError> {
     let any: SocketAddr = ([127, 0, 0, 1], 0).into();
     let socket = tokio::net::UdpSocket::bind(any)
         .await

@@ -70,8 +70,9 @@ fn forged(kind: MessageType, from: u64, to: u64, term: u64) -> Message {
 /// One raft-stream frame per forged message that once stopped a coordinator or disrupted a
 /// group, sent by `from` to `to` at `term`: local-only message types, empty and foreign
 /// proposals, a forced election, a read index without its context, an append whose entries
-/// do not follow its index, a term that overflows `term + 1`, and a heartbeat batch (its own
-/// stream kind: see [`forged_heartbeats`]) is separate.
+/// do not follow its index (with a commit past any log), a term that overflows `term + 1`,
+/// and a snapshot whose configuration raft cannot restore. Heartbeats travel on their own
+/// stream kind: see [`forged_heartbeats`].
 pub fn forged_raft_frames(from: u64, to: u64, term: u64) -> Vec<Bytes> {
     let mut messages = Vec::new();
     for kind in [

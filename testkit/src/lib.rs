@@ -24,7 +24,7 @@
 mod attacks;
 mod frames;
 
-pub use attacks::{Arsenal, Attack, AttackError, AttackReport};
+pub use attacks::{Arsenal, Attack, AttackError, AttackReport, black_hole};
 pub use frames::{
     amplifying_frame, forged_heartbeats, forged_raft_frames, header, snapshot_chunk,
     stalled_snapshot_opening,

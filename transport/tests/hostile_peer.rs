@@ -10,55 +10,14 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use common::*;
-use pontoon_transport::wire::{self, StreamHeader, StreamKind};
+use pontoon_transport::wire::StreamKind;
 use pontoon_transport::{PeerAdmission, Revocations, Transport, TransportConfig, codes};
 use routing::NodeId;
+use testkit::{amplifying_frame, header, snapshot_chunk, stalled_snapshot_opening};
 
 const MIB: u64 = 1 << 20;
-
-fn header(kind: StreamKind, group: u64) -> Bytes {
-    let mut out = BytesMut::new();
-    wire::encode_frame(&StreamHeader::new(kind, group), 64, &mut out).unwrap();
-    out.freeze()
-}
-
-fn put_varint(out: &mut BytesMut, mut v: u64) {
-    while v >= 0x80 {
-        out.put_u8((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.put_u8(v as u8);
-}
-
-/// A length-prefixed frame of at most `max` bytes: one field `outer` (length-delimited)
-/// holding as many empty occurrences of field `inner` as fit (2 bytes each on the wire), or,
-/// with `inner == None`, as many empty occurrences of `outer` itself at the top level.
-fn amplifying_frame(from: u64, outer: u32, inner: Option<u32>, max: usize) -> Bytes {
-    let mut body = BytesMut::new();
-    body.put_u8(1 << 3);
-    put_varint(&mut body, from);
-    match inner {
-        Some(inner) => {
-            let n = (max - body.len() - 16) / 2;
-            body.put_u8((outer << 3 | 2) as u8);
-            put_varint(&mut body, 2 * n as u64);
-            for _ in 0..n {
-                body.put_slice(&[(inner << 3 | 2) as u8, 0]);
-            }
-        }
-        None => {
-            while body.len() + 2 <= max {
-                body.put_slice(&[(outer << 3 | 2) as u8, 0]);
-            }
-        }
-    }
-    let mut out = BytesMut::with_capacity(body.len() + 4);
-    out.put_u32(u32::try_from(body.len()).unwrap());
-    out.put_slice(&body);
-    out.freeze()
-}
 
 /// Writes `header` then `frame` on a new stream and returns the code it was reset with.
 async fn reset_code(conn: &quinn::Connection, header: Bytes, frame: Bytes) -> Option<u32> {
@@ -410,29 +369,11 @@ async fn stalled_snapshot(
     total: u64,
     sent: usize,
 ) -> quinn::SendStream {
-    use raft::eraftpb::{Message, MessageType};
     let (mut s, _answer) = conn.open_bi().await.unwrap();
-    let mut m = Message::default();
-    m.set_msg_type(MessageType::MsgSnapshot);
-    m.from = from;
-    m.to = 1;
-    m.term = 1;
-    let mut snap = raft::eraftpb::Snapshot::default();
-    snap.mut_metadata().index = 10;
-    snap.mut_metadata().term = 1;
-    m.snapshot = Some(snap).into();
-    let head = wire::SnapshotHeader {
-        from,
-        message: Some(pontoon_transport::to_wire(&m)),
-        total_len: total,
-    };
-    let mut out = BytesMut::from(&header(StreamKind::Snapshot, group)[..]);
-    wire::encode_frame(&head, 1 << 20, &mut out).unwrap();
-    let chunk = wire::SnapshotChunk {
-        data: Bytes::from(vec![7u8; sent]),
-    };
-    wire::encode_frame(&chunk, 2 << 20, &mut out).unwrap();
-    let _ = s.write_chunk(out.freeze()).await;
+    let _ = s
+        .write_chunk(stalled_snapshot_opening(from, 1, group, total))
+        .await;
+    let _ = s.write_chunk(snapshot_chunk(sent)).await;
     s
 }
 
