@@ -11,6 +11,11 @@
 //! certificate, a member with no live link (the strongest stolen identity: the target admits
 //! it), node 2's (a running member, for the dial storm against its real link) and a
 //! stranger's. Node 4, the highest id, is the target.
+//!
+//! The nodes run with `max_snapshot_mib = 128`. A snapshot travels whole in memory today, so
+//! a member's stalled snapshot transfers may hold up to the snapshot budget: with the default
+//! (1 GiB per peer) the 60 s run measured +465 MiB on the target. Streamed snapshots (#18)
+//! remove that dependence.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
 
 mod common;
@@ -125,6 +130,7 @@ fn every_attack_class_alone_leaves_the_cluster_serving_its_data_in_bounded_memor
     let secs = attack_secs();
     let mut cluster = Cluster::with_groups(4, 8);
     for i in RUNNING {
+        cluster.set(i, "max_snapshot_mib = 128");
         cluster.start(i);
     }
     cluster.put(1, "warmup", "ok", Duration::from_secs(60));

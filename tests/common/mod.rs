@@ -262,11 +262,15 @@ impl Cluster {
         let addr = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .and_then(|l| l.local_addr())
             .expect("a free TCP port");
+        self.set(i, &format!("metrics_listen = \"{addr}\""));
+        addr
+    }
+
+    /// Adds a top-level `key = value` line to node `i`'s config (before it starts).
+    pub fn set(&self, i: usize, line: &str) {
         let path = self.config(i);
         let config = std::fs::read_to_string(&path).expect("config read");
-        std::fs::write(&path, format!("metrics_listen = \"{addr}\"\n{config}"))
-            .expect("config written");
-        addr
+        std::fs::write(&path, format!("{line}\n{config}")).expect("config written");
     }
 
     /// Node `i`'s data directory.

@@ -73,6 +73,12 @@ pub(crate) struct NodeFile {
     /// `pontoon_service::SessionBudget`).
     #[serde(default = "default_max_client_sessions")]
     pub max_client_sessions: usize,
+    /// The largest snapshot this node sends or receives, in MiB, and all the snapshot data it
+    /// buffers from peers at once (default: 1024 per snapshot, 1024 per peer, 2048 in all).
+    /// A snapshot travels whole in memory today, so this is what a peer's snapshot transfers
+    /// (stalled ones included) may cost this node: set it to the largest group you expect.
+    #[serde(default)]
+    pub max_snapshot_mib: Option<u64>,
 }
 
 /// Where the operators' endpoint listens, and whether the config chose it.
@@ -167,6 +173,13 @@ impl NodeFile {
         if file.tick_ms == 0 {
             return Err(format!("{}: tick_ms must be at least 1", path.display()).into());
         }
+        if file.max_snapshot_mib == Some(0) {
+            return Err(format!(
+                "{}: max_snapshot_mib must be at least 1 (leave it out for the default)",
+                path.display()
+            )
+            .into());
+        }
         if file.max_forwarded_per_peer == 0 {
             return Err(format!(
                 "{}: max_forwarded_per_peer must be at least 1 (turn forwarding off with \
@@ -250,6 +263,14 @@ async fn serve(file: NodeFile) -> Result<ExitCode, CliError> {
         .forward_to_leader(file.forward_to_leader)
         .max_forwarded_per_peer(file.max_forwarded_per_peer);
     config.transport = config.transport.accept_clients(true);
+    if let Some(mib) = file.max_snapshot_mib {
+        let bytes = mib.saturating_mul(1 << 20);
+        config.transport = config
+            .transport
+            .max_snapshot_bytes(bytes)
+            .snapshot_receive_bytes_per_peer(bytes)
+            .snapshot_receive_bytes_per_node(bytes);
+    }
     for (peer, addr) in &addresses {
         if *peer != id {
             config = config.peer(*peer, *addr);
@@ -430,6 +451,25 @@ mod tests {
         let refused = load(&format!("node_id = 1\n{zero}{HEAD}{RUNNING}")).unwrap_err();
         assert!(
             refused.to_string().contains("max_forwarded_per_peer"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn the_snapshot_bound_is_optional_and_never_zero() {
+        let file = load(&format!("node_id = 1\n{HEAD}{RUNNING}")).unwrap();
+        assert_eq!(file.max_snapshot_mib, None);
+        let set = load(&format!(
+            "node_id = 1\nmax_snapshot_mib = 128\n{HEAD}{RUNNING}"
+        ))
+        .unwrap();
+        assert_eq!(set.max_snapshot_mib, Some(128));
+        let zero = load(&format!(
+            "node_id = 1\nmax_snapshot_mib = 0\n{HEAD}{RUNNING}"
+        ));
+        let refused = zero.unwrap_err();
+        assert!(
+            refused.to_string().contains("max_snapshot_mib"),
             "{refused}"
         );
     }
