@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use coordinator::RequestError;
 use routing::NodeId;
@@ -22,6 +22,11 @@ use crate::wire::{ClientReply, ClientRequest, MAX_MESSAGE_BYTES, RemoteError, de
 
 /// How long a dial may take to complete its handshake before it fails as not sent.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// After a dial that got no handshake within [`CONNECT_TIMEOUT`], dials to that address fail
+/// at once (as not sent) for this long: a node that is down costs a caller one connect
+/// timeout, not one per request or per redirect to it.
+pub const UNREACHABLE_FOR: Duration = Duration::from_secs(5);
 
 /// How long a connection may hear nothing before it counts as lost (QUIC idle timeout). Far
 /// above [`KEEP_ALIVE`]: a CPU stall of several seconds on either side must not end it.
@@ -176,6 +181,9 @@ pub struct NodeClient {
     client_config: quinn::ClientConfig,
     /// One connection slot per node.
     connections: Mutex<HashMap<Key, Slot>>,
+    /// Addresses whose last dial got no handshake, and when it gave up
+    /// ([`UNREACHABLE_FOR`]).
+    unreachable: Mutex<HashMap<SocketAddr, Instant>>,
 }
 
 impl NodeClient {
@@ -216,6 +224,7 @@ impl NodeClient {
             endpoint,
             client_config,
             connections: Mutex::new(HashMap::new()),
+            unreachable: Mutex::new(HashMap::new()),
         })
     }
 
@@ -239,6 +248,9 @@ impl NodeClient {
     /// [`NodeClient::call`], resending also what `retries` allows: with
     /// [`Retries::Idempotent`], a lost connection or a `Timeout` is sent again (after a backoff
     /// with jitter, on a redialled connection), within the same bound on attempts.
+    /// A redirect to a node that gives no handshake sends the request back to `first`; if
+    /// that redirects to the same node again, the call ends with its
+    /// [`ClientError::Connect`] (not sent): try another node.
     ///
     /// # Errors
     /// As [`NodeClient::call`].
@@ -251,12 +263,15 @@ impl NodeClient {
     ) -> Result<ClientReply, ClientError> {
         let (mut addr, mut server) = (first, node_hint);
         let mut resent = 0;
+        // A redirect target that did not answer, and how it failed.
+        let mut unreachable: Option<ClientError> = None;
         for _ in 0..MAX_REDIRECTS {
             let reply = match self.request(addr, server, request).await {
                 Ok(reply) => reply,
                 // A redirect to a node that does not answer (it may just have died): go back
                 // to the node we were given, which will know the new leader soon.
-                Err(ClientError::Connect { .. }) if addr != first => {
+                Err(e @ ClientError::Connect { .. }) if addr != first => {
+                    unreachable = Some(e);
                     (addr, server) = (first, node_hint);
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
@@ -271,6 +286,14 @@ impl NodeClient {
             };
             match next_step(reply, addr) {
                 Next::Done(reply) => return Ok(reply),
+                // Sent to the same node that just did not answer: another dial would cost the
+                // connect timeout again. The request was never delivered; the caller may try
+                // another node.
+                Next::Redirect(leader, _) if matches!(&unreachable, Some(ClientError::Connect { addr, .. }) if *addr == leader) => {
+                    if let Some(e) = unreachable.take() {
+                        return Err(e);
+                    }
+                }
                 Next::Redirect(leader, id) => (addr, server) = (leader, id),
                 Next::Wait(pause) => tokio::time::sleep(pause).await,
                 Next::Fail(e) => {
@@ -376,13 +399,36 @@ impl NodeClient {
     async fn dial(&self, key: &Key) -> Result<quinn::Connection, ClientError> {
         let addr = key.0;
         let connect = |reason: String| ClientError::Connect { addr, reason };
+        let silent_since = self
+            .unreachable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&addr)
+            .copied();
+        if let Some(since) = silent_since.filter(|t| t.elapsed() < UNREACHABLE_FOR) {
+            return Err(connect(format!(
+                "gave no handshake to a dial {:?} ago; not dialled again for {UNREACHABLE_FOR:?}",
+                since.elapsed()
+            )));
+        }
         let connecting = self
             .endpoint
             .connect_with(self.client_config.clone(), addr, &key.1)
             .map_err(|e| connect(e.to_string()))?;
-        match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-            Ok(connection) => connection.map_err(|e| connect(e.to_string())),
-            Err(_) => Err(connect(format!("no handshake within {CONNECT_TIMEOUT:?}"))),
+        let dialled = tokio::time::timeout(CONNECT_TIMEOUT, connecting).await;
+        let mut unreachable = self
+            .unreachable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match dialled {
+            Ok(connection) => {
+                unreachable.remove(&addr);
+                connection.map_err(|e| connect(e.to_string()))
+            }
+            Err(_) => {
+                unreachable.insert(addr, Instant::now());
+                Err(connect(format!("no handshake within {CONNECT_TIMEOUT:?}")))
+            }
         }
     }
 
