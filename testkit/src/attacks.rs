@@ -5,6 +5,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,8 +15,8 @@ use routing::NodeId;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use transport::TransportConfig;
 use transport::wire::StreamKind;
+use transport::{TransportConfig, codes};
 
 use crate::frames;
 
@@ -119,6 +120,8 @@ pub struct AttackReport {
     pub refusals: BTreeMap<u32, u64>,
     /// Connections the attacker completed (for the attacks that dial).
     pub connected: u64,
+    /// The snapshot size the stalled-snapshot attack ended up announcing (0 for the others).
+    pub announced: u64,
 }
 
 impl AttackReport {
@@ -136,11 +139,11 @@ impl AttackReport {
 
 impl fmt::Display for AttackReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} sent, {} connected, refused",
-            self.sent, self.connected
-        )?;
+        write!(f, "{} sent, {} connected", self.sent, self.connected)?;
+        if self.announced > 0 {
+            write!(f, ", announcing {} MiB", self.announced >> 20)?;
+        }
+        write!(f, ", refused")?;
         if self.refusals.is_empty() {
             return write!(f, " never");
         }
@@ -163,8 +166,9 @@ pub enum Attack {
     /// As an admitted member: as many streams as the target allows, each a header and a few
     /// bytes of a frame announced at 512 KiB, never finished.
     PartialFrames,
-    /// As an admitted member: snapshot transfers announced at 1 GiB, sent at full speed and
-    /// then stalled, four at a time.
+    /// As an admitted member: snapshot transfers announced at the largest size the target
+    /// takes (from 1 GiB, halved after each refusal as too large), sent at full speed to the
+    /// last chunk and then stalled, four at a time.
     StalledSnapshots,
     /// With a live member's certificate: dial the target again and again, against the real
     /// link.
@@ -432,12 +436,14 @@ async fn partial_frames(arsenal: &Arsenal, until: Instant) -> Result<AttackRepor
 
 async fn stalled_snapshots(arsenal: &Arsenal, until: Instant) -> Result<AttackReport, AttackError> {
     const AT_ONCE: usize = 4;
-    const ANNOUNCED: u64 = 1 << 30;
     const CHUNK: usize = 1 << 20;
     let endpoint = arsenal.node_endpoint(arsenal.member)?;
     let mut report = AttackReport::default();
     let (from, to) = (arsenal.member.get(), arsenal.target_id.get());
     let chunk = frames::snapshot_chunk(CHUNK);
+    // The attacker adapts: it announces 1 GiB, and half as much after each transfer refused
+    // as too large, so it ends up announcing the largest size the target takes.
+    let announce = Arc::new(AtomicU64::new(1 << 30));
     while let Some(conn) = member_connection(arsenal, &endpoint, &mut report, until).await {
         let mut transfers = JoinSet::new();
         let mut i = 0usize;
@@ -445,23 +451,32 @@ async fn stalled_snapshots(arsenal: &Arsenal, until: Instant) -> Result<AttackRe
             while transfers.len() < AT_ONCE {
                 let group = arsenal.groups[i % arsenal.groups.len().max(1)];
                 i += 1;
-                let (conn, chunk) = (conn.clone(), chunk.clone());
+                let (conn, chunk, announce) = (conn.clone(), chunk.clone(), announce.clone());
                 report.sent += 1;
                 transfers.spawn(async move {
                     let Ok((mut send, _answer)) = conn.open_bi().await else {
                         return None;
                     };
-                    let opening = frames::stalled_snapshot_opening(from, to, group, ANNOUNCED);
-                    if send.write_chunk(opening).await.is_err() {
-                        return stopped_code(&send, Duration::ZERO).await;
-                    }
-                    // Full speed until refused, then stall for as long as the target lets us.
-                    for _ in 0..ANNOUNCED / CHUNK as u64 / 2 {
-                        if send.write_chunk(chunk.clone()).await.is_err() {
-                            break;
+                    let total = announce.load(Ordering::Relaxed);
+                    let opening = frames::stalled_snapshot_opening(from, to, group, total);
+                    let code = if send.write_chunk(opening).await.is_err() {
+                        stopped_code(&send, Duration::ZERO).await
+                    } else {
+                        // Full speed up to the last chunk, then stall for as long as the
+                        // target lets the transfer hold what it sent.
+                        for _ in 1..total / CHUNK as u64 {
+                            if send.write_chunk(chunk.clone()).await.is_err() {
+                                break;
+                            }
                         }
+                        stopped_code(&send, Duration::from_secs(3600)).await
+                    };
+                    if code == Some(codes::TOO_LARGE) {
+                        let _ = announce.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| {
+                            (a > CHUNK as u64 * 2).then_some(a / 2)
+                        });
                     }
-                    stopped_code(&send, Duration::from_secs(3600)).await
+                    code
                 });
             }
             if let Ok(Some(done)) = tokio::time::timeout_at(until, transfers.join_next()).await {
@@ -474,6 +489,7 @@ async fn stalled_snapshots(arsenal: &Arsenal, until: Instant) -> Result<AttackRe
         }
         conn.close(0u32.into(), b"done");
     }
+    report.announced = announce.load(Ordering::Relaxed);
     endpoint.close(0u32.into(), b"done");
     Ok(report)
 }
